@@ -1,0 +1,97 @@
+//! Backend selection. Modules are written once against Burn's `Tensor`; the device picks the
+//! backend at run time: Flex (CPU, default), wgpu or CUDA when compiled in.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+/// A compute backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// The CPU backend compiled in (Flex by default, NdArray with `--features ndarray` alone).
+    #[default]
+    Cpu,
+    /// WebGPU / Vulkan / Metal through wgpu (feature `wgpu`).
+    Wgpu,
+    /// NVIDIA CUDA (feature `cuda`).
+    Cuda,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        })
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" | "flex" | "ndarray" => Ok(Self::Cpu),
+            "wgpu" | "webgpu" | "vulkan" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(Error::Backend {
+                backend: other.into(),
+                reason: "unknown backend (expected cpu, wgpu or cuda)".into(),
+            }),
+        }
+    }
+}
+
+/// The default CPU device (Flex, or NdArray when only that feature is enabled).
+pub fn cpu_device() -> Device {
+    #[cfg(feature = "flex")]
+    {
+        Device::flex()
+    }
+    #[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+    #[allow(deprecated)]
+    {
+        Device::ndarray()
+    }
+    #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+    {
+        Device::default()
+    }
+}
+
+fn not_compiled(kind: BackendKind) -> Error {
+    Error::Backend {
+        backend: kind.to_string(),
+        reason: format!("not compiled in; rebuild with `--features {kind}`"),
+    }
+}
+
+/// The device of `kind` (without autodiff; call `.autodiff()` for training).
+pub fn device(kind: BackendKind) -> Result<Device> {
+    match kind {
+        BackendKind::Cpu => Ok(cpu_device()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Ok(Device::cuda(0)),
+        #[allow(unreachable_patterns)]
+        other => Err(not_compiled(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_report_missing_backends() {
+        assert_eq!("CPU".parse::<BackendKind>().unwrap(), BackendKind::Cpu);
+        assert!("tpu".parse::<BackendKind>().is_err());
+        assert!(device(BackendKind::Cpu).is_ok());
+        #[cfg(not(feature = "cuda"))]
+        assert!(device(BackendKind::Cuda).unwrap_err().to_string().contains("--features cuda"));
+    }
+}

@@ -1,0 +1,202 @@
+//! Clip (snippet) sampling: cut a video's frames into overlapping clips for the backbone.
+
+use burn::config::Config;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use super::frames::Frames;
+use crate::error::{Error, Result};
+use crate::tal::postprocess::GridToTime;
+
+/// How clips are cut from a video.
+#[derive(Config, Debug)]
+pub struct ClipSamplingConfig {
+    /// Frames per clip (`F`).
+    #[config(default = 16)]
+    pub clip_frames: usize,
+    /// Step between the frames of one clip.
+    #[config(default = 1)]
+    pub frame_stride: usize,
+    /// Step, in frames, between the starts of consecutive clips (the feature grid's stride).
+    #[config(default = 4)]
+    pub snippet_stride: usize,
+    /// Per-channel mean subtracted from pixels scaled to [0, 1] (ImageNet / VideoMAE).
+    #[config(default = "[0.485, 0.456, 0.406]")]
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation pixels are divided by.
+    #[config(default = "[0.229, 0.224, 0.225]")]
+    pub std: [f32; 3],
+}
+
+impl ClipSamplingConfig {
+    /// Frames one clip spans: `(clip_frames - 1) * frame_stride + 1`.
+    pub fn span(&self) -> usize {
+        (self.clip_frames.max(1) - 1) * self.frame_stride + 1
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.clip_frames == 0 || self.frame_stride == 0 || self.snippet_stride == 0 {
+            return Err(Error::Config(format!(
+                "clip_frames, frame_stride and snippet_stride must be positive, got {}, {}, {}",
+                self.clip_frames, self.frame_stride, self.snippet_stride
+            )));
+        }
+        Ok(())
+    }
+
+    /// Number of clips covering a video of `frames` frames: clips start every `snippet_stride`
+    /// frames and the last one may run past the end (its missing frames repeat the last frame),
+    /// so that the whole video is covered.
+    pub fn num_clips(&self, video: &str, frames: usize) -> Result<usize> {
+        self.validate()?;
+        let span = self.span();
+        if frames < span {
+            return Err(Error::VideoTooShort {
+                video: video.to_owned(),
+                frames,
+                clip_span: span,
+            });
+        }
+        Ok((frames - span).div_ceil(self.snippet_stride) + 1)
+    }
+
+    /// Frame indices of clip `k` in a video of `frames` frames.
+    pub fn clip_frame_indices(&self, k: usize, frames: usize) -> impl Iterator<Item = usize> + '_ {
+        let start = k * self.snippet_stride;
+        (0..self.clip_frames).map(move |j| (start + j * self.frame_stride).min(frames - 1))
+    }
+
+    /// Mapping from clip index (feature-grid position) to seconds.
+    pub fn grid(&self, fps: f64) -> GridToTime {
+        GridToTime {
+            stride_frames: self.snippet_stride as f64,
+            span_frames: self.span() as f64,
+            fps,
+        }
+    }
+}
+
+/// The clips of one video, ready for a backbone.
+#[derive(Debug, Clone)]
+pub struct ClipBatch {
+    /// Video identifier.
+    pub video: String,
+    /// Normalised pixels, `[T, C, F, H, W]` (`T` includes padding clips).
+    pub clips: Tensor<5>,
+    /// `[T]`, true for real clips, false for padding.
+    pub mask: Tensor<1, Bool>,
+    /// Number of real clips (the first `num_valid` of `T`).
+    pub num_valid: usize,
+    /// Clip index to seconds.
+    pub grid: GridToTime,
+}
+
+/// Cut `frames` into clips. With `pad_to = Some(t)` the batch is padded with zero clips to `t`
+/// clips (an error if the video needs more).
+///
+/// # Shapes
+/// - output `clips`: `[T, 3, clip_frames, H, W]`, `mask`: `[T]`
+pub fn sample_clips(
+    frames: &Frames,
+    fps: f64,
+    cfg: &ClipSamplingConfig,
+    pad_to: Option<usize>,
+    device: &Device,
+) -> Result<ClipBatch> {
+    let n = cfg.num_clips(&frames.video, frames.len)?;
+    let t = pad_to.unwrap_or(n);
+    if t < n {
+        return Err(Error::Config(format!(
+            "video `{}` has {n} clips, more than the padded length {t}",
+            frames.video
+        )));
+    }
+    let (h, w, f) = (frames.height, frames.width, cfg.clip_frames);
+    let plane = h * w;
+    // Normalise every frame once, channel-planar: [N, C, H*W].
+    let mut norm = vec![0f32; frames.len * 3 * plane];
+    for i in 0..frames.len {
+        let src = frames.frame(i);
+        for c in 0..3 {
+            let (m, s) = (cfg.mean[c], cfg.std[c]);
+            let dst = &mut norm[(i * 3 + c) * plane..(i * 3 + c + 1) * plane];
+            for (p, d) in dst.iter_mut().enumerate() {
+                *d = (src[p * 3 + c] as f32 / 255.0 - m) / s;
+            }
+        }
+    }
+    let mut data = vec![0f32; t * 3 * f * plane];
+    for k in 0..n {
+        for (j, fi) in cfg.clip_frame_indices(k, frames.len).enumerate() {
+            for c in 0..3 {
+                let dst = ((k * 3 + c) * f + j) * plane;
+                let src = (fi * 3 + c) * plane;
+                data[dst..dst + plane].copy_from_slice(&norm[src..src + plane]);
+            }
+        }
+    }
+    let mask: Vec<bool> = (0..t).map(|i| i < n).collect();
+    Ok(ClipBatch {
+        video: frames.video.clone(),
+        clips: Tensor::from_data(TensorData::new(data, [t, 3, f, h, w]), device),
+        mask: Tensor::from_data(TensorData::new(mask, [t]), device),
+        num_valid: n,
+        grid: cfg.grid(fps),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(n: usize) -> Frames {
+        // Frame i is uniformly grey level i (2x2 pixels).
+        Frames {
+            video: "v".into(),
+            len: n,
+            height: 2,
+            width: 2,
+            rgb: (0..n).flat_map(|i| std::iter::repeat_n(i as u8, 12)).collect(),
+        }
+    }
+
+    fn identity_norm(cfg: ClipSamplingConfig) -> ClipSamplingConfig {
+        cfg.with_mean([0.0; 3]).with_std([1.0 / 255.0; 3])
+    }
+
+    #[test]
+    fn clip_count_and_indices() {
+        let cfg = ClipSamplingConfig::new().with_clip_frames(4).with_frame_stride(2).with_snippet_stride(3);
+        assert_eq!(cfg.span(), 7);
+        // 20 frames: starts 0,3,...; last start 12 covers 12..18; 15 would cover 15..21 -> padded.
+        assert_eq!(cfg.num_clips("v", 20).unwrap(), 6);
+        assert_eq!(cfg.num_clips("v", 7).unwrap(), 1);
+        let idx: Vec<_> = cfg.clip_frame_indices(5, 20).collect();
+        assert_eq!(idx, vec![15, 17, 19, 19]);
+        match cfg.num_clips("short", 6) {
+            Err(Error::VideoTooShort { video, frames, clip_span }) => {
+                assert_eq!((video.as_str(), frames, clip_span), ("short", 6, 7));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clips_tensor_layout_and_padding_mask() {
+        let device = crate::backend::cpu_device();
+        let cfg = identity_norm(ClipSamplingConfig::new().with_clip_frames(2).with_snippet_stride(2));
+        let b = sample_clips(&frames(5), 10.0, &cfg, Some(4), &device).unwrap();
+        assert_eq!(b.clips.dims(), [4, 3, 2, 2, 2]);
+        assert_eq!(b.num_valid, 3);
+        let mask: Vec<bool> = b.mask.into_data().try_to_vec().unwrap();
+        assert_eq!(mask, vec![true, true, true, false]);
+        let v: Vec<f32> = b.clips.into_data().try_to_vec().unwrap();
+        let at = |t: usize, c: usize, f: usize| v[(((t * 3 + c) * 2 + f) * 2) * 2];
+        // Clip 1 holds frames 2 and 3; clip 2 frames 4 and 4 (clamped); clip 3 is padding.
+        assert_eq!((at(1, 0, 0), at(1, 2, 1)), (2.0, 3.0));
+        assert_eq!((at(2, 1, 0), at(2, 1, 1)), (4.0, 4.0));
+        assert_eq!(at(3, 0, 0), 0.0);
+        // Clip centre times: (k * 2 + 1) / 10 s.
+        assert_eq!(b.grid.seconds(1.0), 0.3);
+        assert!(sample_clips(&frames(5), 10.0, &cfg, Some(2), &device).is_err());
+    }
+}

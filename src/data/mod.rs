@@ -1,0 +1,19 @@
+//! Data: annotation formats, frame folders, clip sampling, feature files and the built-in
+//! synthetic benchmark. See `docs/data.md` for the on-disk layout.
+
+pub mod annotations;
+pub mod clips;
+pub mod frames;
+mod json;
+pub mod npy;
+pub mod synth;
+pub mod thumos;
+
+pub use annotations::{
+    Annotation, Detection, GroundTruth, Predictions, Subset, VideoAnnotations, VideoDetections,
+};
+pub use clips::{ClipBatch, ClipSamplingConfig, sample_clips};
+pub use frames::{FrameFolder, Frames};
+pub use npy::FeatureSequence;
+pub use synth::{SynthConfig, SynthDataset};
+pub use thumos::{ThumosSource, load_thumos};

@@ -1,0 +1,152 @@
+//! The crate's error type: every fallible user path returns [`Result`].
+//!
+//! Errors about an input name the file, the video and the field involved, so that a user can fix
+//! the input without reading a backtrace.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong on a user-facing path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file or folder failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// File or folder involved.
+        path: PathBuf,
+        /// Underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file is not valid JSON.
+    #[error("{path}: malformed JSON at line {line}, column {column}: {message}")]
+    Json {
+        /// The JSON file.
+        path: PathBuf,
+        /// 1-based line of the syntax error.
+        line: usize,
+        /// 1-based column of the syntax error.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+
+    /// A required field is absent.
+    #[error("{path}: {}missing field `{field}`", video_prefix(video))]
+    MissingField {
+        /// The file.
+        path: PathBuf,
+        /// The video the field belongs to, if any.
+        video: Option<String>,
+        /// Dotted path of the field, e.g. `annotations[2].segment`.
+        field: String,
+    },
+
+    /// A field is present but its value is unusable.
+    #[error("{path}: {}field `{field}`: {reason}", video_prefix(video))]
+    InvalidField {
+        /// The file.
+        path: PathBuf,
+        /// The video the field belongs to, if any.
+        video: Option<String>,
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+
+    /// A line of a THUMOS-14 annotation text file cannot be parsed.
+    #[error("{path}:{line}: {reason}")]
+    AnnotationLine {
+        /// The text file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with the line.
+        reason: String,
+    },
+
+    /// A video's frame folder holds no frames, or fewer than its annotation says.
+    #[error("video `{video}`: {reason} (frame folder {path})")]
+    MissingFrames {
+        /// The frame folder.
+        path: PathBuf,
+        /// The video.
+        video: String,
+        /// What is missing.
+        reason: String,
+    },
+
+    /// A frame image cannot be decoded or differs in size from the video's first frame.
+    #[error("{path}: {reason}")]
+    BadFrame {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A video has fewer frames than one clip spans.
+    #[error(
+        "video `{video}` has {frames} frames, fewer than one clip spans ({clip_span} frames = clip length x frame stride)"
+    )]
+    VideoTooShort {
+        /// The video.
+        video: String,
+        /// Frames available.
+        frames: usize,
+        /// Frames one clip needs.
+        clip_span: usize,
+    },
+
+    /// A `.npy` array file has the wrong format, dtype or shape.
+    #[error("{path}: {reason}")]
+    Npy {
+        /// The `.npy` file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A folder or file that should hold input holds none.
+    #[error("{path}: {reason}")]
+    EmptyInput {
+        /// The folder or file.
+        path: PathBuf,
+        /// What was expected there.
+        reason: String,
+    },
+
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// The requested backend was not compiled in, or has no device.
+    #[error("backend `{backend}` is not available: {reason}")]
+    Backend {
+        /// The backend asked for.
+        backend: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+}
+
+fn video_prefix(video: &Option<String>) -> String {
+    match video {
+        Some(v) => format!("video `{v}`: "),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// Wrap an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! # e2e-tal
+//!
+//! Memory-efficient end-to-end temporal action localization (TAL) on
+//! [Burn](https://burn.dev): find when actions start and end in long untrimmed videos while
+//! training the video backbone together with the localization head.
+//!
+//! This crate is organised by concept:
+//! - [`data`]: ActivityNet / THUMOS annotations, frame folders, clip sampling, `.npy` feature
+//!   files and the built-in synthetic benchmark;
+//! - [`eval`]: the official ActivityNet detection mAP;
+//! - [`tal`]: post-processing of detections (NMS, soft-NMS, grid-to-seconds);
+//! - [`baseline`]: a noisy-oracle detector that exercises the whole evaluation pipeline;
+//! - [`backend`]: device selection (Flex CPU by default, wgpu and CUDA as features).
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod baseline;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod io;
+pub mod tal;
+
+pub use error::{Error, Result};

@@ -1,0 +1,266 @@
+//! `e2e-tal`: command-line front end of the e2e-tal library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use e2e_tal::baseline::{NoisyOracleConfig, noisy_oracle};
+use e2e_tal::data::synth::{FRAMES_DIR, FrameFormat, load_or_generate};
+use e2e_tal::data::{
+    ClipSamplingConfig, FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, ThumosSource,
+    load_thumos, sample_clips,
+};
+use e2e_tal::eval::{EvalOptions, EvalReport, ThresholdSet, evaluate};
+use e2e_tal::tal::postprocess::PostProcessConfig;
+use e2e_tal::{Error, Result, backend};
+
+#[derive(Parser)]
+#[command(name = "e2e-tal", version, about = "Memory-efficient end-to-end temporal action localization")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the synthetic untrimmed-video benchmark (frames + ActivityNet-format JSON).
+    Synth {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of videos.
+        #[arg(long, default_value_t = 40)]
+        videos: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Frame height and width in pixels.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Number of action classes (1-8).
+        #[arg(long, default_value_t = 8)]
+        classes: usize,
+        /// Write PNG frames instead of JPEG.
+        #[arg(long)]
+        png: bool,
+    },
+    /// Evaluate detections against ground truth (official ActivityNet mAP).
+    Eval {
+        /// Ground truth, ActivityNet JSON.
+        #[arg(long)]
+        gt: PathBuf,
+        /// Detections, ActivityNet results JSON.
+        #[arg(long)]
+        pred: PathBuf,
+        /// Subset to evaluate (training, validation, testing); `all` for every video.
+        #[arg(long, default_value = "validation")]
+        subset: String,
+        /// tIoU thresholds: anet (0.5:0.05:0.95), thumos (0.3:0.1:0.7) or a list like 0.3,0.5.
+        #[arg(long, default_value = "anet")]
+        thresholds: String,
+        /// Print a JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also print AP per class.
+        #[arg(long)]
+        per_class: bool,
+    },
+    /// Convert THUMOS-14 per-class annotation files to ActivityNet JSON.
+    ConvertThumos {
+        /// Folder holding `<Class>_<split>.txt` files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// File-name suffix to read (`val` or `test`).
+        #[arg(long, default_value = "val")]
+        split: String,
+        /// Subset written for the videos.
+        #[arg(long, default_value = "validation")]
+        subset: String,
+        /// Output JSON.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The main job until training lands: generate the synthetic benchmark if missing, load
+    /// every validation video through the clip pipeline, run the noisy-oracle baseline and print
+    /// its mAP.
+    Baseline {
+        /// Dataset folder (generated with default settings if it has no annotations.json).
+        #[arg(long, default_value = "data/synth")]
+        data: PathBuf,
+        /// Backend for the clip tensors (cpu, wgpu, cuda).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Seed of the noisy oracle.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn subset_arg(s: &str) -> Result<Option<Subset>> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(Error::Config)
+}
+
+fn print_report(r: &EvalReport, per_class: bool) {
+    println!("{r}");
+    if per_class {
+        println!("\n| class | AP per threshold (%) |\n|---|---|");
+        for (c, ap) in &r.per_class {
+            let v: Vec<String> = ap.iter().map(|x| format!("{:.2}", x * 100.0)).collect();
+            println!("| {c} | {} |", v.join(" "));
+        }
+    }
+    if r.ignored_predictions > 0 {
+        eprintln!(
+            "note: {} predictions have labels absent from the ground truth and were ignored",
+            r.ignored_predictions
+        );
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Synth {
+            out,
+            videos,
+            seed,
+            size,
+            classes,
+            png,
+        } => {
+            let cfg = SynthConfig::new()
+                .with_videos(videos)
+                .with_seed(seed)
+                .with_height(size)
+                .with_width(size)
+                .with_num_classes(classes)
+                .with_format(if png { FrameFormat::Png } else { FrameFormat::Jpeg });
+            let t = Instant::now();
+            let ds = cfg.generate(&out)?;
+            let n_ann: usize = ds.ground_truth.videos.iter().map(|v| v.annotations.len()).sum();
+            let n_frames: usize = ds.ground_truth.videos.iter().filter_map(|v| v.num_frames).sum();
+            println!(
+                "wrote {} videos ({n_frames} frames, {n_ann} actions, {} classes) to {} in {:.1}s",
+                ds.ground_truth.videos.len(),
+                ds.classes.len(),
+                out.display(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Command::Eval {
+            gt,
+            pred,
+            subset,
+            thresholds,
+            json,
+            per_class,
+        } => {
+            let opts = EvalOptions {
+                subset: subset_arg(&subset)?,
+                thresholds: thresholds.parse::<ThresholdSet>()?.values(),
+            };
+            let gt = GroundTruth::from_json_file(&gt)?;
+            let pred = Predictions::from_json_file(&pred)?;
+            let report = evaluate(&gt, &pred, &opts)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                print_report(&report, per_class);
+            }
+        }
+        Command::ConvertThumos {
+            dir,
+            split,
+            subset,
+            out,
+        } => {
+            let subset = subset.parse().map_err(Error::Config)?;
+            let gt = load_thumos(&ThumosSource {
+                dir: &dir,
+                split: &split,
+                subset,
+                durations: None,
+            })?;
+            gt.write_json(&out)?;
+            println!("wrote {} videos to {}", gt.videos.len(), out.display());
+        }
+        Command::Baseline {
+            data,
+            backend: b,
+            seed,
+        } => {
+            let start = Instant::now();
+            let ds = load_or_generate(&data, &SynthConfig::new())?;
+            println!(
+                "dataset: {} ({} videos, {} classes) ready in {:.1}s",
+                data.display(),
+                ds.ground_truth.videos.len(),
+                ds.classes.len(),
+                start.elapsed().as_secs_f64()
+            );
+            // Push every validation video through frame decoding and clip sampling, so the job
+            // fails loudly on a broken dataset.
+            let device = backend::device(b.parse()?)?;
+            let clip_cfg = ClipSamplingConfig::new();
+            let t = Instant::now();
+            let (mut videos, mut clips) = (0, 0);
+            for v in ds.ground_truth.subset(Some(Subset::Validation)) {
+                let folder = FrameFolder::open(&data.join(FRAMES_DIR).join(&v.id), &v.id)?;
+                if let Some(n) = v.num_frames {
+                    folder.expect_at_least(n)?;
+                }
+                let frames = folder.read_all(None)?;
+                let fps = v.fps.unwrap_or(frames.len as f64 / v.duration);
+                let batch = sample_clips(&frames, fps, &clip_cfg, None, &device)?;
+                videos += 1;
+                clips += batch.num_valid;
+            }
+            println!(
+                "clip pipeline: {videos} validation videos -> {clips} clips of {} frames in {:.1}s",
+                clip_cfg.clip_frames,
+                t.elapsed().as_secs_f64()
+            );
+            let post = PostProcessConfig::new();
+            let pred = noisy_oracle(
+                &ds.ground_truth,
+                Some(Subset::Validation),
+                &ds.classes,
+                &NoisyOracleConfig::new().with_seed(seed),
+                &post,
+            );
+            let pred_path = data.join("baseline_predictions.json");
+            pred.write_json(&pred_path)?;
+            println!(
+                "noisy-oracle baseline (ground truth + noise, no learning): {} detections -> {}",
+                pred.len(),
+                pred_path.display()
+            );
+            for (name, set) in [("THUMOS", ThresholdSet::Thumos), ("ActivityNet", ThresholdSet::ActivityNet)] {
+                let opts = EvalOptions {
+                    subset: Some(Subset::Validation),
+                    thresholds: set.values(),
+                };
+                println!("\nmAP, {name} thresholds:");
+                print_report(&evaluate(&ds.ground_truth, &pred, &opts)?, false);
+            }
+            println!("\ntotal {:.1}s", start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

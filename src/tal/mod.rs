@@ -1,0 +1,3 @@
+//! The TAL head's side of the pipeline: post-processing of raw detections.
+
+pub mod postprocess;
