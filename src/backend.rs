@@ -92,6 +92,11 @@ mod tests {
         assert!("tpu".parse::<BackendKind>().is_err());
         assert!(device(BackendKind::Cpu).is_ok());
         #[cfg(not(feature = "cuda"))]
-        assert!(device(BackendKind::Cuda).unwrap_err().to_string().contains("--features cuda"));
+        assert!(
+            device(BackendKind::Cuda)
+                .unwrap_err()
+                .to_string()
+                .contains("--features cuda")
+        );
     }
 }

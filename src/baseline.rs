@@ -54,7 +54,9 @@ pub fn noisy_oracle(
         .map(|v| {
             let mut raw = Vec::new();
             for a in &v.annotations {
-                let Some(label) = class_of(&a.label) else { continue };
+                let Some(label) = class_of(&a.label) else {
+                    continue;
+                };
                 if rng.random::<f64>() < cfg.miss_rate {
                     continue;
                 }
@@ -127,7 +129,11 @@ mod tests {
         assert!((r.average_map - 1.0).abs() < 1e-12, "{}", r.average_map);
         let noisy = noisy_oracle(&gt, opts.subset, &classes, &NoisyOracleConfig::new(), &post);
         let r2 = evaluate(&gt, &noisy, &opts).unwrap();
-        assert!(r2.average_map < 0.95 && r2.average_map > 0.2, "{}", r2.average_map);
+        assert!(
+            r2.average_map < 0.95 && r2.average_map > 0.2,
+            "{}",
+            r2.average_map
+        );
         // mAP falls with the threshold under boundary noise.
         assert!(r2.map[0] > r2.map[4]);
     }

@@ -16,7 +16,11 @@ use e2e_tal::tal::postprocess::PostProcessConfig;
 use e2e_tal::{Error, Result, backend};
 
 #[derive(Parser)]
-#[command(name = "e2e-tal", version, about = "Memory-efficient end-to-end temporal action localization")]
+#[command(
+    name = "e2e-tal",
+    version,
+    about = "Memory-efficient end-to-end temporal action localization"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,11 +141,25 @@ fn run(cli: Cli) -> Result<()> {
                 .with_height(size)
                 .with_width(size)
                 .with_num_classes(classes)
-                .with_format(if png { FrameFormat::Png } else { FrameFormat::Jpeg });
+                .with_format(if png {
+                    FrameFormat::Png
+                } else {
+                    FrameFormat::Jpeg
+                });
             let t = Instant::now();
             let ds = cfg.generate(&out)?;
-            let n_ann: usize = ds.ground_truth.videos.iter().map(|v| v.annotations.len()).sum();
-            let n_frames: usize = ds.ground_truth.videos.iter().filter_map(|v| v.num_frames).sum();
+            let n_ann: usize = ds
+                .ground_truth
+                .videos
+                .iter()
+                .map(|v| v.annotations.len())
+                .sum();
+            let n_frames: usize = ds
+                .ground_truth
+                .videos
+                .iter()
+                .filter_map(|v| v.num_frames)
+                .sum();
             println!(
                 "wrote {} videos ({n_frames} frames, {n_ann} actions, {} classes) to {} in {:.1}s",
                 ds.ground_truth.videos.len(),
@@ -241,7 +259,10 @@ fn run(cli: Cli) -> Result<()> {
                 pred.len(),
                 pred_path.display()
             );
-            for (name, set) in [("THUMOS", ThresholdSet::Thumos), ("ActivityNet", ThresholdSet::ActivityNet)] {
+            for (name, set) in [
+                ("THUMOS", ThresholdSet::Thumos),
+                ("ActivityNet", ThresholdSet::ActivityNet),
+            ] {
                 let opts = EvalOptions {
                     subset: Some(Subset::Validation),
                     thresholds: set.values(),

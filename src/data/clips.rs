@@ -155,7 +155,9 @@ mod tests {
             len: n,
             height: 2,
             width: 2,
-            rgb: (0..n).flat_map(|i| std::iter::repeat_n(i as u8, 12)).collect(),
+            rgb: (0..n)
+                .flat_map(|i| std::iter::repeat_n(i as u8, 12))
+                .collect(),
         }
     }
 
@@ -165,7 +167,10 @@ mod tests {
 
     #[test]
     fn clip_count_and_indices() {
-        let cfg = ClipSamplingConfig::new().with_clip_frames(4).with_frame_stride(2).with_snippet_stride(3);
+        let cfg = ClipSamplingConfig::new()
+            .with_clip_frames(4)
+            .with_frame_stride(2)
+            .with_snippet_stride(3);
         assert_eq!(cfg.span(), 7);
         // 20 frames: starts 0,3,...; last start 12 covers 12..18; 15 would cover 15..21 -> padded.
         assert_eq!(cfg.num_clips("v", 20).unwrap(), 6);
@@ -173,7 +178,11 @@ mod tests {
         let idx: Vec<_> = cfg.clip_frame_indices(5, 20).collect();
         assert_eq!(idx, vec![15, 17, 19, 19]);
         match cfg.num_clips("short", 6) {
-            Err(Error::VideoTooShort { video, frames, clip_span }) => {
+            Err(Error::VideoTooShort {
+                video,
+                frames,
+                clip_span,
+            }) => {
                 assert_eq!((video.as_str(), frames, clip_span), ("short", 6, 7));
             }
             other => panic!("{other:?}"),
@@ -183,7 +192,11 @@ mod tests {
     #[test]
     fn clips_tensor_layout_and_padding_mask() {
         let device = crate::backend::cpu_device();
-        let cfg = identity_norm(ClipSamplingConfig::new().with_clip_frames(2).with_snippet_stride(2));
+        let cfg = identity_norm(
+            ClipSamplingConfig::new()
+                .with_clip_frames(2)
+                .with_snippet_stride(2),
+        );
         let b = sample_clips(&frames(5), 10.0, &cfg, Some(4), &device).unwrap();
         assert_eq!(b.clips.dims(), [4, 3, 2, 2, 2]);
         assert_eq!(b.num_valid, 3);

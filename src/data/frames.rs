@@ -56,7 +56,8 @@ impl FrameFolder {
             video: video.to_owned(),
             reason,
         };
-        let entries = std::fs::read_dir(dir).map_err(|e| missing(format!("cannot read frame folder: {e}")))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| missing(format!("cannot read frame folder: {e}")))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| is_image(p))
@@ -89,7 +90,10 @@ impl FrameFolder {
             return Err(Error::MissingFrames {
                 path: self.dir.clone(),
                 video: self.video.clone(),
-                reason: format!("{} frames found, the annotation says {expected}", self.len()),
+                reason: format!(
+                    "{} frames found, the annotation says {expected}",
+                    self.len()
+                ),
             });
         }
         Ok(())
@@ -185,10 +189,16 @@ mod tests {
         ));
         save(d.path(), "img_00001.png", 8, 6, 0);
         save(d.path(), "img_00002.png", 4, 4, 0);
-        let e = FrameFolder::open(d.path(), "v1").unwrap().read_all(None).unwrap_err();
+        let e = FrameFolder::open(d.path(), "v1")
+            .unwrap()
+            .read_all(None)
+            .unwrap_err();
         assert!(matches!(&e, Error::BadFrame { path, .. } if path.ends_with("img_00002.png")));
         std::fs::write(d.path().join("img_00002.png"), b"not a png").unwrap();
-        let e = FrameFolder::open(d.path(), "v1").unwrap().read_all(None).unwrap_err();
+        let e = FrameFolder::open(d.path(), "v1")
+            .unwrap()
+            .read_all(None)
+            .unwrap_err();
         assert!(e.to_string().contains("img_00002.png"), "{e}");
     }
 }

@@ -56,7 +56,12 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    pub fn get<'v>(&self, obj: &'v Map<String, Value>, name: &str, field: &str) -> Result<&'v Value> {
+    pub fn get<'v>(
+        &self,
+        obj: &'v Map<String, Value>,
+        name: &str,
+        field: &str,
+    ) -> Result<&'v Value> {
         obj.get(name).ok_or_else(|| self.missing(field))
     }
 

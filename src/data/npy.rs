@@ -28,13 +28,18 @@ impl FeatureSequence {
             reason,
         };
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid .npy file: {e}")))?;
+        let npy = npyz::NpyFile::new(&bytes[..])
+            .map_err(|e| bad(format!("not a valid .npy file: {e}")))?;
         let shape = npy.shape().to_vec();
         if shape.len() != 2 {
-            return Err(bad(format!("expected a 2-D [T, C] array, found shape {shape:?}")));
+            return Err(bad(format!(
+                "expected a 2-D [T, C] array, found shape {shape:?}"
+            )));
         }
         if npy.order() != npyz::Order::C {
-            return Err(bad("Fortran-ordered arrays are not supported; save with C order".into()));
+            return Err(bad(
+                "Fortran-ordered arrays are not supported; save with C order".into(),
+            ));
         }
         let dtype = match npy.dtype() {
             npyz::DType::Plain(ts) => ts.to_string(),
@@ -46,7 +51,11 @@ impl FeatureSequence {
             "f8" => npy
                 .into_vec::<f64>()
                 .map(|v| v.into_iter().map(|x| x as f32).collect()),
-            _ => return Err(bad(format!("expected float32 or float64 data, found dtype {dtype}"))),
+            _ => {
+                return Err(bad(format!(
+                    "expected float32 or float64 data, found dtype {dtype}"
+                )));
+            }
         }
         .map_err(|e| bad(format!("truncated or corrupt data: {e}")))?;
         Ok(Self {
@@ -74,7 +83,10 @@ impl FeatureSequence {
 
     /// As a `[T, C]` tensor.
     pub fn to_tensor(&self, device: &Device) -> Tensor<2> {
-        Tensor::from_data(TensorData::new(self.data.clone(), [self.len, self.channels]), device)
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), [self.len, self.channels]),
+            device,
+        )
     }
 
     /// From a `[T, C]` tensor.
@@ -85,7 +97,11 @@ impl FeatureSequence {
             .convert::<f32>()
             .try_to_vec()
             .expect("converted to f32");
-        Self { data, len, channels }
+        Self {
+            data,
+            len,
+            channels,
+        }
     }
 }
 
@@ -117,7 +133,12 @@ mod tests {
         assert!(matches!(FeatureSequence::read(&p), Err(Error::Npy { path, .. }) if path == p));
         // 1-D array.
         let mut buf = Vec::new();
-        let mut w = npyz::WriteOptions::new().default_dtype().shape(&[3]).writer(&mut buf).begin_nd().unwrap();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[3])
+            .writer(&mut buf)
+            .begin_nd()
+            .unwrap();
         w.extend([1f32, 2., 3.]).unwrap();
         w.finish().unwrap();
         std::fs::write(&p, &buf).unwrap();
@@ -125,18 +146,36 @@ mod tests {
         assert!(e.contains("2-D") && e.contains("bad.npy"), "{e}");
         // Integer dtype.
         let mut buf = Vec::new();
-        let mut w = npyz::WriteOptions::new().default_dtype().shape(&[1, 2]).writer(&mut buf).begin_nd().unwrap();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[1, 2])
+            .writer(&mut buf)
+            .begin_nd()
+            .unwrap();
         w.extend([1i32, 2]).unwrap();
         w.finish().unwrap();
         std::fs::write(&p, &buf).unwrap();
-        assert!(FeatureSequence::read(&p).unwrap_err().to_string().contains("<i4"));
+        assert!(
+            FeatureSequence::read(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("<i4")
+        );
         // Truncated data.
         let mut buf = Vec::new();
-        let mut w = npyz::WriteOptions::new().default_dtype().shape(&[4, 2]).writer(&mut buf).begin_nd().unwrap();
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[4, 2])
+            .writer(&mut buf)
+            .begin_nd()
+            .unwrap();
         w.extend([0f32; 8]).unwrap();
         w.finish().unwrap();
         std::fs::write(&p, &buf[..buf.len() - 8]).unwrap();
         assert!(matches!(FeatureSequence::read(&p), Err(Error::Npy { .. })));
-        assert!(matches!(FeatureSequence::read(&d.path().join("missing.npy")), Err(Error::Io { .. })));
+        assert!(matches!(
+            FeatureSequence::read(&d.path().join("missing.npy")),
+            Err(Error::Io { .. })
+        ));
     }
 }

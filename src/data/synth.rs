@@ -158,7 +158,10 @@ impl SynthClass {
 
 /// Names of the first `k` classes, in index order.
 pub fn class_names(k: usize) -> Vec<String> {
-    SynthClass::ALL[..k].iter().map(|c| c.name().to_owned()).collect()
+    SynthClass::ALL[..k]
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -250,7 +253,9 @@ impl Sprite {
             Some(SynthClass::RotateClockwise) => p.angle += ANGULAR_SPEED * k,
             Some(SynthClass::RotateCounterClockwise) => p.angle -= ANGULAR_SPEED * k,
             // Two frames on, two off, starting at a random point of the cycle.
-            Some(SynthClass::Blink) => p.visible = ((k + self.phase * 4.0) as usize / 2) % 2 == 0,
+            Some(SynthClass::Blink) => {
+                p.visible = ((k + self.phase * 4.0) as usize / 2).is_multiple_of(2)
+            }
         }
         Some(p)
     }
@@ -339,16 +344,25 @@ impl SynthConfig {
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.num_classes == 0 || self.num_classes > SynthClass::ALL.len() {
-            return bad(format!("num_classes must be 1..=8, got {}", self.num_classes));
+            return bad(format!(
+                "num_classes must be 1..=8, got {}",
+                self.num_classes
+            ));
         }
         if self.videos == 0 {
             return bad("videos must be at least 1".into());
         }
         if self.height < 16 || self.width < 16 {
-            return bad(format!("frames must be at least 16x16, got {}x{}", self.height, self.width));
+            return bad(format!(
+                "frames must be at least 16x16, got {}x{}",
+                self.height, self.width
+            ));
         }
         if self.min_frames == 0 || self.min_frames > self.max_frames {
-            return bad(format!("need 0 < min_frames <= max_frames, got {}..{}", self.min_frames, self.max_frames));
+            return bad(format!(
+                "need 0 < min_frames <= max_frames, got {}..{}",
+                self.min_frames, self.max_frames
+            ));
         }
         if self.min_action_frames == 0 || self.min_action_frames * 3 > self.min_frames {
             return bad(format!(
@@ -357,13 +371,19 @@ impl SynthConfig {
             ));
         }
         if self.min_actions == 0 || self.min_actions > self.max_actions {
-            return bad(format!("need 0 < min_actions <= max_actions, got {}..{}", self.min_actions, self.max_actions));
+            return bad(format!(
+                "need 0 < min_actions <= max_actions, got {}..{}",
+                self.min_actions, self.max_actions
+            ));
         }
         if !(self.fps > 0.0 && self.fps.is_finite()) {
             return bad(format!("fps must be positive, got {}", self.fps));
         }
         if !(0.0..1.0).contains(&self.validation_fraction) {
-            return bad(format!("validation_fraction must be in [0, 1), got {}", self.validation_fraction));
+            return bad(format!(
+                "validation_fraction must be in [0, 1), got {}",
+                self.validation_fraction
+            ));
         }
         Ok(())
     }
@@ -569,9 +589,8 @@ impl SynthConfig {
             let file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
             let mut w = std::io::BufWriter::new(file);
             let res = match self.format {
-                FrameFormat::Jpeg => {
-                    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 90).encode_image(&img)
-                }
+                FrameFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 90)
+                    .encode_image(&img),
                 FrameFormat::Png => img.write_to(&mut w, image::ImageFormat::Png),
             };
             res.map_err(|e| Error::BadFrame {
@@ -637,13 +656,19 @@ mod tests {
             std::fs::read(b.path().join(frame)).unwrap()
         );
         let other = small().with_seed(8).ground_truth().unwrap();
-        assert_ne!(other, GroundTruth::from_json_file(&a.path().join(ANNOTATIONS_FILE)).unwrap());
+        assert_ne!(
+            other,
+            GroundTruth::from_json_file(&a.path().join(ANNOTATIONS_FILE)).unwrap()
+        );
     }
 
     #[test]
     fn layout_and_annotations_are_consistent() {
         let d = tempfile::tempdir().unwrap();
-        let ds = small().with_format(FrameFormat::Png).generate(d.path()).unwrap();
+        let ds = small()
+            .with_format(FrameFormat::Png)
+            .generate(d.path())
+            .unwrap();
         for v in &ds.ground_truth.videos {
             let n = v.num_frames.unwrap();
             let dir = d.path().join(FRAMES_DIR).join(&v.id);
@@ -668,18 +693,29 @@ mod tests {
         let lens: Vec<f64> = gt
             .videos
             .iter()
-            .flat_map(|v| v.annotations.iter().map(|a| (a.segment[1] - a.segment[0]) * 15.0))
+            .flat_map(|v| {
+                v.annotations
+                    .iter()
+                    .map(|a| (a.segment[1] - a.segment[0]) * 15.0)
+            })
             .collect();
-        let (min, max) = lens.iter().fold((f64::MAX, 0.0f64), |(a, b), &l| (a.min(l), b.max(l)));
+        let (min, max) = lens
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(a, b), &l| (a.min(l), b.max(l)));
         assert!(min <= 8.0 && max >= 60.0, "durations {min}..{max} frames");
         let overlapping = gt
             .videos
             .iter()
             .filter(|v| {
-                v.annotations.windows(2).any(|w| w[1].segment[0] < w[0].segment[1])
+                v.annotations
+                    .windows(2)
+                    .any(|w| w[1].segment[0] < w[0].segment[1])
             })
             .count();
-        assert!(overlapping >= 5, "only {overlapping} videos with overlapping actions");
+        assert!(
+            overlapping >= 5,
+            "only {overlapping} videos with overlapping actions"
+        );
         for v in &gt.videos {
             assert!((192..=384).contains(&v.num_frames.unwrap()));
         }
@@ -723,7 +759,11 @@ mod tests {
                 };
                 cfg.render(&plan, t, &mut ChaCha8Rng::seed_from_u64(0))
             };
-            assert_eq!(render(class, 0), render(class.twin(), 0), "{class:?} frame 0");
+            assert_eq!(
+                render(class, 0),
+                render(class.twin(), 0),
+                "{class:?} frame 0"
+            );
             assert_ne!(
                 (render(class, 2), render(class, 3)),
                 (render(class.twin(), 2), render(class.twin(), 3)),
@@ -734,8 +774,18 @@ mod tests {
 
     #[test]
     fn bad_config_is_rejected() {
-        assert!(SynthConfig::new().with_num_classes(9).ground_truth().is_err());
-        assert!(SynthConfig::new().with_min_frames(10).ground_truth().is_err());
+        assert!(
+            SynthConfig::new()
+                .with_num_classes(9)
+                .ground_truth()
+                .is_err()
+        );
+        assert!(
+            SynthConfig::new()
+                .with_min_frames(10)
+                .ground_truth()
+                .is_err()
+        );
         assert!(SynthConfig::new().with_fps(0.0).ground_truth().is_err());
     }
 }

@@ -121,10 +121,26 @@ mod tests {
     #[test]
     fn converts_class_files() {
         let d = tempfile::tempdir().unwrap();
-        write(d.path(), "BaseballPitch_val.txt", "video_validation_0000051 67.5 75.9\nvideo_validation_0000052 1 2\n\n");
-        write(d.path(), "Billiards_val.txt", "video_validation_0000052 3.0 4.5\n");
-        write(d.path(), "Ambiguous_val.txt", "video_validation_0000051 1 2\n");
-        write(d.path(), "Billiards_test.txt", "video_test_0000001 3.0 4.5\n");
+        write(
+            d.path(),
+            "BaseballPitch_val.txt",
+            "video_validation_0000051 67.5 75.9\nvideo_validation_0000052 1 2\n\n",
+        );
+        write(
+            d.path(),
+            "Billiards_val.txt",
+            "video_validation_0000052 3.0 4.5\n",
+        );
+        write(
+            d.path(),
+            "Ambiguous_val.txt",
+            "video_validation_0000051 1 2\n",
+        );
+        write(
+            d.path(),
+            "Billiards_test.txt",
+            "video_test_0000001 3.0 4.5\n",
+        );
         let mut durations = HashMap::new();
         durations.insert("video_validation_0000052".to_string(), 100.0);
         let gt = load_thumos(&ThumosSource {
@@ -164,9 +180,20 @@ mod tests {
         let e = load_thumos(&src).unwrap_err().to_string();
         assert!(e.contains("Diving_val.txt:1") && e.contains("abc"), "{e}");
         write(d.path(), "Diving_val.txt", "v1 5 2\n");
-        assert!(matches!(load_thumos(&src), Err(Error::AnnotationLine { line: 1, .. })));
+        assert!(matches!(
+            load_thumos(&src),
+            Err(Error::AnnotationLine { line: 1, .. })
+        ));
         let empty = tempfile::tempdir().unwrap();
-        let src = ThumosSource { dir: empty.path(), ..src };
-        assert!(load_thumos(&src).unwrap_err().to_string().contains("_val.txt"));
+        let src = ThumosSource {
+            dir: empty.path(),
+            ..src
+        };
+        assert!(
+            load_thumos(&src)
+                .unwrap_err()
+                .to_string()
+                .contains("_val.txt")
+        );
     }
 }

@@ -366,7 +366,12 @@ mod tests {
     use super::*;
     use crate::data::{Annotation, Detection, VideoAnnotations, VideoDetections};
 
-    fn gt(videos: &[(&str, &[(f64, f64, &str)])]) -> GroundTruth {
+    /// `(start, end, label)` per ground-truth instance.
+    type GtRows<'a> = &'a [(f64, f64, &'a str)];
+    /// `(start, end, label, score)` per detection.
+    type PredRows<'a> = &'a [(f64, f64, &'a str, f64)];
+
+    fn gt(videos: &[(&str, GtRows)]) -> GroundTruth {
         GroundTruth {
             videos: videos
                 .iter()
@@ -388,7 +393,7 @@ mod tests {
         }
     }
 
-    fn preds(videos: &[(&str, &[(f64, f64, &str, f64)])]) -> Predictions {
+    fn preds(videos: &[(&str, PredRows)]) -> Predictions {
         Predictions {
             videos: videos
                 .iter()
@@ -424,7 +429,18 @@ mod tests {
         // repr() of numpy.linspace(0.5, 0.95, 10) and numpy.linspace(0.3, 0.7, 5) (numpy 2.4).
         assert_eq!(
             ThresholdSet::ActivityNet.values(),
-            vec![0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.8999999999999999, 0.95]
+            vec![
+                0.5,
+                0.55,
+                0.6,
+                0.65,
+                0.7,
+                0.75,
+                0.8,
+                0.85,
+                0.8999999999999999,
+                0.95
+            ]
         );
         assert_eq!(
             ThresholdSet::Thumos.values(),
@@ -456,7 +472,11 @@ mod tests {
         let g = gt(&[("v1", &[(0.0, 10.0, "a"), (50.0, 60.0, "a")])]);
         let p = preds(&[(
             "v1",
-            &[(0.0, 10.0, "a", 0.9), (30.0, 40.0, "a", 0.8), (50.0, 60.0, "a", 0.7)],
+            &[
+                (0.0, 10.0, "a", 0.9),
+                (30.0, 40.0, "a", 0.8),
+                (50.0, 60.0, "a", 0.7),
+            ],
         )]);
         let r = eval(&g, &p, &[0.5]);
         assert!((r.map[0] - (0.5 + 0.5 * 2.0 / 3.0)).abs() < 1e-15);
@@ -526,8 +546,14 @@ mod tests {
 
     #[test]
     fn threshold_parsing() {
-        assert_eq!("anet".parse::<ThresholdSet>().unwrap(), ThresholdSet::ActivityNet);
-        assert_eq!("THUMOS".parse::<ThresholdSet>().unwrap(), ThresholdSet::Thumos);
+        assert_eq!(
+            "anet".parse::<ThresholdSet>().unwrap(),
+            ThresholdSet::ActivityNet
+        );
+        assert_eq!(
+            "THUMOS".parse::<ThresholdSet>().unwrap(),
+            ThresholdSet::Thumos
+        );
         assert_eq!(
             "0.3, 0.5".parse::<ThresholdSet>().unwrap().values(),
             vec![0.3, 0.5]

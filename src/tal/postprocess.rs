@@ -204,12 +204,20 @@ mod tests {
     #[test]
     fn hard_nms_hand_computed() {
         // IoU(a, b) = 5/15 = 0.333 > 0.3 -> b removed; c does not overlap a.
-        let dets = vec![seg(0., 10., 0.9, 0), seg(5., 15., 0.8, 0), seg(20., 30., 0.7, 0)];
+        let dets = vec![
+            seg(0., 10., 0.9, 0),
+            seg(5., 15., 0.8, 0),
+            seg(20., 30., 0.7, 0),
+        ];
         let kept = nms(dets, NmsMethod::Hard, 0.3, 0.5, 0.001);
         assert_eq!(kept.len(), 2);
         assert_eq!((kept[0].score, kept[1].score), (0.9, 0.7));
         // Threshold above the IoU keeps all three.
-        let dets = vec![seg(0., 10., 0.9, 0), seg(5., 15., 0.8, 0), seg(20., 30., 0.7, 0)];
+        let dets = vec![
+            seg(0., 10., 0.9, 0),
+            seg(5., 15., 0.8, 0),
+            seg(20., 30., 0.7, 0),
+        ];
         assert_eq!(nms(dets, NmsMethod::Hard, 0.34, 0.5, 0.001).len(), 3);
     }
 
@@ -217,22 +225,38 @@ mod tests {
     fn gaussian_soft_nms_hand_computed() {
         // b overlaps a with IoU 1/3: score 0.8 * exp(-(1/9)/0.5) = 0.8 * exp(-2/9).
         // c [2,12] overlaps a with IoU 8/12 and b with IoU 7/13.
-        let dets = vec![seg(0., 10., 0.9, 0), seg(5., 15., 0.8, 0), seg(2., 12., 0.3, 0)];
+        let dets = vec![
+            seg(0., 10., 0.9, 0),
+            seg(5., 15., 0.8, 0),
+            seg(2., 12., 0.3, 0),
+        ];
         let kept = nms(dets, NmsMethod::Gaussian, 0.1, 0.5, 0.001);
         assert_eq!(kept.len(), 3);
         let b = 0.8 * (-2.0f64 / 9.0).exp();
         assert!((kept[1].score - b).abs() < 1e-12);
         let c = 0.3 * (-(4.0f64 / 9.0) / 0.5).exp() * (-(49.0f64 / 169.0) / 0.5).exp();
-        assert!((kept[2].score - c).abs() < 1e-12, "{} vs {c}", kept[2].score);
+        assert!(
+            (kept[2].score - c).abs() < 1e-12,
+            "{} vs {c}",
+            kept[2].score
+        );
         // A min score above c's decayed score removes it.
-        let dets = vec![seg(0., 10., 0.9, 0), seg(5., 15., 0.8, 0), seg(2., 12., 0.3, 0)];
+        let dets = vec![
+            seg(0., 10., 0.9, 0),
+            seg(5., 15., 0.8, 0),
+            seg(2., 12., 0.3, 0),
+        ];
         assert_eq!(nms(dets, NmsMethod::Gaussian, 0.1, 0.5, 0.1).len(), 2);
     }
 
     #[test]
     fn soft_nms_reorders_when_decay_drops_below_later_detection() {
         // b (0.8) overlaps a fully: 0.8 * exp(-2) = 0.108 < c's 0.5, so c is picked second.
-        let dets = vec![seg(0., 10., 0.9, 0), seg(0., 10., 0.8, 0), seg(50., 60., 0.5, 0)];
+        let dets = vec![
+            seg(0., 10., 0.9, 0),
+            seg(0., 10., 0.8, 0),
+            seg(50., 60., 0.5, 0),
+        ];
         let kept = nms(dets, NmsMethod::Gaussian, 0.1, 0.5, 0.001);
         assert_eq!(kept[1].start, 50.0);
         assert!((kept[2].score - 0.8 * (-2.0f64).exp()).abs() < 1e-12);
