@@ -120,6 +120,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A checkpoint cannot be loaded: a tensor is missing, has the wrong shape, or the file is
+    /// not a checkpoint.
+    #[error("{path}: {}{reason}", if key.is_empty() { String::new() } else { format!("tensor `{key}`: ") })]
+    Weights {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The tensor involved (module path), empty when the whole file is at fault.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -13,6 +13,7 @@
 //! - [`backend`]: device selection (Flex CPU by default, wgpu and CUDA as features).
 #![warn(missing_docs)]
 
+pub mod backbone;
 pub mod backend;
 pub mod baseline;
 pub mod data;
@@ -20,5 +21,6 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod tal;
+pub mod weights;
 
 pub use error::{Error, Result};

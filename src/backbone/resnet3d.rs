@@ -1,0 +1,322 @@
+//! 3-D ResNets for video: r3d-18 (full 3x3x3 convolutions) and R(2+1)D-18 (each 3-D
+//! convolution factorised into a spatial 1x3x3 and a temporal 3x1x1 one), as in
+//! `torchvision.models.video` (Tran et al. 2018). BatchNorm keeps running statistics; with
+//! `norm_eval` they stay frozen during fine-tuning.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv3d, Conv3dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig3d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use super::residual::{ResidualBranch, drop_path};
+use super::{BackboneOutput, check_input, check_layers};
+use crate::error::Result;
+
+/// Which convolution the residual blocks use.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum ResNetKind {
+    /// 3x3x3 convolutions (torchvision `r3d_18`).
+    R3d,
+    /// (2+1)-D factorised convolutions (torchvision `r2plus1d_18`).
+    R2Plus1d,
+}
+
+/// 3-D ResNet settings (defaults: r3d-18).
+#[derive(Config, Debug)]
+pub struct ResNet3dConfig {
+    /// Convolution type.
+    #[config(default = "ResNetKind::R3d")]
+    pub kind: ResNetKind,
+    /// Blocks per stage (18 layers: `[2, 2, 2, 2]`).
+    #[config(default = "vec![2, 2, 2, 2]")]
+    pub layers: Vec<usize>,
+    /// Channels per stage.
+    #[config(default = "vec![64, 128, 256, 512]")]
+    pub widths: Vec<usize>,
+    /// Channels between the spatial and temporal stem convolutions of R(2+1)D (torchvision: 45).
+    #[config(default = 45)]
+    pub stem_mid: usize,
+    /// Keep BatchNorm in inference mode (running statistics frozen) even while training.
+    #[config(default = false)]
+    pub norm_eval: bool,
+    /// Stochastic depth of the last block (linearly increasing from 0).
+    #[config(default = 0.0)]
+    pub drop_path_rate: f64,
+}
+
+/// A convolution followed by BatchNorm (and optionally ReLU).
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    /// Convolution (no bias).
+    pub conv: Conv3d,
+    /// BatchNorm.
+    pub bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: [usize; 3],
+        stride: [usize; 3],
+        pad: [usize; 3],
+        norm_eval: bool,
+        device: &Device,
+    ) -> Self {
+        let mut bn = BatchNormConfig::new(cout)
+            .with_epsilon(1e-5)
+            .with_momentum(0.1)
+            .init(device);
+        if norm_eval {
+            bn.training = bn.training.with_value(false);
+        }
+        Self {
+            conv: Conv3dConfig::new([cin, cout], k)
+                .with_stride(stride)
+                .with_padding(PaddingConfig3d::Explicit(pad[0], pad[1], pad[2]))
+                .with_bias(false)
+                .init(device),
+            bn,
+        }
+    }
+
+    /// # Shapes
+    /// - x: `[N, C_in, T, H, W]` -> `[N, C_out, T', H', W']`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+/// A 3x3x3 convolution, or its (2+1)-D factorisation `conv(1x3x3) -> BN -> ReLU -> conv(3x1x1)`.
+/// In both cases BatchNorm follows (`bn`).
+#[derive(Module, Debug)]
+pub struct ConvUnit {
+    /// Spatial 1x3x3 convolution + BN (R(2+1)D only).
+    pub spatial: Option<ConvBn>,
+    /// The (temporal, for R(2+1)D) convolution.
+    pub conv: Conv3d,
+    /// BatchNorm after `conv`.
+    pub bn: BatchNorm,
+}
+
+impl ConvUnit {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kind: ResNetKind,
+        cin: usize,
+        cout: usize,
+        mid: usize,
+        stride: usize,
+        norm_eval: bool,
+        device: &Device,
+    ) -> Self {
+        let pad = |a, b, c| PaddingConfig3d::Explicit(a, b, c);
+        let (spatial, conv) = match kind {
+            ResNetKind::R3d => (
+                None,
+                Conv3dConfig::new([cin, cout], [3, 3, 3])
+                    .with_stride([stride; 3])
+                    .with_padding(pad(1, 1, 1))
+                    .with_bias(false)
+                    .init(device),
+            ),
+            ResNetKind::R2Plus1d => (
+                Some(ConvBn::new(
+                    cin,
+                    mid,
+                    [1, 3, 3],
+                    [1, stride, stride],
+                    [0, 1, 1],
+                    norm_eval,
+                    device,
+                )),
+                Conv3dConfig::new([mid, cout], [3, 1, 1])
+                    .with_stride([stride, 1, 1])
+                    .with_padding(pad(1, 0, 0))
+                    .with_bias(false)
+                    .init(device),
+            ),
+        };
+        let mut bn = BatchNormConfig::new(cout).with_epsilon(1e-5).init(device);
+        if norm_eval {
+            bn.training = bn.training.with_value(false);
+        }
+        Self { spatial, conv, bn }
+    }
+
+    /// # Shapes
+    /// - x: `[N, C_in, T, H, W]` -> `[N, C_out, T', H', W']`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = match &self.spatial {
+            Some(s) => relu(s.forward(x)),
+            None => x,
+        };
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+/// The residual branch of a basic block: `conv2(relu(conv1(x)))`.
+#[derive(Module, Debug)]
+pub struct BasicBranch {
+    /// First convolution unit (carries the stage's stride).
+    pub conv1: ConvUnit,
+    /// Second convolution unit.
+    pub conv2: ConvUnit,
+    /// Stochastic depth probability.
+    pub drop_path: f64,
+}
+
+impl ResidualBranch<5> for BasicBranch {
+    /// # Shapes
+    /// - x: `[N, C, T, H, W]` -> same (for blocks that keep the shape)
+    fn branch(&self, x: Tensor<5>) -> Tensor<5> {
+        drop_path(
+            self.conv2.forward(relu(self.conv1.forward(x))),
+            self.drop_path,
+        )
+    }
+}
+
+/// A basic residual block: `relu(shortcut(x) + F(x))`. The first block of a stage that
+/// changes shape has a 1x1x1 convolution + BN shortcut.
+#[derive(Module, Debug)]
+pub struct BasicBlock {
+    /// `F`.
+    pub branch: BasicBranch,
+    /// Projection shortcut, when the block changes shape.
+    pub downsample: Option<ConvBn>,
+}
+
+impl BasicBlock {
+    /// # Shapes
+    /// - x: `[N, C_in, T, H, W]` -> `[N, C_out, T', H', W']`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward(x.clone()),
+            None => x.clone(),
+        };
+        relu(shortcut + self.branch.branch(x))
+    }
+}
+
+/// A 3-D ResNet: stem, four stages of basic blocks, global average pooling.
+#[derive(Module, Debug)]
+pub struct ResNet3d {
+    /// Stem convolutions (one for r3d, spatial + temporal for R(2+1)D), each followed by ReLU.
+    pub stem: Vec<ConvBn>,
+    /// Stages of residual blocks.
+    pub stages: Vec<Vec<BasicBlock>>,
+}
+
+impl ResNet3dConfig {
+    /// Build the model.
+    pub fn init(&self, device: &Device) -> ResNet3d {
+        let ne = self.norm_eval;
+        let w0 = self.widths[0];
+        let stem = match self.kind {
+            ResNetKind::R3d => vec![ConvBn::new(
+                3,
+                w0,
+                [3, 7, 7],
+                [1, 2, 2],
+                [1, 3, 3],
+                ne,
+                device,
+            )],
+            ResNetKind::R2Plus1d => {
+                let mid = self.stem_mid;
+                vec![
+                    ConvBn::new(3, mid, [1, 7, 7], [1, 2, 2], [0, 3, 3], ne, device),
+                    ConvBn::new(mid, w0, [3, 1, 1], [1, 1, 1], [1, 0, 0], ne, device),
+                ]
+            }
+        };
+        let total: usize = self.layers.iter().sum();
+        let mut idx = 0;
+        let mut cin = w0;
+        let stages = self
+            .layers
+            .iter()
+            .zip(&self.widths)
+            .enumerate()
+            .map(|(s, (&n, &w))| {
+                let blocks = (0..n)
+                    .map(|i| {
+                        let stride = if s > 0 && i == 0 { 2 } else { 1 };
+                        let (bin, bout) = (if i == 0 { cin } else { w }, w);
+                        // torchvision: both convolutions of a block share one mid width.
+                        let mid = (bin * bout * 27) / (bin * 9 + 3 * bout);
+                        let dp = if total > 1 {
+                            self.drop_path_rate * idx as f64 / (total - 1) as f64
+                        } else {
+                            0.0
+                        };
+                        idx += 1;
+                        let downsample = (stride != 1 || bin != bout).then(|| {
+                            ConvBn::new(bin, bout, [1, 1, 1], [stride; 3], [0, 0, 0], ne, device)
+                        });
+                        BasicBlock {
+                            branch: BasicBranch {
+                                conv1: ConvUnit::new(self.kind, bin, bout, mid, stride, ne, device),
+                                conv2: ConvUnit::new(self.kind, bout, bout, mid, 1, ne, device),
+                                drop_path: dp,
+                            },
+                            downsample,
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                cin = w;
+                blocks
+            })
+            .collect::<Vec<_>>();
+        ResNet3d { stem, stages }
+    }
+}
+
+impl ResNet3d {
+    /// Feature map after the last stage.
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> `[N, C, F', H', W']`
+    pub fn forward_map(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
+        Ok(self.run(clips, &[])?.0)
+    }
+
+    fn run(&self, clips: Tensor<5>, layers: &[usize]) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
+        check_input("resnet3d", &clips)?;
+        check_layers("resnet3d", layers, self.stages.len())?;
+        let mut x = clips;
+        for s in &self.stem {
+            x = relu(s.forward(x));
+        }
+        let mut inter = Vec::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            for b in stage {
+                x = b.forward(x);
+            }
+            if layers.contains(&i) {
+                let [n, c, t, h, w] = x.dims();
+                inter.push(x.clone().reshape([n, c, t * h * w]).swap_dims(1, 2));
+            }
+        }
+        Ok((x, inter))
+    }
+
+    /// Per-clip features (global average pool) and, for each stage index in `layers`, that
+    /// stage's output as tokens.
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]`
+    /// - output `features`: `[N, C]`, `intermediates[i]`: `[N, T'H'W', C_i]`
+    pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
+        let (x, intermediates) = self.run(clips, layers)?;
+        let [n, c, t, h, w] = x.dims();
+        let features = x.reshape([n, c, t * h * w]).mean_dim(2).reshape([n, c]);
+        Ok(BackboneOutput {
+            features,
+            intermediates,
+        })
+    }
+}

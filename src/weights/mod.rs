@@ -1,0 +1,454 @@
+//! Loading PyTorch checkpoints (safetensors or `.pth`) into the backbones through burn-store,
+//! with an explicit key-mapping table per checkpoint family.
+//!
+//! Each table maps a checkpoint's names to this crate's module paths. Keys that a family's
+//! checkpoints carry but no backbone uses (classifier heads, BatchNorm's `num_batches_tracked`,
+//! Swin's precomputed `relative_position_index`) are listed as *ignored*; any other unused key is
+//! reported. A missing or shape-mismatched tensor is an error naming the key.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use regex::Regex;
+
+use crate::error::{Error, Result};
+
+/// The checkpoint families with a key map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFamily {
+    /// Hugging Face `transformers` `VideoMAEModel` / `VideoMAEForVideoClassification`.
+    HfVideoMae,
+    /// The original VideoMAE / VideoMAEv2 code (`blocks.N.attn.qkv`, `patch_embed.proj`).
+    VideoMaeV2,
+    /// torchvision `swin3d_t/s/b`, for a model with `stages` stages.
+    TorchvisionSwin3d {
+        /// Number of stages of the model.
+        stages: usize,
+    },
+    /// torchvision `r3d_18`.
+    TorchvisionR3d,
+    /// torchvision `r2plus1d_18`.
+    TorchvisionR2Plus1d,
+}
+
+/// One renaming rule: a regex on the checkpoint key and its replacement (`$1` = first group).
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Pattern on the checkpoint key.
+    pub from: String,
+    /// Replacement, in this crate's module path space.
+    pub to: String,
+}
+
+fn rule(from: impl Into<String>, to: impl Into<String>) -> Rule {
+    Rule {
+        from: from.into(),
+        to: to.into(),
+    }
+}
+
+/// A family's key map.
+#[derive(Debug, Clone)]
+pub struct KeyMap {
+    /// Renaming rules, applied in order.
+    pub rules: Vec<Rule>,
+    /// Keys (regexes, matched after renaming) that checkpoints carry and no module uses.
+    pub ignored: Vec<String>,
+}
+
+/// Wrapper prefixes that training frameworks add (`module.` from DataParallel, `backbone.` from
+/// detection code bases, `videomae.` from `transformers` classification models).
+const PREFIXES: &str = r"^(?:module\.|model\.|backbone\.|videomae\.)+";
+
+impl CheckpointFamily {
+    /// The key map of this family.
+    pub fn key_map(self) -> KeyMap {
+        let mut rules = vec![rule(PREFIXES, "")];
+        let ignored: Vec<&str> = match self {
+            CheckpointFamily::HfVideoMae => {
+                rules.extend([
+                    // embeddings.patch_embeddings.projection = Conv3d tubelet embedding
+                    rule(
+                        r"^embeddings\.patch_embeddings\.projection\.",
+                        "patch_embed.",
+                    ),
+                    // layernorm_before / attention / layernorm_after + MLP
+                    rule(
+                        r"^encoder\.layer\.(\d+)\.layernorm_before\.",
+                        "blocks.$1.attn.norm.",
+                    ),
+                    rule(
+                        r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.",
+                        "blocks.$1.attn.$2.",
+                    ),
+                    // transformers < 5 stored the query / value biases as separate parameters
+                    rule(
+                        r"^encoder\.layer\.(\d+)\.attention\.attention\.q_bias$",
+                        "blocks.$1.attn.query.bias",
+                    ),
+                    rule(
+                        r"^encoder\.layer\.(\d+)\.attention\.attention\.v_bias$",
+                        "blocks.$1.attn.value.bias",
+                    ),
+                    rule(
+                        r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.",
+                        "blocks.$1.attn.proj.",
+                    ),
+                    rule(
+                        r"^encoder\.layer\.(\d+)\.layernorm_after\.",
+                        "blocks.$1.mlp.norm.",
+                    ),
+                    rule(
+                        r"^encoder\.layer\.(\d+)\.intermediate\.dense\.",
+                        "blocks.$1.mlp.fc1.",
+                    ),
+                    rule(
+                        r"^encoder\.layer\.(\d+)\.output\.dense\.",
+                        "blocks.$1.mlp.fc2.",
+                    ),
+                    // final `layernorm` (no mean pooling) or `fc_norm` (classification model)
+                    rule(r"^layernorm\.", "norm."),
+                ]);
+                vec![r"^(videomae\.)?classifier\.", r"position_embeddings"]
+            }
+            CheckpointFamily::VideoMaeV2 => {
+                rules.extend([
+                    rule(r"^patch_embed\.proj\.", "patch_embed."),
+                    rule(r"^blocks\.(\d+)\.norm1\.", "blocks.$1.attn.norm."),
+                    rule(
+                        r"^blocks\.(\d+)\.attn\.q_bias$",
+                        "blocks.$1.attn.query.bias",
+                    ),
+                    rule(
+                        r"^blocks\.(\d+)\.attn\.v_bias$",
+                        "blocks.$1.attn.value.bias",
+                    ),
+                    // qkv.weight is split into query/key/value before loading (see split_qkv)
+                    rule(r"^blocks\.(\d+)\.norm2\.", "blocks.$1.mlp.norm."),
+                ]);
+                vec![r"^head\.", r"pos_embed"]
+            }
+            CheckpointFamily::TorchvisionSwin3d { stages } => {
+                rules.push(rule(r"^patch_embed\.", "patch_embed."));
+                // features = [stage0, merge0, stage1, merge1, ..., stageN-1]
+                for s in 0..stages {
+                    rules.push(rule(
+                        format!(r"^features\.{}\.(\d+)\.norm1\.", 2 * s),
+                        format!("stages.{s}.blocks.$1.attn.norm."),
+                    ));
+                    rules.push(rule(
+                        format!(r"^features\.{}\.(\d+)\.norm2\.", 2 * s),
+                        format!("stages.{s}.blocks.$1.mlp.norm."),
+                    ));
+                    // torchvision.ops.MLP: [Linear, GELU, Dropout, Linear, Dropout]
+                    rules.push(rule(
+                        format!(r"^features\.{}\.(\d+)\.mlp\.0\.", 2 * s),
+                        format!("stages.{s}.blocks.$1.mlp.fc1."),
+                    ));
+                    rules.push(rule(
+                        format!(r"^features\.{}\.(\d+)\.mlp\.3\.", 2 * s),
+                        format!("stages.{s}.blocks.$1.mlp.fc2."),
+                    ));
+                    rules.push(rule(
+                        format!(r"^features\.{}\.(\d+)\.attn\.", 2 * s),
+                        format!("stages.{s}.blocks.$1.attn."),
+                    ));
+                    if s + 1 < stages {
+                        rules.push(rule(
+                            format!(r"^features\.{}\.", 2 * s + 1),
+                            format!("stages.{s}.merge."),
+                        ));
+                    }
+                }
+                vec![r"relative_position_index$", r"^head\."]
+            }
+            CheckpointFamily::TorchvisionR3d | CheckpointFamily::TorchvisionR2Plus1d => {
+                if self == CheckpointFamily::TorchvisionR3d {
+                    // stem = [Conv3d, BN, ReLU]
+                    rules.extend([
+                        rule(r"^stem\.0\.", "stem.0.conv."),
+                        rule(r"^stem\.1\.", "stem.0.bn."),
+                    ]);
+                } else {
+                    // stem = [Conv3d 1x7x7, BN, ReLU, Conv3d 3x1x1, BN, ReLU]
+                    rules.extend([
+                        rule(r"^stem\.0\.", "stem.0.conv."),
+                        rule(r"^stem\.1\.", "stem.0.bn."),
+                        rule(r"^stem\.3\.", "stem.1.conv."),
+                        rule(r"^stem\.4\.", "stem.1.bn."),
+                    ]);
+                }
+                for s in 1..=4 {
+                    let to = format!("stages.{}.$1", s - 1);
+                    if self == CheckpointFamily::TorchvisionR3d {
+                        // convK = [Conv3DSimple, BN(, ReLU)]
+                        rules.push(rule(
+                            format!(r"^layer{s}\.(\d+)\.conv(\d)\.0\."),
+                            format!("{to}.branch.conv$2.conv."),
+                        ));
+                    } else {
+                        // convK = [Conv2Plus1D = [Conv 1x3x3, BN, ReLU, Conv 3x1x1], BN(, ReLU)]
+                        rules.push(rule(
+                            format!(r"^layer{s}\.(\d+)\.conv(\d)\.0\.0\."),
+                            format!("{to}.branch.conv$2.spatial.conv."),
+                        ));
+                        rules.push(rule(
+                            format!(r"^layer{s}\.(\d+)\.conv(\d)\.0\.1\."),
+                            format!("{to}.branch.conv$2.spatial.bn."),
+                        ));
+                        rules.push(rule(
+                            format!(r"^layer{s}\.(\d+)\.conv(\d)\.0\.3\."),
+                            format!("{to}.branch.conv$2.conv."),
+                        ));
+                    }
+                    rules.push(rule(
+                        format!(r"^layer{s}\.(\d+)\.conv(\d)\.1\."),
+                        format!("{to}.branch.conv$2.bn."),
+                    ));
+                    // shortcut = [Conv3d 1x1x1, BN]
+                    rules.push(rule(
+                        format!(r"^layer{s}\.(\d+)\.downsample\.0\."),
+                        format!("{to}.downsample.conv."),
+                    ));
+                    rules.push(rule(
+                        format!(r"^layer{s}\.(\d+)\.downsample\.1\."),
+                        format!("{to}.downsample.bn."),
+                    ));
+                }
+                vec![r"num_batches_tracked$", r"^fc\."]
+            }
+        };
+        KeyMap {
+            rules,
+            ignored: ignored.into_iter().map(str::to_owned).collect(),
+        }
+    }
+}
+
+impl KeyMap {
+    /// Where a checkpoint key lands in the module (after all rules).
+    pub fn rename(&self, key: &str) -> String {
+        let mut k = key.to_owned();
+        for r in &self.rules {
+            let re = Regex::new(&r.from).expect("key-map regexes are valid");
+            k = re.replace(&k, r.to.as_str()).into_owned();
+        }
+        k
+    }
+
+    fn is_ignored(&self, key: &str) -> bool {
+        self.ignored
+            .iter()
+            .any(|p| Regex::new(p).expect("valid regex").is_match(key))
+    }
+}
+
+/// What loading a checkpoint did.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Module paths that received a tensor.
+    pub applied: Vec<String>,
+    /// Checkpoint keys expected to be unused (heads, buffers), not loaded (renamed form).
+    pub ignored: Vec<String>,
+    /// Other checkpoint keys no module path took (renamed form).
+    pub unused: Vec<String>,
+}
+
+/// Split VideoMAEv2's fused `blocks.N.attn.qkv.weight` (`[3D, D]`) into the `query`, `key` and
+/// `value` weights this crate's ViT has, re-encoding the safetensors file in memory.
+fn split_qkv(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
+    let bad = |reason: String| Error::Weights {
+        path: path.to_path_buf(),
+        key: String::new(),
+        reason,
+    };
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let re = Regex::new(r"^(.*blocks\.\d+\.attn\.)qkv\.weight$").expect("valid");
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some(c) = re.captures(&name) {
+            let shape = view.shape().to_vec();
+            if shape.len() != 2 || shape[0] % 3 != 0 {
+                return Err(Error::Weights {
+                    path: path.to_path_buf(),
+                    key: name.clone(),
+                    reason: format!("expected a [3D, D] qkv weight, found {shape:?}"),
+                });
+            }
+            let part = view.data().len() / 3;
+            for (i, which) in ["query", "key", "value"].iter().enumerate() {
+                owned.push((
+                    format!("{}{which}.weight", &c[1]),
+                    view.dtype(),
+                    vec![shape[0] / 3, shape[1]],
+                    view.data()[i * part..(i + 1) * part].to_vec(),
+                ));
+            }
+        } else {
+            owned.push((
+                name.clone(),
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            ));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, dt, shape, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, shape.clone(), data).expect("consistent"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).map_err(|e| bad(format!("cannot re-encode: {e}")))
+}
+
+/// Load `path` (`.safetensors`, or `.pth` / `.pt` PyTorch pickles) into `module` with the key
+/// map of `family`. Fails on a missing tensor or a shape mismatch, naming the key; unused keys
+/// are returned in the report.
+pub fn load<M: Module + ModuleSnapshot>(
+    module: &mut M,
+    path: &Path,
+    family: CheckpointFamily,
+) -> Result<LoadReport> {
+    let map = family.key_map();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let result = if ext == "pth" || ext == "pt" || ext == "bin" {
+        let mut store = PytorchStore::from_file(path)
+            .allow_partial(true)
+            .validate(false);
+        for r in &map.rules {
+            store = store.with_key_remapping(&r.from, &r.to);
+        }
+        module.load_from(&mut store).map_err(|e| Error::Weights {
+            path: path.to_path_buf(),
+            key: String::new(),
+            reason: e.to_string(),
+        })?
+    } else {
+        let mut store = if family == CheckpointFamily::VideoMaeV2 {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            SafetensorsStore::from_bytes(Some(split_qkv(&bytes, path)?))
+        } else {
+            SafetensorsStore::from_file(path)
+        }
+        // Missing tensors and mismatches come back in the result and are reported below, by key.
+        .allow_partial(true)
+        .validate(false)
+        .with_from_adapter(PyTorchToBurnAdapter);
+        for r in &map.rules {
+            store = store.with_key_remapping(&r.from, &r.to);
+        }
+        module.load_from(&mut store).map_err(|e| Error::Weights {
+            path: path.to_path_buf(),
+            key: String::new(),
+            reason: e.to_string(),
+        })?
+    };
+    if let Some(e) = result.errors.first() {
+        let mut reason = e.to_string();
+        if result.errors.len() > 1 {
+            reason.push_str(&format!(
+                " (and {} more mismatched tensors)",
+                result.errors.len() - 1
+            ));
+        }
+        let key = match e {
+            burn::store::ApplyError::ShapeMismatch { path, .. }
+            | burn::store::ApplyError::DTypeMismatch { path, .. }
+            | burn::store::ApplyError::AdapterError { path, .. }
+            | burn::store::ApplyError::LoadError { path, .. } => path.clone(),
+        };
+        return Err(Error::Weights {
+            path: path.to_path_buf(),
+            key,
+            reason,
+        });
+    }
+    if !result.missing.is_empty() {
+        let keys: Vec<String> = result.missing.iter().map(|(k, _)| k.clone()).collect();
+        return Err(Error::Weights {
+            path: path.to_path_buf(),
+            key: keys[0].clone(),
+            reason: format!(
+                "{} module tensors have no checkpoint entry: {}",
+                keys.len(),
+                keys.join(", ")
+            ),
+        });
+    }
+    let (ignored, unused) = result.unused.into_iter().partition(|k| map.is_ignored(k));
+    Ok(LoadReport {
+        applied: result.applied,
+        ignored,
+        unused,
+    })
+}
+
+/// The tensors of a safetensors checkpoint: `(key, dtype, shape)`, in file order.
+pub fn inspect(path: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Weights {
+        path: PathBuf::from(path),
+        key: String::new(),
+        reason: format!("not a safetensors file: {e}"),
+    })?;
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, format!("{:?}", v.dtype()), v.shape().to_vec()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_maps_rename_reference_names() {
+        let hf = CheckpointFamily::HfVideoMae.key_map();
+        assert_eq!(
+            hf.rename("videomae.encoder.layer.3.attention.attention.q_bias"),
+            "blocks.3.attn.query.bias"
+        );
+        assert_eq!(
+            hf.rename("encoder.layer.11.output.dense.weight"),
+            "blocks.11.mlp.fc2.weight"
+        );
+        let swin = CheckpointFamily::TorchvisionSwin3d { stages: 4 }.key_map();
+        assert_eq!(
+            swin.rename("features.4.5.mlp.3.bias"),
+            "stages.2.blocks.5.mlp.fc2.bias"
+        );
+        assert_eq!(
+            swin.rename("features.3.reduction.weight"),
+            "stages.1.merge.reduction.weight"
+        );
+        assert_eq!(
+            swin.rename("features.0.1.attn.relative_position_bias_table"),
+            "stages.0.blocks.1.attn.relative_position_bias_table"
+        );
+        let r21 = CheckpointFamily::TorchvisionR2Plus1d.key_map();
+        assert_eq!(
+            r21.rename("layer2.0.conv1.0.3.weight"),
+            "stages.1.0.branch.conv1.conv.weight"
+        );
+        assert_eq!(
+            r21.rename("layer4.1.conv2.1.running_var"),
+            "stages.3.1.branch.conv2.bn.running_var"
+        );
+        assert_eq!(r21.rename("stem.4.weight"), "stem.1.bn.weight");
+        let r3d = CheckpointFamily::TorchvisionR3d.key_map();
+        assert_eq!(
+            r3d.rename("module.layer3.0.downsample.0.weight"),
+            "stages.2.0.downsample.conv.weight"
+        );
+        assert!(r3d.is_ignored("layer1.0.conv1.1.num_batches_tracked"));
+    }
+}

@@ -1,0 +1,243 @@
+//! Numerical parity of the backbones with their PyTorch references, loading the reference
+//! weights through the documented key maps. Fixtures: `scripts/backbone_fixtures.py`.
+//! Criterion: max |ours - reference| / max |reference| <= 1e-4 (f32), per output.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Tensor, TensorData};
+use e2e_tal::Error;
+use e2e_tal::backbone::BackboneOutput;
+use e2e_tal::backbone::resnet3d::{ResNet3dConfig, ResNetKind};
+use e2e_tal::backbone::swin::SwinConfig;
+use e2e_tal::backbone::vit::VitConfig;
+use e2e_tal::backend::cpu_device;
+use e2e_tal::weights::{CheckpointFamily, load};
+
+const TOL: f64 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/backbones")
+        .join(name)
+}
+
+/// A tensor of `NAME_io.safetensors`, as (values, shape).
+fn io_tensor(model: &str, key: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(fixture(&format!("{model}_io.safetensors"))).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(key).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+fn input(model: &str) -> Tensor<5> {
+    let (v, s) = io_tensor(model, "input");
+    Tensor::from_data(
+        TensorData::new(v, [s[0], s[1], s[2], s[3], s[4]]),
+        &cpu_device(),
+    )
+}
+
+fn assert_close<const D: usize>(what: &str, got: Tensor<D>, model: &str, key: &str) {
+    let (want, shape) = io_tensor(model, key);
+    assert_eq!(got.dims().to_vec(), shape, "{what}: shape");
+    let got: Vec<f32> = got.into_data().convert::<f32>().try_to_vec().unwrap();
+    let scale = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs()));
+    let rel = err / scale;
+    println!("{what}: max abs err {err:.3e}, relative {rel:.3e}");
+    assert!(rel <= TOL, "{what}: relative error {rel:.3e} > {TOL:e}");
+}
+
+fn check(model: &str, out: BackboneOutput, last: Option<Tensor<5>>, tokens: Option<Tensor<3>>) {
+    assert_close(
+        &format!("{model} features"),
+        out.features,
+        model,
+        "features",
+    );
+    assert_close(
+        &format!("{model} intermediate"),
+        out.intermediates[0].clone(),
+        model,
+        "intermediate",
+    );
+    if let Some(t) = last {
+        assert_close(&format!("{model} output"), t, model, "output");
+    }
+    if let Some(t) = tokens {
+        assert_close(&format!("{model} output"), t, model, "output");
+    }
+}
+
+fn tiny_vit() -> VitConfig {
+    VitConfig::new()
+        .with_embed_dim(16)
+        .with_depth(2)
+        .with_num_heads(2)
+        .with_mlp_dim(32)
+        .with_patch_size(8)
+        .with_num_frames(4)
+        .with_image_size(16)
+}
+
+#[test]
+fn vit_matches_transformers_videomae() {
+    for (file, family) in [
+        ("vit.safetensors", CheckpointFamily::HfVideoMae),
+        ("vit_v2.safetensors", CheckpointFamily::VideoMaeV2),
+    ] {
+        let mut m = tiny_vit().init(&cpu_device());
+        let report = load(&mut m, &fixture(file), family).unwrap();
+        assert!(
+            report.unused.is_empty(),
+            "{file}: unused {:?}",
+            report.unused
+        );
+        let out = m.forward(input("vit"), &[0]).unwrap();
+        let tokens = m.forward_tokens(input("vit")).unwrap();
+        check("vit", out, None, Some(tokens));
+    }
+}
+
+#[test]
+fn swin_matches_torchvision_swin3d() {
+    let mut m = SwinConfig::new()
+        .with_embed_dim(8)
+        .with_depths(vec![2, 2])
+        .with_num_heads(vec![1, 2])
+        .with_window_size([2, 2, 2])
+        .init(&cpu_device());
+    let report = load(
+        &mut m,
+        &fixture("swin.safetensors"),
+        CheckpointFamily::TorchvisionSwin3d { stages: 2 },
+    )
+    .unwrap();
+    assert!(report.unused.is_empty(), "unused {:?}", report.unused);
+    assert!(
+        report
+            .ignored
+            .iter()
+            .any(|k| k.contains("relative_position_index"))
+    );
+    let out = m.forward(input("swin"), &[0]).unwrap();
+    let map = m.forward_map(input("swin")).unwrap();
+    check("swin", out, Some(map), None);
+}
+
+fn tiny_resnet(kind: ResNetKind) -> ResNet3dConfig {
+    ResNet3dConfig::new()
+        .with_kind(kind)
+        .with_widths(vec![4, 8, 8, 16])
+        .with_layers(vec![2, 1, 1, 1])
+        .with_stem_mid(6)
+}
+
+#[test]
+fn resnets_match_torchvision_video_resnets() {
+    for (name, kind, family) in [
+        ("r3d", ResNetKind::R3d, CheckpointFamily::TorchvisionR3d),
+        (
+            "r2plus1d",
+            ResNetKind::R2Plus1d,
+            CheckpointFamily::TorchvisionR2Plus1d,
+        ),
+    ] {
+        let mut m = tiny_resnet(kind).init(&cpu_device());
+        let report = load(&mut m, &fixture(&format!("{name}.safetensors")), family).unwrap();
+        assert!(
+            report.unused.is_empty(),
+            "{name}: unused {:?}",
+            report.unused
+        );
+        assert!(
+            report
+                .ignored
+                .iter()
+                .any(|k| k.ends_with("num_batches_tracked"))
+        );
+        let out = m.forward(input(name), &[1]).unwrap();
+        let map = m.forward_map(input(name)).unwrap();
+        check(name, out, Some(map), None);
+    }
+}
+
+#[test]
+fn shape_mismatch_names_the_tensor_and_shapes() {
+    // A ViT 8 wide cannot take the 16-wide checkpoint.
+    let mut m = tiny_vit().with_embed_dim(8).init(&cpu_device());
+    let err = load(
+        &mut m,
+        &fixture("vit.safetensors"),
+        CheckpointFamily::HfVideoMae,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        Error::Weights { key, .. } => assert_eq!(key, "patch_embed.weight", "{msg}"),
+        other => panic!("expected Error::Weights, got {other:?}"),
+    }
+    assert!(
+        msg.contains("vit.safetensors") && msg.contains("expected") && msg.contains("found"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_tensors_and_unused_keys_are_reported() {
+    // r3d weights into an R(2+1)D model: the stems differ first.
+    let mut m = tiny_resnet(ResNetKind::R2Plus1d).init(&cpu_device());
+    let err = load(
+        &mut m,
+        &fixture("r3d.safetensors"),
+        CheckpointFamily::TorchvisionR2Plus1d,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Weights { key, .. } if key == "stem.0.conv.weight"),
+        "{err}"
+    );
+    // A deeper model than the checkpoint: blocks 2.. are missing.
+    let mut m = tiny_vit().with_depth(3).init(&cpu_device());
+    let err = load(
+        &mut m,
+        &fixture("vit.safetensors"),
+        CheckpointFamily::HfVideoMae,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no checkpoint entry") && msg.contains("blocks.2."),
+        "{msg}"
+    );
+    // A shallower model leaves checkpoint keys unused, which the report lists.
+    let mut m = tiny_vit().with_depth(1).init(&cpu_device());
+    let report = load(
+        &mut m,
+        &fixture("vit.safetensors"),
+        CheckpointFamily::HfVideoMae,
+    )
+    .unwrap();
+    assert!(
+        report.unused.iter().any(|k| k.starts_with("blocks.1.")),
+        "{:?}",
+        report.unused
+    );
+    // Not a checkpoint at all.
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("x.safetensors");
+    std::fs::write(&bogus, b"garbage").unwrap();
+    let mut m = tiny_vit().init(&cpu_device());
+    assert!(matches!(
+        load(&mut m, &bogus, CheckpointFamily::HfVideoMae),
+        Err(Error::Weights { .. })
+    ));
+}
