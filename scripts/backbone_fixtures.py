@@ -6,6 +6,7 @@ and BatchNorm statistic a random (non-default) value, runs it on a fixed input i
 and writes, for each model NAME:
 
 * tests/fixtures/backbones/NAME.safetensors     the reference state_dict, reference key names
+  (plus vit.pth, the ViT's state_dict saved with torch.save)
 * tests/fixtures/backbones/NAME_io.safetensors  `input` ([N, 3, F, H, W]), `output` (final
   tokens / map), `features` (per clip), `intermediate` (ViT block 0, Swin stage 0, ResNet stage 1
   output, as tokens [N, L, C])
@@ -77,6 +78,8 @@ def vit(gen):
         out = model(pixel_values=x.permute(0, 2, 1, 3, 4), output_hidden_states=True)
     tokens = out.last_hidden_state
     save("vit", model, x, tokens, tokens.mean(1), inter=out.hidden_states[1])  # block 0
+    # The same state_dict as a PyTorch pickle, for the `.pth` loading path.
+    torch.save(model.state_dict(), os.path.join(OUT, "vit.pth"))
     # The same weights under the original VideoMAEv2 names, qkv fused.
     sd = model.state_dict()
     v2 = {"patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],

@@ -5,12 +5,16 @@
 //! training the video backbone together with the localization head.
 //!
 //! This crate is organised by concept:
+//! - [`backbone`]: video backbones (VideoMAE ViT, Video Swin, 3-D ResNets) as explicit chains of
+//!   residual modules;
+//! - [`weights`]: PyTorch checkpoints into the backbones through documented key maps;
 //! - [`data`]: ActivityNet / THUMOS annotations, frame folders, clip sampling, `.npy` feature
 //!   files and the built-in synthetic benchmark;
 //! - [`eval`]: the official ActivityNet detection mAP;
 //! - [`tal`]: post-processing of detections (NMS, soft-NMS, grid-to-seconds);
 //! - [`baseline`]: a noisy-oracle detector that exercises the whole evaluation pipeline;
-//! - [`backend`]: device selection (Flex CPU by default, wgpu and CUDA as features).
+//! - [`backend`]: device selection (Flex CPU by default, wgpu and CUDA as features);
+//! - [`memory`]: peak-memory measurement for benches.
 #![warn(missing_docs)]
 
 pub mod backbone;
@@ -20,6 +24,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod io;
+pub mod memory;
 pub mod tal;
 pub mod weights;
 

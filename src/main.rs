@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use e2e_tal::backbone::BackbonePreset;
 use e2e_tal::baseline::{NoisyOracleConfig, noisy_oracle};
 use e2e_tal::data::synth::{FRAMES_DIR, FrameFormat, load_or_generate};
 use e2e_tal::data::{
@@ -13,6 +14,7 @@ use e2e_tal::data::{
 };
 use e2e_tal::eval::{EvalOptions, EvalReport, ThresholdSet, evaluate};
 use e2e_tal::tal::postprocess::PostProcessConfig;
+use e2e_tal::weights::{self, CheckpointFamily};
 use e2e_tal::{Error, Result, backend};
 
 #[derive(Parser)]
@@ -85,6 +87,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Inspect or convert PyTorch backbone checkpoints.
+    Weights {
+        #[command(subcommand)]
+        action: WeightsAction,
+    },
     /// The main job until training lands: generate the synthetic benchmark if missing, load
     /// every validation video through the clip pipeline, run the noisy-oracle baseline and print
     /// its mAP.
@@ -99,6 +106,86 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum WeightsAction {
+    /// List a safetensors checkpoint's tensors (and, with --family, where each one lands).
+    Inspect {
+        /// Checkpoint (.safetensors).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Key map to show: hf-videomae, videomae-v2, swin3d, r3d, r2plus1d, native.
+        #[arg(long)]
+        family: Option<String>,
+    },
+    /// Load a checkpoint into a backbone preset through its key map and write it in e2e-tal's
+    /// layout (load it later with family `native`).
+    Convert {
+        /// Backbone preset: vit-s, vit-b, vit-l, vit-h, vit-g, swin-t, swin-s, swin-b, r3d-18,
+        /// r2plus1d-18.
+        #[arg(long)]
+        model: String,
+        /// Checkpoint to read (.safetensors, or .pth/.pt).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Key map (default: the preset's usual family).
+        #[arg(long)]
+        family: Option<String>,
+        /// Output .safetensors.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn run_weights(action: WeightsAction) -> Result<()> {
+    match action {
+        WeightsAction::Inspect { checkpoint, family } => {
+            let map = family
+                .map(|f| f.parse::<CheckpointFamily>())
+                .transpose()?
+                .map(|f| f.key_map());
+            let tensors = weights::inspect(&checkpoint)?;
+            for (key, dtype, shape) in &tensors {
+                match &map {
+                    Some(m) => println!("{key} {dtype} {shape:?} -> {}", m.rename(key)),
+                    None => println!("{key} {dtype} {shape:?}"),
+                }
+            }
+            let n: usize = tensors
+                .iter()
+                .map(|(_, _, s)| s.iter().product::<usize>())
+                .sum();
+            println!("{} tensors, {n} values", tensors.len());
+        }
+        WeightsAction::Convert {
+            model,
+            checkpoint,
+            family,
+            out,
+        } => {
+            let preset: BackbonePreset = model.parse()?;
+            let family = match family {
+                Some(f) => f.parse()?,
+                None => preset.default_family(),
+            };
+            let mut backbone = preset.init(&backend::cpu_device());
+            let report = backbone.load(&checkpoint, family)?;
+            println!(
+                "loaded {} tensors into {} ({} ignored, {} unused)",
+                report.applied.len(),
+                preset.name(),
+                report.ignored.len(),
+                report.unused.len()
+            );
+            for k in &report.unused {
+                println!("  unused: {k}");
+            }
+            backbone.save(&out)?;
+            println!("wrote {}", out.display());
+        }
+    }
+    Ok(())
 }
 
 fn subset_arg(s: &str) -> Result<Option<Subset>> {
@@ -208,6 +295,7 @@ fn run(cli: Cli) -> Result<()> {
             gt.write_json(&out)?;
             println!("wrote {} videos to {}", gt.videos.len(), out.display());
         }
+        Command::Weights { action } => run_weights(action)?,
         Command::Baseline {
             data,
             backend: b,

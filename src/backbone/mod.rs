@@ -39,3 +39,164 @@ pub(crate) fn check_layers(name: &str, layers: &[usize], n: usize) -> Result<()>
     }
     Ok(())
 }
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::Device;
+
+use crate::weights::{CheckpointFamily, LoadReport};
+
+/// Named backbone configurations (published sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackbonePreset {
+    /// VideoMAE ViT-S/16.
+    VitS,
+    /// VideoMAE ViT-B/16.
+    VitB,
+    /// VideoMAE ViT-L/16.
+    VitL,
+    /// VideoMAE ViT-H/16.
+    VitH,
+    /// VideoMAEv2 ViT-g/14 layout with 16-pixel patches.
+    VitG,
+    /// Video Swin-T.
+    SwinT,
+    /// Video Swin-S.
+    SwinS,
+    /// Video Swin-B.
+    SwinB,
+    /// r3d-18.
+    R3d18,
+    /// R(2+1)D-18.
+    R2Plus1d18,
+}
+
+impl BackbonePreset {
+    /// Every preset.
+    pub const ALL: [BackbonePreset; 10] = [
+        Self::VitS,
+        Self::VitB,
+        Self::VitL,
+        Self::VitH,
+        Self::VitG,
+        Self::SwinT,
+        Self::SwinS,
+        Self::SwinB,
+        Self::R3d18,
+        Self::R2Plus1d18,
+    ];
+
+    /// Command-line name (`vit-s`, `swin-t`, `r3d-18`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::VitS => "vit-s",
+            Self::VitB => "vit-b",
+            Self::VitL => "vit-l",
+            Self::VitH => "vit-h",
+            Self::VitG => "vit-g",
+            Self::SwinT => "swin-t",
+            Self::SwinS => "swin-s",
+            Self::SwinB => "swin-b",
+            Self::R3d18 => "r3d-18",
+            Self::R2Plus1d18 => "r2plus1d-18",
+        }
+    }
+
+    /// The checkpoint family a preset's official weights come in.
+    pub fn default_family(self) -> CheckpointFamily {
+        match self {
+            Self::VitS | Self::VitB | Self::VitL | Self::VitH => CheckpointFamily::HfVideoMae,
+            Self::VitG => CheckpointFamily::VideoMaeV2,
+            Self::SwinT | Self::SwinS | Self::SwinB => {
+                CheckpointFamily::TorchvisionSwin3d { stages: 4 }
+            }
+            Self::R3d18 => CheckpointFamily::TorchvisionR3d,
+            Self::R2Plus1d18 => CheckpointFamily::TorchvisionR2Plus1d,
+        }
+    }
+
+    /// A freshly initialised model.
+    pub fn init(self, device: &Device) -> Backbone {
+        use resnet3d::{ResNet3dConfig, ResNetKind};
+        use swin::{SwinConfig, SwinPreset};
+        use vit::{VitConfig, VitPreset};
+        match self {
+            Self::VitS => Backbone::Vit(VitConfig::preset(VitPreset::Small).init(device)),
+            Self::VitB => Backbone::Vit(VitConfig::preset(VitPreset::Base).init(device)),
+            Self::VitL => Backbone::Vit(VitConfig::preset(VitPreset::Large).init(device)),
+            Self::VitH => Backbone::Vit(VitConfig::preset(VitPreset::Huge).init(device)),
+            Self::VitG => Backbone::Vit(VitConfig::preset(VitPreset::Giant).init(device)),
+            Self::SwinT => Backbone::Swin(SwinConfig::preset(SwinPreset::Tiny).init(device)),
+            Self::SwinS => Backbone::Swin(SwinConfig::preset(SwinPreset::Small).init(device)),
+            Self::SwinB => Backbone::Swin(SwinConfig::preset(SwinPreset::Base).init(device)),
+            Self::R3d18 => Backbone::ResNet(ResNet3dConfig::new().init(device)),
+            Self::R2Plus1d18 => Backbone::ResNet(
+                ResNet3dConfig::new()
+                    .with_kind(ResNetKind::R2Plus1d)
+                    .init(device),
+            ),
+        }
+    }
+}
+
+impl std::str::FromStr for BackbonePreset {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+                Error::Config(format!(
+                    "unknown backbone `{s}` (expected one of {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// Any of the backbones.
+#[derive(Module, Debug)]
+pub enum Backbone {
+    /// VideoMAE ViT.
+    Vit(vit::VisionTransformer),
+    /// Video Swin.
+    Swin(swin::VideoSwin),
+    /// 3-D ResNet.
+    ResNet(resnet3d::ResNet3d),
+}
+
+impl Backbone {
+    /// Per-clip features and the requested intermediate layers (blocks for ViT, stages for
+    /// Swin and ResNets).
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, intermediates `[N, L, C_l]`
+    pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
+        match self {
+            Backbone::Vit(m) => m.forward(clips, layers),
+            Backbone::Swin(m) => m.forward(clips, layers),
+            Backbone::ResNet(m) => m.forward(clips, layers),
+        }
+    }
+
+    /// Load a checkpoint into the backbone.
+    pub fn load(&mut self, path: &Path, family: CheckpointFamily) -> Result<LoadReport> {
+        match self {
+            Backbone::Vit(m) => crate::weights::load(m, path, family),
+            Backbone::Swin(m) => crate::weights::load(m, path, family),
+            Backbone::ResNet(m) => crate::weights::load(m, path, family),
+        }
+    }
+
+    /// Write the backbone's weights as safetensors in this crate's layout (atomically);
+    /// [`CheckpointFamily::Native`] loads them back.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        match self {
+            Backbone::Vit(m) => crate::weights::save(m, path),
+            Backbone::Swin(m) => crate::weights::save(m, path),
+            Backbone::ResNet(m) => crate::weights::save(m, path),
+        }
+    }
+}

@@ -320,3 +320,65 @@ impl ResNet3d {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stem_mean(m: &ResNet3d) -> Vec<f32> {
+        m.stem[0]
+            .bn
+            .running_mean
+            .value_sync()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap()
+    }
+
+    #[test]
+    fn norm_eval_freezes_running_statistics() {
+        let device = crate::backend::cpu_device().autodiff();
+        let cfg = ResNet3dConfig::new()
+            .with_widths(vec![4, 4, 4, 4])
+            .with_layers(vec![1, 1, 1, 1]);
+        let x = || {
+            Tensor::<5>::random(
+                [2, 3, 4, 16, 16],
+                burn::tensor::Distribution::Default,
+                &device,
+            )
+        };
+        let frozen = cfg.clone().with_norm_eval(true).init(&device);
+        let before = stem_mean(&frozen);
+        frozen.forward(x(), &[]).unwrap();
+        assert_eq!(stem_mean(&frozen), before);
+        let trained = cfg.init(&device);
+        let before = stem_mean(&trained);
+        trained.forward(x(), &[]).unwrap();
+        assert_ne!(
+            stem_mean(&trained),
+            before,
+            "training BN updates its statistics"
+        );
+    }
+
+    #[test]
+    fn shapes_of_both_kinds() {
+        let device = crate::backend::cpu_device();
+        for kind in [ResNetKind::R3d, ResNetKind::R2Plus1d] {
+            let m = ResNet3dConfig::new()
+                .with_kind(kind)
+                .with_widths(vec![4, 8, 8, 16])
+                .with_layers(vec![2, 1, 1, 1])
+                .with_stem_mid(6)
+                .init(&device);
+            let out = m
+                .forward(Tensor::zeros([2, 3, 8, 32, 32], &device), &[0, 3])
+                .unwrap();
+            assert_eq!(out.features.dims(), [2, 16]);
+            assert_eq!(out.intermediates[0].dims(), [2, 8 * 16 * 16, 4]);
+            assert_eq!(out.intermediates[1].dims(), [2, 4, 16]);
+        }
+    }
+}

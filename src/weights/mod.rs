@@ -30,6 +30,28 @@ pub enum CheckpointFamily {
     TorchvisionR3d,
     /// torchvision `r2plus1d_18`.
     TorchvisionR2Plus1d,
+    /// This crate's own layout, as written by [`save`] (`e2e-tal weights convert`).
+    Native,
+}
+
+impl std::str::FromStr for CheckpointFamily {
+    type Err = Error;
+    /// `hf-videomae`, `videomae-v2`, `swin3d` (4 stages), `r3d`, `r2plus1d`, `native`.
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "hf-videomae" | "videomae" => Self::HfVideoMae,
+            "videomae-v2" | "videomaev2" => Self::VideoMaeV2,
+            "swin3d" | "torchvision-swin3d" => Self::TorchvisionSwin3d { stages: 4 },
+            "r3d" | "r3d-18" => Self::TorchvisionR3d,
+            "r2plus1d" | "r2plus1d-18" => Self::TorchvisionR2Plus1d,
+            "native" | "e2e-tal" => Self::Native,
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown checkpoint family `{other}` (expected hf-videomae, videomae-v2, swin3d, r3d, r2plus1d or native)"
+                )));
+            }
+        })
+    }
 }
 
 /// One renaming rule: a regex on the checkpoint key and its replacement (`$1` = first group).
@@ -64,8 +86,15 @@ const PREFIXES: &str = r"^(?:module\.|model\.|backbone\.|videomae\.)+";
 impl CheckpointFamily {
     /// The key map of this family.
     pub fn key_map(self) -> KeyMap {
+        if self == CheckpointFamily::Native {
+            return KeyMap {
+                rules: Vec::new(),
+                ignored: Vec::new(),
+            };
+        }
         let mut rules = vec![rule(PREFIXES, "")];
         let ignored: Vec<&str> = match self {
+            CheckpointFamily::Native => unreachable!("handled above"),
             CheckpointFamily::HfVideoMae => {
                 rules.extend([
                     // embeddings.patch_embeddings.projection = Conv3d tubelet embedding
@@ -338,8 +367,10 @@ pub fn load<M: Module + ModuleSnapshot>(
         }
         // Missing tensors and mismatches come back in the result and are reported below, by key.
         .allow_partial(true)
-        .validate(false)
-        .with_from_adapter(PyTorchToBurnAdapter);
+        .validate(false);
+        if family != CheckpointFamily::Native {
+            store = store.with_from_adapter(PyTorchToBurnAdapter);
+        }
         for r in &map.rules {
             store = store.with_key_remapping(&r.from, &r.to);
         }
@@ -387,6 +418,21 @@ pub fn load<M: Module + ModuleSnapshot>(
         ignored,
         unused,
     })
+}
+
+/// Write `module`'s tensors as safetensors in this crate's layout, atomically.
+pub fn save<M: Module + ModuleSnapshot>(module: &M, path: &Path) -> Result<()> {
+    let mut store = SafetensorsStore::from_bytes(None);
+    let fail = |e: String| Error::Weights {
+        path: path.to_path_buf(),
+        key: String::new(),
+        reason: format!("cannot serialise: {e}"),
+    };
+    module
+        .save_into(&mut store)
+        .map_err(|e| fail(e.to_string()))?;
+    let bytes = store.get_bytes().map_err(|e| fail(e.to_string()))?;
+    crate::io::write_atomic(path, &bytes)
 }
 
 /// The tensors of a safetensors checkpoint: `(key, dtype, shape)`, in file order.
