@@ -25,6 +25,7 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod memory;
+pub mod reversible;
 pub mod tal;
 pub mod weights;
 

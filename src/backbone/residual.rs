@@ -12,19 +12,47 @@ pub trait ResidualBranch<const D: usize> {
     fn branch(&self, x: Tensor<D>) -> Tensor<D>;
 }
 
-/// Stochastic depth: drops the whole branch output per sample with probability `prob` while
-/// training (autodiff device), scaling kept samples by `1 / (1 - prob)`; identity otherwise.
+thread_local! {
+    static DROP_PATH_KEY: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with stochastic depth replayable under `key`: inside, every [`drop_path`] call is
+/// active and draws its per-sample mask from a host RNG seeded with `key`, so calling a branch
+/// twice under the same key drops the same samples. Reversible training wraps each branch call,
+/// forward and recompute, in the same key (step seed and branch index).
+pub fn with_drop_path_key<T>(key: u64, f: impl FnOnce() -> T) -> T {
+    let prev = DROP_PATH_KEY.with(|k| k.replace(Some(key)));
+    let out = f();
+    DROP_PATH_KEY.with(|k| k.set(prev));
+    out
+}
+
+/// Stochastic depth: drops the whole branch output per sample with probability `prob`, scaling
+/// kept samples by `1 / (1 - prob)`. Active while training (autodiff device) or inside
+/// [`with_drop_path_key`]; identity otherwise.
 pub fn drop_path<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
-    if prob == 0.0 || !x.device().is_autodiff() {
+    if prob == 0.0 {
         return x;
     }
     let keep = 1.0 - prob;
     let mut shape = [1usize; D];
     shape[0] = x.dims()[0];
-    let mask = Tensor::<D>::random(
-        shape,
-        burn::tensor::Distribution::Bernoulli(keep),
-        &x.device(),
-    );
+    let mask = match DROP_PATH_KEY.with(|k| k.get()) {
+        Some(key) => {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
+            let m: Vec<f32> = (0..shape[0])
+                .map(|_| if rng.random::<f64>() < keep { 1.0 } else { 0.0 })
+                .collect();
+            // A constant: created on x's device, it joins x's graph without being tracked.
+            Tensor::<D>::from_data(burn::tensor::TensorData::new(m, shape), &x.device())
+        }
+        None if x.device().is_autodiff() => Tensor::<D>::random(
+            shape,
+            burn::tensor::Distribution::Bernoulli(keep),
+            &x.device(),
+        ),
+        None => return x,
+    };
     x * mask / keep
 }

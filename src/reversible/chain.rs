@@ -1,0 +1,167 @@
+//! The reversible chain: forward without a graph, backward by reconstruction.
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Gradients, Tensor};
+
+use super::grads::merge_grads;
+use crate::backbone::residual::with_drop_path_key;
+
+/// A chain of residual branches `F_1 .. F_N` that can be rewired.
+pub trait ResidualChain<const D: usize> {
+    /// Number of branches `N`.
+    fn num_branches(&self) -> usize;
+
+    /// `F_i(x)` for `i` in `0..N`.
+    fn branch(&self, i: usize, x: Tensor<D>) -> Tensor<D>;
+
+    /// Move branch `i`'s parameter gradients from a finished backward pass into `into`
+    /// (adding to gradients already there).
+    fn branch_grads(&self, i: usize, grads: &mut Gradients, into: &mut GradientsParams);
+}
+
+/// What the graph-free forward keeps: the last two states of the chain.
+#[derive(Debug, Clone)]
+pub struct RevState<const D: usize> {
+    /// `y_{N-1}`.
+    pub prev: Tensor<D>,
+    /// `y_N`.
+    pub last: Tensor<D>,
+}
+
+/// A residual chain rewired into a reversible one. It borrows the chain: the parameters are
+/// the original module's, unchanged.
+pub struct RevChain<'a, C: ?Sized> {
+    /// The original chain.
+    pub chain: &'a C,
+    /// Stochastic-depth key of this training step (see [`RevChain::with_drop_path_seed`]).
+    pub drop_path_seed: Option<u64>,
+}
+
+impl<'a, C: ?Sized> RevChain<'a, C> {
+    /// Rewire `chain` (no copy, same parameters).
+    pub fn new(chain: &'a C) -> Self {
+        Self {
+            chain,
+            drop_path_seed: None,
+        }
+    }
+
+    /// Make stochastic depth active and replayable: branch `i` drops the samples drawn from
+    /// `seed` and `i`, in the forward and again in the backward's recompute. Use a new seed
+    /// every training step. Without a seed, drop path follows the device (active on autodiff)
+    /// and cannot be replayed, so the reversible backward requires a seed when any branch has
+    /// a drop-path probability.
+    pub fn with_drop_path_seed(mut self, seed: u64) -> Self {
+        self.drop_path_seed = Some(seed);
+        self
+    }
+
+    /// Branch `i` under this step's drop-path key.
+    fn call<const D: usize>(&self, i: usize, x: Tensor<D>) -> Tensor<D>
+    where
+        C: ResidualChain<D>,
+    {
+        match self.drop_path_seed {
+            Some(seed) => {
+                with_drop_path_key(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64, || {
+                    self.chain.branch(i, x)
+                })
+            }
+            None => self.chain.branch(i, x),
+        }
+    }
+}
+
+impl<C: ?Sized> RevChain<'_, C> {
+    /// The rewired forward with ordinary autodiff (every activation cached). Reference for
+    /// tests, and the fallback when reconstruction drifts.
+    ///
+    /// # Shapes
+    /// - x: any -> same
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>
+    where
+        C: ResidualChain<D>,
+    {
+        let (mut a, mut b) = (x.clone(), x);
+        for i in 0..self.chain.num_branches() {
+            let next = a + self.call(i, b.clone());
+            a = b;
+            b = next;
+        }
+        (a + b) / 2.0
+    }
+
+    /// The rewired forward without recording a graph. Returns the stage output as a fresh
+    /// autodiff leaf that requires a gradient (feed it to the rest of the model) and the state
+    /// [`RevChain::backward`] needs. `x` may carry a graph (e.g. from the stem); it is not
+    /// extended.
+    ///
+    /// The chain's branches must compute on the input's device: pass tensors without autodiff
+    /// (`x.without_autodiff()` is applied here) and a module whose parameters live on an
+    /// autodiff device; [`burn::module::Module::valid`] is not needed because branch calls on
+    /// non-autodiff inputs record nothing.
+    pub fn forward_no_graph<const D: usize>(&self, x: Tensor<D>) -> (Tensor<D>, RevState<D>)
+    where
+        C: ResidualChain<D>,
+    {
+        let x = x.without_autodiff();
+        let (mut a, mut b) = (x.clone(), x);
+        for i in 0..self.chain.num_branches() {
+            let f = self.call(i, b.clone()).without_autodiff();
+            let next = a + f;
+            a = b;
+            b = next;
+        }
+        let out = ((a.clone() + b.clone()) / 2.0).autodiff().require_grad();
+        (out, RevState { prev: a, last: b })
+    }
+
+    /// Walk the chain backwards from the output gradient: reconstruct each branch's input,
+    /// recompute the branch under a local graph for its parameter and input gradients, free it.
+    /// Returns the gradient with respect to the chain's input and the chain's parameter
+    /// gradients. Peak memory holds one branch's graph, whatever the depth.
+    ///
+    /// Also returns the reconstructed input, so callers can measure drift.
+    pub fn backward<const D: usize>(
+        &self,
+        state: RevState<D>,
+        grad_out: Tensor<D>,
+    ) -> (Tensor<D>, GradientsParams, Tensor<D>)
+    where
+        C: ResidualChain<D>,
+    {
+        let n = self.chain.num_branches();
+        let mut params = GradientsParams::new();
+        // (y_{i-1}, y_i) and their gradients; the output (y_{N-1} + y_N) / 2 sends half of its
+        // gradient to each.
+        let (mut ym1, mut yi) = (state.prev, state.last);
+        let half = grad_out.without_autodiff() / 2.0;
+        let (mut gm1, mut gi) = (half.clone(), half);
+        for i in (0..n).rev() {
+            // Local graph: z = y_{i-1} as a fresh leaf, f = F_i(z).
+            let z = ym1.clone().autodiff().require_grad();
+            let f = self.call(i, z.clone());
+            // Vector-Jacobian product with the gradient arriving at y_i.
+            let mut grads = (f.clone() * gi.clone().autodiff()).sum().backward();
+            let gz = z.grad(&grads).expect("branch input gradient");
+            self.chain.branch_grads(i, &mut grads, &mut params);
+            // Inverse: y_{i-2} = y_i - F_i(y_{i-1}).
+            let ym2 = yi - f.without_autodiff();
+            // y_i = y_{i-2} + F_i(y_{i-1}): the skip passes g_i to y_{i-2}; F_i passes J^T g_i.
+            let gm2 = gi;
+            gi = gm1 + gz;
+            gm1 = gm2;
+            yi = ym1;
+            ym1 = ym2;
+        }
+        // Now (ym1, yi) = (y_{-1}, y_0), both the input x.
+        (gm1 + gi, params, yi)
+    }
+}
+
+/// Move `module`'s parameter gradients from `grads` into `into` (for [`ResidualChain`] impls).
+pub fn collect<M: Module>(module: &M, grads: &mut Gradients, into: &mut GradientsParams) {
+    let mut own = GradientsParams::from_module(grads, module);
+    merge_grads(module, &mut own, into);
+}

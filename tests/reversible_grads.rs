@@ -1,0 +1,168 @@
+//! Re2TAL acceptance: the reversible backward's gradients equal ordinary autodiff through the
+//! same rewired network (ViT, Swin and ResNet chains, depth 24, drop path active), and the
+//! inverse reconstructs the chain's input.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Distribution, Tensor};
+use e2e_tal::backbone::resnet3d::{BasicBlock, ResNet3dConfig};
+use e2e_tal::backbone::swin::{SwinBlock, SwinConfig};
+use e2e_tal::backbone::vit::{VitBlock, VitConfig};
+use e2e_tal::backend::cpu_device;
+use e2e_tal::reversible::{ResidualChain, RevChain};
+
+const GRAD_TOL: f64 = 1e-4;
+const INVERSE_TOL: f64 = 1e-5;
+const SEED: u64 = 42;
+
+/// max |a - b| / max |b|.
+fn rel_err<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f64 {
+    let scale = b.clone().abs().max().into_scalar::<f32>() as f64;
+    let diff = (a - b).abs().max().into_scalar::<f32>() as f64;
+    diff / scale.max(1e-30)
+}
+
+/// Compares every parameter gradient of a module between two gradient sets.
+struct Compare<'a> {
+    reference: &'a GradientsParams,
+    reversible: &'a GradientsParams,
+    worst: f64,
+    count: usize,
+    without_grad: usize,
+}
+
+impl ModuleVisitor for Compare<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let r = self.reference.get::<D>(param.id);
+        let v = self.reversible.get::<D>(param.id);
+        match (r, v) {
+            (Some(r), Some(v)) => {
+                self.worst = self.worst.max(rel_err(v, r));
+                self.count += 1;
+            }
+            // Tensors without gradient (BatchNorm running statistics) must have none in both.
+            (None, None) => self.without_grad += 1,
+            (r, v) => panic!(
+                "gradient present in reference: {}, in reversible: {}",
+                r.is_some(),
+                v.is_some()
+            ),
+        }
+    }
+}
+
+/// Runs both passes on `chain` with input `x0` and returns (worst parameter-gradient error,
+/// input-gradient error, inverse error, parameters compared).
+fn check<const D: usize, C, M>(chain: &C, module: &M, x0: Tensor<D>) -> (f64, f64, f64, usize)
+where
+    C: ResidualChain<D> + ?Sized,
+    M: Module,
+{
+    let device = x0.device();
+    let w = Tensor::<D>::random(
+        x0.dims(),
+        Distribution::Normal(0.0, 1.0),
+        &device.clone().without_autodiff(),
+    );
+    let rev = RevChain::new(chain).with_drop_path_seed(SEED);
+
+    // Reference: ordinary autodiff through the rewired chain.
+    let x = x0.clone().autodiff().require_grad();
+    let y = rev.forward(x.clone());
+    let mut grads = (y * w.clone().autodiff()).sum().backward();
+    let gx_ref = x.grad(&grads).unwrap();
+    let reference = GradientsParams::from_module(&mut grads, module);
+
+    // Reversible: forward without graph, loss on the output leaf, manual backward.
+    let (out, state) = rev.forward_no_graph(x0.clone());
+    let g = (out.clone() * w.autodiff()).sum().backward();
+    let gout = out.grad(&g).unwrap();
+    let (gx, reversible, x_rec) = rev.backward(state, gout);
+
+    let mut cmp = Compare {
+        reference: &reference,
+        reversible: &reversible,
+        worst: 0.0,
+        count: 0,
+        without_grad: 0,
+    };
+    module.visit(&mut cmp);
+    let inv = rel_err(x_rec, x0.without_autodiff());
+    println!(
+        "({} tensors without gradient in either pass)",
+        cmp.without_grad
+    );
+    (cmp.worst, rel_err(gx, gx_ref), inv, cmp.count)
+}
+
+fn report(name: &str, (pg, ig, inv, n): (f64, f64, f64, usize)) {
+    println!(
+        "{name}: {n} parameters, max rel grad err {pg:.2e}, input grad {ig:.2e}, inverse {inv:.2e}"
+    );
+    assert!(n > 0, "{name}: no parameter compared");
+    assert!(
+        pg <= GRAD_TOL,
+        "{name}: parameter gradients differ by {pg:e}"
+    );
+    assert!(ig <= GRAD_TOL, "{name}: input gradient differs by {ig:e}");
+    assert!(
+        inv <= INVERSE_TOL,
+        "{name}: inverse reconstruction error {inv:e}"
+    );
+}
+
+#[test]
+fn vit_chain_depth_24() {
+    let device = cpu_device().autodiff();
+    // 12 blocks = 24 residual branches.
+    let m = VitConfig::new()
+        .with_embed_dim(16)
+        .with_depth(12)
+        .with_num_heads(2)
+        .with_mlp_dim(32)
+        .with_drop_path_rate(0.3)
+        .init(&device);
+    let blocks: &[VitBlock] = &m.blocks;
+    let x = Tensor::<3>::random([4, 10, 16], Distribution::Normal(0.0, 1.0), &cpu_device());
+    report("vit", check(blocks, &m.blocks, x));
+}
+
+#[test]
+fn swin_chain_depth_24() {
+    let device = cpu_device().autodiff();
+    let m = SwinConfig::new()
+        .with_embed_dim(8)
+        .with_depths(vec![12])
+        .with_num_heads(vec![2])
+        .with_window_size([2, 2, 2])
+        .with_drop_path_rate(0.3)
+        .init(&device);
+    let blocks: &[SwinBlock] = &m.stages[0].blocks;
+    // [B, T, H, W, C] with padding (W = 3) and shifted windows.
+    let x = Tensor::<5>::random(
+        [3, 2, 4, 3, 8],
+        Distribution::Normal(0.0, 1.0),
+        &cpu_device(),
+    );
+    report("swin", check(blocks, &m.stages[0].blocks, x));
+}
+
+#[test]
+fn resnet_chain_depth_24() {
+    let device = cpu_device().autodiff();
+    // One stage of 25 blocks; its first block changes shape and stays ordinary, leaving 24.
+    // Frozen BatchNorm (norm_eval): see docs/reversible.md.
+    let m = ResNet3dConfig::new()
+        .with_widths(vec![4])
+        .with_layers(vec![25])
+        .with_norm_eval(true)
+        .with_drop_path_rate(0.3)
+        .init(&device);
+    let chain: Vec<BasicBlock> = m.stages[0][1..].to_vec();
+    let x = Tensor::<5>::random(
+        [3, 4, 2, 4, 4],
+        Distribution::Normal(0.0, 1.0),
+        &cpu_device(),
+    );
+    report("resnet", check(chain.as_slice(), &chain, x));
+}
