@@ -16,53 +16,65 @@ use burn::tensor::{Gradients, Tensor};
 use super::chain::{ResidualChain, collect};
 use crate::backbone::residual::ResidualBranch;
 use crate::backbone::resnet3d::BasicBlock;
-use crate::backbone::swin::SwinBlock;
-use crate::backbone::vit::VitBlock;
+use crate::backbone::swin::{SwinBlock, SwinMlpBranch, WindowAttentionBranch};
+use crate::backbone::vit::{AttentionBranch, MlpBranch, VitBlock};
+use burn::module::Module;
 
-impl ResidualChain<3> for [VitBlock] {
-    fn num_branches(&self) -> usize {
-        2 * self.len()
+/// A transformer block made of an attention branch and an MLP branch.
+pub trait CoupledBlock<const D: usize> {
+    /// Attention branch type.
+    type Attn: Module + ResidualBranch<D>;
+    /// MLP branch type.
+    type Mlp: Module + ResidualBranch<D>;
+    /// The attention branch.
+    fn attn(&self) -> &Self::Attn;
+    /// The MLP branch.
+    fn mlp(&self) -> &Self::Mlp;
+}
+
+impl CoupledBlock<3> for VitBlock {
+    type Attn = AttentionBranch;
+    type Mlp = MlpBranch;
+    fn attn(&self) -> &AttentionBranch {
+        &self.attn
     }
-
-    fn branch(&self, i: usize, x: Tensor<3>) -> Tensor<3> {
-        let b = &self[i / 2];
-        if i % 2 == 0 {
-            b.attn.branch(x)
-        } else {
-            b.mlp.branch(x)
-        }
-    }
-
-    fn branch_grads(&self, i: usize, grads: &mut Gradients, into: &mut GradientsParams) {
-        let b = &self[i / 2];
-        if i % 2 == 0 {
-            collect(&b.attn, grads, into)
-        } else {
-            collect(&b.mlp, grads, into)
-        }
+    fn mlp(&self) -> &MlpBranch {
+        &self.mlp
     }
 }
 
-impl ResidualChain<5> for [SwinBlock] {
+impl CoupledBlock<5> for SwinBlock {
+    type Attn = WindowAttentionBranch;
+    type Mlp = SwinMlpBranch;
+    fn attn(&self) -> &WindowAttentionBranch {
+        &self.attn
+    }
+    fn mlp(&self) -> &SwinMlpBranch {
+        &self.mlp
+    }
+}
+
+/// Branch `2k` is block `k`'s attention, branch `2k + 1` its MLP.
+impl<const D: usize, B: CoupledBlock<D>> ResidualChain<D> for [B] {
     fn num_branches(&self) -> usize {
         2 * self.len()
     }
 
-    fn branch(&self, i: usize, x: Tensor<5>) -> Tensor<5> {
+    fn branch(&self, i: usize, x: Tensor<D>) -> Tensor<D> {
         let b = &self[i / 2];
-        if i % 2 == 0 {
-            b.attn.branch(x)
+        if i.is_multiple_of(2) {
+            b.attn().branch(x)
         } else {
-            b.mlp.branch(x)
+            b.mlp().branch(x)
         }
     }
 
     fn branch_grads(&self, i: usize, grads: &mut Gradients, into: &mut GradientsParams) {
         let b = &self[i / 2];
-        if i % 2 == 0 {
-            collect(&b.attn, grads, into)
+        if i.is_multiple_of(2) {
+            collect(b.attn(), grads, into)
         } else {
-            collect(&b.mlp, grads, into)
+            collect(b.mlp(), grads, into)
         }
     }
 }

@@ -18,3 +18,4 @@ mod impls;
 
 pub use chain::{ResidualChain, RevChain, RevState};
 pub use grads::merge_grads;
+pub use impls::CoupledBlock;
