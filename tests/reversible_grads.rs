@@ -166,3 +166,42 @@ fn resnet_chain_depth_24() {
     );
     report("resnet", check(chain.as_slice(), &chain, x));
 }
+
+#[test]
+fn drift_monitor_falls_back_to_cached_gradients() {
+    let device = cpu_device().autodiff();
+    let m = VitConfig::new()
+        .with_embed_dim(16)
+        .with_depth(6)
+        .with_num_heads(2)
+        .with_mlp_dim(32)
+        .with_drop_path_rate(0.2)
+        .init(&device);
+    let blocks: &[VitBlock] = &m.blocks;
+    let rev = RevChain::new(blocks).with_drop_path_seed(7);
+    let x = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &cpu_device());
+    let w = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &cpu_device());
+    let run = |tol: f64| {
+        let (out, state) = rev.forward_no_graph(x.clone());
+        let g = (out.clone() * w.clone().autodiff()).sum().backward();
+        rev.backward_checked(state, out.grad(&g).unwrap(), Some(x.clone()), tol)
+    };
+    // Generous tolerance: reversible gradients, drift reported.
+    let ok = run(1e-3);
+    let drift = ok.drift.unwrap();
+    assert!(!ok.fell_back);
+    assert!(drift.max_rel < 1e-5, "{drift:?}");
+    // A tolerance below the measured drift forces the cached recompute; its gradients agree.
+    let forced = run(-1.0);
+    assert!(forced.fell_back);
+    assert!(rel_err(forced.input_grad, ok.input_grad) <= GRAD_TOL);
+    let mut cmp = Compare {
+        reference: &forced.params,
+        reversible: &ok.params,
+        worst: 0.0,
+        count: 0,
+        without_grad: 0,
+    };
+    m.blocks.visit(&mut cmp);
+    assert!(cmp.count > 0 && cmp.worst <= GRAD_TOL, "{}", cmp.worst);
+}

@@ -15,9 +15,54 @@ pub trait ResidualChain<const D: usize> {
     /// `F_i(x)` for `i` in `0..N`.
     fn branch(&self, i: usize, x: Tensor<D>) -> Tensor<D>;
 
+    /// `F_i(x)` without recording anything: the branch runs on its parameters' inner
+    /// (non-autodiff) values (`Module::valid`), same ids. Mixing autodiff parameters with a
+    /// plain input would still record a graph.
+    fn branch_no_graph(&self, i: usize, x: Tensor<D>) -> Tensor<D>;
+
     /// Move branch `i`'s parameter gradients from a finished backward pass into `into`
     /// (adding to gradients already there).
     fn branch_grads(&self, i: usize, grads: &mut Gradients, into: &mut GradientsParams);
+}
+
+/// Reconstruction drift of a chain's input: how far the input recomputed by the inverse is from
+/// the true one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Drift {
+    /// max |reconstructed - true|.
+    pub max_abs: f64,
+    /// `max_abs / max |true|`.
+    pub max_rel: f64,
+}
+
+impl Drift {
+    /// Compare a reconstruction with the true tensor.
+    pub fn measure<const D: usize>(reconstructed: Tensor<D>, truth: Tensor<D>) -> Self {
+        let truth = truth.without_autodiff();
+        let scale = truth.clone().abs().max().into_scalar::<f32>() as f64;
+        let max_abs = (reconstructed.without_autodiff() - truth)
+            .abs()
+            .max()
+            .into_scalar::<f32>() as f64;
+        Self {
+            max_abs,
+            max_rel: max_abs / scale.max(f64::MIN_POSITIVE),
+        }
+    }
+}
+
+/// Result of [`RevChain::backward_checked`].
+#[derive(Debug)]
+pub struct CheckedBackward<const D: usize> {
+    /// Gradient at the chain's input.
+    pub input_grad: Tensor<D>,
+    /// The chain's parameter gradients.
+    pub params: GradientsParams,
+    /// Drift measured this step (when the true input was kept).
+    pub drift: Option<Drift>,
+    /// True when the drift exceeded the tolerance and the gradients come from a cached
+    /// (ordinary autodiff) recompute of the stage instead.
+    pub fell_back: bool,
 }
 
 /// What the graph-free forward keeps: the last two states of the chain.
@@ -35,26 +80,32 @@ pub struct RevChain<'a, C: ?Sized> {
     /// The original chain.
     pub chain: &'a C,
     /// Stochastic-depth key of this training step (see [`RevChain::with_drop_path_seed`]).
-    pub drop_path_seed: Option<u64>,
+    pub drop_path_seed: u64,
 }
+
+/// Fresh seeds for chains built without one, so drop path always replays within a step.
+static NEXT_SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0x5EED);
 
 impl<'a, C: ?Sized> RevChain<'a, C> {
     /// Rewire `chain` (no copy, same parameters).
     pub fn new(chain: &'a C) -> Self {
         Self {
             chain,
-            drop_path_seed: None,
+            drop_path_seed: NEXT_SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
-    /// Make stochastic depth active and replayable: branch `i` drops the samples drawn from
-    /// `seed` and `i`, in the forward and again in the backward's recompute. Use a new seed
-    /// every training step. Without a seed, drop path follows the device (active on autodiff)
-    /// and cannot be replayed, so the reversible backward requires a seed when any branch has
-    /// a drop-path probability.
+    /// Stochastic depth is active and replayed: branch `i` drops the samples drawn from the
+    /// chain's seed and `i`, in the forward and again in the backward's recompute. Every
+    /// `RevChain::new` takes a fresh seed (build one chain per training step); this sets it for
+    /// reproducible runs.
     pub fn with_drop_path_seed(mut self, seed: u64) -> Self {
-        self.drop_path_seed = Some(seed);
+        self.drop_path_seed = seed;
         self
+    }
+
+    fn key(&self, i: usize) -> u64 {
+        self.drop_path_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64
     }
 
     /// Branch `i` under this step's drop-path key.
@@ -62,14 +113,7 @@ impl<'a, C: ?Sized> RevChain<'a, C> {
     where
         C: ResidualChain<D>,
     {
-        match self.drop_path_seed {
-            Some(seed) => {
-                with_drop_path_key(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64, || {
-                    self.chain.branch(i, x)
-                })
-            }
-            None => self.chain.branch(i, x),
-        }
+        with_drop_path_key(self.key(i), || self.chain.branch(i, x))
     }
 }
 
@@ -97,10 +141,8 @@ impl<C: ?Sized> RevChain<'_, C> {
     /// [`RevChain::backward`] needs. `x` may carry a graph (e.g. from the stem); it is not
     /// extended.
     ///
-    /// The chain's branches must compute on the input's device: pass tensors without autodiff
-    /// (`x.without_autodiff()` is applied here) and a module whose parameters live on an
-    /// autodiff device; [`burn::module::Module::valid`] is not needed because branch calls on
-    /// non-autodiff inputs record nothing.
+    /// Branches run through [`ResidualChain::branch_no_graph`] on `x.without_autodiff()`, so
+    /// nothing is recorded and the activations are freed as the walk goes.
     pub fn forward_no_graph<const D: usize>(&self, x: Tensor<D>) -> (Tensor<D>, RevState<D>)
     where
         C: ResidualChain<D>,
@@ -108,7 +150,7 @@ impl<C: ?Sized> RevChain<'_, C> {
         let x = x.without_autodiff();
         let (mut a, mut b) = (x.clone(), x);
         for i in 0..self.chain.num_branches() {
-            let f = self.call(i, b.clone()).without_autodiff();
+            let f = with_drop_path_key(self.key(i), || self.chain.branch_no_graph(i, b.clone()));
             let next = a + f;
             a = b;
             b = next;
@@ -157,6 +199,69 @@ impl<C: ?Sized> RevChain<'_, C> {
         }
         // Now (ym1, yi) = (y_{-1}, y_0), both the input x.
         (gm1 + gi, params, yi)
+    }
+
+    /// The stage's gradients by ordinary autodiff from its true input (every activation of the
+    /// stage cached for this one step): the fallback when reconstruction drifts.
+    pub fn backward_cached<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        grad_out: Tensor<D>,
+    ) -> (Tensor<D>, GradientsParams)
+    where
+        C: ResidualChain<D>,
+    {
+        let x = input.without_autodiff().autodiff().require_grad();
+        let y = self.forward(x.clone());
+        let mut grads = (y * grad_out.without_autodiff().autodiff())
+            .sum()
+            .backward();
+        let gx = x.grad(&grads).expect("input gradient");
+        let mut params = GradientsParams::new();
+        for i in 0..self.chain.num_branches() {
+            self.chain.branch_grads(i, &mut grads, &mut params);
+        }
+        (gx, params)
+    }
+
+    /// [`RevChain::backward`] with the drift monitor: when `input` (the stage's true input,
+    /// kept on monitored steps) is given, the reconstruction is compared with it, and if the
+    /// relative drift exceeds `tolerance` the step's gradients are recomputed with caching.
+    pub fn backward_checked<const D: usize>(
+        &self,
+        state: RevState<D>,
+        grad_out: Tensor<D>,
+        input: Option<Tensor<D>>,
+        tolerance: f64,
+    ) -> CheckedBackward<D>
+    where
+        C: ResidualChain<D>,
+    {
+        let (input_grad, params, reconstructed) = self.backward(state, grad_out.clone());
+        let Some(input) = input else {
+            return CheckedBackward {
+                input_grad,
+                params,
+                drift: None,
+                fell_back: false,
+            };
+        };
+        let drift = Drift::measure(reconstructed, input.clone());
+        if drift.max_rel > tolerance {
+            let (input_grad, params) = self.backward_cached(input, grad_out);
+            return CheckedBackward {
+                input_grad,
+                params,
+                drift: Some(drift),
+                fell_back: true,
+            };
+        }
+        CheckedBackward {
+            input_grad,
+            params,
+            drift: Some(drift),
+            fell_back: false,
+        }
     }
 }
 

@@ -69,6 +69,15 @@ impl<const D: usize, B: CoupledBlock<D>> ResidualChain<D> for [B] {
         }
     }
 
+    fn branch_no_graph(&self, i: usize, x: Tensor<D>) -> Tensor<D> {
+        let b = &self[i / 2];
+        if i.is_multiple_of(2) {
+            b.attn().valid().branch(x)
+        } else {
+            b.mlp().valid().branch(x)
+        }
+    }
+
     fn branch_grads(&self, i: usize, grads: &mut Gradients, into: &mut GradientsParams) {
         let b = &self[i / 2];
         if i.is_multiple_of(2) {
@@ -90,6 +99,10 @@ impl ResidualChain<5> for [BasicBlock] {
             "shape-changing blocks are not reversible"
         );
         relu(self[i].branch.branch(x))
+    }
+
+    fn branch_no_graph(&self, i: usize, x: Tensor<5>) -> Tensor<5> {
+        relu(self[i].branch.valid().branch(x))
     }
 
     fn branch_grads(&self, i: usize, grads: &mut Gradients, into: &mut GradientsParams) {

@@ -16,6 +16,6 @@ mod chain;
 mod grads;
 mod impls;
 
-pub use chain::{ResidualChain, RevChain, RevState};
+pub use chain::{CheckedBackward, Drift, ResidualChain, RevChain, RevState};
 pub use grads::merge_grads;
 pub use impls::CoupledBlock;
