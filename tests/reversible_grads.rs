@@ -205,3 +205,64 @@ fn drift_monitor_falls_back_to_cached_gradients() {
     m.blocks.visit(&mut cmp);
     assert!(cmp.count > 0 && cmp.worst <= GRAD_TOL, "{}", cmp.worst);
 }
+
+/// Every float parameter as (id, values).
+struct Snapshot(Vec<(burn::module::ParamId, Vec<f32>)>);
+
+impl ModuleVisitor for Snapshot {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let v = param
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec()
+            .unwrap();
+        self.0.push((param.id, v));
+    }
+}
+
+#[test]
+fn rewiring_a_loaded_checkpoint_keeps_every_parameter() {
+    use e2e_tal::weights::{CheckpointFamily, load};
+    let device = cpu_device().autodiff();
+    let mut m = VitConfig::new()
+        .with_embed_dim(16)
+        .with_depth(2)
+        .with_num_heads(2)
+        .with_mlp_dim(32)
+        .with_patch_size(8)
+        .with_num_frames(4)
+        .with_image_size(16)
+        .init(&device);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/backbones/vit.safetensors");
+    load(&mut m, &path, CheckpointFamily::HfVideoMae).unwrap();
+    let mut before = Snapshot(Vec::new());
+    m.blocks.visit(&mut before);
+
+    // A reversible step over the loaded blocks.
+    let blocks: &[VitBlock] = &m.blocks;
+    let rev = RevChain::new(blocks);
+    let x = Tensor::<3>::random([1, 8, 16], Distribution::Normal(0.0, 1.0), &cpu_device());
+    let (out, state) = rev.forward_no_graph(x);
+    let g = out.clone().sum().backward();
+    let (_, grads, _) = rev.backward(state, out.grad(&g).unwrap());
+
+    let mut after = Snapshot(Vec::new());
+    m.blocks.visit(&mut after);
+    assert_eq!(before.0.len(), 30, "2 blocks x 15 parameter tensors");
+    assert_eq!(before.0, after.0, "same ids, same values");
+    assert_eq!(grads.len(), before.0.len(), "one gradient per parameter");
+    // Every gradient is registered under the loaded parameter's own id, with its shape.
+    struct HasGrad<'a>(&'a GradientsParams);
+    impl ModuleVisitor for HasGrad<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let g = self
+                .0
+                .get::<D>(param.id)
+                .expect("gradient under the parameter's id");
+            assert_eq!(g.dims(), param.val().dims());
+        }
+    }
+    m.blocks.visit(&mut HasGrad(&grads));
+}
