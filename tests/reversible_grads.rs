@@ -266,3 +266,57 @@ fn rewiring_a_loaded_checkpoint_keeps_every_parameter() {
     }
     m.blocks.visit(&mut HasGrad(&grads));
 }
+
+#[test]
+fn whole_vit_training_step_matches_autodiff() {
+    use burn::nn::LinearConfig;
+    let device = cpu_device().autodiff();
+    let vit = VitConfig::new()
+        .with_embed_dim(16)
+        .with_depth(12)
+        .with_num_heads(2)
+        .with_mlp_dim(32)
+        .with_patch_size(8)
+        .with_num_frames(4)
+        .with_image_size(16)
+        .with_use_fc_norm(true)
+        .with_drop_path_rate(0.3)
+        .init(&device);
+    let head = LinearConfig::new(16, 3).init(&device);
+    let clips = Tensor::<5>::random([4, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let target = Tensor::<2>::random([4, 3], Distribution::Normal(0.0, 1.0), &device);
+    let loss_of = |features: Tensor<2>| {
+        (head.forward(features) - target.clone())
+            .powf_scalar(2.0)
+            .mean()
+    };
+
+    // Reference: ordinary autodiff through the rewired ViT.
+    let mut grads = loss_of(vit.forward_rewired(clips.clone(), 9).unwrap()).backward();
+    let mut reference = GradientsParams::from_module(&mut grads, &vit);
+    let mut head_ref = GradientsParams::from_module(&mut grads, &head);
+    e2e_tal::reversible::merge_grads(&head, &mut head_ref, &mut reference);
+
+    // Reversible step.
+    let step = vit.forward_reversible(clips, 9).unwrap();
+    let loss = loss_of(step.features.clone());
+    let reversible = step.backward(loss, &head);
+
+    assert_eq!(reversible.len(), reference.len(), "same set of parameters");
+    let mut cmp = Compare {
+        reference: &reference,
+        reversible: &reversible,
+        worst: 0.0,
+        count: 0,
+        without_grad: 0,
+    };
+    vit.visit(&mut cmp);
+    head.visit(&mut cmp);
+    println!(
+        "whole ViT + head: {} parameters, max rel grad err {:.2e}",
+        cmp.count, cmp.worst
+    );
+    // 12 blocks x 15 + patch embed 2 + fc_norm 2 + head 2.
+    assert_eq!(cmp.count, 186);
+    assert!(cmp.worst <= GRAD_TOL, "{}", cmp.worst);
+}

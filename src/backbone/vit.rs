@@ -346,19 +346,35 @@ impl VisionTransformer {
     /// - output `features`: `[N, D]`, `intermediates[i]`: `[N, L, D]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
         let out = self.forward_with(clips, layers)?;
-        let pooled = out.tokens.mean_dim(1).squeeze_dim::<2>(1);
-        let features = match &self.fc_norm {
-            Some(n) => n.forward(pooled),
-            None => pooled,
-        };
         Ok(BackboneOutput {
-            features,
+            features: self.pool_tokens(out.tokens),
             intermediates: out.intermediates,
         })
     }
 
-    fn forward_with(&self, clips: Tensor<5>, layers: &[usize]) -> Result<TokenOutput> {
-        let [_, _, f, h, w] = check_input("vit", &clips)?;
+    /// Final norm (if any), mean over tokens, `fc_norm` (if any): block output to features.
+    ///
+    /// # Shapes
+    /// - tokens: `[N, L, D]` (output of the last block) -> `[N, D]`
+    pub fn pool(&self, tokens: Tensor<3>) -> Tensor<2> {
+        let tokens = match &self.norm {
+            Some(n) => n.forward(tokens),
+            None => tokens,
+        };
+        self.pool_tokens(tokens)
+    }
+
+    fn pool_tokens(&self, tokens: Tensor<3>) -> Tensor<2> {
+        let pooled = tokens.mean_dim(1).squeeze_dim::<2>(1);
+        match &self.fc_norm {
+            Some(n) => n.forward(pooled),
+            None => pooled,
+        }
+    }
+
+    /// Check a clip batch fits the tubelet grid.
+    pub(crate) fn check_clips(&self, clips: &Tensor<5>) -> Result<()> {
+        let [_, _, f, h, w] = check_input("vit", clips)?;
         let p = self.patch_size;
         if f % self.tubelet_size != 0 || h % p != 0 || w % p != 0 || f == 0 || h == 0 {
             return Err(crate::Error::Config(format!(
@@ -366,6 +382,11 @@ impl VisionTransformer {
                 self.tubelet_size
             )));
         }
+        Ok(())
+    }
+
+    fn forward_with(&self, clips: Tensor<5>, layers: &[usize]) -> Result<TokenOutput> {
+        self.check_clips(&clips)?;
         super::check_layers("vit", layers, self.blocks.len())?;
         let mut x = self.embed(clips);
         let mut intermediates = Vec::new();

@@ -15,7 +15,9 @@
 mod chain;
 mod grads;
 mod impls;
+mod vit;
 
 pub use chain::{CheckedBackward, Drift, ResidualChain, RevChain, RevState};
 pub use grads::merge_grads;
 pub use impls::CoupledBlock;
+pub use vit::ReversibleVitStep;
