@@ -1,3 +1,7 @@
-//! The TAL head's side of the pipeline: post-processing of raw detections.
+//! The TAL head's side of the pipeline: the feature pyramid's points, label assignment, losses,
+//! and post-processing of detections (ActionFormer's conventions).
 
+pub mod assign;
+pub mod loss;
+pub mod points;
 pub mod postprocess;
