@@ -2,6 +2,7 @@
 //! and post-processing of detections (ActionFormer's conventions).
 
 pub mod assign;
+pub mod head;
 pub mod loss;
 pub mod points;
 pub mod postprocess;
