@@ -2,6 +2,7 @@
 //! and post-processing of detections (ActionFormer's conventions).
 
 pub mod assign;
+pub mod decode;
 pub mod head;
 pub mod loss;
 pub mod points;
