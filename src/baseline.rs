@@ -7,6 +7,7 @@ use burn::config::Config;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::data::synth::gaussian;
 use crate::data::{Detection, GroundTruth, Predictions, Subset, VideoDetections};
 use crate::tal::postprocess::{PostProcessConfig, Segment, postprocess};
 
@@ -33,12 +34,6 @@ pub struct NoisyOracleConfig {
     pub false_positives: usize,
 }
 
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u1: f64 = 1.0 - rng.random::<f64>();
-    let u2: f64 = rng.random();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
 /// Detections for the videos of `subset`, over `classes` (the label space).
 pub fn noisy_oracle(
     gt: &GroundTruth,
@@ -62,8 +57,8 @@ pub fn noisy_oracle(
                 }
                 let len = a.segment[1] - a.segment[0];
                 for _ in 0..cfg.candidates {
-                    let s = a.segment[0] + normal(&mut rng) * cfg.boundary_noise * len;
-                    let e = a.segment[1] + normal(&mut rng) * cfg.boundary_noise * len;
+                    let s = a.segment[0] + gaussian(&mut rng) * cfg.boundary_noise * len;
+                    let e = a.segment[1] + gaussian(&mut rng) * cfg.boundary_noise * len;
                     let label = if rng.random::<f64>() < cfg.label_confusion {
                         rng.random_range(0..classes.len())
                     } else {

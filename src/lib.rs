@@ -11,8 +11,10 @@
 //! - [`data`]: ActivityNet / THUMOS annotations, frame folders, clip sampling, `.npy` feature
 //!   files and the built-in synthetic benchmark;
 //! - [`eval`]: the official ActivityNet detection mAP;
-//! - [`tal`]: post-processing of detections (NMS, soft-NMS, grid-to-seconds);
+//! - [`tal`]: the ActionFormer-style head, label assignment, losses, decoding and
+//!   post-processing of detections (NMS, soft-NMS, grid-to-seconds);
 //! - [`baseline`]: a noisy-oracle detector that exercises the whole evaluation pipeline;
+//! - [`reversible`]: Re2TAL reversible rewiring and the reconstructing backward pass;
 //! - [`backend`]: device selection (Flex CPU by default, wgpu and CUDA as features);
 //! - [`memory`]: peak-memory measurement for benches.
 #![warn(missing_docs)]

@@ -603,7 +603,7 @@ impl SynthConfig {
 }
 
 /// Standard normal sample (Box-Muller), so the noise needs no extra crate.
-fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
+pub(crate) fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = 1.0 - rng.random::<f64>();
     let u2: f64 = rng.random();
     (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()

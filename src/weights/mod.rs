@@ -161,28 +161,22 @@ impl CheckpointFamily {
             CheckpointFamily::TorchvisionSwin3d { stages } => {
                 rules.push(rule(r"^patch_embed\.", "patch_embed."));
                 // features = [stage0, merge0, stage1, merge1, ..., stageN-1]
+                // Block sub-modules: (torchvision, ours). torchvision.ops.MLP is
+                // [Linear, GELU, Dropout, Linear, Dropout].
+                let block = [
+                    (r"norm1\.", "attn.norm."),
+                    (r"attn\.", "attn."),
+                    (r"norm2\.", "mlp.norm."),
+                    (r"mlp\.0\.", "mlp.fc1."),
+                    (r"mlp\.3\.", "mlp.fc2."),
+                ];
                 for s in 0..stages {
-                    rules.push(rule(
-                        format!(r"^features\.{}\.(\d+)\.norm1\.", 2 * s),
-                        format!("stages.{s}.blocks.$1.attn.norm."),
-                    ));
-                    rules.push(rule(
-                        format!(r"^features\.{}\.(\d+)\.norm2\.", 2 * s),
-                        format!("stages.{s}.blocks.$1.mlp.norm."),
-                    ));
-                    // torchvision.ops.MLP: [Linear, GELU, Dropout, Linear, Dropout]
-                    rules.push(rule(
-                        format!(r"^features\.{}\.(\d+)\.mlp\.0\.", 2 * s),
-                        format!("stages.{s}.blocks.$1.mlp.fc1."),
-                    ));
-                    rules.push(rule(
-                        format!(r"^features\.{}\.(\d+)\.mlp\.3\.", 2 * s),
-                        format!("stages.{s}.blocks.$1.mlp.fc2."),
-                    ));
-                    rules.push(rule(
-                        format!(r"^features\.{}\.(\d+)\.attn\.", 2 * s),
-                        format!("stages.{s}.blocks.$1.attn."),
-                    ));
+                    for (theirs, ours) in block {
+                        rules.push(rule(
+                            format!(r"^features\.{}\.(\d+)\.{theirs}", 2 * s),
+                            format!("stages.{s}.blocks.$1.{ours}"),
+                        ));
+                    }
                     if s + 1 < stages {
                         rules.push(rule(
                             format!(r"^features\.{}\.", 2 * s + 1),
