@@ -5,6 +5,7 @@ pub mod annotations;
 pub mod clips;
 pub mod frames;
 mod json;
+pub mod lofi;
 pub mod npy;
 pub mod synth;
 pub mod thumos;
