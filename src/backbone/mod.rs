@@ -58,7 +58,7 @@ pub enum BackbonePreset {
     VitL,
     /// VideoMAE ViT-H/16.
     VitH,
-    /// VideoMAEv2 ViT-g/14 layout with 16-pixel patches.
+    /// VideoMAEv2 ViT-g/14.
     VitG,
     /// Video Swin-T.
     SwinT,
@@ -198,5 +198,35 @@ impl Backbone {
             Backbone::Swin(m) => crate::weights::save(m, path),
             Backbone::ResNet(m) => crate::weights::save(m, path),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parameter counts equal the references' (torchvision without the classifier head,
+    /// `transformers` `VideoMAEModel`), as counted with torch.
+    #[test]
+    fn presets_have_the_reference_parameter_counts() {
+        let device = crate::backend::cpu_device();
+        for (preset, want) in [
+            (BackbonePreset::VitS, 21_879_168),
+            (BackbonePreset::VitB, 86_225_664),
+            (BackbonePreset::SwinT, 27_850_470),
+            (BackbonePreset::SwinS, 49_509_078),
+            (BackbonePreset::SwinB, 87_638_984),
+            // Burn counts BatchNorm running statistics: torchvision parameters (33,166,272 and
+            // 31,300,125) plus running_mean/var (9,600 and 25,350).
+            (BackbonePreset::R3d18, 33_175_872),
+            (BackbonePreset::R2Plus1d18, 31_325_475),
+        ] {
+            assert_eq!(preset.init(&device).num_params(), want, "{}", preset.name());
+        }
+        assert!("vit-x".parse::<BackbonePreset>().is_err());
+        assert_eq!(
+            "SWIN-T".parse::<BackbonePreset>().unwrap(),
+            BackbonePreset::SwinT
+        );
     }
 }

@@ -24,7 +24,7 @@ pub enum VitPreset {
     Large,
     /// ViT-H: 1280 wide, 32 blocks, 16 heads.
     Huge,
-    /// ViT-g (VideoMAEv2): 1408 wide, 40 blocks, 16 heads, MLP 6144.
+    /// ViT-g (VideoMAEv2): 1408 wide, 40 blocks, 16 heads, MLP 6144, 14-pixel patches.
     Giant,
 }
 
@@ -83,11 +83,14 @@ impl VitConfig {
             VitPreset::Huge => (1280, 32, 16, 5120),
             VitPreset::Giant => (1408, 40, 16, 6144),
         };
+        // VideoMAEv2's ViT-g uses 14-pixel patches (a 16x16 grid at 224).
+        let patch = if p == VitPreset::Giant { 14 } else { 16 };
         Self::new()
             .with_embed_dim(d)
             .with_depth(depth)
             .with_num_heads(heads)
             .with_mlp_dim(mlp)
+            .with_patch_size(patch)
     }
 
     /// Build the model.
