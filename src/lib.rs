@@ -5,6 +5,7 @@
 //! training the video backbone together with the localization head.
 //!
 //! This crate is organised by concept:
+//! - [`adapter`]: LoSA long-short range adapters on a frozen backbone;
 //! - [`backbone`]: video backbones (VideoMAE ViT, Video Swin, 3-D ResNets) as explicit chains of
 //!   residual modules;
 //! - [`weights`]: PyTorch checkpoints into the backbones through documented key maps;
@@ -19,6 +20,7 @@
 //! - [`memory`]: peak-memory measurement for benches.
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod backbone;
 pub mod backend;
 pub mod baseline;

@@ -1,0 +1,5 @@
+//! Adapters on a frozen backbone: LoSA's long-short range adapters ([`losa`]).
+
+pub mod losa;
+
+pub use losa::{Losa, LosaConfig, LosaInput};
