@@ -341,9 +341,11 @@ impl ResidualBranch<5> for WindowAttentionBranch {
         let (nt, nh, nw) = (tp / wt, hp / wh, wp / ww);
         let nwin = nt * nh * nw;
         let vol = wt * wh * ww;
+        // Partition into windows with at most 6 dimensions (NdArray's limit): fold the batch
+        // with the temporal windows, keep (ww, C) together as the last axis.
         let windows = x
-            .reshape([b, nt, wt, nh, wh, nw, ww, c])
-            .permute([0, 1, 3, 5, 2, 4, 6, 7])
+            .reshape([b * nt, wt, nh, wh, nw, ww * c])
+            .permute([0, 2, 4, 1, 3, 5])
             .reshape([b * nwin, vol, c]);
         let heads = self.num_heads;
         let hd = c / heads;
@@ -373,8 +375,8 @@ impl ResidualBranch<5> for WindowAttentionBranch {
             .reshape([b * nwin, vol, c]);
         let out = self.proj.forward(out);
         let mut y = out
-            .reshape([b, nt, nh, nw, wt, wh, ww, c])
-            .permute([0, 1, 4, 2, 5, 3, 6, 7])
+            .reshape([b * nt, nh, nw, wt, wh, ww * c])
+            .permute([0, 3, 1, 4, 2, 5])
             .reshape([b, tp, hp, wp, c]);
         if shifted {
             y = y.roll(
