@@ -4,7 +4,10 @@
 //! [`ResidualBranch`], with stage boundaries (patch merging, downsampling) kept outside the
 //! chains. Reversible rewiring (Re2TAL) wraps exactly these chains without touching parameters.
 
+use burn::module::Module;
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
+use burn::tensor::activation::gelu;
 
 /// A residual branch `F`: the block computes `x + F(x)` (before any post-activation).
 pub trait ResidualBranch<const D: usize> {
@@ -55,4 +58,29 @@ pub fn drop_path<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
         None => return x,
     };
     x * mask / keep
+}
+
+/// The transformer MLP branch shared by ViT and Swin blocks: `fc2(gelu(fc1(norm(x))))`, on the
+/// last dimension of tensors of any rank.
+#[derive(Module, Debug)]
+pub struct MlpBranch {
+    /// Pre-norm (`layernorm_after` in VideoMAE, `norm2` in Swin).
+    pub norm: LayerNorm,
+    /// Expansion (Swin: `mlp.0`).
+    pub fc1: Linear,
+    /// Projection back (Swin: `mlp.3`).
+    pub fc2: Linear,
+    /// Stochastic depth probability.
+    pub drop_path: f64,
+}
+
+impl<const D: usize> ResidualBranch<D> for MlpBranch {
+    /// # Shapes
+    /// - x: `[..., C]` -> same
+    fn branch(&self, x: Tensor<D>) -> Tensor<D> {
+        let y = self
+            .fc2
+            .forward(gelu(self.fc1.forward(self.norm.forward(x))));
+        drop_path(y, self.drop_path)
+    }
 }

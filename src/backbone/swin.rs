@@ -7,10 +7,10 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::residual::{ResidualBranch, drop_path};
+use super::residual::{MlpBranch, ResidualBranch, drop_path};
 use super::{BackboneOutput, check_input, check_layers};
 use crate::error::Result;
 
@@ -115,7 +115,7 @@ impl SwinConfig {
                                 shift_size: shift,
                                 drop_path: dp,
                             },
-                            mlp: SwinMlpBranch {
+                            mlp: MlpBranch {
                                 norm: ln(dim),
                                 fc1: LinearConfig::new(dim, hidden).init(device),
                                 fc2: LinearConfig::new(hidden, dim).init(device),
@@ -389,37 +389,13 @@ impl ResidualBranch<5> for WindowAttentionBranch {
     }
 }
 
-/// MLP branch of a Swin block: `fc2(gelu(fc1(norm(x))))`.
-#[derive(Module, Debug)]
-pub struct SwinMlpBranch {
-    /// Pre-norm (`norm2`).
-    pub norm: LayerNorm,
-    /// Expansion (`mlp.0`).
-    pub fc1: Linear,
-    /// Projection back (`mlp.3`).
-    pub fc2: Linear,
-    /// Stochastic depth probability.
-    pub drop_path: f64,
-}
-
-impl ResidualBranch<5> for SwinMlpBranch {
-    /// # Shapes
-    /// - x: `[B, T, H, W, C]` -> same
-    fn branch(&self, x: Tensor<5>) -> Tensor<5> {
-        let y = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.norm.forward(x))));
-        drop_path(y, self.drop_path)
-    }
-}
-
 /// One Swin block: two residual branches.
 #[derive(Module, Debug)]
 pub struct SwinBlock {
     /// `x + attn(x)`.
     pub attn: WindowAttentionBranch,
     /// `x + mlp(x)`.
-    pub mlp: SwinMlpBranch,
+    pub mlp: MlpBranch,
 }
 
 impl SwinBlock {

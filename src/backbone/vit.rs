@@ -6,9 +6,10 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
+pub use super::residual::MlpBranch;
 use super::residual::{ResidualBranch, drop_path};
 use super::{BackboneOutput, check_input};
 use crate::error::Result;
@@ -184,30 +185,6 @@ impl ResidualBranch<3> for AttentionBranch {
         let attn = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, d]);
         drop_path(self.proj.forward(out), self.drop_path)
-    }
-}
-
-/// MLP branch: `fc2(gelu(fc1(norm(x))))`.
-#[derive(Module, Debug)]
-pub struct MlpBranch {
-    /// Pre-norm (`layernorm_after`).
-    pub norm: LayerNorm,
-    /// Expansion.
-    pub fc1: Linear,
-    /// Projection back.
-    pub fc2: Linear,
-    /// Stochastic depth probability.
-    pub drop_path: f64,
-}
-
-impl ResidualBranch<3> for MlpBranch {
-    /// # Shapes
-    /// - x: `[B, L, D]` -> `[B, L, D]`
-    fn branch(&self, x: Tensor<3>) -> Tensor<3> {
-        let y = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.norm.forward(x))));
-        drop_path(y, self.drop_path)
     }
 }
 

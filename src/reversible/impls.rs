@@ -14,10 +14,11 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Gradients, Tensor};
 
 use super::chain::{ResidualChain, collect};
+use crate::backbone::residual::MlpBranch;
 use crate::backbone::residual::ResidualBranch;
 use crate::backbone::resnet3d::BasicBlock;
-use crate::backbone::swin::{SwinBlock, SwinMlpBranch, WindowAttentionBranch};
-use crate::backbone::vit::{AttentionBranch, MlpBranch, VitBlock};
+use crate::backbone::swin::{SwinBlock, WindowAttentionBranch};
+use crate::backbone::vit::{AttentionBranch, VitBlock};
 use burn::module::Module;
 
 /// A transformer block made of an attention branch and an MLP branch.
@@ -45,11 +46,11 @@ impl CoupledBlock<3> for VitBlock {
 
 impl CoupledBlock<5> for SwinBlock {
     type Attn = WindowAttentionBranch;
-    type Mlp = SwinMlpBranch;
+    type Mlp = MlpBranch;
     fn attn(&self) -> &WindowAttentionBranch {
         &self.attn
     }
-    fn mlp(&self) -> &SwinMlpBranch {
+    fn mlp(&self) -> &MlpBranch {
         &self.mlp
     }
 }
