@@ -57,15 +57,15 @@ impl std::str::FromStr for CheckpointFamily {
 /// One renaming rule: a regex on the checkpoint key and its replacement (`$1` = first group).
 #[derive(Debug, Clone)]
 pub struct Rule {
-    /// Pattern on the checkpoint key.
-    pub from: String,
+    /// Pattern on the checkpoint key (compiled once, when the map is built).
+    pub from: Regex,
     /// Replacement, in this crate's module path space.
     pub to: String,
 }
 
-fn rule(from: impl Into<String>, to: impl Into<String>) -> Rule {
+fn rule(from: impl AsRef<str>, to: impl Into<String>) -> Rule {
     Rule {
-        from: from.into(),
+        from: Regex::new(from.as_ref()).expect("key-map regexes are valid"),
         to: to.into(),
     }
 }
@@ -76,7 +76,7 @@ pub struct KeyMap {
     /// Renaming rules, applied in order.
     pub rules: Vec<Rule>,
     /// Keys (regexes, matched after renaming) that checkpoints carry and no module uses.
-    pub ignored: Vec<String>,
+    pub ignored: Vec<Regex>,
 }
 
 /// Wrapper prefixes that training frameworks add (`module.` from DataParallel, `backbone.` from
@@ -244,7 +244,10 @@ impl CheckpointFamily {
         };
         KeyMap {
             rules,
-            ignored: ignored.into_iter().map(str::to_owned).collect(),
+            ignored: ignored
+                .into_iter()
+                .map(|p| Regex::new(p).expect("valid regex"))
+                .collect(),
         }
     }
 }
@@ -254,16 +257,13 @@ impl KeyMap {
     pub fn rename(&self, key: &str) -> String {
         let mut k = key.to_owned();
         for r in &self.rules {
-            let re = Regex::new(&r.from).expect("key-map regexes are valid");
-            k = re.replace(&k, r.to.as_str()).into_owned();
+            k = r.from.replace(&k, r.to.as_str()).into_owned();
         }
         k
     }
 
     fn is_ignored(&self, key: &str) -> bool {
-        self.ignored
-            .iter()
-            .any(|p| Regex::new(p).expect("valid regex").is_match(key))
+        self.ignored.iter().any(|p| p.is_match(key))
     }
 }
 
@@ -345,7 +345,7 @@ pub fn load<M: Module + ModuleSnapshot>(
             .allow_partial(true)
             .validate(false);
         for r in &map.rules {
-            store = store.with_key_remapping(&r.from, &r.to);
+            store = store.with_key_remapping(r.from.as_str(), &r.to);
         }
         module.load_from(&mut store).map_err(|e| Error::Weights {
             path: path.to_path_buf(),
@@ -366,7 +366,7 @@ pub fn load<M: Module + ModuleSnapshot>(
             store = store.with_from_adapter(PyTorchToBurnAdapter);
         }
         for r in &map.rules {
-            store = store.with_key_remapping(&r.from, &r.to);
+            store = store.with_key_remapping(r.from.as_str(), &r.to);
         }
         module.load_from(&mut store).map_err(|e| Error::Weights {
             path: path.to_path_buf(),
