@@ -15,6 +15,25 @@ pub trait ResidualBranch<const D: usize> {
     fn branch(&self, x: Tensor<D>) -> Tensor<D>;
 }
 
+/// A transformer block made of an attention branch and an MLP branch, each residual:
+/// `x + attn(x)`, then `x + mlp(x)`.
+pub trait CoupledBlock<const D: usize> {
+    /// Attention branch type.
+    type Attn: Module + ResidualBranch<D>;
+    /// MLP branch type.
+    type Mlp: Module + ResidualBranch<D>;
+    /// The attention branch.
+    fn attn(&self) -> &Self::Attn;
+    /// The MLP branch.
+    fn mlp(&self) -> &Self::Mlp;
+
+    /// The block's ordinary (non-reversible) forward.
+    fn forward_block(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = x.clone() + self.attn().branch(x);
+        x.clone() + self.mlp().branch(x)
+    }
+}
+
 thread_local! {
     static DROP_PATH_KEY: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }

@@ -10,7 +10,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::residual::{MlpBranch, ResidualBranch, drop_path};
+use super::residual::{CoupledBlock, MlpBranch, ResidualBranch, drop_path};
 use super::{BackboneOutput, check_input, check_layers};
 use crate::error::Result;
 
@@ -398,12 +398,22 @@ pub struct SwinBlock {
     pub mlp: MlpBranch,
 }
 
+impl CoupledBlock<5> for SwinBlock {
+    type Attn = WindowAttentionBranch;
+    type Mlp = MlpBranch;
+    fn attn(&self) -> &WindowAttentionBranch {
+        &self.attn
+    }
+    fn mlp(&self) -> &MlpBranch {
+        &self.mlp
+    }
+}
+
 impl SwinBlock {
     /// # Shapes
     /// - x: `[B, T, H, W, C]` -> same
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let x = x.clone() + self.attn.branch(x);
-        x.clone() + self.mlp.branch(x)
+        self.forward_block(x)
     }
 }
 

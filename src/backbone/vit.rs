@@ -10,7 +10,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub use super::residual::MlpBranch;
-use super::residual::{ResidualBranch, drop_path};
+use super::residual::{CoupledBlock, ResidualBranch, drop_path};
 use super::{BackboneOutput, check_input};
 use crate::error::Result;
 
@@ -197,12 +197,22 @@ pub struct VitBlock {
     pub mlp: MlpBranch,
 }
 
+impl CoupledBlock<3> for VitBlock {
+    type Attn = AttentionBranch;
+    type Mlp = MlpBranch;
+    fn attn(&self) -> &AttentionBranch {
+        &self.attn
+    }
+    fn mlp(&self) -> &MlpBranch {
+        &self.mlp
+    }
+}
+
 impl VitBlock {
     /// # Shapes
     /// - x: `[B, L, D]` -> `[B, L, D]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = x.clone() + self.attn.branch(x);
-        x.clone() + self.mlp.branch(x)
+        self.forward_block(x)
     }
 }
 

@@ -9,51 +9,14 @@
 //!   with batch statistics in the recompute but not in the graph-free forward, and update its
 //!   running statistics twice.
 
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::{Gradients, Tensor};
 
 use super::chain::{ResidualChain, collect};
-use crate::backbone::residual::MlpBranch;
-use crate::backbone::residual::ResidualBranch;
+use crate::backbone::residual::{CoupledBlock, ResidualBranch};
 use crate::backbone::resnet3d::BasicBlock;
-use crate::backbone::swin::{SwinBlock, WindowAttentionBranch};
-use crate::backbone::vit::{AttentionBranch, VitBlock};
-use burn::module::Module;
-
-/// A transformer block made of an attention branch and an MLP branch.
-pub trait CoupledBlock<const D: usize> {
-    /// Attention branch type.
-    type Attn: Module + ResidualBranch<D>;
-    /// MLP branch type.
-    type Mlp: Module + ResidualBranch<D>;
-    /// The attention branch.
-    fn attn(&self) -> &Self::Attn;
-    /// The MLP branch.
-    fn mlp(&self) -> &Self::Mlp;
-}
-
-impl CoupledBlock<3> for VitBlock {
-    type Attn = AttentionBranch;
-    type Mlp = MlpBranch;
-    fn attn(&self) -> &AttentionBranch {
-        &self.attn
-    }
-    fn mlp(&self) -> &MlpBranch {
-        &self.mlp
-    }
-}
-
-impl CoupledBlock<5> for SwinBlock {
-    type Attn = WindowAttentionBranch;
-    type Mlp = MlpBranch;
-    fn attn(&self) -> &WindowAttentionBranch {
-        &self.attn
-    }
-    fn mlp(&self) -> &MlpBranch {
-        &self.mlp
-    }
-}
 
 /// Branch `2k` is block `k`'s attention, branch `2k + 1` its MLP.
 impl<const D: usize, B: CoupledBlock<D>> ResidualChain<D> for [B] {

@@ -17,7 +17,7 @@ mod grads;
 mod impls;
 mod vit;
 
+pub use crate::backbone::residual::CoupledBlock;
 pub use chain::{CheckedBackward, Drift, ResidualChain, RevChain, RevState};
 pub use grads::merge_grads;
-pub use impls::CoupledBlock;
 pub use vit::ReversibleVitStep;
