@@ -136,6 +136,28 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// Training produced a loss that is NaN or infinite.
+    #[error(
+        "non-finite loss {value} at step {step} (video `{video}`); lower the learning rate or check the input"
+    )]
+    NonFiniteLoss {
+        /// The video of the step.
+        video: String,
+        /// Global step (0-based).
+        step: usize,
+        /// The loss value.
+        value: f64,
+    },
+
+    /// A training checkpoint cannot be read or written.
+    #[error("checkpoint {}: {reason}", path.display())]
+    Checkpoint {
+        /// The checkpoint folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The requested backend was not compiled in, or has no device.
     #[error("backend `{backend}` is not available: {reason}")]
     Backend {

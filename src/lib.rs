@@ -16,6 +16,8 @@
 //!   post-processing of detections (NMS, soft-NMS, grid-to-seconds);
 //! - [`baseline`]: a noisy-oracle detector that exercises the whole evaluation pipeline;
 //! - [`reversible`]: Re2TAL reversible rewiring and the reconstructing backward pass;
+//! - [`train`]: the training loop (head-only, full, reversible, adapter), checkpoints and
+//!   resume, evaluation and inference of the whole detector;
 //! - [`backend`]: device selection (Flex CPU by default, wgpu and CUDA as features);
 //! - [`memory`]: peak-memory measurement for benches.
 #![warn(missing_docs)]
@@ -31,6 +33,7 @@ pub mod io;
 pub mod memory;
 pub mod reversible;
 pub mod tal;
+pub mod train;
 pub mod weights;
 
 pub use error::{Error, Result};

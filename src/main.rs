@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+
+mod cli;
 use e2e_tal::backbone::BackbonePreset;
 use e2e_tal::baseline::{NoisyOracleConfig, noisy_oracle};
 use e2e_tal::data::synth::{FRAMES_DIR, FrameFormat, load_or_generate};
@@ -92,9 +94,16 @@ enum Command {
         #[command(subcommand)]
         action: WeightsAction,
     },
-    /// The main job until training lands: generate the synthetic benchmark if missing, load
-    /// every validation video through the clip pipeline, run the noisy-oracle baseline and print
-    /// its mAP.
+    /// The main job: train a detector end to end (or in another mode) and print its validation
+    /// mAP. With no arguments: generate the synthetic benchmark into data/synth if missing and
+    /// train the default backbone + head end to end on the CPU.
+    Train(Box<TrainArgs>),
+    /// Detect actions with a trained run's checkpoint: ActivityNet results JSON, optional PNG
+    /// timelines (ground truth vs detections).
+    Infer(InferArgs),
+    /// Noisy-oracle baseline: generate the synthetic benchmark if missing, load every
+    /// validation video through the clip pipeline, make detections from the ground truth plus
+    /// noise and print their mAP (a check of the evaluation pipeline, not a model).
     Baseline {
         /// Dataset folder (generated with default settings if it has no annotations.json).
         #[arg(long, default_value = "data/synth")]
@@ -106,6 +115,94 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Dataset folder with annotations.json and frames/<video>/ (the synthetic benchmark is
+    /// generated there with default settings when annotations.json is missing).
+    #[arg(long, default_value = "data/synth")]
+    data: PathBuf,
+    /// Run folder (checkpoints, features, predictions, metrics); default runs/<mode>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Training mode: full, head-only, reversible, adapter.
+    #[arg(long, default_value = "full")]
+    mode: String,
+    /// Backbone: `synthetic` (the small ViT the defaults are tuned for) or a preset (vit-s,
+    /// vit-b, swin-t, r3d-18, ...).
+    #[arg(long, default_value = "synthetic")]
+    backbone: String,
+    /// Backbone checkpoint to start from (.safetensors or .pth).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Key map of --weights (default: the preset's family; `native` for e2e-tal's layout).
+    #[arg(long)]
+    family: Option<String>,
+    /// Full configuration as JSON (a run's config.json); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Peak learning rate of the head / adapters.
+    #[arg(long)]
+    lr_head: Option<f64>,
+    /// Peak learning rate of the backbone.
+    #[arg(long)]
+    lr_backbone: Option<f64>,
+    /// At most this many clips per training step (random window); 0 for whole videos.
+    #[arg(long)]
+    max_train_clips: Option<usize>,
+    /// Evaluate every N epochs (0: only at the end).
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this many steps in total (a checkpoint is written; continue with --resume).
+    #[arg(long)]
+    stop_after_steps: Option<usize>,
+    /// Backend (cpu, wgpu, cuda).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct InferArgs {
+    /// Run folder (or checkpoint folder) of a trained model.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Ground truth / video list (ActivityNet JSON); frames in --frames/<video>/.
+    #[arg(long, conflicts_with = "video")]
+    dataset: Option<PathBuf>,
+    /// Frames root for --dataset (default: frames/ next to the JSON).
+    #[arg(long)]
+    frames: Option<PathBuf>,
+    /// Subset of --dataset to run on (training, validation, testing, all).
+    #[arg(long, default_value = "validation")]
+    subset: String,
+    /// A single video: a folder of frames.
+    #[arg(long)]
+    video: Option<PathBuf>,
+    /// Frame rate of --video.
+    #[arg(long, default_value_t = 15.0)]
+    fps: f64,
+    /// Output ActivityNet results JSON.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write one PNG timeline per video into this folder.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
+    /// Backend (cpu, wgpu, cuda).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
 }
 
 #[derive(Subcommand)]
@@ -296,6 +393,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {} videos to {}", gt.videos.len(), out.display());
         }
         Command::Weights { action } => run_weights(action)?,
+        Command::Train(args) => cli::run_train(*args)?,
+        Command::Infer(args) => cli::run_infer(args)?,
         Command::Baseline {
             data,
             backend: b,
@@ -363,6 +462,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     Ok(())
 }
+
+#[global_allocator]
+static ALLOC: e2e_tal::memory::CountingAllocator = e2e_tal::memory::CountingAllocator;
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {

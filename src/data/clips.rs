@@ -144,6 +144,47 @@ pub fn sample_clips(
     })
 }
 
+/// Clips `start..start + count` of a video (no padding), normalising only the frames they use:
+/// what training crops and chunked feature extraction need on long videos.
+///
+/// # Shapes
+/// - output: `[count, 3, clip_frames, H, W]`
+pub fn clip_range(
+    frames: &Frames,
+    cfg: &ClipSamplingConfig,
+    start: usize,
+    count: usize,
+    device: &Device,
+) -> Result<Tensor<5>> {
+    let n = cfg.num_clips(&frames.video, frames.len)?;
+    if count == 0 || start + count > n {
+        return Err(Error::Config(format!(
+            "video `{}` has {n} clips; clips {start}..{} requested",
+            frames.video,
+            start + count
+        )));
+    }
+    let (h, w, f) = (frames.height, frames.width, cfg.clip_frames);
+    let plane = h * w;
+    let mut data = vec![0f32; count * 3 * f * plane];
+    for k in 0..count {
+        for (j, fi) in cfg.clip_frame_indices(start + k, frames.len).enumerate() {
+            let src = frames.frame(fi);
+            for c in 0..3 {
+                let (m, s) = (cfg.mean[c], cfg.std[c]);
+                let dst = ((k * 3 + c) * f + j) * plane;
+                for (p, d) in data[dst..dst + plane].iter_mut().enumerate() {
+                    *d = (src[p * 3 + c] as f32 / 255.0 - m) / s;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_data(
+        TensorData::new(data, [count, 3, f, h, w]),
+        device,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +252,27 @@ mod tests {
         // Clip centre times: (k * 2 + 1) / 10 s.
         assert_eq!(b.grid.seconds(1.0), 0.3);
         assert!(sample_clips(&frames(5), 10.0, &cfg, Some(2), &device).is_err());
+    }
+
+    #[test]
+    fn clip_range_equals_the_same_clips_of_sample_clips() {
+        let device = crate::backend::cpu_device();
+        let cfg = ClipSamplingConfig::new()
+            .with_clip_frames(3)
+            .with_frame_stride(2)
+            .with_snippet_stride(2);
+        let fr = frames(12);
+        let all = sample_clips(&fr, 10.0, &cfg, None, &device).unwrap();
+        let n = all.num_valid;
+        let part = clip_range(&fr, &cfg, 2, n - 2, &device).unwrap();
+        let want: Vec<f32> = all
+            .clips
+            .narrow(0, 2, n - 2)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let got: Vec<f32> = part.into_data().try_to_vec().unwrap();
+        assert_eq!(got, want);
+        assert!(clip_range(&fr, &cfg, n - 1, 2, &device).is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! Evaluation: the official ActivityNet detection mAP.
+//! Evaluation: the official ActivityNet detection mAP, and PNG timelines of detections.
 
 mod map;
+pub mod timeline;
 
 pub use map::{EvalOptions, EvalReport, ThresholdSet, average_precision, evaluate, segment_iou};

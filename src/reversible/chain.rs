@@ -136,6 +136,24 @@ impl<C: ?Sized> RevChain<'_, C> {
         (a + b) / 2.0
     }
 
+    /// The rewired forward for inference: stochastic depth off (outside a keyed scope and on a
+    /// device without autodiff, drop path is the identity).
+    ///
+    /// # Shapes
+    /// - x: any -> same
+    pub fn forward_inference<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>
+    where
+        C: ResidualChain<D>,
+    {
+        let (mut a, mut b) = (x.clone(), x);
+        for i in 0..self.chain.num_branches() {
+            let next = a + self.chain.branch(i, b.clone());
+            a = b;
+            b = next;
+        }
+        (a + b) / 2.0
+    }
+
     /// The rewired forward without recording a graph. Returns the stage output as a fresh
     /// autodiff leaf that requires a gradient (feed it to the rest of the model) and the state
     /// [`RevChain::backward`] needs. `x` may carry a graph (e.g. from the stem); it is not

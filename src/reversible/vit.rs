@@ -40,6 +40,18 @@ impl VisionTransformer {
         Ok(self.pool(y))
     }
 
+    /// Per-clip features of the rewired network for inference (no stochastic depth; run it on
+    /// a device without autodiff, e.g. `vit.valid()`).
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> `[N, D]`
+    pub fn forward_rewired_inference(&self, clips: Tensor<5>) -> Result<Tensor<2>> {
+        self.check_clips(&clips)?;
+        let x = self.embed(clips);
+        let y = RevChain::new(self.blocks.as_slice()).forward_inference(x);
+        Ok(self.pool(y))
+    }
+
     /// Start a reversible training step: stem with autodiff, blocks without a graph. Build the
     /// loss from `step.features`, then call [`ReversibleVitStep::backward`]. Use a new `seed`
     /// every step (it keys stochastic depth).

@@ -2,7 +2,11 @@
 //! 1-D boundary offsets, both summed and divided by an EMA of the number of positive points.
 
 use burn::config::Config;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::assign::Targets;
+use super::head::HeadOutput;
+use crate::error::{Error, Result};
 use burn::tensor::activation::{log_sigmoid, sigmoid};
 
 /// Loss settings (defaults: ActionFormer).
@@ -90,6 +94,69 @@ impl LossNormalizer {
         self.value = self.momentum * self.value + (1.0 - self.momentum) * positives.max(1) as f64;
         self.value
     }
+}
+
+/// The TAL loss of one video (batch index 0 of `out`): focal loss over every valid point plus
+/// `reg_weight` x DIoU over the positive points, divided by `normalizer` (the EMA of positives,
+/// see [`LossNormalizer::update`]).
+///
+/// # Shapes
+/// - `out.cls_logits`: `[1, P, C]`, `out.offsets`: `[1, P, 2]`; `targets` for the same `P`
+///   points -> `[1]`
+pub fn video_loss(
+    out: &HeadOutput,
+    targets: &Targets,
+    normalizer: f64,
+    cfg: &LossConfig,
+) -> Result<Tensor<1>> {
+    let [b, p, c] = out.cls_logits.dims();
+    if b != 1 || targets.positive.len() != p || targets.cls.len() != p * c {
+        return Err(Error::Config(format!(
+            "loss: head output [{b}, {p}, {c}] does not match targets for {} points",
+            targets.positive.len()
+        )));
+    }
+    let device = out.cls_logits.device();
+    let mask: Vec<bool> = out
+        .mask
+        .clone()
+        .reshape([p])
+        .into_data()
+        .try_to_vec()
+        .expect("bool mask");
+    let valid: Vec<i64> = (0..p as i64).filter(|&i| mask[i as usize]).collect();
+    let pos: Vec<i64> = valid
+        .iter()
+        .copied()
+        .filter(|&i| targets.positive[i as usize])
+        .collect();
+    let index =
+        |v: &[i64]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
+    let cls_t: Vec<f32> = valid
+        .iter()
+        .flat_map(|&i| {
+            targets.cls[i as usize * c..(i as usize + 1) * c]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let cls_t = Tensor::<2>::from_data(TensorData::new(cls_t, [valid.len(), c]), &device);
+    let logits = out
+        .cls_logits
+        .clone()
+        .reshape([p, c])
+        .select(0, index(&valid));
+    let mut loss = sigmoid_focal_loss(logits, cls_t, cfg.focal_alpha, cfg.focal_gamma);
+    if !pos.is_empty() {
+        let reg_t: Vec<f32> = pos
+            .iter()
+            .flat_map(|&i| [targets.reg[i as usize * 2], targets.reg[i as usize * 2 + 1]])
+            .collect();
+        let reg_t = Tensor::<2>::from_data(TensorData::new(reg_t, [pos.len(), 2]), &device);
+        let off = out.offsets.clone().reshape([p, 2]).select(0, index(&pos));
+        loss = loss + diou_loss_1d(off, reg_t) * cfg.reg_weight;
+    }
+    Ok(loss / normalizer)
 }
 
 #[cfg(test)]

@@ -1,0 +1,247 @@
+//! The `train` and `infer` subcommands: thin layers over `e2e_tal::train`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use e2e_tal::backbone::BackbonePreset;
+use e2e_tal::data::synth::{FRAMES_DIR, load_or_generate};
+use e2e_tal::data::{
+    Detection, FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, VideoDetections,
+};
+use e2e_tal::eval::timeline::write_timeline;
+use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
+use e2e_tal::train::{
+    BackboneConfig, Checkpoint, Detector, RunOptions, TalDataset, TalVideo, TrainConfig, TrainMode,
+    load_model,
+};
+use e2e_tal::weights::CheckpointFamily;
+use e2e_tal::{Error, Result, backend};
+
+use super::{InferArgs, TrainArgs, print_report};
+
+fn load_config(path: &Path) -> Result<TrainConfig> {
+    let text = e2e_tal::io::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        line: e.line(),
+        column: e.column(),
+        message: e.to_string(),
+    })
+}
+
+/// Load (or, for a missing synthetic benchmark, generate) the dataset.
+fn dataset(data: &Path, cfg: &TrainConfig) -> Result<TalDataset> {
+    let ann = data.join("annotations.json");
+    let gt = if ann.is_file() {
+        GroundTruth::from_json_file(&ann)?
+    } else {
+        println!(
+            "{} not found: generating the synthetic benchmark there",
+            ann.display()
+        );
+        load_or_generate(data, &SynthConfig::new())?.ground_truth
+    };
+    TalDataset::load(&gt, &data.join(FRAMES_DIR), &[], None, cfg.clips.span())
+}
+
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    let start = Instant::now();
+    let mode: TrainMode = a.mode.parse()?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(mode.to_string()));
+    let device = backend::device(a.backend.parse()?)?;
+    let opts = RunOptions {
+        out_dir: out.clone(),
+        quiet: a.quiet,
+        stop_after_steps: a.stop_after_steps,
+    };
+    let outcome = if a.resume {
+        let ck = Checkpoint::load(&out)?;
+        let data = dataset(&a.data, &ck.meta.config)?;
+        println!(
+            "resuming {} at epoch {}, step {}",
+            out.display(),
+            ck.meta.state.epoch + 1,
+            ck.meta.state.global_step
+        );
+        e2e_tal::train::resume(&data, &opts, &device)?
+    } else {
+        let mut cfg = match &a.config {
+            Some(p) => load_config(p)?,
+            None => TrainConfig::new(),
+        };
+        cfg.mode = mode;
+        if a.backbone != "synthetic" {
+            cfg.backbone = BackboneConfig::preset(a.backbone.parse::<BackbonePreset>()?);
+        } else if a.config.is_none() {
+            cfg.backbone = BackboneConfig::synthetic_vit();
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
+        }
+        set!(
+            epochs,
+            lr_head,
+            lr_backbone,
+            max_train_clips,
+            eval_every,
+            seed
+        );
+        cfg.validate()?;
+        let t = Instant::now();
+        let data = dataset(&a.data, &cfg)?;
+        let n_train = data.indices(Subset::Training).len();
+        println!(
+            "dataset: {} ({} training, {} validation videos, {} classes) loaded in {:.1}s",
+            a.data.display(),
+            n_train,
+            data.indices(Subset::Validation).len(),
+            data.classes.len(),
+            t.elapsed().as_secs_f64()
+        );
+        device.seed(cfg.seed);
+        let mut backbone = cfg.backbone.init(&device);
+        if let Some(w) = &a.weights {
+            let family = match (&a.family, a.backbone.parse::<BackbonePreset>()) {
+                (Some(f), _) => f.parse()?,
+                (None, Ok(p)) => p.default_family(),
+                (None, Err(_)) => CheckpointFamily::Native,
+            };
+            let r = backbone.load(w, family)?;
+            println!("backbone: {} tensors from {}", r.applied.len(), w.display());
+        }
+        println!(
+            "training: mode {mode}, {} epochs, backbone {}, run folder {}",
+            cfg.epochs,
+            a.backbone,
+            out.display()
+        );
+        e2e_tal::train::train(cfg, &data, backbone, &opts, &device)?
+    };
+    if let Some(b) = outcome.peak_step_bytes {
+        println!(
+            "peak memory of a training step: {} MiB",
+            e2e_tal::memory::mib(b)
+        );
+    }
+    match &outcome.evaluation {
+        None => println!(
+            "stopped after {} steps; continue with --resume",
+            outcome.state.global_step
+        ),
+        Some((preds, report)) => {
+            println!("\nvalidation mAP, THUMOS thresholds:");
+            print_report(report, false);
+            let ck = Checkpoint::load(&out)?;
+            let data_gt = GroundTruth::from_json_file(&a.data.join("annotations.json"))?;
+            let anet = evaluate(
+                &data_gt,
+                preds,
+                &EvalOptions {
+                    subset: Some(Subset::Validation),
+                    thresholds: ThresholdSet::ActivityNet.values(),
+                },
+            )?;
+            println!(
+                "(ActivityNet thresholds 0.5:0.95: average {:.2}%; mode {}, {} epochs)",
+                100.0 * anet.average_map,
+                ck.meta.config.mode,
+                ck.meta.config.epochs
+            );
+            println!("predictions: {}", out.join("predictions.json").display());
+        }
+    }
+    println!("total {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn run_infer(a: InferArgs) -> Result<()> {
+    let device = backend::device(a.backend.parse()?)?;
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let cfg = ck.meta.config.clone();
+    let mut model = load_model(&ck, &device)?;
+    ck.load_model(&mut model)?;
+    let layers = match model.adapter {
+        Some(_) => e2e_tal::train::model::adapter_layers(&cfg, &model.backbone)?,
+        None => Vec::new(),
+    };
+    let videos: Vec<TalVideo> = match (&a.dataset, &a.video) {
+        (Some(json), None) => {
+            let gt = GroundTruth::from_json_file(json)?;
+            let frames = a
+                .frames
+                .clone()
+                .unwrap_or_else(|| json.parent().unwrap_or(Path::new(".")).join(FRAMES_DIR));
+            let subsets = if a.subset.eq_ignore_ascii_case("all") {
+                Vec::new()
+            } else {
+                vec![a.subset.parse::<Subset>().map_err(Error::Config)?]
+            };
+            TalDataset::load(&gt, &frames, &subsets, None, cfg.clips.span())?.videos
+        }
+        (None, Some(dir)) => {
+            let id = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "video".into());
+            let frames = FrameFolder::open(dir, &id)?.read_all(None)?;
+            vec![TalVideo {
+                duration: frames.len as f64 / a.fps,
+                id,
+                subset: Subset::Testing,
+                fps: a.fps,
+                frames,
+                segments: Vec::new(),
+            }]
+        }
+        _ => {
+            return Err(Error::Config(
+                "give exactly one of --dataset JSON or --video DIR".into(),
+            ));
+        }
+    };
+    let det = Detector {
+        model: &model,
+        cfg: &cfg,
+        layers,
+        device: device.clone(),
+    };
+    let t = Instant::now();
+    let mut out = Vec::new();
+    for v in &videos {
+        let segs = det.detect(v)?;
+        if let Some(dir) = &a.timeline {
+            write_timeline(
+                &dir.join(format!("{}.png", v.id)),
+                &v.segments,
+                &segs,
+                v.duration,
+                ck.meta.classes.len(),
+                0.1,
+            )?;
+        }
+        out.push(VideoDetections {
+            id: v.id.clone(),
+            detections: segs
+                .into_iter()
+                .map(|d| Detection {
+                    label: ck.meta.classes[d.label].clone(),
+                    score: d.score,
+                    segment: [d.start, d.end],
+                })
+                .collect(),
+        });
+    }
+    let preds = Predictions { videos: out };
+    preds.write_json(&a.out)?;
+    println!(
+        "{} videos, {} detections in {:.1}s -> {}",
+        videos.len(),
+        preds.len(),
+        t.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}

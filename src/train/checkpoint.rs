@@ -1,0 +1,193 @@
+//! Training checkpoints: model weights (burnpack, which keeps parameter ids so optimizer state
+//! stays attached), both optimizers' state, and the loop's state, written so that an interrupted
+//! write never destroys the previous checkpoint.
+//!
+//! Layout of `<run>/checkpoint/`: `model.bpk`, `optim_backbone.bpk`, `optim_head.bpk`,
+//! `state.json` (config, classes, frame size, loop position, history). A new checkpoint is
+//! written to `checkpoint.tmp/`, the old one renamed to `checkpoint.old/`, the new one renamed
+//! into place, then the old one removed; [`find`] falls back to `checkpoint.old/` if a crash
+//! hit between the renames.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::config::TrainConfig;
+use super::model::TalModel;
+use crate::error::{Error, Result};
+use crate::io::{read_to_string, write_atomic, write_json_atomic};
+
+/// One epoch's summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps.
+    pub mean_loss: f64,
+    /// Wall-clock seconds of the epoch's training steps.
+    pub seconds: f64,
+    /// Average validation mAP (THUMOS thresholds), when evaluated after this epoch.
+    pub val_average_map: Option<f64>,
+}
+
+/// Where the loop stands; everything besides weights and optimizer state that a resumed run
+/// needs to continue identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Current epoch (0-based).
+    pub epoch: usize,
+    /// Steps of the current epoch already taken.
+    pub step_in_epoch: usize,
+    /// Steps taken in total.
+    pub global_step: usize,
+    /// The loss normaliser (EMA of positives).
+    pub normalizer: f64,
+    /// Sum of the current epoch's losses so far.
+    pub epoch_loss_sum: f64,
+    /// Seconds spent in the current epoch so far.
+    pub epoch_seconds: f64,
+    /// Finished epochs.
+    pub history: Vec<EpochLog>,
+}
+
+/// What a checkpoint's `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// Class names in class-index order.
+    pub classes: Vec<String>,
+    /// Frame height and width the model was built for.
+    pub frame_size: (usize, usize),
+    /// Loop state.
+    pub state: TrainState,
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    /// Folder it was read from.
+    pub dir: PathBuf,
+    /// Configuration, classes, loop state.
+    pub meta: CheckpointMeta,
+    model: Bytes,
+    /// Backbone optimizer state.
+    pub optim_backbone: OptimizerRecord,
+    /// Head (and adapter) optimizer state.
+    pub optim_head: OptimizerRecord,
+}
+
+fn fail(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Serialise a module to burnpack bytes (parameter ids included).
+pub fn module_bytes<M: Module + ModuleSnapshot>(m: &M, path: &Path) -> Result<Bytes> {
+    let mut store = BurnpackStore::from_bytes(None);
+    m.save_into(&mut store).map_err(|e| fail(path, e))?;
+    store.get_bytes().map_err(|e| fail(path, e))
+}
+
+/// Load burnpack bytes into `m`; every tensor must be present with the right shape.
+pub fn load_module_bytes<M: Module + ModuleSnapshot>(
+    m: &mut M,
+    bytes: Bytes,
+    path: &Path,
+) -> Result<()> {
+    let mut store = BurnpackStore::from_bytes(Some(bytes));
+    let r = m.load_from(&mut store).map_err(|e| fail(path, e))?;
+    if !r.errors.is_empty() || !r.missing.is_empty() {
+        return Err(fail(
+            path,
+            format!(
+                "does not fit the model: missing {:?}, errors {:?}",
+                r.missing, r.errors
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Write a checkpoint into `run/checkpoint/` (see the module docs for the crash safety).
+pub fn save(
+    run: &Path,
+    meta: &CheckpointMeta,
+    model: &TalModel,
+    optim_backbone: &ModuleOptimizer,
+    optim_head: &ModuleOptimizer,
+) -> Result<()> {
+    let dir = run.join("checkpoint");
+    let tmp = run.join("checkpoint.tmp");
+    let old = run.join("checkpoint.old");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    write_atomic(&tmp.join("model.bpk"), &module_bytes(model, &tmp)?)?;
+    for (name, opt) in [
+        ("optim_backbone.bpk", optim_backbone),
+        ("optim_head.bpk", optim_head),
+    ] {
+        let bytes = opt.to_record().into_bytes().map_err(|e| fail(&tmp, e))?;
+        write_atomic(&tmp.join(name), &bytes)?;
+    }
+    write_json_atomic(&tmp.join("state.json"), meta)?;
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&tmp, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint folder of a run (or `run` itself when it is one).
+pub fn find(run: &Path) -> Option<PathBuf> {
+    [
+        run.to_path_buf(),
+        run.join("checkpoint"),
+        run.join("checkpoint.old"),
+    ]
+    .into_iter()
+    .find(|d| d.join("state.json").is_file() && d.join("model.bpk").is_file())
+}
+
+impl Checkpoint {
+    /// Read the checkpoint of run folder (or checkpoint folder) `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let dir = find(path).ok_or_else(|| fail(path, "no checkpoint (state.json + model.bpk)"))?;
+        let state_path = dir.join("state.json");
+        let meta: CheckpointMeta = serde_json::from_str(&read_to_string(&state_path)?)
+            .map_err(|e| fail(&state_path, format!("malformed: {e}")))?;
+        let read = |name: &str| -> Result<Bytes> {
+            let p = dir.join(name);
+            Ok(Bytes::from_bytes_vec(
+                std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+            ))
+        };
+        let record = |name: &str| -> Result<OptimizerRecord> {
+            OptimizerRecord::from_bytes(read(name)?).map_err(|e| fail(&dir.join(name), e))
+        };
+        Ok(Self {
+            model: read("model.bpk")?,
+            optim_backbone: record("optim_backbone.bpk")?,
+            optim_head: record("optim_head.bpk")?,
+            meta,
+            dir,
+        })
+    }
+
+    /// Load the saved weights (and parameter ids) into `model`.
+    pub fn load_model(&self, model: &mut TalModel) -> Result<()> {
+        load_module_bytes(model, self.model.clone(), &self.dir.join("model.bpk"))
+    }
+}

@@ -1,0 +1,297 @@
+//! Training settings: the mode (which parts learn and how gradients are computed), the model
+//! and the optimisation schedule. Defaults are sized for the built-in synthetic benchmark on a
+//! CPU; the ActionFormer / paper defaults are noted where they differ.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::config::Config;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::losa::LosaConfig;
+use crate::backbone::resnet3d::ResNet3dConfig;
+use crate::backbone::swin::SwinConfig;
+use crate::backbone::vit::VitConfig;
+use crate::backbone::{Backbone, BackbonePreset};
+use crate::data::ClipSamplingConfig;
+use crate::error::{Error, Result};
+use crate::tal::assign::AssignConfig;
+use crate::tal::head::HeadConfig;
+use crate::tal::loss::LossConfig;
+use crate::tal::postprocess::PostProcessConfig;
+
+/// Which parameters learn, and how their gradients are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainMode {
+    /// Backbone frozen; its clip features are extracted once (cached as `.npy`) and only the
+    /// head trains.
+    HeadOnly,
+    /// Backbone and head train together with ordinary autodiff (every activation cached).
+    #[default]
+    Full,
+    /// Backbone and head train together; the backbone's blocks run as a reversible chain
+    /// (Re2TAL): no block activations are kept, the backward pass reconstructs them.
+    Reversible,
+    /// Backbone frozen and run without a graph; LoSA adapters read its intermediate layers and
+    /// train with the head.
+    Adapter,
+}
+
+impl TrainMode {
+    /// Every mode.
+    pub const ALL: [TrainMode; 4] = [
+        TrainMode::HeadOnly,
+        TrainMode::Full,
+        TrainMode::Reversible,
+        TrainMode::Adapter,
+    ];
+
+    /// Whether the backbone's parameters learn.
+    pub fn trains_backbone(self) -> bool {
+        matches!(self, TrainMode::Full | TrainMode::Reversible)
+    }
+}
+
+impl fmt::Display for TrainMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrainMode::HeadOnly => "head-only",
+            TrainMode::Full => "full",
+            TrainMode::Reversible => "reversible",
+            TrainMode::Adapter => "adapter",
+        })
+    }
+}
+
+impl FromStr for TrainMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.to_string() == s.to_ascii_lowercase())
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown training mode `{s}` (expected head-only, full, reversible or adapter)"
+                ))
+            })
+    }
+}
+
+/// A backbone architecture (weights are loaded separately).
+#[derive(Config, Debug)]
+pub enum BackboneConfig {
+    /// VideoMAE vision transformer.
+    Vit(VitConfig),
+    /// Video Swin transformer.
+    Swin(SwinConfig),
+    /// 3-D ResNet (r3d / R(2+1)D).
+    ResNet(ResNet3dConfig),
+}
+
+impl BackboneConfig {
+    /// The backbone the main job trains on the synthetic benchmark: a 4-block, 128-wide ViT on
+    /// 8-frame 64x64 clips (16-pixel patches, 2-frame tubelets: 64 tokens per clip).
+    pub fn synthetic_vit() -> Self {
+        BackboneConfig::Vit(
+            VitConfig::new()
+                .with_embed_dim(128)
+                .with_depth(4)
+                .with_num_heads(4)
+                .with_mlp_dim(512)
+                .with_num_frames(8)
+                .with_image_size(64)
+                .with_layer_norm_eps(1e-6)
+                .with_drop_path_rate(0.1),
+        )
+    }
+
+    /// The architecture of a published preset.
+    pub fn preset(p: BackbonePreset) -> Self {
+        use crate::backbone::resnet3d::ResNetKind;
+        use crate::backbone::swin::SwinPreset;
+        use crate::backbone::vit::VitPreset;
+        match p {
+            BackbonePreset::VitS => Self::Vit(VitConfig::preset(VitPreset::Small)),
+            BackbonePreset::VitB => Self::Vit(VitConfig::preset(VitPreset::Base)),
+            BackbonePreset::VitL => Self::Vit(VitConfig::preset(VitPreset::Large)),
+            BackbonePreset::VitH => Self::Vit(VitConfig::preset(VitPreset::Huge)),
+            BackbonePreset::VitG => Self::Vit(VitConfig::preset(VitPreset::Giant)),
+            BackbonePreset::SwinT => Self::Swin(SwinConfig::preset(SwinPreset::Tiny)),
+            BackbonePreset::SwinS => Self::Swin(SwinConfig::preset(SwinPreset::Small)),
+            BackbonePreset::SwinB => Self::Swin(SwinConfig::preset(SwinPreset::Base)),
+            BackbonePreset::R3d18 => Self::ResNet(ResNet3dConfig::new()),
+            BackbonePreset::R2Plus1d18 => {
+                Self::ResNet(ResNet3dConfig::new().with_kind(ResNetKind::R2Plus1d))
+            }
+        }
+    }
+
+    /// Build the model.
+    pub fn init(&self, device: &Device) -> Backbone {
+        match self {
+            Self::Vit(c) => Backbone::Vit(c.init(device)),
+            Self::Swin(c) => Backbone::Swin(c.init(device)),
+            Self::ResNet(c) => Backbone::ResNet(c.init(device)),
+        }
+    }
+}
+
+/// Everything a training run needs besides the data.
+///
+/// `head.input_dim`, `head.num_classes`, `adapter.feature_dim` and `adapter.layer_dims` are
+/// filled in from the backbone and the dataset when the model is built.
+#[derive(Config, Debug)]
+pub struct TrainConfig {
+    /// Which parts learn.
+    #[config(default = "TrainMode::Full")]
+    pub mode: TrainMode,
+    /// Backbone architecture.
+    #[config(default = "BackboneConfig::synthetic_vit()")]
+    pub backbone: BackboneConfig,
+    /// How clips are cut from the videos. Default: 8 frames every 2nd frame (one second at
+    /// 15 fps), a clip every 4 frames.
+    #[config(
+        default = "ClipSamplingConfig::new().with_clip_frames(8).with_frame_stride(2).with_snippet_stride(4)"
+    )]
+    pub clips: ClipSamplingConfig,
+    /// The TAL head. Default: ActionFormer with a 128-wide embedding, window 9 (ActionFormer:
+    /// 512 wide, window 19 on THUMOS).
+    #[config(default = "HeadConfig::new(0, 0).with_embed_dim(128).with_window_size(9)")]
+    pub head: HeadConfig,
+    /// LoSA adapters (mode `adapter`).
+    #[config(default = "LosaConfig::new(0, vec![]).with_num_heads(4)")]
+    pub adapter: LosaConfig,
+    /// Backbone layers the adapters read; empty: every layer but the last.
+    #[config(default = "Vec::new()")]
+    pub adapter_layers: Vec<usize>,
+    /// Run the ViT rewired into its reversible form (Re2TAL: `y_i = y_(i-2) + F_i(y_(i-1))`,
+    /// same parameters) in every mode. Mode `reversible` always does; with `full` this is the
+    /// same network trained with ordinary autodiff (the memory-hungry reference).
+    #[config(default = false)]
+    pub rewired: bool,
+    /// Label assignment.
+    #[config(default = "AssignConfig::new()")]
+    pub assign: AssignConfig,
+    /// Losses.
+    #[config(default = "LossConfig::new()")]
+    pub loss: LossConfig,
+    /// Post-processing of detections for evaluation and inference.
+    #[config(default = "PostProcessConfig::new()")]
+    pub post: PostProcessConfig,
+    /// Passes over the training videos.
+    #[config(default = 12)]
+    pub epochs: usize,
+    /// Peak learning rate of the head (and adapters). ActionFormer: 1e-4 with batch 2.
+    #[config(default = 1e-3)]
+    pub lr_head: f64,
+    /// Peak learning rate of the backbone (modes `full`, `reversible`).
+    #[config(default = 5e-4)]
+    pub lr_backbone: f64,
+    /// AdamW weight decay.
+    #[config(default = 0.05)]
+    pub weight_decay: f64,
+    /// Linear warm-up, in epochs (may be fractional); cosine decay to zero after it.
+    #[config(default = 1.0)]
+    pub warmup_epochs: f64,
+    /// Clip the global L2 norm of all gradients to this value (0: no clipping).
+    #[config(default = 1.0)]
+    pub clip_grad_norm: f64,
+    /// At most this many consecutive clips of a video per training step (a random window,
+    /// ActionFormer's `max_seq_len` crop); 0: the whole video.
+    #[config(default = 0)]
+    pub max_train_clips: usize,
+    /// Clips per backbone call when extracting features without gradients.
+    #[config(default = 64)]
+    pub inference_chunk: usize,
+    /// Evaluate on the validation videos every this many epochs (0: only at the end).
+    #[config(default = 0)]
+    pub eval_every: usize,
+    /// Write a checkpoint every this many steps (0: at the end of every epoch only).
+    #[config(default = 0)]
+    pub checkpoint_every: usize,
+    /// Random seed (data order, crops, stochastic depth).
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Whether the backbone runs rewired (mode `reversible`, or `rewired` set).
+    pub fn uses_rewired_backbone(&self) -> bool {
+        self.rewired || self.mode == TrainMode::Reversible
+    }
+
+    /// Check ranges that would otherwise fail deep inside a step.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        for (name, v) in [("lr_head", self.lr_head), ("lr_backbone", self.lr_backbone)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!(
+                    "{name} must be a finite non-negative number, got {v}"
+                ));
+            }
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            return bad(format!(
+                "warmup_epochs must be non-negative, got {}",
+                self.warmup_epochs
+            ));
+        }
+        if self.clip_grad_norm < 0.0 || self.clip_grad_norm.is_nan() {
+            return bad(format!(
+                "clip_grad_norm must be >= 0, got {}",
+                self.clip_grad_norm
+            ));
+        }
+        if self.inference_chunk == 0 {
+            return bad("inference_chunk must be at least 1".into());
+        }
+        if self.max_train_clips != 0 && self.max_train_clips < 2 {
+            return bad("max_train_clips must be 0 (whole video) or at least 2".into());
+        }
+        if self.uses_rewired_backbone() && self.mode == TrainMode::Adapter {
+            return bad(
+                "the adapter mode reads the ordinary backbone's layers; drop `rewired`".into(),
+            );
+        }
+        if self.uses_rewired_backbone() && !matches!(self.backbone, BackboneConfig::Vit(_)) {
+            return bad(
+                "rewired (reversible) training of whole models is implemented for ViT backbones; \
+                 for Swin and ResNet chains use `reversible::RevChain` directly (docs/reversible.md)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_config_round_trips_through_json() {
+        for m in TrainMode::ALL {
+            assert_eq!(m.to_string().parse::<TrainMode>().unwrap(), m);
+        }
+        assert!("everything".parse::<TrainMode>().is_err());
+        let cfg = TrainConfig::new()
+            .with_mode(TrainMode::Adapter)
+            .with_epochs(3);
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert!(text.contains("\"adapter\""), "{text}");
+        let back: TrainConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.mode, TrainMode::Adapter);
+        assert_eq!(back.epochs, 3);
+        assert!(matches!(back.backbone, BackboneConfig::Vit(ref v) if v.depth == 4));
+        assert!(TrainConfig::new().with_epochs(0).validate().is_err());
+        let rev_swin = TrainConfig::new()
+            .with_mode(TrainMode::Reversible)
+            .with_backbone(BackboneConfig::preset(BackbonePreset::SwinT));
+        assert!(rev_swin.validate().unwrap_err().to_string().contains("ViT"));
+    }
+}

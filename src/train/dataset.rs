@@ -1,0 +1,171 @@
+//! Videos in memory for training and evaluation: decoded frames plus ground truth converted to
+//! the feature grid the head predicts on.
+
+use std::path::Path;
+
+use crate::data::annotations::{GroundTruth, Subset, VideoAnnotations};
+use crate::data::clips::ClipSamplingConfig;
+use crate::data::frames::{FrameFolder, Frames};
+use crate::error::{Error, Result};
+use crate::tal::assign::GtSegment;
+use crate::tal::postprocess::GridToTime;
+
+/// One annotated video, frames decoded.
+#[derive(Debug, Clone)]
+pub struct TalVideo {
+    /// Video identifier.
+    pub id: String,
+    /// Subset the annotations put it in.
+    pub subset: Subset,
+    /// Duration in seconds.
+    pub duration: f64,
+    /// Frame rate.
+    pub fps: f64,
+    /// Decoded RGB frames.
+    pub frames: Frames,
+    /// Ground-truth segments in seconds with class indices.
+    pub segments: Vec<([f64; 2], usize)>,
+}
+
+impl TalVideo {
+    /// Ground truth on the feature grid of `clips` (grid position `x` is the centre of clip
+    /// `x`), as the head's label assignment wants it.
+    pub fn grid_segments(&self, clips: &ClipSamplingConfig) -> Vec<GtSegment> {
+        let grid = clips.grid(self.fps);
+        self.segments
+            .iter()
+            .map(|&([s, e], label)| GtSegment {
+                start: seconds_to_grid(&grid, s),
+                end: seconds_to_grid(&grid, e),
+                label,
+            })
+            .collect()
+    }
+}
+
+/// Inverse of [`GridToTime::seconds`].
+pub fn seconds_to_grid(grid: &GridToTime, t: f64) -> f64 {
+    (t * grid.fps - 0.5 * grid.span_frames) / grid.stride_frames
+}
+
+/// The videos of a dataset with frames in `frames_dir/<video id>/`.
+#[derive(Debug, Clone)]
+pub struct TalDataset {
+    /// Class names in class-index order.
+    pub classes: Vec<String>,
+    /// The ground truth the videos came from (evaluation uses it).
+    pub ground_truth: GroundTruth,
+    /// The videos, in annotation order.
+    pub videos: Vec<TalVideo>,
+}
+
+impl TalDataset {
+    /// Decode every video of `gt` (the subsets in `subsets`, all when empty) from
+    /// `frames_dir/<id>/`. `fps` overrides the annotations' frame rate; without either it is the frame count
+    /// over the duration.
+    /// Every video must have at least `min_frames` frames (one clip's span).
+    pub fn load(
+        gt: &GroundTruth,
+        frames_dir: &Path,
+        subsets: &[Subset],
+        fps: Option<f64>,
+        min_frames: usize,
+    ) -> Result<Self> {
+        let classes = gt.classes(None);
+        let mut videos = Vec::new();
+        for v in gt.videos.iter() {
+            if !subsets.is_empty() && !subsets.contains(&v.subset) {
+                continue;
+            }
+            let folder = FrameFolder::open(&frames_dir.join(&v.id), &v.id)?;
+            let frames = folder.read_all(None)?;
+            if frames.len < min_frames {
+                return Err(Error::VideoTooShort {
+                    video: v.id.clone(),
+                    frames: frames.len,
+                    clip_span: min_frames,
+                });
+            }
+            videos.push(Self::video(v, frames, fps, &classes)?);
+        }
+        if videos.is_empty() {
+            return Err(Error::EmptyInput {
+                path: frames_dir.to_path_buf(),
+                reason: format!("no annotated videos of the subsets {subsets:?}"),
+            });
+        }
+        Ok(Self {
+            classes,
+            ground_truth: gt.clone(),
+            videos,
+        })
+    }
+
+    fn video(
+        v: &VideoAnnotations,
+        frames: Frames,
+        fps: Option<f64>,
+        classes: &[String],
+    ) -> Result<TalVideo> {
+        let fps = match fps.or(v.fps) {
+            Some(f) => f,
+            None if v.duration > 0.0 => frames.len as f64 / v.duration,
+            None => {
+                return Err(Error::InvalidField {
+                    path: "annotations".into(),
+                    video: Some(v.id.clone()),
+                    field: "duration".into(),
+                    reason: format!(
+                        "must be positive to derive the frame rate, got {}",
+                        v.duration
+                    ),
+                });
+            }
+        };
+        let segments = v
+            .annotations
+            .iter()
+            .map(|a| {
+                let label = classes
+                    .iter()
+                    .position(|c| *c == a.label)
+                    .expect("classes come from the same ground truth");
+                (a.segment, label)
+            })
+            .collect();
+        Ok(TalVideo {
+            id: v.id.clone(),
+            subset: v.subset,
+            duration: v.duration,
+            fps,
+            frames,
+            segments,
+        })
+    }
+
+    /// Indices of the videos in `subset`.
+    pub fn indices(&self, subset: Subset) -> Vec<usize> {
+        (0..self.videos.len())
+            .filter(|&i| self.videos[i].subset == subset)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_and_grid_are_inverse() {
+        let clips = ClipSamplingConfig::new()
+            .with_clip_frames(8)
+            .with_frame_stride(2)
+            .with_snippet_stride(4);
+        let grid = clips.grid(15.0);
+        for x in [0.0, 1.5, 10.0, 71.25] {
+            assert!((seconds_to_grid(&grid, grid.seconds(x)) - x).abs() < 1e-12);
+        }
+        // Clip 0 spans frames 0..=14; its centre (7.5 frames = 0.5 s) is grid position 0.
+        assert!(seconds_to_grid(&grid, 0.5).abs() < 1e-12);
+    }
+}

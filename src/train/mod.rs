@@ -1,0 +1,16 @@
+//! Training and inference of the whole detector: modes `head-only`, `full`, `reversible`
+//! (Re2TAL) and `adapter` (LoSA) over one loop, checkpoints with exact resume, evaluation.
+//! See `docs/training.md`.
+
+pub mod checkpoint;
+pub mod config;
+pub mod dataset;
+pub mod model;
+pub mod schedule;
+pub mod trainer;
+
+pub use checkpoint::{Checkpoint, EpochLog, TrainState};
+pub use config::{BackboneConfig, TrainConfig, TrainMode};
+pub use dataset::{TalDataset, TalVideo};
+pub use model::{Detector, TalModel};
+pub use trainer::{RunOptions, TrainOutcome, load_model, resume, train};

@@ -1,0 +1,234 @@
+//! The trainable detector: backbone, optional LoSA adapters, TAL head; plus graph-free feature
+//! extraction and per-video detection for evaluation and inference.
+
+use burn::module::Module;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use super::config::{TrainConfig, TrainMode};
+use crate::adapter::losa::{Losa, LosaInput};
+use crate::backbone::Backbone;
+use crate::data::clips::{ClipSamplingConfig, clip_range};
+use crate::data::frames::Frames;
+use crate::error::{Error, Result};
+use crate::tal::decode::decode_video;
+use crate::tal::head::{HeadOutput, TalHead};
+use crate::tal::postprocess::Segment;
+
+use super::dataset::TalVideo;
+
+/// Backbone + (adapters) + head.
+#[derive(Module, Debug)]
+pub struct TalModel {
+    /// Video backbone.
+    pub backbone: Backbone,
+    /// LoSA adapters (mode `adapter` only).
+    pub adapter: Option<Losa>,
+    /// TAL head.
+    pub head: TalHead,
+}
+
+/// Per-clip backbone outputs of one video, without a graph.
+#[derive(Debug, Clone)]
+pub struct VideoFeatures {
+    /// Last layer, `[T, C]`.
+    pub features: Tensor<2>,
+    /// Requested intermediate layers, `[T, L, C_l]` each.
+    pub layers: Vec<Tensor<3>>,
+}
+
+impl Backbone {
+    /// Number of layers [`Backbone::forward`] can return (blocks for ViT, stages otherwise).
+    pub fn num_layers(&self) -> usize {
+        match self {
+            Backbone::Vit(m) => m.blocks.len(),
+            Backbone::Swin(m) => m.stages.len(),
+            Backbone::ResNet(m) => m.stages.len(),
+        }
+    }
+}
+
+/// Layers the adapters read: `cfg.adapter_layers`, or every layer but the last.
+pub fn adapter_layers(cfg: &TrainConfig, backbone: &Backbone) -> Result<Vec<usize>> {
+    let n = backbone.num_layers();
+    if cfg.adapter_layers.is_empty() {
+        if n < 2 {
+            return Err(Error::Config(
+                "adapter mode needs a backbone with at least two layers".into(),
+            ));
+        }
+        return Ok((0..n - 1).collect());
+    }
+    if let Some(&bad) = cfg.adapter_layers.iter().find(|&&l| l >= n) {
+        return Err(Error::Config(format!(
+            "adapter layer {bad} out of range: the backbone has {n} layers"
+        )));
+    }
+    Ok(cfg.adapter_layers.clone())
+}
+
+impl TalModel {
+    /// Build the model for `cfg` and `num_classes` around `backbone` (fresh or loaded);
+    /// clips of `frame_size` (height, width) probe the backbone's output widths.
+    pub fn new(
+        cfg: &TrainConfig,
+        backbone: Backbone,
+        num_classes: usize,
+        frame_size: (usize, usize),
+        device: &Device,
+    ) -> Result<Self> {
+        let layers = if cfg.mode == TrainMode::Adapter {
+            adapter_layers(cfg, &backbone)?
+        } else {
+            Vec::new()
+        };
+        let probe = Tensor::<5>::zeros(
+            [1, 3, cfg.clips.clip_frames, frame_size.0, frame_size.1],
+            &device.clone().without_autodiff(),
+        );
+        let out = backbone.valid().forward(probe, &layers)?;
+        let dim = out.features.dims()[1];
+        let adapter = if cfg.mode == TrainMode::Adapter {
+            let mut a = cfg.adapter.clone();
+            a.feature_dim = dim;
+            a.layer_dims = out.intermediates.iter().map(|t| t.dims()[2]).collect();
+            Some(a.init(device)?)
+        } else {
+            None
+        };
+        let head_in = match &adapter {
+            Some(_) => cfg.adapter.output_dim.unwrap_or(dim),
+            None => dim,
+        };
+        let mut hc = cfg.head.clone();
+        hc.input_dim = head_in;
+        hc.num_classes = num_classes;
+        Ok(Self {
+            backbone,
+            adapter,
+            head: hc.init(device)?,
+        })
+    }
+}
+
+/// Run `backbone` without a graph over every clip of `frames`, `chunk` clips at a time.
+///
+/// # Shapes
+/// - output `features`: `[T, C]`, `layers[i]`: `[T, L_i, C_i]`
+///
+/// `rewired`: run a ViT in its reversible (rewired) form, as trained in mode `reversible`.
+pub fn extract_features(
+    backbone: &Backbone,
+    frames: &Frames,
+    clips: &ClipSamplingConfig,
+    layers: &[usize],
+    chunk: usize,
+    rewired: bool,
+    device: &Device,
+) -> Result<VideoFeatures> {
+    let device = device.clone().without_autodiff();
+    let n = clips.num_clips(&frames.video, frames.len)?;
+    let (mut feats, mut inter) = (Vec::new(), vec![Vec::new(); layers.len()]);
+    let mut start = 0;
+    while start < n {
+        let count = chunk.min(n - start);
+        let x = clip_range(frames, clips, start, count, &device)?;
+        let out = match backbone {
+            Backbone::Vit(vit) if rewired => crate::backbone::BackboneOutput {
+                features: vit.forward_rewired_inference(x)?,
+                intermediates: Vec::new(),
+            },
+            _ if rewired => {
+                return Err(Error::Config(
+                    "rewired inference is implemented for ViT backbones".into(),
+                ));
+            }
+            _ => backbone.forward(x, layers)?,
+        };
+        feats.push(out.features);
+        for (acc, t) in inter.iter_mut().zip(out.intermediates) {
+            acc.push(t);
+        }
+        start += count;
+    }
+    Ok(VideoFeatures {
+        features: Tensor::cat(feats, 0),
+        layers: inter.into_iter().map(|v| Tensor::cat(v, 0)).collect(),
+    })
+}
+
+/// Head input for one video: the backbone's features, fused by the adapters when present.
+///
+/// # Shapes
+/// - output: `[T, C_head]`
+pub fn head_input(adapter: Option<&Losa>, f: VideoFeatures) -> Result<Tensor<2>> {
+    match adapter {
+        None => Ok(f.features),
+        Some(a) => {
+            let n = f.features.dims()[0];
+            let device = f.features.device();
+            let valid = Tensor::<1, Bool>::from_data(TensorData::new(vec![true; n], [n]), &device);
+            a.forward(LosaInput {
+                features: f.features,
+                layers: f.layers,
+                valid,
+            })
+        }
+    }
+}
+
+/// Run the head on one video's `[T, C]` features (batch of one, all positions valid).
+pub fn run_head(head: &TalHead, features: Tensor<2>) -> Result<HeadOutput> {
+    let [t, c] = features.dims();
+    let device = features.device();
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &device);
+    head.forward(features.reshape([1, t, c]), mask)
+}
+
+/// Turns videos into detections with a trained model, without a graph.
+pub struct Detector<'a> {
+    /// The model (any device; run on its inner, non-autodiff backend).
+    pub model: &'a TalModel,
+    /// The run's settings (clips, head pyramid, post-processing).
+    pub cfg: &'a TrainConfig,
+    /// Backbone layers the adapters read (empty without adapters).
+    pub layers: Vec<usize>,
+    /// Device the clips are built on.
+    pub device: Device,
+}
+
+impl Detector<'_> {
+    /// Backbone outputs of one video.
+    pub fn features(&self, video: &TalVideo) -> Result<VideoFeatures> {
+        extract_features(
+            &self.model.backbone,
+            &video.frames,
+            &self.cfg.clips,
+            &self.layers,
+            self.cfg.inference_chunk,
+            self.cfg.uses_rewired_backbone(),
+            &self.device,
+        )
+    }
+
+    /// Detections of one video, in seconds, post-processed.
+    pub fn detect(&self, video: &TalVideo) -> Result<Vec<Segment>> {
+        let f = self.features(video)?;
+        self.detect_from_features(video, f)
+    }
+
+    /// [`Detector::detect`] from already extracted backbone outputs.
+    pub fn detect_from_features(&self, video: &TalVideo, f: VideoFeatures) -> Result<Vec<Segment>> {
+        let x = head_input(self.model.adapter.as_ref(), f)?;
+        let t = x.dims()[0];
+        let out = run_head(&self.model.head, x)?;
+        let points = self.cfg.head.pyramid.points(self.model.head.padded_len(t));
+        decode_video(
+            &out,
+            0,
+            &points,
+            &self.cfg.clips.grid(video.fps),
+            video.duration,
+            &self.cfg.post,
+        )
+    }
+}

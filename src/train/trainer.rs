@@ -1,0 +1,708 @@
+//! The training loop shared by every mode: one video per step (a random window of at most
+//! `max_train_clips` clips), AdamW with separate warm-up + cosine schedules for backbone and
+//! head, global gradient-norm clipping, periodic evaluation, crash-safe checkpoints and exact
+//! resume.
+//!
+//! Why not burn-train's `Learner`: a step here is one variable-length video whose gradients
+//! may come from the reversible pass (not `loss.backward()`), backbone and head have separate
+//! optimizers and schedules, and resume must continue mid-epoch on the same data order; a
+//! plain loop over library pieces says all of that directly and keeps the CI build small.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::checkpoint::{self, Checkpoint, CheckpointMeta, EpochLog, TrainState};
+use super::config::{TrainConfig, TrainMode};
+use super::dataset::TalDataset;
+use super::model::{Detector, TalModel, VideoFeatures, adapter_layers, head_input, run_head};
+use super::schedule::WarmupCosine;
+use crate::backbone::Backbone;
+use crate::data::annotations::{Detection, Predictions, Subset, VideoDetections};
+use crate::data::clips::clip_range;
+use crate::data::npy::FeatureSequence;
+use crate::error::{Error, Result};
+use crate::eval::{EvalOptions, EvalReport, ThresholdSet, evaluate};
+use crate::reversible::merge_grads;
+use crate::tal::assign::{GtSegment, assign};
+use crate::tal::loss::{LossNormalizer, video_loss};
+
+/// How a run is driven (not part of the model's configuration).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run folder: checkpoints, cached features, predictions, metrics.
+    pub out_dir: PathBuf,
+    /// No progress bar or per-epoch lines.
+    pub quiet: bool,
+    /// Stop (after writing a checkpoint) once this many steps have been taken in total.
+    pub stop_after_steps: Option<usize>,
+}
+
+/// What a run produced.
+pub struct TrainOutcome {
+    /// The trained model (on the autodiff device).
+    pub model: TalModel,
+    /// Loop state at the end (history included).
+    pub state: TrainState,
+    /// Validation detections and mAP, when the run finished (not stopped early) and the
+    /// dataset has validation videos.
+    pub evaluation: Option<(Predictions, EvalReport)>,
+    /// Peak bytes allocated during one training step (counting allocator installed only).
+    pub peak_step_bytes: Option<usize>,
+}
+
+/// Deterministic 64-bit mix of a seed and a counter (splitmix64).
+fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed
+        ^ n.wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Start a new run: build the model around `backbone` (fresh or with loaded weights) and train.
+pub fn train(
+    cfg: TrainConfig,
+    data: &TalDataset,
+    backbone: Backbone,
+    opts: &RunOptions,
+    device: &Device,
+) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    let device = device.clone().autodiff();
+    let frame_size = frame_size(data)?;
+    // Burn initialises parameters lazily, at first use: fix the backbone's values now (under
+    // the caller's seed), then move it onto the autodiff device with gradients tracked.
+    materialize(&backbone);
+    let backbone = backbone.fork(&device).train();
+    // The head's (and adapters') initial weights follow the run's seed.
+    device.seed(mix(cfg.seed, u64::MAX));
+    let model = TalModel::new(&cfg, backbone, data.classes.len(), frame_size, &device)?;
+    let meta = CheckpointMeta {
+        config: cfg,
+        classes: data.classes.clone(),
+        frame_size,
+        state: TrainState {
+            epoch: 0,
+            step_in_epoch: 0,
+            global_step: 0,
+            normalizer: 0.0,
+            epoch_loss_sum: 0.0,
+            epoch_seconds: 0.0,
+            history: Vec::new(),
+        },
+    };
+    materialize(&model);
+    let mut meta = meta;
+    meta.state.normalizer = LossNormalizer::new(&meta.config.loss).value;
+    let optims = new_optimizers(&meta.config);
+    run(meta, model, optims, data, opts, &device)
+}
+
+/// Continue the run whose checkpoint is in `opts.out_dir` on `data` (the same dataset).
+pub fn resume(data: &TalDataset, opts: &RunOptions, device: &Device) -> Result<TrainOutcome> {
+    let device = device.clone().autodiff();
+    let ck = Checkpoint::load(&opts.out_dir)?;
+    let meta = ck.meta.clone();
+    if meta.classes != data.classes {
+        return Err(Error::Checkpoint {
+            path: ck.dir.clone(),
+            reason: format!(
+                "was trained on classes {:?}, the dataset has {:?}",
+                meta.classes, data.classes
+            ),
+        });
+    }
+    let mut model = load_model(&ck, &device)?;
+    ck.load_model(&mut model)?;
+    let (b, h) = new_optimizers(&meta.config);
+    let optims = (
+        b.load_record(ck.optim_backbone),
+        h.load_record(ck.optim_head),
+    );
+    run(meta, model, optims, data, opts, &device)
+}
+
+/// The model a checkpoint describes, freshly initialised (load the weights with
+/// [`Checkpoint::load_model`]).
+pub fn load_model(ck: &Checkpoint, device: &Device) -> Result<TalModel> {
+    let m = &ck.meta;
+    let backbone = m.config.backbone.init(device);
+    TalModel::new(&m.config, backbone, m.classes.len(), m.frame_size, device)
+}
+
+fn frame_size(data: &TalDataset) -> Result<(usize, usize)> {
+    let f = &data.videos[0].frames;
+    if let Some(v) = data
+        .videos
+        .iter()
+        .find(|v| (v.frames.height, v.frames.width) != (f.height, f.width))
+    {
+        return Err(Error::Config(format!(
+            "video `{}` has {}x{} frames, `{}` {}x{}: resize the dataset to one frame size",
+            v.id, v.frames.height, v.frames.width, f.video, f.height, f.width
+        )));
+    }
+    Ok((f.height, f.width))
+}
+
+fn new_optimizers(cfg: &TrainConfig) -> (ModuleOptimizer, ModuleOptimizer) {
+    let adamw = || {
+        AdamWConfig::new()
+            .with_weight_decay(cfg.weight_decay as f32)
+            .init()
+    };
+    (adamw(), adamw())
+}
+
+/// Initialise every lazily initialised parameter of `m` now.
+fn materialize<M: Module>(m: &M) {
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let _ = p.val();
+        }
+    }
+    m.visit(&mut Touch);
+}
+
+/// Squared L2 norm of `module`'s gradients in `grads`, as a tensor sum.
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s = g.square().sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+    }
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g * self.factor);
+        }
+    }
+}
+
+/// The gradients of one step, per optimised part.
+struct StepGrads {
+    backbone: Option<GradientsParams>,
+    adapter: Option<GradientsParams>,
+    head: GradientsParams,
+}
+
+impl StepGrads {
+    /// Clip the global norm over all parts to `max` (ActionFormer's `clip_grad_l2norm`);
+    /// returns the norm before clipping.
+    fn clip(&mut self, model: &TalModel, max: f64) -> f64 {
+        let mut total: Option<Tensor<1>> = None;
+        let mut add = |s: Option<Tensor<1>>| {
+            if let Some(s) = s {
+                total = Some(match total.take() {
+                    Some(t) => t + s,
+                    None => s,
+                });
+            }
+        };
+        let mut v = SquaredNorm {
+            grads: &self.head,
+            sum: None,
+        };
+        model.head.visit(&mut v);
+        add(v.sum);
+        if let (Some(g), Some(a)) = (&self.adapter, &model.adapter) {
+            let mut v = SquaredNorm {
+                grads: g,
+                sum: None,
+            };
+            a.visit(&mut v);
+            add(v.sum);
+        }
+        if let Some(g) = &self.backbone {
+            let mut v = SquaredNorm {
+                grads: g,
+                sum: None,
+            };
+            model.backbone.visit(&mut v);
+            add(v.sum);
+        }
+        let norm = total.map_or(0.0, |t| t.into_scalar::<f64>().sqrt());
+        if max > 0.0 && norm > max {
+            let factor = max / (norm + 1e-6);
+            model.head.visit(&mut Scale {
+                grads: &mut self.head,
+                factor,
+            });
+            if let (Some(g), Some(a)) = (&mut self.adapter, &model.adapter) {
+                a.visit(&mut Scale { grads: g, factor });
+            }
+            if let Some(g) = &mut self.backbone {
+                model.backbone.visit(&mut Scale { grads: g, factor });
+            }
+        }
+        norm
+    }
+}
+
+/// Everything fixed during a run.
+struct Ctx<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a TalDataset,
+    train_idx: Vec<usize>,
+    val_idx: Vec<usize>,
+    layers: Vec<usize>,
+    device: Device,
+    /// Head-only mode: frozen backbone features of every video, `[T, C]` (no graph).
+    cached: Vec<Option<Tensor<2>>>,
+    steps_per_epoch: usize,
+    sched_head: WarmupCosine,
+    sched_backbone: WarmupCosine,
+}
+
+impl Ctx<'_> {
+    /// The clip window of a step: `(start, count)`.
+    fn window(&self, n: usize, rng: &mut ChaCha8Rng) -> (usize, usize) {
+        let max = self.cfg.max_train_clips;
+        if max == 0 || n <= max {
+            (0, n)
+        } else {
+            (rng.random_range(0..=n - max), max)
+        }
+    }
+}
+
+fn run(
+    mut meta: CheckpointMeta,
+    mut model: TalModel,
+    (mut opt_backbone, mut opt_head): (ModuleOptimizer, ModuleOptimizer),
+    data: &TalDataset,
+    opts: &RunOptions,
+    device: &Device,
+) -> Result<TrainOutcome> {
+    let cfg = meta.config.clone();
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
+    crate::io::write_json_atomic(&opts.out_dir.join("config.json"), &cfg)?;
+    let train_idx = data.indices(Subset::Training);
+    if train_idx.is_empty() {
+        return Err(Error::EmptyInput {
+            path: opts.out_dir.clone(),
+            reason: "the dataset has no training videos".into(),
+        });
+    }
+    let steps_per_epoch = train_idx.len();
+    let total = steps_per_epoch * cfg.epochs;
+    let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    let layers = if cfg.mode == TrainMode::Adapter {
+        adapter_layers(&cfg, &model.backbone)?
+    } else {
+        Vec::new()
+    };
+    let mut ctx = Ctx {
+        cfg: &cfg,
+        data,
+        train_idx,
+        val_idx: data.indices(Subset::Validation),
+        layers,
+        device: device.clone(),
+        cached: vec![None; data.videos.len()],
+        steps_per_epoch,
+        sched_head: WarmupCosine {
+            peak: cfg.lr_head,
+            warmup,
+            total,
+        },
+        sched_backbone: WarmupCosine {
+            peak: cfg.lr_backbone,
+            warmup,
+            total,
+        },
+    };
+    if cfg.mode == TrainMode::HeadOnly {
+        cache_features(&mut ctx, &model, &opts.out_dir, opts.quiet)?;
+    }
+    let bar = if opts.quiet {
+        ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden())
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} steps, ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_prefix(format!("train ({})", cfg.mode));
+    bar.set_position(meta.state.global_step as u64);
+    let mut normalizer = LossNormalizer::new(&cfg.loss);
+    normalizer.value = meta.state.normalizer;
+    let mut peak: Option<usize> = None;
+    let mut stopped = false;
+    while meta.state.epoch < cfg.epochs {
+        let epoch = meta.state.epoch;
+        let mut order = ctx.train_idx.clone();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(cfg.seed, epoch as u64)));
+        while meta.state.step_in_epoch < ctx.steps_per_epoch {
+            if opts
+                .stop_after_steps
+                .is_some_and(|s| meta.state.global_step >= s)
+            {
+                stopped = true;
+                break;
+            }
+            let v = order[meta.state.step_in_epoch];
+            let t0 = Instant::now();
+            let (result, bytes) = crate::memory::measure(|| {
+                train_step(
+                    &ctx,
+                    model,
+                    &mut opt_backbone,
+                    &mut opt_head,
+                    &mut normalizer,
+                    v,
+                    meta.state.global_step,
+                )
+            });
+            let (m, loss) = result?;
+            model = m;
+            if let Some(b) = bytes {
+                peak = Some(peak.unwrap_or(0).max(b));
+            }
+            let st = &mut meta.state;
+            st.epoch_seconds += t0.elapsed().as_secs_f64();
+            st.epoch_loss_sum += loss;
+            st.step_in_epoch += 1;
+            st.global_step += 1;
+            st.normalizer = normalizer.value;
+            bar.set_position(st.global_step as u64);
+            bar.set_message(format!(
+                "epoch {}/{} loss {:.4}",
+                epoch + 1,
+                cfg.epochs,
+                st.epoch_loss_sum / st.step_in_epoch as f64
+            ));
+            if cfg.checkpoint_every > 0 && st.global_step.is_multiple_of(cfg.checkpoint_every) {
+                checkpoint::save(&opts.out_dir, &meta, &model, &opt_backbone, &opt_head)?;
+            }
+        }
+        if stopped {
+            break;
+        }
+        let st = &mut meta.state;
+        let mut log = EpochLog {
+            epoch,
+            mean_loss: st.epoch_loss_sum / ctx.steps_per_epoch as f64,
+            seconds: st.epoch_seconds,
+            val_average_map: None,
+        };
+        let last = epoch + 1 == cfg.epochs;
+        if !last
+            && cfg.eval_every > 0
+            && (epoch + 1).is_multiple_of(cfg.eval_every)
+            && !ctx.val_idx.is_empty()
+        {
+            let (_, report) = evaluate_model(&ctx, &model)?;
+            log.val_average_map = Some(report.average_map);
+        }
+        if !opts.quiet {
+            bar.println(format!(
+                "epoch {:>3}: loss {:.4}, {:.1}s{}",
+                epoch + 1,
+                log.mean_loss,
+                log.seconds,
+                log.val_average_map
+                    .map(|m| format!(", val avg mAP {:.2}%", 100.0 * m))
+                    .unwrap_or_default()
+            ));
+        }
+        st.history.push(log);
+        st.epoch += 1;
+        st.step_in_epoch = 0;
+        st.epoch_loss_sum = 0.0;
+        st.epoch_seconds = 0.0;
+        checkpoint::save(&opts.out_dir, &meta, &model, &opt_backbone, &opt_head)?;
+    }
+    if stopped {
+        checkpoint::save(&opts.out_dir, &meta, &model, &opt_backbone, &opt_head)?;
+    }
+    bar.finish_and_clear();
+    crate::io::write_json_atomic(&opts.out_dir.join("metrics.json"), &meta.state.history)?;
+    let evaluation = if stopped || ctx.val_idx.is_empty() {
+        None
+    } else {
+        let (preds, report) = evaluate_model(&ctx, &model)?;
+        preds.write_json(&opts.out_dir.join("predictions.json"))?;
+        if let Some(last) = meta.state.history.last_mut() {
+            last.val_average_map = Some(report.average_map);
+        }
+        crate::io::write_json_atomic(&opts.out_dir.join("metrics.json"), &meta.state.history)?;
+        Some((preds, report))
+    };
+    Ok(TrainOutcome {
+        model,
+        state: meta.state,
+        evaluation,
+        peak_step_bytes: peak,
+    })
+}
+
+/// Head-only mode: extract every video's features once with the frozen backbone, keep them in
+/// memory and write them to `run/features/<id>.npy`.
+fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> Result<()> {
+    let t0 = Instant::now();
+    let det = Detector {
+        model: &model.valid(),
+        cfg: ctx.cfg,
+        layers: Vec::new(),
+        device: ctx.device.clone(),
+    };
+    for (i, v) in ctx.data.videos.iter().enumerate() {
+        let f = det.features(v)?.features;
+        FeatureSequence::from_tensor(f.clone())
+            .write(&run.join("features").join(format!("{}.npy", v.id)))?;
+        ctx.cached[i] = Some(f);
+    }
+    if !quiet {
+        println!(
+            "head-only: features of {} videos extracted in {:.1}s -> {}",
+            ctx.data.videos.len(),
+            t0.elapsed().as_secs_f64(),
+            run.join("features").display()
+        );
+    }
+    Ok(())
+}
+
+/// One optimisation step on video `v`; returns the updated model and the loss.
+fn train_step(
+    ctx: &Ctx,
+    model: TalModel,
+    opt_backbone: &mut ModuleOptimizer,
+    opt_head: &mut ModuleOptimizer,
+    normalizer: &mut LossNormalizer,
+    v: usize,
+    step: usize,
+) -> Result<(TalModel, f64)> {
+    let cfg = ctx.cfg;
+    let video = &ctx.data.videos[v];
+    let device = &ctx.device;
+    let step_seed = mix(cfg.seed ^ 0x5EED, step as u64);
+    // Burn's own randomness (stochastic depth outside the reversible chain) replays on resume.
+    device.seed(step_seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(step_seed);
+    let n = cfg.clips.num_clips(&video.id, video.frames.len)?;
+    let (start, count) = ctx.window(n, &mut rng);
+    let gts: Vec<GtSegment> = video
+        .grid_segments(&cfg.clips)
+        .into_iter()
+        .map(|g| GtSegment {
+            start: g.start - start as f64,
+            end: g.end - start as f64,
+            ..g
+        })
+        .collect();
+    let points = cfg.head.pyramid.points(model.head.padded_len(count));
+    let targets = assign(&points, &gts, ctx.data.classes.len(), &cfg.assign);
+    let positives = targets.positive.iter().filter(|&&p| p).count();
+    let norm = normalizer.update(positives);
+    let loss_of = |features: Tensor<2>, head| -> Result<Tensor<1>> {
+        let out = run_head(head, features)?;
+        video_loss(&out, &targets, norm, &cfg.loss)
+    };
+    let check = |loss: &Tensor<1>| -> Result<f64> {
+        let value = loss.clone().into_scalar::<f64>();
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(Error::NonFiniteLoss {
+                video: video.id.clone(),
+                step,
+                value,
+            })
+        }
+    };
+    let clips = || clip_range(&video.frames, &cfg.clips, start, count, device);
+    let (value, mut grads) = match cfg.mode {
+        TrainMode::HeadOnly => {
+            let f = ctx.cached[v]
+                .clone()
+                .expect("features cached before training");
+            let loss = loss_of(f.narrow(0, start, count).autodiff(), &model.head)?;
+            let value = check(&loss)?;
+            let mut g = loss.backward();
+            let head = GradientsParams::from_module(&mut g, &model.head);
+            (
+                value,
+                StepGrads {
+                    backbone: None,
+                    adapter: None,
+                    head,
+                },
+            )
+        }
+        TrainMode::Full => {
+            let f = match &model.backbone {
+                Backbone::Vit(vit) if cfg.rewired => vit.forward_rewired(clips()?, step_seed)?,
+                b => b.forward(clips()?, &[])?.features,
+            };
+            let loss = loss_of(f, &model.head)?;
+            let value = check(&loss)?;
+            let mut g = loss.backward();
+            let backbone = GradientsParams::from_module(&mut g, &model.backbone);
+            let head = GradientsParams::from_module(&mut g, &model.head);
+            (
+                value,
+                StepGrads {
+                    backbone: Some(backbone),
+                    adapter: None,
+                    head,
+                },
+            )
+        }
+        TrainMode::Reversible => {
+            let Backbone::Vit(vit) = &model.backbone else {
+                return Err(Error::Config(
+                    "mode `reversible` needs a ViT backbone".into(),
+                ));
+            };
+            let rev = vit.forward_reversible(clips()?, step_seed)?;
+            let loss = loss_of(rev.features.clone(), &model.head)?;
+            let value = check(&loss)?;
+            let mut all = rev.backward(loss, &model.head);
+            let mut backbone = GradientsParams::new();
+            merge_grads(vit, &mut all, &mut backbone);
+            (
+                value,
+                StepGrads {
+                    backbone: Some(backbone),
+                    adapter: None,
+                    head: all,
+                },
+            )
+        }
+        TrainMode::Adapter => {
+            let frozen = model.backbone.valid();
+            let x = clip_range(
+                &video.frames,
+                &cfg.clips,
+                start,
+                count,
+                &device.clone().without_autodiff(),
+            )?;
+            let out = frozen.forward(x, &ctx.layers)?;
+            let f = VideoFeatures {
+                features: out.features.autodiff(),
+                layers: out
+                    .intermediates
+                    .into_iter()
+                    .map(|t| t.autodiff())
+                    .collect(),
+            };
+            let adapter = model
+                .adapter
+                .as_ref()
+                .expect("adapter mode builds adapters");
+            let loss = loss_of(head_input(Some(adapter), f)?, &model.head)?;
+            let value = check(&loss)?;
+            let mut g = loss.backward();
+            let a = GradientsParams::from_module(&mut g, adapter);
+            let head = GradientsParams::from_module(&mut g, &model.head);
+            (
+                value,
+                StepGrads {
+                    backbone: None,
+                    adapter: Some(a),
+                    head,
+                },
+            )
+        }
+    };
+    grads.clip(&model, cfg.clip_grad_norm);
+    let (lr_h, lr_b) = (ctx.sched_head.at(step), ctx.sched_backbone.at(step));
+    let TalModel {
+        mut backbone,
+        mut adapter,
+        mut head,
+    } = model;
+    if let Some(g) = grads.backbone {
+        backbone = opt_backbone.step(lr_b, backbone, g);
+    }
+    if let (Some(g), Some(a)) = (grads.adapter, adapter.take()) {
+        adapter = Some(opt_head.step(lr_h, a, g));
+    }
+    head = opt_head.step(lr_h, head, grads.head);
+    Ok((
+        TalModel {
+            backbone,
+            adapter,
+            head,
+        },
+        value,
+    ))
+}
+
+/// Detect on every validation video and compute mAP at THUMOS thresholds.
+fn evaluate_model(ctx: &Ctx, model: &TalModel) -> Result<(Predictions, EvalReport)> {
+    let valid = model.valid();
+    let det = Detector {
+        model: &valid,
+        cfg: ctx.cfg,
+        layers: ctx.layers.clone(),
+        device: ctx.device.clone(),
+    };
+    let mut videos = Vec::new();
+    for &i in &ctx.val_idx {
+        let v = &ctx.data.videos[i];
+        let segs = match &ctx.cached[i] {
+            Some(f) => det.detect_from_features(
+                v,
+                VideoFeatures {
+                    features: f.clone(),
+                    layers: Vec::new(),
+                },
+            )?,
+            None => det.detect(v)?,
+        };
+        videos.push(VideoDetections {
+            id: v.id.clone(),
+            detections: segs
+                .into_iter()
+                .map(|d| Detection {
+                    label: ctx.data.classes[d.label].clone(),
+                    score: d.score,
+                    segment: [d.start, d.end],
+                })
+                .collect(),
+        });
+    }
+    let preds = Predictions { videos };
+    let report = evaluate(
+        &ctx.data.ground_truth,
+        &preds,
+        &EvalOptions {
+            subset: Some(Subset::Validation),
+            thresholds: ThresholdSet::Thumos.values(),
+        },
+    )?;
+    Ok((preds, report))
+}

@@ -1,0 +1,306 @@
+//! Training end to end on a tiny synthetic split: learning sanity (mAP well above an untrained
+//! model), exact resume, frozen parts, bad input.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use e2e_tal::backbone::vit::VitConfig;
+use e2e_tal::data::synth::FRAMES_DIR;
+use e2e_tal::data::{Subset, SynthConfig};
+use e2e_tal::tal::head::HeadConfig;
+use e2e_tal::train::{
+    BackboneConfig, Checkpoint, RunOptions, TalDataset, TrainConfig, TrainMode, TrainOutcome,
+    resume, train,
+};
+
+/// Burn's random number generator is process-wide: training runs in parallel test threads
+/// would draw from it in turn and stop being reproducible, so the tests here run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Six 32x32 videos of two classes. Every training video is also a validation video, so the
+/// final evaluation measures how well the pipeline fits what it was trained on.
+fn tiny_dataset(dir: &std::path::Path) -> TalDataset {
+    let synth = SynthConfig::new()
+        .with_videos(6)
+        .with_height(32)
+        .with_width(32)
+        .with_min_frames(96)
+        .with_max_frames(128)
+        .with_num_classes(2)
+        .with_min_actions(1)
+        .with_max_actions(2)
+        .with_min_action_frames(16)
+        .with_max_distractors(0)
+        .with_validation_fraction(0.0)
+        .with_seed(3)
+        .generate(dir)
+        .unwrap();
+    let mut gt = synth.ground_truth.clone();
+    let copies: Vec<_> = gt
+        .videos
+        .iter()
+        .map(|v| {
+            let mut c = v.clone();
+            c.subset = Subset::Validation;
+            c
+        })
+        .collect();
+    let train = TalDataset::load(&gt, &dir.join(FRAMES_DIR), &[], None, 15).unwrap();
+    gt.videos.extend(copies);
+    let mut ds = train.clone();
+    for v in &train.videos {
+        let mut c = v.clone();
+        c.subset = Subset::Validation;
+        ds.videos.push(c);
+    }
+    ds.ground_truth = gt;
+    ds
+}
+
+fn tiny_config(mode: TrainMode, epochs: usize) -> TrainConfig {
+    TrainConfig::new()
+        .with_mode(mode)
+        .with_backbone(BackboneConfig::Vit(
+            VitConfig::new()
+                .with_embed_dim(32)
+                .with_depth(2)
+                .with_num_heads(2)
+                .with_mlp_dim(64)
+                .with_patch_size(8)
+                .with_num_frames(8)
+                .with_image_size(32)
+                .with_layer_norm_eps(1e-6)
+                .with_drop_path_rate(0.1),
+        ))
+        .with_head(
+            HeadConfig::new(0, 0)
+                .with_embed_dim(32)
+                .with_num_heads(2)
+                .with_window_size(9)
+                .with_drop_path(0.0),
+        )
+        .with_epochs(epochs)
+        .with_warmup_epochs(0.5)
+}
+
+fn run(
+    cfg: TrainConfig,
+    data: &TalDataset,
+    out: &std::path::Path,
+    stop: Option<usize>,
+) -> TrainOutcome {
+    let device = e2e_tal::backend::cpu_device();
+    device.seed(7);
+    let backbone = cfg.backbone.init(&device);
+    let opts = RunOptions {
+        out_dir: out.to_path_buf(),
+        quiet: true,
+        stop_after_steps: stop,
+    };
+    train(cfg, data, backbone, &opts, &device).unwrap()
+}
+
+struct Values(Vec<f32>);
+
+impl ModuleVisitor for Values {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        self.0.extend(
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap(),
+        );
+    }
+}
+
+fn values<M: Module>(m: &M) -> Vec<f32> {
+    let mut v = Values(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+fn map_at_05(_data: &TalDataset, out: &TrainOutcome) -> f64 {
+    out.evaluation.as_ref().unwrap().1.map[2]
+}
+
+#[test]
+fn end_to_end_training_learns_far_above_an_untrained_model() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    // Untrained: learning rates of zero, so evaluation sees the initial model.
+    let untrained = run(
+        tiny_config(TrainMode::Full, 1)
+            .with_lr_head(0.0)
+            .with_lr_backbone(0.0),
+        &data,
+        &dir.path().join("untrained"),
+        None,
+    );
+    let trained = run(
+        tiny_config(TrainMode::Full, 25),
+        &data,
+        &dir.path().join("trained"),
+        None,
+    );
+    let (u, t) = (map_at_05(&data, &untrained), map_at_05(&data, &trained));
+    eprintln!("mAP@0.5 untrained {u:.3}, trained {t:.3}");
+    assert!(t > 0.5 && t > u + 0.3, "untrained {u}, trained {t}");
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let cfg = tiny_config(TrainMode::Full, 2);
+    let whole = run(cfg.clone(), &data, &dir.path().join("whole"), None);
+    // 6 steps per epoch: stop in the middle of the first epoch.
+    let part = run(cfg, &data, &dir.path().join("part"), Some(4));
+    assert!(part.evaluation.is_none());
+    assert_eq!(part.state.global_step, 4);
+    let ck = Checkpoint::load(&dir.path().join("part")).unwrap();
+    assert_eq!((ck.meta.state.epoch, ck.meta.state.step_in_epoch), (0, 4));
+    let opts = RunOptions {
+        out_dir: dir.path().join("part"),
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let resumed = resume(&data, &opts, &e2e_tal::backend::cpu_device()).unwrap();
+    assert_eq!(resumed.state.global_step, 12);
+    let (r, w) = (values(&resumed.model), values(&whole.model));
+    assert_eq!(r.len(), w.len());
+    let differ = r.iter().zip(&w).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "{differ} of {} parameters differ", r.len());
+    let losses =
+        |o: &TrainOutcome| -> Vec<f64> { o.state.history.iter().map(|e| e.mean_loss).collect() };
+    assert_eq!(losses(&resumed), losses(&whole));
+    assert_eq!(
+        resumed.evaluation.unwrap().1.map,
+        whole.evaluation.unwrap().1.map
+    );
+}
+
+#[test]
+fn reversible_training_follows_ordinary_training() {
+    let _serial = serial();
+    // The reversible step computes the gradients of autodiff through the same rewired network
+    // (stochastic depth replayed from the same keys), so a few steps of each land on the same
+    // weights up to float rounding.
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let full = run(
+        tiny_config(TrainMode::Full, 1).with_rewired(true),
+        &data,
+        &dir.path().join("f"),
+        Some(3),
+    );
+    let rev = run(
+        tiny_config(TrainMode::Reversible, 1),
+        &data,
+        &dir.path().join("r"),
+        Some(3),
+    );
+    let (a, b) = (values(&full.model), values(&rev.model));
+    assert_eq!(a.len(), b.len());
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(max < 1e-4, "max parameter difference {max}");
+    let init = run(
+        tiny_config(TrainMode::Full, 1)
+            .with_lr_head(0.0)
+            .with_lr_backbone(0.0),
+        &data,
+        &dir.path().join("i"),
+        Some(3),
+    );
+    let moved = values(&init.model)
+        .iter()
+        .zip(&a)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-3, "training moved parameters by only {moved}");
+}
+
+#[test]
+fn frozen_modes_leave_the_backbone_alone() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    for mode in [TrainMode::HeadOnly, TrainMode::Adapter] {
+        let out = dir.path().join(mode.to_string());
+        let cfg = tiny_config(mode, 1);
+        let device = e2e_tal::backend::cpu_device();
+        device.seed(7);
+        let before = values(&cfg.backbone.init(&device));
+        let o = run(cfg, &data, &out, Some(3));
+        assert!(
+            values(&o.model.backbone) == before,
+            "{mode}: backbone changed"
+        );
+        let ck = Checkpoint::load(&out).unwrap();
+        assert!(
+            ck.optim_backbone.is_empty(),
+            "{mode}: backbone optimizer state"
+        );
+        assert!(!ck.optim_head.is_empty(), "{mode}: head optimizer state");
+        assert_eq!(o.model.adapter.is_some(), mode == TrainMode::Adapter);
+        if mode == TrainMode::HeadOnly {
+            let f = e2e_tal::data::FeatureSequence::read(
+                &out.join("features")
+                    .join(format!("{}.npy", data.videos[0].id)),
+            )
+            .unwrap();
+            assert_eq!(f.channels, 32);
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_errors_naming_it() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    // A clip longer than every video.
+    let e = TalDataset::load(
+        &data.ground_truth,
+        &dir.path().join("data").join(FRAMES_DIR),
+        &[Subset::Training],
+        None,
+        1000,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("synth_00000"), "{e}");
+    // Resuming where there is no checkpoint.
+    let opts = RunOptions {
+        out_dir: dir.path().join("nothing"),
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let e = resume(&data, &opts, &e2e_tal::backend::cpu_device())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("nothing") && e.contains("checkpoint"), "{e}");
+    // A corrupt checkpoint.
+    let out = dir.path().join("run");
+    run(tiny_config(TrainMode::HeadOnly, 1), &data, &out, Some(1));
+    std::fs::write(out.join("checkpoint").join("model.bpk"), b"not a model").unwrap();
+    let opts = RunOptions {
+        out_dir: out,
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let e = resume(&data, &opts, &e2e_tal::backend::cpu_device())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("model.bpk"), "{e}");
+}
