@@ -160,6 +160,10 @@ struct TrainArgs {
     /// Random seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Run the ViT rewired into its reversible form also in modes full / head-only (mode
+    /// reversible always does).
+    #[arg(long)]
+    rewired: bool,
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     resume: bool,
