@@ -616,7 +616,9 @@ mod tests {
         let cfg = LossConfig::new();
         let mut optim = AdamWConfig::new().init();
         let mut losses = Vec::new();
-        for _ in 0..60 {
+        // 150 steps: the loss ends near 0.01-0.02 from any initialisation (60 left it near
+        // the bound for some draws of the process-wide RNG).
+        for _ in 0..150 {
             let out = head.forward(x.clone(), mask.clone()).unwrap();
             let logits = out.cls_logits.reshape([points.len(), 3]);
             let off = out
