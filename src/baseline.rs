@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::data::synth::gaussian;
-use crate::data::{Detection, GroundTruth, Predictions, Subset, VideoDetections};
+use crate::data::{GroundTruth, Predictions, Subset, VideoDetections};
 use crate::tal::postprocess::{PostProcessConfig, Segment, postprocess};
 
 /// Noise of the noisy-oracle detector.
@@ -82,17 +82,7 @@ pub fn noisy_oracle(
                     label: rng.random_range(0..classes.len()),
                 });
             }
-            VideoDetections {
-                id: v.id.clone(),
-                detections: postprocess(raw, post)
-                    .into_iter()
-                    .map(|d| Detection {
-                        label: classes[d.label].clone(),
-                        score: d.score,
-                        segment: [d.start, d.end],
-                    })
-                    .collect(),
-            }
+            VideoDetections::from_segments(&v.id, postprocess(raw, post), classes)
         })
         .collect();
     Predictions { videos }

@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use e2e_tal::backbone::BackbonePreset;
 use e2e_tal::data::synth::{FRAMES_DIR, load_or_generate};
-use e2e_tal::data::{
-    Detection, FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, VideoDetections,
-};
+use e2e_tal::data::{FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, VideoDetections};
 use e2e_tal::eval::timeline::write_timeline;
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 use e2e_tal::train::{
@@ -57,7 +55,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         quiet: a.quiet,
         stop_after_steps: a.stop_after_steps,
     };
-    let outcome = if a.resume {
+    let (outcome, data, cfg) = if a.resume {
         let ck = Checkpoint::load(&out)?;
         let data = dataset(&a.data, &ck.meta.config)?;
         println!(
@@ -66,7 +64,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             ck.meta.state.epoch + 1,
             ck.meta.state.global_step
         );
-        e2e_tal::train::resume(&data, &opts, &device)?
+        let outcome = e2e_tal::train::resume(&data, &opts, &device)?;
+        (outcome, data, ck.meta.config)
     } else {
         let mut cfg = match &a.config {
             Some(p) => load_config(p)?,
@@ -118,7 +117,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             a.backbone,
             out.display()
         );
-        e2e_tal::train::train(cfg, &data, backbone, &opts, &device)?
+        let outcome = e2e_tal::train::train(cfg.clone(), &data, backbone, &opts, &device)?;
+        (outcome, data, cfg)
     };
     if let Some(b) = outcome.peak_step_bytes {
         println!(
@@ -134,10 +134,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         Some((preds, report)) => {
             println!("\nvalidation mAP, THUMOS thresholds:");
             print_report(report, false);
-            let ck = Checkpoint::load(&out)?;
-            let data_gt = GroundTruth::from_json_file(&a.data.join("annotations.json"))?;
             let anet = evaluate(
-                &data_gt,
+                &data.ground_truth,
                 preds,
                 &EvalOptions {
                     subset: Some(Subset::Validation),
@@ -147,8 +145,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             println!(
                 "(ActivityNet thresholds 0.5:0.95: average {:.2}%; mode {}, {} epochs)",
                 100.0 * anet.average_map,
-                ck.meta.config.mode,
-                ck.meta.config.epochs
+                cfg.mode,
+                cfg.epochs
             );
             println!("predictions: {}", out.join("predictions.json").display());
         }
@@ -222,17 +220,11 @@ pub fn run_infer(a: InferArgs) -> Result<()> {
                 0.1,
             )?;
         }
-        out.push(VideoDetections {
-            id: v.id.clone(),
-            detections: segs
-                .into_iter()
-                .map(|d| Detection {
-                    label: ck.meta.classes[d.label].clone(),
-                    score: d.score,
-                    segment: [d.start, d.end],
-                })
-                .collect(),
-        });
+        out.push(VideoDetections::from_segments(
+            &v.id,
+            segs,
+            &ck.meta.classes,
+        ));
     }
     let preds = Predictions { videos: out };
     preds.write_json(&a.out)?;

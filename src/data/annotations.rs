@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use super::json::{Ctx, parse};
 use crate::error::{Error, Result};
 use crate::io::{read_to_string, write_json_atomic};
+use crate::tal::postprocess::Segment;
 
 /// A dataset split, as named in ActivityNet's `subset` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -235,6 +236,24 @@ pub struct VideoDetections {
     pub id: String,
     /// Detections, in file order.
     pub detections: Vec<Detection>,
+}
+
+impl VideoDetections {
+    /// Detections of video `id` from post-processed segments (seconds), labelled by index
+    /// into `classes`.
+    pub fn from_segments(id: &str, segments: Vec<Segment>, classes: &[String]) -> Self {
+        Self {
+            id: id.to_owned(),
+            detections: segments
+                .into_iter()
+                .map(|d| Detection {
+                    label: classes[d.label].clone(),
+                    score: d.score,
+                    segment: [d.start, d.end],
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A detection results file (`{"results": {video: [detection, ...]}}`), in file order.

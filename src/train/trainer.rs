@@ -25,7 +25,7 @@ use super::dataset::TalDataset;
 use super::model::{Detector, TalModel, VideoFeatures, adapter_layers, head_input, run_head};
 use super::schedule::WarmupCosine;
 use crate::backbone::Backbone;
-use crate::data::annotations::{Detection, Predictions, Subset, VideoDetections};
+use crate::data::annotations::{Predictions, Subset, VideoDetections};
 use crate::data::clips::clip_range;
 use crate::data::npy::FeatureSequence;
 use crate::error::{Error, Result};
@@ -86,23 +86,21 @@ pub fn train(
     // The head's (and adapters') initial weights follow the run's seed.
     device.seed(mix(cfg.seed, u64::MAX));
     let model = TalModel::new(&cfg, backbone, data.classes.len(), frame_size, &device)?;
+    materialize(&model);
     let meta = CheckpointMeta {
-        config: cfg,
         classes: data.classes.clone(),
         frame_size,
         state: TrainState {
             epoch: 0,
             step_in_epoch: 0,
             global_step: 0,
-            normalizer: 0.0,
+            normalizer: LossNormalizer::new(&cfg.loss).value,
             epoch_loss_sum: 0.0,
             epoch_seconds: 0.0,
             history: Vec::new(),
         },
+        config: cfg,
     };
-    materialize(&model);
-    let mut meta = meta;
-    meta.state.normalizer = LossNormalizer::new(&meta.config.loss).value;
     let optims = new_optimizers(&meta.config);
     run(meta, model, optims, data, opts, &device)
 }
@@ -683,17 +681,11 @@ fn evaluate_model(ctx: &Ctx, model: &TalModel) -> Result<(Predictions, EvalRepor
             )?,
             None => det.detect(v)?,
         };
-        videos.push(VideoDetections {
-            id: v.id.clone(),
-            detections: segs
-                .into_iter()
-                .map(|d| Detection {
-                    label: ctx.data.classes[d.label].clone(),
-                    score: d.score,
-                    segment: [d.start, d.end],
-                })
-                .collect(),
-        });
+        videos.push(VideoDetections::from_segments(
+            &v.id,
+            segs,
+            &ctx.data.classes,
+        ));
     }
     let preds = Predictions { videos };
     let report = evaluate(
