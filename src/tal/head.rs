@@ -578,15 +578,12 @@ mod tests {
         assert!(err < 1e-4, "padding leaked into level 0: {err}");
     }
 
-    /// Learning sanity: the head fits one video's labels.
-    #[test]
-    fn head_overfits_one_video() {
-        let device = crate::backend::cpu_device().autodiff();
-        let mut head = tiny(&device);
+    /// Trains `tiny` for `steps` on one video whose features say where each action is
+    /// (two indicator channels, a sinusoidal position code and a constant), returning the loss
+    /// of every step. The inputs are deterministic so only the parameter draw varies.
+    fn overfit_losses(device: &Device, steps: usize) -> Vec<[f32; 2]> {
+        let mut head = tiny(device);
         let t = 32;
-        let x = Tensor::<3>::random([1, t, 6], Distribution::Normal(0.0, 1.0), &device);
-        let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &device);
-        let points = PyramidConfig::new().points(head.padded_len(t));
         let gts = [
             GtSegment {
                 start: 4.0,
@@ -599,6 +596,24 @@ mod tests {
                 label: 2,
             },
         ];
+        let feats: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                let p = i as f32;
+                let inside =
+                    |g: &GtSegment| f32::from(u8::from(i as f64 >= g.start && i as f64 <= g.end));
+                [
+                    inside(&gts[0]),
+                    inside(&gts[1]),
+                    (p / 5.0).sin(),
+                    (p / 5.0).cos(),
+                    p / t as f32,
+                    1.0,
+                ]
+            })
+            .collect();
+        let x = Tensor::<3>::from_data(TensorData::new(feats, [1, t, 6]), device);
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), device);
+        let points = PyramidConfig::new().points(head.padded_len(t));
         let tg = assign(&points, &gts, 3, &AssignConfig::new());
         let pos: Vec<i64> = (0..points.len() as i64)
             .filter(|&i| tg.positive[i as usize])
@@ -606,34 +621,80 @@ mod tests {
         let npos = pos.len();
         assert!(npos > 0);
         let cls_t =
-            Tensor::<2>::from_data(TensorData::new(tg.cls.clone(), [points.len(), 3]), &device);
+            Tensor::<2>::from_data(TensorData::new(tg.cls.clone(), [points.len(), 3]), device);
         let reg_t: Vec<f32> = pos
             .iter()
             .flat_map(|&i| [tg.reg[i as usize * 2], tg.reg[i as usize * 2 + 1]])
             .collect();
-        let reg_t = Tensor::<2>::from_data(TensorData::new(reg_t, [npos, 2]), &device);
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(pos, [npos]), &device);
+        let reg_t = Tensor::<2>::from_data(TensorData::new(reg_t, [npos, 2]), device);
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(pos, [npos]), device);
         let cfg = LossConfig::new();
         let mut optim = AdamWConfig::new().init();
         let mut losses = Vec::new();
-        // 150 steps: the loss ends near 0.01-0.02 from any initialisation (60 left it near
-        // the bound for some draws of the process-wide RNG).
-        for _ in 0..150 {
+        for _ in 0..steps {
             let out = head.forward(x.clone(), mask.clone()).unwrap();
             let logits = out.cls_logits.reshape([points.len(), 3]);
             let off = out
                 .offsets
                 .reshape([points.len(), 2])
                 .select(0, idx.clone());
-            let loss =
-                (sigmoid_focal_loss(logits, cls_t.clone(), cfg.focal_alpha, cfg.focal_gamma)
-                    + diou_loss_1d(off, reg_t.clone()))
-                    / npos as f64;
-            losses.push(loss.clone().into_scalar::<f32>());
+            let focal = sigmoid_focal_loss(logits, cls_t.clone(), cfg.focal_alpha, cfg.focal_gamma)
+                / npos as f64;
+            let diou = diou_loss_1d(off, reg_t.clone()) / npos as f64;
+            losses.push([
+                focal.clone().into_scalar::<f32>(),
+                diou.clone().into_scalar::<f32>(),
+            ]);
+            let loss = focal + diou;
             let grads = GradientsParams::from_grads(loss.backward(), &head);
             head = optim.step(1e-2, head, grads);
         }
+        losses
+    }
+
+    /// Bounds on last/first loss after 150 steps. Over 30 seeds the focal ratio is at most
+    /// 0.16 and the DIoU ratio at most 0.02, except 3 seeds that plateau at 0.56-0.68: some
+    /// positive points start with a negative regression output and ActionFormer's `relu` on the
+    /// offsets gives them no gradient on a single video. A head that does not learn stays at 1.
+    const FOCAL_RATIO: f32 = 0.3;
+    const DIOU_RATIO: f32 = 0.8;
+
+    /// Learning sanity: the head fits one video's labels. Other tests draw from Burn's
+    /// process-wide RNG concurrently, so the parameter draw here is arbitrary; the bounds hold
+    /// for every draw tried (`head_overfits_for_every_seed`).
+    #[test]
+    fn head_overfits_one_video() {
+        let device = crate::backend::cpu_device().autodiff();
+        let losses = overfit_losses(&device, 150);
         let (first, last) = (losses[0], *losses.last().unwrap());
-        assert!(last < 0.2 * first, "loss {first} -> {last}");
+        assert!(
+            last[0] < FOCAL_RATIO * first[0],
+            "focal loss {first:?} -> {last:?}"
+        );
+        assert!(
+            last[1] < DIOU_RATIO * first[1],
+            "DIoU loss {first:?} -> {last:?}"
+        );
+    }
+
+    /// The robustness check behind `head_overfits_one_video` (slow; run with `--ignored
+    /// --test-threads 1` so the seeds are the only source of randomness).
+    #[test]
+    #[ignore]
+    fn head_overfits_for_every_seed() {
+        let device = crate::backend::cpu_device().autodiff();
+        let mut worst = [0f32; 2];
+        for seed in 0..30 {
+            device.seed(seed);
+            let losses = overfit_losses(&device, 150);
+            let (first, last) = (losses[0], *losses.last().unwrap());
+            let ratio = [last[0] / first[0], last[1] / first[1]];
+            eprintln!("seed {seed}: {first:?} -> {last:?} ({ratio:?})");
+            worst = [worst[0].max(ratio[0]), worst[1].max(ratio[1])];
+        }
+        assert!(
+            worst[0] < FOCAL_RATIO && worst[1] < DIOU_RATIO,
+            "worst ratios {worst:?}"
+        );
     }
 }
