@@ -9,15 +9,15 @@ use e2e_tal::data::{FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, 
 use e2e_tal::eval::timeline::write_timeline;
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 use e2e_tal::train::{
-    BackboneConfig, Checkpoint, Detector, RunOptions, TalDataset, TalVideo, TrainConfig, TrainMode,
-    load_model,
+    BackboneConfig, Checkpoint, Detector, PretrainConfig, RunOptions, TalDataset, TalVideo,
+    TrainConfig, TrainMode, load_model,
 };
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::{Error, Result, backend};
 
-use super::{InferArgs, TrainArgs, print_report};
+use super::{InferArgs, PretrainArgs, TrainArgs, print_report};
 
-fn load_config(path: &Path) -> Result<TrainConfig> {
+fn load_config<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
     let text = e2e_tal::io::read_to_string(path)?;
     serde_json::from_str(&text).map_err(|e| Error::Json {
         path: path.to_path_buf(),
@@ -88,6 +88,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             eval_every,
             seed
         );
+        if a.augment {
+            cfg.augment = e2e_tal::data::augment::AugmentConfig::synthetic();
+        }
         cfg.validate()?;
         let t = Instant::now();
         let data = dataset(&a.data, &cfg)?;
@@ -149,6 +152,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
                 cfg.epochs
             );
             println!("predictions: {}", out.join("predictions.json").display());
+            if cfg.mode.trains_backbone() {
+                // The adapted backbone, for `--mode head-only --weights` (LoFi stage 3).
+                let path = out.join("backbone.safetensors");
+                outcome.model.backbone.save(&path)?;
+                println!("backbone weights: {}", path.display());
+            }
         }
     }
     println!("total {:.1}s", start.elapsed().as_secs_f64());
@@ -235,5 +244,66 @@ pub fn run_infer(a: InferArgs) -> Result<()> {
         t.elapsed().as_secs_f64(),
         a.out.display()
     );
+    Ok(())
+}
+
+/// Seed of the synthetic set used for pretraining (the TAL benchmark uses 0).
+pub const PRETRAIN_SYNTH_SEED: u64 = 1;
+
+pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => load_config(p)?,
+        None => PretrainConfig::new(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
+    }
+    set!(steps, batch_size, lr, seed);
+    let ann = a.data.join("annotations.json");
+    let gt = if ann.is_file() {
+        GroundTruth::from_json_file(&ann)?
+    } else {
+        println!(
+            "{} not found: generating a synthetic benchmark (seed {PRETRAIN_SYNTH_SEED}) there",
+            ann.display()
+        );
+        load_or_generate(
+            &a.data,
+            &SynthConfig::new()
+                .with_seed(PRETRAIN_SYNTH_SEED)
+                .with_videos(a.videos),
+        )?
+        .ground_truth
+    };
+    let data = TalDataset::load(&gt, &a.data.join(FRAMES_DIR), &[], None, cfg.clips.span())?;
+    let device = backend::device(a.backend.parse()?)?;
+    device.seed(cfg.seed);
+    let out = e2e_tal::train::pretrain(&cfg, &data, a.quiet, &device)?;
+    println!(
+        "pretrained on {} clips ({} validation) in {:.0}s: train accuracy (last 10% of steps) {:.1}%{}",
+        out.clips.0,
+        out.clips.1,
+        out.seconds,
+        100.0 * out.train_accuracy,
+        out.val_accuracy
+            .map(|v| format!(", validation accuracy {:.1}%", 100.0 * v))
+            .unwrap_or_default()
+    );
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    out.backbone.save(&a.out)?;
+    let report = serde_json::json!({
+        "config": cfg,
+        "data": a.data,
+        "train_clips": out.clips.0,
+        "val_clips": out.clips.1,
+        "train_accuracy": out.train_accuracy,
+        "val_accuracy": out.val_accuracy,
+        "losses": out.losses,
+        "seconds": out.seconds,
+    });
+    e2e_tal::io::write_json_atomic(&a.out.with_extension("json"), &report)?;
+    println!("backbone weights: {}", a.out.display());
     Ok(())
 }

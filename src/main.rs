@@ -98,6 +98,10 @@ enum Command {
     /// mAP. With no arguments: generate the synthetic benchmark into data/synth if missing and
     /// train the default backbone + head end to end on the CPU.
     Train(Box<TrainArgs>),
+    /// Clip-classification pretraining of a backbone on trimmed action clips (the analogue of
+    /// Kinetics pretraining): by default on a second synthetic benchmark (seed 1, generated
+    /// into data/synth-pretrain if missing), so the backbone has not seen the TAL videos.
+    Pretrain(PretrainArgs),
     /// Detect actions with a trained run's checkpoint: ActivityNet results JSON, optional PNG
     /// timelines (ground truth vs detections).
     Infer(InferArgs),
@@ -160,6 +164,10 @@ struct TrainArgs {
     /// Random seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Augment each step's clips as the synthetic benchmark allows (random channel
+    /// permutation, roll by up to 16 pixels; the same for all clips of a step).
+    #[arg(long)]
+    augment: bool,
     /// Run the ViT rewired into its reversible form also in modes full / head-only (mode
     /// reversible always does).
     #[arg(long)]
@@ -174,6 +182,41 @@ struct TrainArgs {
     #[arg(long, default_value = "cpu")]
     backend: String,
     /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct PretrainArgs {
+    /// Dataset folder (a synthetic benchmark with seed 1 is generated there when
+    /// annotations.json is missing).
+    #[arg(long, default_value = "data/synth-pretrain")]
+    data: PathBuf,
+    /// Videos of a generated pretraining set.
+    #[arg(long, default_value_t = 160)]
+    videos: usize,
+    /// Output backbone weights (safetensors, e2e-tal layout; `train --weights` loads them).
+    #[arg(long, default_value = "runs/pretrain/backbone.safetensors")]
+    out: PathBuf,
+    /// Full configuration as JSON; the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Optimisation steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Clips per step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Backend (cpu, wgpu, cuda).
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// No per-step lines.
     #[arg(long)]
     quiet: bool,
 }
@@ -398,6 +441,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Weights { action } => run_weights(action)?,
         Command::Train(args) => cli::run_train(*args)?,
+        Command::Pretrain(args) => cli::run_pretrain(args)?,
         Command::Infer(args) => cli::run_infer(args)?,
         Command::Baseline {
             data,

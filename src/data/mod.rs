@@ -2,6 +2,7 @@
 //! synthetic benchmark. See `docs/data.md` for the on-disk layout.
 
 pub mod annotations;
+pub mod augment;
 pub mod clips;
 pub mod frames;
 mod json;

@@ -15,6 +15,7 @@ use crate::backbone::swin::SwinConfig;
 use crate::backbone::vit::VitConfig;
 use crate::backbone::{Backbone, BackbonePreset};
 use crate::data::ClipSamplingConfig;
+use crate::data::augment::AugmentConfig;
 use crate::error::{Error, Result};
 use crate::tal::assign::AssignConfig;
 use crate::tal::head::HeadConfig;
@@ -166,6 +167,11 @@ pub struct TrainConfig {
     /// Backbone layers the adapters read; empty: every layer but the last.
     #[config(default = "Vec::new()")]
     pub adapter_layers: Vec<usize>,
+    /// Augmentation of each training step's clips (one transform per step, all clips alike);
+    /// modes that run the backbone per step only (head-only trains on cached features).
+    /// Default: none.
+    #[config(default = "AugmentConfig::new()")]
+    pub augment: AugmentConfig,
     /// Run the ViT rewired into its reversible form (Re2TAL: `y_i = y_(i-2) + F_i(y_(i-1))`,
     /// same parameters) in every mode. Mode `reversible` always does; with `full` this is the
     /// same network trained with ordinary autodiff (the memory-hungry reference).

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod model;
+pub mod pretrain;
 pub mod schedule;
 pub mod trainer;
 
@@ -13,4 +14,5 @@ pub use checkpoint::{Checkpoint, EpochLog, TrainState};
 pub use config::{BackboneConfig, TrainConfig, TrainMode};
 pub use dataset::{TalDataset, TalVideo};
 pub use model::{Detector, TalModel};
+pub use pretrain::{PretrainConfig, PretrainOutcome, pretrain};
 pub use trainer::{RunOptions, TrainOutcome, load_model, resume, train};

@@ -539,7 +539,12 @@ fn train_step(
             })
         }
     };
-    let clips = || clip_range(&video.frames, &cfg.clips, start, count, device);
+    // Drawn after the window, from the step's own generator: resume replays it.
+    let mut aug_rng = ChaCha8Rng::seed_from_u64(mix(step_seed, 0xA06));
+    let mut clips = || -> Result<Tensor<5>> {
+        let x = clip_range(&video.frames, &cfg.clips, start, count, device)?;
+        Ok(cfg.augment.apply(x, &mut aug_rng))
+    };
     let (value, mut grads) = match cfg.mode {
         TrainMode::HeadOnly => {
             let f = ctx.cached[v]
@@ -607,6 +612,7 @@ fn train_step(
                 count,
                 &device.clone().without_autodiff(),
             )?;
+            let x = cfg.augment.apply(x, &mut aug_rng);
             let out = frozen.forward(x, &ctx.layers)?;
             let f = VideoFeatures {
                 features: out.features.autodiff(),
