@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::tensor::Device;
 use e2e_tal::backbone::BackbonePreset;
 use e2e_tal::data::synth::{FRAMES_DIR, load_or_generate};
 use e2e_tal::data::{FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, VideoDetections};
@@ -103,9 +104,14 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             data.classes.len(),
             t.elapsed().as_secs_f64()
         );
+        let weights = match (&a.weights, a.from_scratch) {
+            (Some(w), _) => Some(w.clone()),
+            (None, false) => Some(pretrained_backbone(&cfg, a.quiet, &device)?),
+            (None, true) => None,
+        };
         device.seed(cfg.seed);
         let mut backbone = cfg.backbone.init(&device);
-        if let Some(w) = &a.weights {
+        if let Some(w) = &weights {
             let family = match (&a.family, a.backbone.parse::<BackbonePreset>()) {
                 (Some(f), _) => f.parse()?,
                 (None, Ok(p)) => p.default_family(),
@@ -250,35 +256,45 @@ pub fn run_infer(a: InferArgs) -> Result<()> {
 /// Seed of the synthetic set used for pretraining (the TAL benchmark uses 0).
 pub const PRETRAIN_SYNTH_SEED: u64 = 1;
 
-pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
-    let mut cfg = match &a.config {
-        Some(p) => load_config(p)?,
-        None => PretrainConfig::new(),
-    };
-    macro_rules! set {
-        ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
-    }
-    set!(steps, batch_size, lr, seed);
-    let ann = a.data.join("annotations.json");
+/// Where and on what a backbone is pretrained.
+struct PretrainJob<'a> {
+    /// Dataset folder (generated with seed [`PRETRAIN_SYNTH_SEED`] if missing).
+    data: &'a Path,
+    /// Videos of a generated set.
+    videos: usize,
+    /// Output weights; a `.json` report goes next to them.
+    out: &'a Path,
+    quiet: bool,
+}
+
+/// Pretrain `cfg.backbone` by clip classification and write its weights and report.
+fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> Result<()> {
+    let ann = job.data.join("annotations.json");
     let gt = if ann.is_file() {
         GroundTruth::from_json_file(&ann)?
     } else {
         println!(
-            "{} not found: generating a synthetic benchmark (seed {PRETRAIN_SYNTH_SEED}) there",
-            ann.display()
+            "{} not found: generating a synthetic benchmark (seed {PRETRAIN_SYNTH_SEED}, {} videos) there",
+            ann.display(),
+            job.videos
         );
         load_or_generate(
-            &a.data,
+            job.data,
             &SynthConfig::new()
                 .with_seed(PRETRAIN_SYNTH_SEED)
-                .with_videos(a.videos),
+                .with_videos(job.videos),
         )?
         .ground_truth
     };
-    let data = TalDataset::load(&gt, &a.data.join(FRAMES_DIR), &[], None, cfg.clips.span())?;
-    let device = backend::device(a.backend.parse()?)?;
+    let data = TalDataset::load(&gt, &job.data.join(FRAMES_DIR), &[], None, cfg.clips.span())?;
     device.seed(cfg.seed);
-    let out = e2e_tal::train::pretrain(&cfg, &data, a.quiet, &device)?;
+    println!(
+        "pretraining the backbone (clip classification, {} steps of {} clips) on {}",
+        cfg.steps,
+        cfg.batch_size,
+        job.data.display()
+    );
+    let out = e2e_tal::train::pretrain(cfg, &data, job.quiet, device)?;
     println!(
         "pretrained on {} clips ({} validation) in {:.0}s: train accuracy (last 10% of steps) {:.1}%{}",
         out.clips.0,
@@ -289,13 +305,13 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
             .map(|v| format!(", validation accuracy {:.1}%", 100.0 * v))
             .unwrap_or_default()
     );
-    if let Some(dir) = a.out.parent() {
+    if let Some(dir) = job.out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    out.backbone.save(&a.out)?;
+    out.backbone.save(job.out)?;
     let report = serde_json::json!({
         "config": cfg,
-        "data": a.data,
+        "data": job.data,
         "train_clips": out.clips.0,
         "val_clips": out.clips.1,
         "train_accuracy": out.train_accuracy,
@@ -303,7 +319,70 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
         "losses": out.losses,
         "seconds": out.seconds,
     });
-    e2e_tal::io::write_json_atomic(&a.out.with_extension("json"), &report)?;
-    println!("backbone weights: {}", a.out.display());
+    e2e_tal::io::write_json_atomic(&job.out.with_extension("json"), &report)?;
+    println!("backbone weights: {}", job.out.display());
     Ok(())
+}
+
+/// Default location of the pretrained backbone `train` starts from.
+pub const PRETRAINED: &str = "runs/pretrain/backbone.safetensors";
+
+/// The pretrained backbone for `cfg` at [`PRETRAINED`]: reused when its report says it was
+/// pretrained for the same backbone and clip sampling, pretrained (default settings) otherwise.
+fn pretrained_backbone(cfg: &TrainConfig, quiet: bool, device: &Device) -> Result<PathBuf> {
+    let out = PathBuf::from(PRETRAINED);
+    let report = out.with_extension("json");
+    if out.is_file() && report.is_file() {
+        let r: serde_json::Value = load_config(&report)?;
+        let same = |key: &str, v: serde_json::Value| r["config"][key] == v;
+        if same(
+            "backbone",
+            serde_json::to_value(&cfg.backbone).map_err(json_err)?,
+        ) && same("clips", serde_json::to_value(&cfg.clips).map_err(json_err)?)
+        {
+            println!("backbone: pretrained weights {} (reused)", out.display());
+            return Ok(out);
+        }
+        println!(
+            "{} was pretrained for another backbone or clip sampling: pretraining again",
+            out.display()
+        );
+    }
+    let pcfg = PretrainConfig::new()
+        .with_backbone(cfg.backbone.clone())
+        .with_clips(cfg.clips.clone());
+    let job = PretrainJob {
+        data: Path::new("data/synth-pretrain"),
+        videos: PRETRAIN_VIDEOS,
+        out: &out,
+        quiet,
+    };
+    pretrain_to(&pcfg, &job, device)?;
+    Ok(out)
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    Error::Config(format!("cannot serialise a configuration: {e}"))
+}
+
+/// Videos of the generated pretraining set.
+pub const PRETRAIN_VIDEOS: usize = 160;
+
+pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => load_config(p)?,
+        None => PretrainConfig::new(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
+    }
+    set!(steps, batch_size, lr, seed);
+    let device = backend::device(a.backend.parse()?)?;
+    let job = PretrainJob {
+        data: &a.data,
+        videos: a.videos,
+        out: &a.out,
+        quiet: a.quiet,
+    };
+    pretrain_to(&cfg, &job, &device)
 }

@@ -137,9 +137,14 @@ struct TrainArgs {
     /// vit-b, swin-t, r3d-18, ...).
     #[arg(long, default_value = "synthetic")]
     backbone: String,
-    /// Backbone checkpoint to start from (.safetensors or .pth).
+    /// Backbone checkpoint to start from (.safetensors or .pth). Without it (and without
+    /// --from-scratch) the backbone starts from clip-classification pretraining on a separate
+    /// synthetic set (`e2e-tal pretrain`, run first if runs/pretrain has no weights for it).
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// Start the backbone from random weights instead of the pretrained ones.
+    #[arg(long, conflicts_with = "weights")]
+    from_scratch: bool,
     /// Key map of --weights (default: the preset's family; `native` for e2e-tal's layout).
     #[arg(long)]
     family: Option<String>,
@@ -193,10 +198,10 @@ struct PretrainArgs {
     #[arg(long, default_value = "data/synth-pretrain")]
     data: PathBuf,
     /// Videos of a generated pretraining set.
-    #[arg(long, default_value_t = 160)]
+    #[arg(long, default_value_t = cli::PRETRAIN_VIDEOS)]
     videos: usize,
     /// Output backbone weights (safetensors, e2e-tal layout; `train --weights` loads them).
-    #[arg(long, default_value = "runs/pretrain/backbone.safetensors")]
+    #[arg(long, default_value = cli::PRETRAINED)]
     out: PathBuf,
     /// Full configuration as JSON; the flags below override it.
     #[arg(long)]

@@ -8,8 +8,8 @@ use e2e_tal::data::synth::FRAMES_DIR;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::tal::head::HeadConfig;
 use e2e_tal::train::{
-    BackboneConfig, Checkpoint, RunOptions, TalDataset, TrainConfig, TrainMode, TrainOutcome,
-    resume, train,
+    BackboneConfig, Checkpoint, PretrainConfig, RunOptions, TalDataset, TrainConfig, TrainMode,
+    TrainOutcome, pretrain, resume, train,
 };
 
 /// Burn's random number generator is process-wide: training runs in parallel test threads
@@ -83,6 +83,8 @@ fn tiny_config(mode: TrainMode, epochs: usize) -> TrainConfig {
         )
         .with_epochs(epochs)
         .with_warmup_epochs(0.5)
+        // From scratch, not fine-tuning: the default (1e-4) is for a pretrained backbone.
+        .with_lr_backbone(5e-4)
 }
 
 fn run(
@@ -304,3 +306,33 @@ fn bad_input_gets_errors_naming_it() {
         .to_string();
     assert!(e.contains("model.bpk"), "{e}");
 }
+
+/// Clip-classification pretraining learns the tiny split's clips (2 twin classes that differ
+/// only in motion, plus background): the loss falls and clip accuracy without augmentation
+/// (the tiny split's validation videos are its training videos) is far above the 1/3 of
+/// guessing (measured 0.97 after 300 steps, 0.69 after 120).
+#[test]
+fn clip_classification_pretraining_learns() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let tiny = tiny_config(TrainMode::Full, 1);
+    let cfg = PretrainConfig::new()
+        .with_backbone(tiny.backbone.clone())
+        .with_clips(tiny.clips.clone())
+        .with_steps(PRETRAIN_STEPS)
+        .with_batch_size(8)
+        .with_warmup_steps(10);
+    let device = e2e_tal::backend::cpu_device();
+    device.seed(7);
+    let out = pretrain(&cfg, &data, true, &device).unwrap();
+    let (first, last) = (out.losses[0], *out.losses.last().unwrap());
+    eprintln!(
+        "pretraining: loss {first} -> {last}, train acc {}, val acc {:?}, clips {:?}",
+        out.train_accuracy, out.val_accuracy, out.clips
+    );
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+    assert!(out.val_accuracy.unwrap() > 0.8, "{:?}", out.val_accuracy);
+}
+
+const PRETRAIN_STEPS: usize = 300;

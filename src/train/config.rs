@@ -192,8 +192,9 @@ pub struct TrainConfig {
     /// Peak learning rate of the head (and adapters). ActionFormer: 1e-4 with batch 2.
     #[config(default = 1e-3)]
     pub lr_head: f64,
-    /// Peak learning rate of the backbone (modes `full`, `reversible`).
-    #[config(default = 5e-4)]
+    /// Peak learning rate of the backbone (modes `full`, `reversible`), sized for fine-tuning
+    /// the pretrained backbone the main job starts from.
+    #[config(default = 1e-4)]
     pub lr_backbone: f64,
     /// AdamW weight decay.
     #[config(default = 0.05)]

@@ -51,7 +51,7 @@ pub struct PretrainConfig {
     #[config(default = 16)]
     pub batch_size: usize,
     /// Optimisation steps.
-    #[config(default = 600)]
+    #[config(default = 800)]
     pub steps: usize,
     /// Peak learning rate (AdamW, linear warm-up then cosine).
     #[config(default = 1e-3)]
