@@ -87,6 +87,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             lr_backbone,
             max_train_clips,
             eval_every,
+            ema_decay,
             seed
         );
         if a.augment {
@@ -161,7 +162,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             if cfg.mode.trains_backbone() {
                 // The adapted backbone, for `--mode head-only --weights` (LoFi stage 3).
                 let path = out.join("backbone.safetensors");
-                outcome.model.backbone.save(&path)?;
+                let trained = outcome.ema.as_ref().unwrap_or(&outcome.model);
+                trained.backbone.save(&path)?;
                 println!("backbone weights: {}", path.display());
             }
         }
@@ -175,7 +177,7 @@ pub fn run_infer(a: InferArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
     let cfg = ck.meta.config.clone();
     let mut model = load_model(&ck, &device)?;
-    ck.load_model(&mut model)?;
+    ck.load_inference_weights(&mut model)?;
     let layers = match model.adapter {
         Some(_) => e2e_tal::train::model::adapter_layers(&cfg, &model.backbone)?,
         None => Vec::new(),

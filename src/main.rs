@@ -95,8 +95,9 @@ enum Command {
         action: WeightsAction,
     },
     /// The main job: train a detector end to end (or in another mode) and print its validation
-    /// mAP. With no arguments: generate the synthetic benchmark into data/synth if missing and
-    /// train the default backbone + head end to end on the CPU.
+    /// mAP. With no arguments: generate the synthetic benchmark into data/synth if missing,
+    /// pretrain the default backbone by clip classification on a separate synthetic set (once,
+    /// cached in runs/pretrain) and train backbone + head end to end on the CPU.
     Train(Box<TrainArgs>),
     /// Clip-classification pretraining of a backbone on trimmed action clips (the analogue of
     /// Kinetics pretraining): by default on a second synthetic benchmark (seed 1, generated
@@ -163,6 +164,9 @@ struct TrainArgs {
     /// At most this many clips per training step (random window); 0 for whole videos.
     #[arg(long)]
     max_train_clips: Option<usize>,
+    /// Keep an EMA of the weights with this decay (e.g. 0.999 for long runs) and evaluate it.
+    #[arg(long)]
+    ema_decay: Option<f64>,
     /// Evaluate every N epochs (0: only at the end).
     #[arg(long)]
     eval_every: Option<usize>,

@@ -158,7 +158,8 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(&dir.path().join("data"));
-    let cfg = tiny_config(TrainMode::Full, 2);
+    // With an EMA of the weights, which the checkpoint must carry too.
+    let cfg = tiny_config(TrainMode::Full, 2).with_ema_decay(0.9);
     let whole = run(cfg.clone(), &data, &dir.path().join("whole"), None);
     // 6 steps per epoch: stop in the middle of the first epoch.
     let part = run(cfg, &data, &dir.path().join("part"), Some(4));
@@ -177,6 +178,17 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     assert_eq!(r.len(), w.len());
     let differ = r.iter().zip(&w).filter(|(a, b)| a != b).count();
     assert_eq!(differ, 0, "{differ} of {} parameters differ", r.len());
+    let (re, we) = (
+        values(resumed.ema.as_ref().unwrap()),
+        values(whole.ema.as_ref().unwrap()),
+    );
+    assert_eq!(re, we, "EMA weights differ");
+    // The EMA lags the trained weights (it is not a copy of them).
+    assert_ne!(we, w);
+    // A checkpoint of an EMA run without its EMA file is refused by name.
+    std::fs::remove_file(dir.path().join("whole/checkpoint/ema.bpk")).unwrap();
+    let err = Checkpoint::load(&dir.path().join("whole")).err().unwrap();
+    assert!(err.to_string().contains("ema.bpk"), "{err}");
     let losses =
         |o: &TrainOutcome| -> Vec<f64> { o.state.history.iter().map(|e| e.mean_loss).collect() };
     assert_eq!(losses(&resumed), losses(&whole));

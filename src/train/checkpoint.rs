@@ -74,6 +74,7 @@ pub struct Checkpoint {
     /// Configuration, classes, loop state.
     pub meta: CheckpointMeta,
     model: Bytes,
+    ema: Option<Bytes>,
     /// Backbone optimizer state.
     pub optim_backbone: OptimizerRecord,
     /// Head (and adapter) optimizer state.
@@ -119,6 +120,7 @@ pub fn save(
     run: &Path,
     meta: &CheckpointMeta,
     model: &TalModel,
+    ema: Option<&TalModel>,
     optim_backbone: &ModuleOptimizer,
     optim_head: &ModuleOptimizer,
 ) -> Result<()> {
@@ -129,6 +131,9 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     write_atomic(&tmp.join("model.bpk"), &module_bytes(model, &tmp)?)?;
+    if let Some(e) = ema {
+        write_atomic(&tmp.join("ema.bpk"), &module_bytes(e, &tmp)?)?;
+    }
     for (name, opt) in [
         ("optim_backbone.bpk", optim_backbone),
         ("optim_head.bpk", optim_head),
@@ -177,8 +182,20 @@ impl Checkpoint {
         let record = |name: &str| -> Result<OptimizerRecord> {
             OptimizerRecord::from_bytes(read(name)?).map_err(|e| fail(&dir.join(name), e))
         };
+        let ema = if dir.join("ema.bpk").is_file() {
+            Some(read("ema.bpk")?)
+        } else {
+            None
+        };
+        if meta.config.ema_decay > 0.0 && ema.is_none() {
+            return Err(fail(
+                &dir,
+                "the run keeps an EMA of its weights but ema.bpk is missing",
+            ));
+        }
         Ok(Self {
             model: read("model.bpk")?,
+            ema,
             optim_backbone: record("optim_backbone.bpk")?,
             optim_head: record("optim_head.bpk")?,
             meta,
@@ -189,5 +206,26 @@ impl Checkpoint {
     /// Load the saved weights (and parameter ids) into `model`.
     pub fn load_model(&self, model: &mut TalModel) -> Result<()> {
         load_module_bytes(model, self.model.clone(), &self.dir.join("model.bpk"))
+    }
+
+    /// Load the EMA weights into `model`; `false` (and `model` untouched) when the run keeps
+    /// no EMA.
+    pub fn load_ema(&self, model: &mut TalModel) -> Result<bool> {
+        match &self.ema {
+            None => Ok(false),
+            Some(b) => {
+                load_module_bytes(model, b.clone(), &self.dir.join("ema.bpk"))?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Load the weights inference should use: the EMA when the run keeps one, else the
+    /// trained weights.
+    pub fn load_inference_weights(&self, model: &mut TalModel) -> Result<()> {
+        if !self.load_ema(model)? {
+            self.load_model(model)?;
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
+pub mod ema;
 pub mod model;
 pub mod pretrain;
 pub mod schedule;

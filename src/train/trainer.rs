@@ -22,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use super::checkpoint::{self, Checkpoint, CheckpointMeta, EpochLog, TrainState};
 use super::config::{TrainConfig, TrainMode};
 use super::dataset::TalDataset;
+use super::ema::ema_update;
 use super::model::{Detector, TalModel, VideoFeatures, adapter_layers, head_input, run_head};
 use super::schedule::WarmupCosine;
 use crate::backbone::Backbone;
@@ -49,6 +50,8 @@ pub struct RunOptions {
 pub struct TrainOutcome {
     /// The trained model (on the autodiff device).
     pub model: TalModel,
+    /// The EMA of the weights (inference device), when `ema_decay > 0`; evaluation used it.
+    pub ema: Option<TalModel>,
     /// Loop state at the end (history included).
     pub state: TrainState,
     /// Validation detections and mAP, when the run finished (not stopped early) and the
@@ -102,7 +105,8 @@ pub fn train(
         config: cfg,
     };
     let optims = new_optimizers(&meta.config);
-    run(meta, model, optims, data, opts, &device)
+    let ema = (meta.config.ema_decay > 0.0).then(|| model.valid());
+    run(meta, model, ema, optims, data, opts, &device)
 }
 
 /// Continue the run whose checkpoint is in `opts.out_dir` on `data` (the same dataset).
@@ -121,12 +125,19 @@ pub fn resume(data: &TalDataset, opts: &RunOptions, device: &Device) -> Result<T
     }
     let mut model = load_model(&ck, &device)?;
     ck.load_model(&mut model)?;
+    let ema = if meta.config.ema_decay > 0.0 {
+        let mut e = model.valid();
+        ck.load_ema(&mut e)?;
+        Some(e)
+    } else {
+        None
+    };
     let (b, h) = new_optimizers(&meta.config);
     let optims = (
         b.load_record(ck.optim_backbone),
         h.load_record(ck.optim_head),
     );
-    run(meta, model, optims, data, opts, &device)
+    run(meta, model, ema, optims, data, opts, &device)
 }
 
 /// The model a checkpoint describes, freshly initialised (load the weights with
@@ -293,6 +304,7 @@ impl Ctx<'_> {
 fn run(
     mut meta: CheckpointMeta,
     mut model: TalModel,
+    mut ema: Option<TalModel>,
     (mut opt_backbone, mut opt_head): (ModuleOptimizer, ModuleOptimizer),
     data: &TalDataset,
     opts: &RunOptions,
@@ -383,6 +395,9 @@ fn run(
             });
             let (m, loss) = result?;
             model = m;
+            if let Some(e) = ema.take() {
+                ema = Some(ema_update(e, &model, cfg.ema_decay));
+            }
             if let Some(b) = bytes {
                 peak = Some(peak.unwrap_or(0).max(b));
             }
@@ -400,7 +415,14 @@ fn run(
                 st.epoch_loss_sum / st.step_in_epoch as f64
             ));
             if cfg.checkpoint_every > 0 && st.global_step.is_multiple_of(cfg.checkpoint_every) {
-                checkpoint::save(&opts.out_dir, &meta, &model, &opt_backbone, &opt_head)?;
+                checkpoint::save(
+                    &opts.out_dir,
+                    &meta,
+                    &model,
+                    ema.as_ref(),
+                    &opt_backbone,
+                    &opt_head,
+                )?;
             }
         }
         if stopped {
@@ -419,7 +441,7 @@ fn run(
             && (epoch + 1).is_multiple_of(cfg.eval_every)
             && !ctx.val_idx.is_empty()
         {
-            let (_, report) = evaluate_model(&ctx, &model)?;
+            let (_, report) = evaluate_model(&ctx, ema.as_ref().unwrap_or(&model))?;
             log.val_average_map = Some(report.average_map);
         }
         if !opts.quiet {
@@ -438,17 +460,31 @@ fn run(
         st.step_in_epoch = 0;
         st.epoch_loss_sum = 0.0;
         st.epoch_seconds = 0.0;
-        checkpoint::save(&opts.out_dir, &meta, &model, &opt_backbone, &opt_head)?;
+        checkpoint::save(
+            &opts.out_dir,
+            &meta,
+            &model,
+            ema.as_ref(),
+            &opt_backbone,
+            &opt_head,
+        )?;
     }
     if stopped {
-        checkpoint::save(&opts.out_dir, &meta, &model, &opt_backbone, &opt_head)?;
+        checkpoint::save(
+            &opts.out_dir,
+            &meta,
+            &model,
+            ema.as_ref(),
+            &opt_backbone,
+            &opt_head,
+        )?;
     }
     bar.finish_and_clear();
     crate::io::write_json_atomic(&opts.out_dir.join("metrics.json"), &meta.state.history)?;
     let evaluation = if stopped || ctx.val_idx.is_empty() {
         None
     } else {
-        let (preds, report) = evaluate_model(&ctx, &model)?;
+        let (preds, report) = evaluate_model(&ctx, ema.as_ref().unwrap_or(&model))?;
         preds.write_json(&opts.out_dir.join("predictions.json"))?;
         if let Some(last) = meta.state.history.last_mut() {
             last.val_average_map = Some(report.average_map);
@@ -458,6 +494,7 @@ fn run(
     };
     Ok(TrainOutcome {
         model,
+        ema,
         state: meta.state,
         evaluation,
         peak_step_bytes: peak,
