@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use e2e_tal::backbone::BackbonePreset;
+use e2e_tal::data::lofi::LoFiMode;
 use e2e_tal::data::synth::{FRAMES_DIR, load_or_generate};
 use e2e_tal::data::{FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, VideoDetections};
 use e2e_tal::eval::timeline::write_timeline;
@@ -90,6 +91,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             ema_decay,
             seed
         );
+        if let Some(l) = &a.lofi {
+            cfg.lofi.mode = parse_lofi(l)?;
+        }
         if a.augment {
             cfg.augment = e2e_tal::data::augment::AugmentConfig::synthetic();
         }
@@ -387,4 +391,21 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
         quiet: a.quiet,
     };
     pretrain_to(&cfg, &job, &device)
+}
+
+/// `--lofi` names.
+fn parse_lofi(s: &str) -> Result<LoFiMode> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "full" => LoFiMode::Full,
+        "s" => LoFiMode::Spatial,
+        "t" => LoFiMode::Temporal,
+        "st" => LoFiMode::SpatioTemporal,
+        "short" => LoFiMode::ShortCycle { batches: 16 },
+        "long" => LoFiMode::LongCycle,
+        _ => {
+            return Err(Error::Config(format!(
+                "unknown --lofi `{s}` (expected full, s, t, st, short or long)"
+            )));
+        }
+    })
 }

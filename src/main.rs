@@ -173,6 +173,10 @@ struct TrainArgs {
     /// Random seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Low-fidelity sampling of the training steps (LoFi-E2E): full, s (r_s 2), t (r_t 4), st
+    /// (r_t 2, r_s sqrt 2), short (cycle S -> T -> ST every 16 steps), long (every epoch).
+    #[arg(long)]
+    lofi: Option<String>,
     /// Augment each step's clips as the synthetic benchmark allows (random channel
     /// permutation, roll by up to 16 pixels; the same for all clips of a step).
     #[arg(long)]

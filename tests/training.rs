@@ -4,6 +4,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use e2e_tal::backbone::vit::VitConfig;
+use e2e_tal::data::lofi::LoFiMode;
 use e2e_tal::data::synth::FRAMES_DIR;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::tal::head::HeadConfig;
@@ -348,3 +349,36 @@ fn clip_classification_pretraining_learns() {
 }
 
 const PRETRAIN_STEPS: usize = 300;
+
+/// LoFi sampling: every fidelity of the short cycle (S, T, ST; 2 steps each) trains, the
+/// backbone moves, and evaluation runs at full fidelity; head-only with LoFi is refused.
+#[test]
+fn lofi_cycle_trains_at_every_fidelity() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let mut cfg = tiny_config(TrainMode::Full, 1);
+    cfg.lofi.mode = LoFiMode::ShortCycle { batches: 2 };
+    let device = e2e_tal::backend::cpu_device();
+    device.seed(7);
+    let backbone = cfg.backbone.init(&device);
+    let before = values(&backbone);
+    let opts = RunOptions {
+        out_dir: dir.path().join("lofi"),
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let out = train(cfg.clone(), &data, backbone, &opts, &device).unwrap();
+    assert_eq!(out.state.global_step, 6);
+    assert!(out.state.history[0].mean_loss.is_finite());
+    assert_ne!(values(&out.model.backbone), before);
+    let (_, report) = out.evaluation.unwrap();
+    assert_eq!(report.map.len(), 5);
+    let err = cfg
+        .with_mode(TrainMode::HeadOnly)
+        .validate()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("LoFi"), "{err}");
+}

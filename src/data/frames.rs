@@ -25,6 +25,37 @@ impl Frames {
         let n = self.height * self.width * 3;
         &self.rgb[i * n..(i + 1) * n]
     }
+
+    /// Every frame resized to `height x width` with the `image` crate's triangle filter, whose
+    /// support widens with the downscale factor (antialiased, as S-LoFi wants).
+    pub fn resized(&self, height: usize, width: usize) -> Frames {
+        if (height, width) == (self.height, self.width) {
+            return self.clone();
+        }
+        let mut rgb = Vec::with_capacity(self.len * height * width * 3);
+        for i in 0..self.len {
+            let img = image::RgbImage::from_raw(
+                self.width as u32,
+                self.height as u32,
+                self.frame(i).to_vec(),
+            )
+            .expect("frames hold height * width * 3 bytes each");
+            let small = image::imageops::resize(
+                &img,
+                width as u32,
+                height as u32,
+                image::imageops::FilterType::Triangle,
+            );
+            rgb.extend_from_slice(small.as_raw());
+        }
+        Frames {
+            video: self.video.clone(),
+            len: self.len,
+            height,
+            width,
+            rgb,
+        }
+    }
 }
 
 /// A video's frame folder: image files sorted by name (`img_00001.jpg`, ...).
@@ -150,6 +181,34 @@ impl FrameFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Downscaling by 2 averages: a 1-pixel checkerboard becomes flat grey, a flat colour
+    /// stays; sizes and frame count follow.
+    #[test]
+    fn resized_frames_are_antialiased() {
+        let (h, w) = (8, 8);
+        let mut rgb = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                let v = if (x + y) % 2 == 0 { 0 } else { 200 };
+                rgb.extend_from_slice(&[v, 50, v]);
+            }
+        }
+        let f = Frames {
+            video: "v".into(),
+            len: 1,
+            height: h,
+            width: w,
+            rgb,
+        };
+        let r = f.resized(4, 4);
+        assert_eq!((r.len, r.height, r.width, r.rgb.len()), (1, 4, 4, 48));
+        for px in r.rgb.chunks(3) {
+            assert!((px[0] as i32 - 100).abs() <= 2, "{px:?}");
+            assert_eq!(px[1], 50);
+        }
+        assert_eq!(f.resized(8, 8), f);
+    }
 
     fn save(dir: &Path, name: &str, w: u32, h: u32, v: u8) {
         image::RgbImage::from_pixel(w, h, image::Rgb([v, v, v]))

@@ -16,6 +16,7 @@ use crate::backbone::vit::VitConfig;
 use crate::backbone::{Backbone, BackbonePreset};
 use crate::data::ClipSamplingConfig;
 use crate::data::augment::AugmentConfig;
+use crate::data::lofi::{LoFiConfig, LoFiMode};
 use crate::error::{Error, Result};
 use crate::tal::assign::AssignConfig;
 use crate::tal::head::HeadConfig;
@@ -167,6 +168,11 @@ pub struct TrainConfig {
     /// Backbone layers the adapters read; empty: every layer but the last.
     #[config(default = "Vec::new()")]
     pub adapter_layers: Vec<usize>,
+    /// Low-fidelity sampling of the training steps (LoFi-E2E: S, T, ST, short or long cycle;
+    /// default: full fidelity). Evaluation always runs at full fidelity. Needs a mode that runs
+    /// the backbone every step (not `head-only`).
+    #[config(default = "LoFiConfig::new()")]
+    pub lofi: LoFiConfig,
     /// Augmentation of each training step's clips (one transform per step, all clips alike);
     /// modes that run the backbone per step only (head-only trains on cached features).
     /// Default: none.
@@ -258,6 +264,28 @@ impl TrainConfig {
                 "clip_grad_norm must be >= 0, got {}",
                 self.clip_grad_norm
             ));
+        }
+        if self.mode == TrainMode::HeadOnly && self.lofi.mode != LoFiMode::Full {
+            return bad(
+                "LoFi sampling needs a mode that runs the backbone every step; head-only trains \
+                 on features extracted once at full fidelity"
+                    .into(),
+            );
+        }
+        for f in [
+            self.lofi.spatial,
+            self.lofi.temporal,
+            self.lofi.spatio_temporal,
+        ] {
+            if f.temporal == 0 || !(f.spatial.is_finite() && f.spatial >= 1.0) {
+                return bad(format!(
+                    "LoFi factors must be r_t >= 1 and r_s >= 1, got r_t {} r_s {}",
+                    f.temporal, f.spatial
+                ));
+            }
+        }
+        if let LoFiMode::ShortCycle { batches: 0 } = self.lofi.mode {
+            return bad("the LoFi short cycle needs at least 1 batch per phase".into());
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return bad(format!(

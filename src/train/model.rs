@@ -37,6 +37,16 @@ pub struct VideoFeatures {
 }
 
 impl Backbone {
+    /// Frame height and width must be multiples of this (the ViT's patch size; the Swin's
+    /// patch size; 1 for ResNets).
+    pub fn spatial_multiple(&self) -> usize {
+        match self {
+            Backbone::Vit(m) => m.patch_size,
+            Backbone::Swin(m) => m.patch_embed.patch_size[1].max(m.patch_embed.patch_size[2]),
+            Backbone::ResNet(_) => 1,
+        }
+    }
+
     /// Number of layers [`Backbone::forward`] can return (blocks for ViT, stages otherwise).
     pub fn num_layers(&self) -> usize {
         match self {

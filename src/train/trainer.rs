@@ -8,6 +8,7 @@
 //! optimizers and schedules, and resume must continue mid-epoch on the same data order; a
 //! plain loop over library pieces says all of that directly and keeps the CI build small.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,6 +29,8 @@ use super::schedule::WarmupCosine;
 use crate::backbone::Backbone;
 use crate::data::annotations::{Predictions, Subset, VideoDetections};
 use crate::data::clips::clip_range;
+use crate::data::frames::Frames;
+use crate::data::lofi::{Fidelity, LoFiMode};
 use crate::data::npy::FeatureSequence;
 use crate::error::{Error, Result};
 use crate::eval::{EvalOptions, EvalReport, ThresholdSet, evaluate};
@@ -284,12 +287,26 @@ struct Ctx<'a> {
     device: Device,
     /// Head-only mode: frozen backbone features of every video, `[T, C]` (no graph).
     cached: Vec<Option<Tensor<2>>>,
+    /// LoFi: the videos' frames at each reduced frame size the sampler uses (training videos
+    /// only; other entries empty), resized once.
+    lofi_frames: HashMap<(usize, usize), Vec<Option<Frames>>>,
+    /// Frame sizes must be multiples of this (the backbone's patch).
+    spatial_multiple: usize,
     steps_per_epoch: usize,
     sched_head: WarmupCosine,
     sched_backbone: WarmupCosine,
 }
 
 impl Ctx<'_> {
+    /// Frame size of `fidelity` for `height x width` frames, snapped to the nearest multiple
+    /// of the backbone's patch (ST-LoFi's r_s = sqrt 2 on 64 pixels: 45 -> 48).
+    fn lofi_size(&self, fidelity: &Fidelity, height: usize, width: usize) -> (usize, usize) {
+        let (h, w) = fidelity.frame_size(height, width);
+        let m = self.spatial_multiple.max(1);
+        let snap = |x: usize, full: usize| (((x + m / 2) / m) * m).clamp(m.min(full), full);
+        (snap(h, height), snap(w, width))
+    }
+
     /// The clip window of a step: `(start, count)`.
     fn window(&self, n: usize, rng: &mut ChaCha8Rng) -> (usize, usize) {
         let max = self.cfg.max_train_clips;
@@ -336,6 +353,8 @@ fn run(
         layers,
         device: device.clone(),
         cached: vec![None; data.videos.len()],
+        lofi_frames: HashMap::new(),
+        spatial_multiple: model.backbone.spatial_multiple(),
         steps_per_epoch,
         sched_head: WarmupCosine {
             peak: cfg.lr_head,
@@ -351,6 +370,7 @@ fn run(
     if cfg.mode == TrainMode::HeadOnly {
         cache_features(&mut ctx, &model, &opts.out_dir, opts.quiet)?;
     }
+    resize_for_lofi(&mut ctx, frame_size(data)?);
     let bar = if opts.quiet {
         ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden())
     } else {
@@ -381,6 +401,7 @@ fn run(
                 break;
             }
             let v = order[meta.state.step_in_epoch];
+            let fidelity = cfg.lofi.fidelity(epoch, meta.state.step_in_epoch);
             let t0 = Instant::now();
             let (result, bytes) = crate::memory::measure(|| {
                 train_step(
@@ -390,6 +411,7 @@ fn run(
                     &mut opt_head,
                     &mut normalizer,
                     v,
+                    fidelity,
                     meta.state.global_step,
                 )
             });
@@ -501,6 +523,30 @@ fn run(
     })
 }
 
+/// Resize the training videos once for every reduced frame size `cfg.lofi` can ask for.
+fn resize_for_lofi(ctx: &mut Ctx, (h, w): (usize, usize)) {
+    let lofi = &ctx.cfg.lofi;
+    let used = match lofi.mode {
+        LoFiMode::Full | LoFiMode::Temporal => vec![],
+        LoFiMode::Spatial => vec![lofi.spatial],
+        LoFiMode::SpatioTemporal => vec![lofi.spatio_temporal],
+        LoFiMode::ShortCycle { .. } | LoFiMode::LongCycle => {
+            vec![lofi.spatial, lofi.temporal, lofi.spatio_temporal]
+        }
+    };
+    for f in used {
+        let size = ctx.lofi_size(&f, h, w);
+        if size == (h, w) || ctx.lofi_frames.contains_key(&size) {
+            continue;
+        }
+        let mut vs = vec![None; ctx.data.videos.len()];
+        for &i in &ctx.train_idx {
+            vs[i] = Some(ctx.data.videos[i].frames.resized(size.0, size.1));
+        }
+        ctx.lofi_frames.insert(size, vs);
+    }
+}
+
 /// Head-only mode: extract every video's features once with the frozen backbone, keep them in
 /// memory and write them to `run/features/<id>.npy`.
 fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> Result<()> {
@@ -536,19 +582,30 @@ fn train_step(
     opt_head: &mut ModuleOptimizer,
     normalizer: &mut LossNormalizer,
     v: usize,
+    fidelity: Fidelity,
     step: usize,
 ) -> Result<(TalModel, f64)> {
     let cfg = ctx.cfg;
     let video = &ctx.data.videos[v];
+    // LoFi: fewer snippets (the grid's stride times r_t) and/or smaller frames.
+    let clip_cfg = fidelity.clips(&cfg.clips);
+    let frames = {
+        let f = &video.frames;
+        let size = ctx.lofi_size(&fidelity, f.height, f.width);
+        match ctx.lofi_frames.get(&size).and_then(|vs| vs[v].as_ref()) {
+            Some(small) => small,
+            None => f,
+        }
+    };
     let device = &ctx.device;
     let step_seed = mix(cfg.seed ^ 0x5EED, step as u64);
     // Burn's own randomness (stochastic depth outside the reversible chain) replays on resume.
     device.seed(step_seed);
     let mut rng = ChaCha8Rng::seed_from_u64(step_seed);
-    let n = cfg.clips.num_clips(&video.id, video.frames.len)?;
+    let n = clip_cfg.num_clips(&video.id, frames.len)?;
     let (start, count) = ctx.window(n, &mut rng);
     let gts: Vec<GtSegment> = video
-        .grid_segments(&cfg.clips)
+        .grid_segments(&clip_cfg)
         .into_iter()
         .map(|g| GtSegment {
             start: g.start - start as f64,
@@ -579,7 +636,7 @@ fn train_step(
     // Drawn after the window, from the step's own generator: resume replays it.
     let mut aug_rng = ChaCha8Rng::seed_from_u64(mix(step_seed, 0xA06));
     let mut clips = || -> Result<Tensor<5>> {
-        let x = clip_range(&video.frames, &cfg.clips, start, count, device)?;
+        let x = clip_range(frames, &clip_cfg, start, count, device)?;
         Ok(cfg.augment.apply(x, &mut aug_rng))
     };
     let (value, mut grads) = match cfg.mode {
@@ -643,8 +700,8 @@ fn train_step(
         TrainMode::Adapter => {
             let frozen = model.backbone.valid();
             let x = clip_range(
-                &video.frames,
-                &cfg.clips,
+                frames,
+                &clip_cfg,
                 start,
                 count,
                 &device.clone().without_autodiff(),
