@@ -410,9 +410,11 @@ fn run(
                     &mut opt_backbone,
                     &mut opt_head,
                     &mut normalizer,
-                    v,
-                    fidelity,
-                    meta.state.global_step,
+                    StepAt {
+                        video: v,
+                        fidelity,
+                        step: meta.state.global_step,
+                    },
                 )
             });
             let (m, loss) = result?;
@@ -574,6 +576,16 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
     Ok(())
 }
 
+/// What one step trains on.
+struct StepAt {
+    /// Video index.
+    video: usize,
+    /// Sampling fidelity (LoFi).
+    fidelity: Fidelity,
+    /// Global step (seeds its randomness).
+    step: usize,
+}
+
 /// One optimisation step on video `v`; returns the updated model and the loss.
 fn train_step(
     ctx: &Ctx,
@@ -581,10 +593,13 @@ fn train_step(
     opt_backbone: &mut ModuleOptimizer,
     opt_head: &mut ModuleOptimizer,
     normalizer: &mut LossNormalizer,
-    v: usize,
-    fidelity: Fidelity,
-    step: usize,
+    at: StepAt,
 ) -> Result<(TalModel, f64)> {
+    let StepAt {
+        video: v,
+        fidelity,
+        step,
+    } = at;
     let cfg = ctx.cfg;
     let video = &ctx.data.videos[v];
     // LoFi: fewer snippets (the grid's stride times r_t) and/or smaller frames.
