@@ -1,0 +1,135 @@
+//! One training step of the real training loop (`e2e_tal::train::train`, one untrimmed video of
+//! `CLIPS` clips per step) per mode: peak memory above the model and data (counting allocator,
+//! CPU backend) and wall time of the step. Modes: head-only (cached features), LoSA adapters on
+//! the frozen backbone, full fine-tuning (autodiff), reversible (Re2TAL), and full fine-tuning
+//! under the LoFi samplers S (r_s 2), T (r_t 4), ST (r_t 2, r_s sqrt 2). Backbones: ViT-S
+//! (384 wide, 6 heads) at depth 12 and 24, 16-frame clips of 112x112 (8x7x7 = 392 tokens).
+//!
+//! `cargo bench --bench training_modes` (several minutes on 2 cores);
+//! `-- --quick`: 64x64 frames, depth 12 only.
+
+use std::path::Path;
+
+use e2e_tal::backbone::vit::VitConfig;
+use e2e_tal::data::lofi::LoFiMode;
+use e2e_tal::data::synth::FRAMES_DIR;
+use e2e_tal::data::{ClipSamplingConfig, SynthConfig};
+use e2e_tal::memory::{CountingAllocator, mib};
+use e2e_tal::train::{BackboneConfig, RunOptions, TalDataset, TrainConfig, TrainMode, train};
+
+#[global_allocator]
+static ALLOC: CountingAllocator = CountingAllocator;
+
+/// Clips per training step (one video).
+const CLIPS: usize = 16;
+
+struct Row {
+    label: String,
+    peak: usize,
+    seconds: f64,
+}
+
+fn dataset(root: &Path, size: usize, clips: &ClipSamplingConfig) -> TalDataset {
+    // One training video of exactly CLIPS clips (no validation videos: no evaluation).
+    let frames = clips.span() + (CLIPS - 1) * clips.snippet_stride;
+    let synth = SynthConfig::new()
+        .with_videos(1)
+        .with_height(size)
+        .with_width(size)
+        .with_min_frames(frames)
+        .with_max_frames(frames)
+        .with_validation_fraction(0.0);
+    let ds = synth.generate(root).expect("synthetic data");
+    TalDataset::load(
+        &ds.ground_truth,
+        &root.join(FRAMES_DIR),
+        &[],
+        None,
+        clips.span(),
+    )
+    .expect("load")
+}
+
+fn config(depth: usize, size: usize, clips: &ClipSamplingConfig) -> TrainConfig {
+    TrainConfig::new()
+        .with_backbone(BackboneConfig::Vit(
+            VitConfig::new()
+                .with_embed_dim(384)
+                .with_depth(depth)
+                .with_num_heads(6)
+                .with_mlp_dim(1536)
+                .with_num_frames(clips.clip_frames)
+                .with_image_size(size)
+                .with_drop_path_rate(0.1),
+        ))
+        .with_clips(clips.clone())
+        .with_epochs(1)
+        .with_warmup_epochs(0.0)
+}
+
+fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, f64) {
+    let device = e2e_tal::backend::cpu_device();
+    device.seed(0);
+    let backbone = cfg.backbone.init(&device);
+    let opts = RunOptions {
+        out_dir: out.to_path_buf(),
+        quiet: true,
+        stop_after_steps: None,
+    };
+    let o = train(cfg, data, backbone, &opts, &device).expect("training step");
+    (
+        o.peak_step_bytes.expect("counting allocator installed"),
+        o.state.history[0].seconds,
+    )
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (size, depths): (usize, &[usize]) = if quick { (64, &[12]) } else { (112, &[12, 24]) };
+    let clips = ClipSamplingConfig::new()
+        .with_clip_frames(16)
+        .with_frame_stride(1)
+        .with_snippet_stride(8);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dataset(&dir.path().join("data"), size, &clips);
+    println!(
+        "one training step on one video of {CLIPS} clips (16 frames of {size}x{size}), ViT-S, f32, CPU"
+    );
+    let variants: Vec<(&str, TrainMode, LoFiMode)> = vec![
+        ("head-only", TrainMode::HeadOnly, LoFiMode::Full),
+        ("LoSA adapters", TrainMode::Adapter, LoFiMode::Full),
+        ("full fine-tuning", TrainMode::Full, LoFiMode::Full),
+        ("reversible (Re2TAL)", TrainMode::Reversible, LoFiMode::Full),
+        ("full, S-LoFi", TrainMode::Full, LoFiMode::Spatial),
+        ("full, T-LoFi", TrainMode::Full, LoFiMode::Temporal),
+        ("full, ST-LoFi", TrainMode::Full, LoFiMode::SpatioTemporal),
+    ];
+    for &depth in depths {
+        let mut rows = Vec::new();
+        for (i, (label, mode, lofi)) in variants.iter().enumerate() {
+            let mut cfg = config(depth, size, &clips).with_mode(*mode);
+            cfg.lofi.mode = *lofi;
+            let (peak, seconds) = step(cfg, &data, &dir.path().join(format!("run{depth}_{i}")));
+            rows.push(Row {
+                label: label.to_string(),
+                peak,
+                seconds,
+            });
+        }
+        let head = rows[0].peak.max(1) as f64;
+        let full = rows[2].peak.max(1) as f64;
+        println!("\nViT-S depth {depth}");
+        println!("| mode | peak step memory (MiB) | x head-only | x full | step time (s) |");
+        println!("|---|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                r.label,
+                mib(r.peak),
+                r.peak as f64 / head,
+                r.peak as f64 / full,
+                r.seconds
+            );
+        }
+    }
+}
