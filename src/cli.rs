@@ -270,6 +270,8 @@ struct PretrainJob<'a> {
     videos: usize,
     /// Output weights; a `.json` report goes next to them.
     out: &'a Path,
+    /// Start from these weights (this crate's layout) instead of random ones.
+    init: Option<&'a Path>,
     quiet: bool,
 }
 
@@ -300,7 +302,12 @@ fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> Resu
         cfg.batch_size,
         job.data.display()
     );
-    let out = e2e_tal::train::pretrain(cfg, &data, job.quiet, device)?;
+    let mut backbone = cfg.backbone.init(device);
+    if let Some(w) = job.init {
+        backbone.load(w, CheckpointFamily::Native)?;
+        println!("starting from {}", w.display());
+    }
+    let out = e2e_tal::train::pretrain::pretrain_from(cfg, &data, backbone, job.quiet, device)?;
     println!(
         "pretrained on {} clips ({} validation) in {:.0}s: train accuracy (last 10% of steps) {:.1}%{}",
         out.clips.0,
@@ -333,38 +340,71 @@ fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> Resu
 /// Default location of the pretrained backbone `train` starts from.
 pub const PRETRAINED: &str = "runs/pretrain/backbone.safetensors";
 
-/// The pretrained backbone for `cfg` at [`PRETRAINED`]: reused when its report says it was
-/// pretrained for the same backbone and clip sampling, pretrained (default settings) otherwise.
+/// Default location of the rewired (reversible) fine-tuned backbone modes `reversible` and
+/// `--rewired` start from.
+pub const PRETRAINED_REWIRED: &str = "runs/pretrain-rewired/backbone.safetensors";
+
+/// Steps of the rewired fine-tuning (Re2TAL: rewire the pretrained network, then fine-tune it
+/// on the classification task so it recovers before TAL).
+pub const REWIRED_STEPS: usize = 300;
+
+/// The pretrained backbone for `cfg`: [`PRETRAINED`], and for a rewired ViT
+/// [`PRETRAINED_REWIRED`] fine-tuned from it. Each is reused when its report says it was made
+/// for the same backbone, clip sampling and form, and made (default settings) otherwise.
 fn pretrained_backbone(cfg: &TrainConfig, quiet: bool, device: &Device) -> Result<PathBuf> {
-    let out = PathBuf::from(PRETRAINED);
+    let base = PretrainConfig::new()
+        .with_backbone(cfg.backbone.clone())
+        .with_clips(cfg.clips.clone());
+    let ordinary = ensure_pretrained(Path::new(PRETRAINED), &base, None, quiet, device)?;
+    if !cfg.uses_rewired_backbone() {
+        return Ok(ordinary);
+    }
+    let rewired = base
+        .with_rewired(true)
+        .with_steps(REWIRED_STEPS)
+        .with_warmup_steps(20)
+        .with_lr(5e-4);
+    ensure_pretrained(
+        Path::new(PRETRAINED_REWIRED),
+        &rewired,
+        Some(&ordinary),
+        quiet,
+        device,
+    )
+}
+
+fn ensure_pretrained(
+    out: &Path,
+    pcfg: &PretrainConfig,
+    init: Option<&Path>,
+    quiet: bool,
+    device: &Device,
+) -> Result<PathBuf> {
     let report = out.with_extension("json");
     if out.is_file() && report.is_file() {
         let r: serde_json::Value = load_config(&report)?;
-        let same = |key: &str, v: serde_json::Value| r["config"][key] == v;
-        if same(
-            "backbone",
-            serde_json::to_value(&cfg.backbone).map_err(json_err)?,
-        ) && same("clips", serde_json::to_value(&cfg.clips).map_err(json_err)?)
+        let want = serde_json::to_value(pcfg).map_err(json_err)?;
+        if ["backbone", "clips", "rewired"]
+            .iter()
+            .all(|k| r["config"][k] == want[k])
         {
             println!("backbone: pretrained weights {} (reused)", out.display());
-            return Ok(out);
+            return Ok(out.to_path_buf());
         }
         println!(
-            "{} was pretrained for another backbone or clip sampling: pretraining again",
+            "{} was pretrained for another backbone, clip sampling or form: pretraining again",
             out.display()
         );
     }
-    let pcfg = PretrainConfig::new()
-        .with_backbone(cfg.backbone.clone())
-        .with_clips(cfg.clips.clone());
     let job = PretrainJob {
         data: Path::new("data/synth-pretrain"),
         videos: PRETRAIN_VIDEOS,
-        out: &out,
+        out,
+        init,
         quiet,
     };
-    pretrain_to(&pcfg, &job, device)?;
-    Ok(out)
+    pretrain_to(pcfg, &job, device)?;
+    Ok(out.to_path_buf())
 }
 
 fn json_err(e: serde_json::Error) -> Error {
@@ -383,11 +423,15 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
         ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
     }
     set!(steps, batch_size, lr, seed);
+    if a.rewired {
+        cfg.rewired = true;
+    }
     let device = backend::device(a.backend.parse()?)?;
     let job = PretrainJob {
         data: &a.data,
         videos: a.videos,
         out: &a.out,
+        init: a.weights.as_deref(),
         quiet: a.quiet,
     };
     pretrain_to(&cfg, &job, &device)

@@ -214,6 +214,13 @@ struct PretrainArgs {
     /// Full configuration as JSON; the flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Start from these backbone weights (e2e-tal layout) instead of random ones.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Train the ViT in its rewired, reversible form (Re2TAL's fine-tuning after rewiring;
+    /// use with --weights of the ordinary pretrained backbone).
+    #[arg(long)]
+    rewired: bool,
     /// Optimisation steps.
     #[arg(long)]
     steps: Option<usize>,

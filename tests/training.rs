@@ -8,6 +8,7 @@ use e2e_tal::data::lofi::LoFiMode;
 use e2e_tal::data::synth::FRAMES_DIR;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::tal::head::HeadConfig;
+use e2e_tal::train::pretrain::pretrain_from;
 use e2e_tal::train::{
     BackboneConfig, Checkpoint, PretrainConfig, RunOptions, TalDataset, TrainConfig, TrainMode,
     TrainOutcome, pretrain, resume, train,
@@ -346,6 +347,23 @@ fn clip_classification_pretraining_learns() {
     );
     assert!(last < 0.7 * first, "loss {first} -> {last}");
     assert!(out.val_accuracy.unwrap() > 0.8, "{:?}", out.val_accuracy);
+
+    // Re2TAL's recipe: rewire the pretrained ViT and fine-tune it in reversible form; it
+    // starts from the pretrained weights (accuracy far above guessing again after few steps)
+    // and a ResNet cannot be rewired this way.
+    let rewired = cfg.clone().with_rewired(true).with_steps(60);
+    let tuned = pretrain_from(&rewired, &data, out.backbone.valid(), true, &device).unwrap();
+    eprintln!("rewired fine-tuning: val acc {:?}", tuned.val_accuracy);
+    assert!(
+        tuned.val_accuracy.unwrap() > 0.8,
+        "{:?}",
+        tuned.val_accuracy
+    );
+    let resnet = rewired.with_backbone(BackboneConfig::ResNet(
+        e2e_tal::backbone::resnet3d::ResNet3dConfig::new(),
+    ));
+    let err = pretrain(&resnet, &data, true, &device).err().unwrap();
+    assert!(err.to_string().contains("ViT"), "{err}");
 }
 
 const PRETRAIN_STEPS: usize = 300;

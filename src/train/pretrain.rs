@@ -47,6 +47,10 @@ pub struct PretrainConfig {
     /// the synthetic benchmark; without it the backbone memorises instances).
     #[config(default = "AugmentConfig::synthetic()")]
     pub augment: AugmentConfig,
+    /// Train (and evaluate) a ViT in its rewired, reversible form (Re2TAL's recipe: rewire a
+    /// pretrained network, then fine-tune it on the classification task before TAL).
+    #[config(default = false)]
+    pub rewired: bool,
     /// Clips per optimisation step.
     #[config(default = 16)]
     pub batch_size: usize,
@@ -149,13 +153,38 @@ pub struct ClipClassifier {
     pub fc: Linear,
 }
 
+/// How [`ClipClassifier::forward`] runs the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackbonePass {
+    /// The ordinary network.
+    Ordinary,
+    /// A ViT rewired into its reversible form, training (stochastic depth keyed by the seed).
+    RewiredTrain(u64),
+    /// A ViT rewired into its reversible form, inference (no graph wanted, no drop path).
+    RewiredInference,
+}
+
 impl ClipClassifier {
     /// Class logits of a batch of clips.
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, K]`
-    pub fn forward(&self, clips: Tensor<5>) -> Result<Tensor<2>> {
-        Ok(self.fc.forward(self.backbone.forward(clips, &[])?.features))
+    pub fn forward(&self, clips: Tensor<5>, pass: BackbonePass) -> Result<Tensor<2>> {
+        let features = match (&self.backbone, pass) {
+            (_, BackbonePass::Ordinary) => self.backbone.forward(clips, &[])?.features,
+            (Backbone::Vit(vit), BackbonePass::RewiredTrain(seed)) => {
+                vit.forward_rewired(clips, seed)?
+            }
+            (Backbone::Vit(vit), BackbonePass::RewiredInference) => {
+                vit.forward_rewired_inference(clips)?
+            }
+            _ => {
+                return Err(Error::Config(
+                    "rewired (reversible) pretraining is implemented for ViT backbones".into(),
+                ));
+            }
+        };
+        Ok(self.fc.forward(features))
     }
 }
 
@@ -183,6 +212,19 @@ pub fn pretrain(
     quiet: bool,
     device: &Device,
 ) -> Result<PretrainOutcome> {
+    let backbone = cfg.backbone.init(device);
+    pretrain_from(cfg, data, backbone, quiet, device)
+}
+
+/// [`pretrain`] starting from `backbone` (e.g. loaded weights to fine-tune, or to rewire with
+/// `cfg.rewired`); the classifier is new.
+pub fn pretrain_from(
+    cfg: &PretrainConfig,
+    data: &TalDataset,
+    backbone: Backbone,
+    quiet: bool,
+    device: &Device,
+) -> Result<PretrainOutcome> {
     if cfg.batch_size == 0 || cfg.steps == 0 {
         return Err(Error::Config(
             "pretraining needs batch_size and steps of at least 1".into(),
@@ -195,8 +237,15 @@ pub fn pretrain(
     } else {
         trimmed_clips(data, Subset::Validation, cfg)?
     };
+    if cfg.rewired && !matches!(backbone, Backbone::Vit(_)) {
+        return Err(Error::Config(
+            "rewired (reversible) pretraining is implemented for ViT backbones".into(),
+        ));
+    }
     let k = data.classes.len() + usize::from(cfg.background);
-    let backbone = cfg.backbone.init(&device);
+    // Fix lazily initialised values, then track gradients on the autodiff device.
+    super::trainer::materialize(&backbone);
+    let backbone = backbone.fork(&device).train();
     let plain = device.clone().without_autodiff();
     let probe = Tensor::<5>::zeros(
         [
@@ -233,7 +282,12 @@ pub fn pretrain(
             .collect();
         let (x, y) = batch_tensors(data, &cfg.clips, &batch, &device)?;
         let x = cfg.augment.apply_per_clip(x, &mut rng);
-        let logits = model.forward(x)?;
+        let pass = if cfg.rewired {
+            BackbonePass::RewiredTrain(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9))
+        } else {
+            BackbonePass::Ordinary
+        };
+        let logits = model.forward(x, pass)?;
         let loss = ce.forward(logits.clone(), y.clone());
         let l = loss.clone().into_scalar::<f32>();
         if !l.is_finite() {
@@ -269,11 +323,17 @@ pub fn pretrain(
     let val_accuracy = if val_clips.is_empty() {
         None
     } else {
+        let pass = if cfg.rewired {
+            BackbonePass::RewiredInference
+        } else {
+            BackbonePass::Ordinary
+        };
         Some(accuracy(
             &model.valid(),
             data,
             &cfg.clips,
             &val_clips,
+            pass,
             &plain,
         )?)
     };
@@ -293,12 +353,13 @@ pub fn accuracy(
     data: &TalDataset,
     clips_cfg: &ClipSamplingConfig,
     clips: &[TrimmedClip],
+    pass: BackbonePass,
     device: &Device,
 ) -> Result<f64> {
     let mut right = 0;
     for chunk in clips.chunks(32) {
         let (x, y) = batch_tensors(data, clips_cfg, chunk, device)?;
-        right += correct(model.forward(x)?, y);
+        right += correct(model.forward(x, pass)?, y);
     }
     Ok(right as f64 / clips.len().max(1) as f64)
 }

@@ -176,7 +176,7 @@ fn new_optimizers(cfg: &TrainConfig) -> (ModuleOptimizer, ModuleOptimizer) {
 }
 
 /// Initialise every lazily initialised parameter of `m` now.
-fn materialize<M: Module>(m: &M) {
+pub(crate) fn materialize<M: Module>(m: &M) {
     struct Touch;
     impl ModuleVisitor for Touch {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
