@@ -47,7 +47,7 @@ fn dataset(data: &Path, cfg: &TrainConfig) -> Result<TalDataset> {
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
     let mode: TrainMode = a.mode.parse()?;
-    let out = a
+    let mut out = a
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(mode.to_string()));
@@ -131,8 +131,32 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             a.backbone,
             out.display()
         );
-        let outcome = e2e_tal::train::train(cfg.clone(), &data, backbone, &opts, &device)?;
-        (outcome, data, cfg)
+        if a.retrain_head {
+            // LoFi-E2E stages 2 and 3: report stage 2, then continue with stage 3's run.
+            let st = e2e_tal::train::stages::end_to_end_then_head(
+                cfg.clone(),
+                cfg.epochs,
+                &data,
+                backbone,
+                &out,
+                a.quiet,
+                &device,
+            )?;
+            if let Some((_, r)) = &st.end_to_end.evaluation {
+                println!(
+                    "stage 2 ({mode}, end to end) validation avg mAP {:.2}% -> {}",
+                    100.0 * r.average_map,
+                    out.join("stage2").display()
+                );
+            }
+            out = out.join("stage3");
+            let c = cfg.clone().with_mode(TrainMode::HeadOnly);
+            println!("stage 3: head retrained at full fidelity on the frozen stage-2 backbone");
+            (st.head, data, c)
+        } else {
+            let outcome = e2e_tal::train::train(cfg.clone(), &data, backbone, &opts, &device)?;
+            (outcome, data, cfg)
+        }
     };
     if let Some(b) = outcome.peak_step_bytes {
         println!(

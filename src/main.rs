@@ -177,6 +177,10 @@ struct TrainArgs {
     /// (r_t 2, r_s sqrt 2), short (cycle S -> T -> ST every 16 steps), long (every epoch).
     #[arg(long)]
     lofi: Option<String>,
+    /// After training backbone + head (LoFi-E2E stage 2, in OUT/stage2), freeze the backbone and
+    /// train a new head at full fidelity on its features (stage 3, in OUT/stage3).
+    #[arg(long, conflicts_with = "resume")]
+    retrain_head: bool,
     /// Augment each step's clips as the synthetic benchmark allows (random channel
     /// permutation, roll by up to 16 pixels; the same for all clips of a step).
     #[arg(long)]

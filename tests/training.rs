@@ -9,6 +9,7 @@ use e2e_tal::data::synth::FRAMES_DIR;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::tal::head::HeadConfig;
 use e2e_tal::train::pretrain::pretrain_from;
+use e2e_tal::train::stages::end_to_end_then_head;
 use e2e_tal::train::{
     BackboneConfig, Checkpoint, PretrainConfig, RunOptions, TalDataset, TrainConfig, TrainMode,
     TrainOutcome, pretrain, resume, train,
@@ -399,4 +400,31 @@ fn lofi_cycle_trains_at_every_fidelity() {
         .unwrap()
         .to_string();
     assert!(err.contains("LoFi"), "{err}");
+}
+
+/// LoFi-E2E stages 2 and 3 in one call: stage 3 keeps the stage-2 backbone exactly (frozen)
+/// and trains a new head at full fidelity; a stage 2 that does not train the backbone is
+/// refused.
+#[test]
+fn stages_two_and_three_freeze_the_adapted_backbone() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let mut cfg = tiny_config(TrainMode::Full, 1);
+    cfg.lofi.mode = LoFiMode::SpatioTemporal;
+    let device = e2e_tal::backend::cpu_device();
+    device.seed(7);
+    let backbone = cfg.backbone.init(&device);
+    let out = dir.path().join("stages");
+    let st = end_to_end_then_head(cfg.clone(), 2, &data, backbone, &out, true, &device).unwrap();
+    assert_eq!(
+        values(&st.head.model.backbone),
+        values(&st.end_to_end.model.backbone)
+    );
+    assert_eq!(st.head.state.history.len(), 2);
+    assert!(st.head.evaluation.is_some() && st.end_to_end.evaluation.is_some());
+    assert!(out.join("stage2/checkpoint").is_dir() && out.join("stage3/features").is_dir());
+    let head_only = cfg.with_mode(TrainMode::HeadOnly);
+    let b = head_only.backbone.init(&device);
+    assert!(end_to_end_then_head(head_only, 1, &data, b, &out, true, &device).is_err());
 }

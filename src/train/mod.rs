@@ -9,6 +9,7 @@ pub mod ema;
 pub mod model;
 pub mod pretrain;
 pub mod schedule;
+pub mod stages;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, EpochLog, TrainState};
