@@ -29,19 +29,22 @@ fn load_config<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
     })
 }
 
-/// Load (or, for a missing synthetic benchmark, generate) the dataset.
-fn dataset(data: &Path, cfg: &TrainConfig) -> Result<TalDataset> {
+/// Load the dataset in `data`, generating the synthetic benchmark `synth` there first when it
+/// has no annotations; every video must hold at least `min_frames` frames.
+fn dataset(data: &Path, synth: &SynthConfig, min_frames: usize) -> Result<TalDataset> {
     let ann = data.join("annotations.json");
     let gt = if ann.is_file() {
         GroundTruth::from_json_file(&ann)?
     } else {
         println!(
-            "{} not found: generating the synthetic benchmark there",
-            ann.display()
+            "{} not found: generating a synthetic benchmark (seed {}, {} videos) there",
+            ann.display(),
+            synth.seed,
+            synth.videos
         );
-        load_or_generate(data, &SynthConfig::new())?.ground_truth
+        load_or_generate(data, synth)?.ground_truth
     };
-    TalDataset::load(&gt, &data.join(FRAMES_DIR), &[], None, cfg.clips.span())
+    TalDataset::load(&gt, &data.join(FRAMES_DIR), &[], None, min_frames)
 }
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
@@ -59,7 +62,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     };
     let (outcome, data, cfg) = if a.resume {
         let ck = Checkpoint::load(&out)?;
-        let data = dataset(&a.data, &ck.meta.config)?;
+        let data = dataset(&a.data, &SynthConfig::new(), ck.meta.config.clips.span())?;
         println!(
             "resuming {} at epoch {}, step {}",
             out.display(),
@@ -99,7 +102,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         }
         cfg.validate()?;
         let t = Instant::now();
-        let data = dataset(&a.data, &cfg)?;
+        let data = dataset(&a.data, &SynthConfig::new(), cfg.clips.span())?;
         let n_train = data.indices(Subset::Training).len();
         println!(
             "dataset: {} ({} training, {} validation videos, {} classes) loaded in {:.1}s",
@@ -301,24 +304,10 @@ struct PretrainJob<'a> {
 
 /// Pretrain `cfg.backbone` by clip classification and write its weights and report.
 fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> Result<()> {
-    let ann = job.data.join("annotations.json");
-    let gt = if ann.is_file() {
-        GroundTruth::from_json_file(&ann)?
-    } else {
-        println!(
-            "{} not found: generating a synthetic benchmark (seed {PRETRAIN_SYNTH_SEED}, {} videos) there",
-            ann.display(),
-            job.videos
-        );
-        load_or_generate(
-            job.data,
-            &SynthConfig::new()
-                .with_seed(PRETRAIN_SYNTH_SEED)
-                .with_videos(job.videos),
-        )?
-        .ground_truth
-    };
-    let data = TalDataset::load(&gt, &job.data.join(FRAMES_DIR), &[], None, cfg.clips.span())?;
+    let synth = SynthConfig::new()
+        .with_seed(PRETRAIN_SYNTH_SEED)
+        .with_videos(job.videos);
+    let data = dataset(job.data, &synth, cfg.clips.span())?;
     device.seed(cfg.seed);
     println!(
         "pretraining the backbone (clip classification, {} steps of {} clips) on {}",

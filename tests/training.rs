@@ -90,6 +90,15 @@ fn tiny_config(mode: TrainMode, epochs: usize) -> TrainConfig {
         .with_lr_backbone(5e-4)
 }
 
+/// Options of a test run: quiet, in `out`, stopping after `stop` steps when given.
+fn quiet_run(out: std::path::PathBuf, stop: Option<usize>) -> RunOptions {
+    RunOptions {
+        out_dir: out,
+        quiet: true,
+        stop_after_steps: stop,
+    }
+}
+
 fn run(
     cfg: TrainConfig,
     data: &TalDataset,
@@ -99,11 +108,7 @@ fn run(
     let device = e2e_tal::backend::cpu_device();
     device.seed(7);
     let backbone = cfg.backbone.init(&device);
-    let opts = RunOptions {
-        out_dir: out.to_path_buf(),
-        quiet: true,
-        stop_after_steps: stop,
-    };
+    let opts = quiet_run(out.to_path_buf(), stop);
     train(cfg, data, backbone, &opts, &device).unwrap()
 }
 
@@ -170,11 +175,7 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     assert_eq!(part.state.global_step, 4);
     let ck = Checkpoint::load(&dir.path().join("part")).unwrap();
     assert_eq!((ck.meta.state.epoch, ck.meta.state.step_in_epoch), (0, 4));
-    let opts = RunOptions {
-        out_dir: dir.path().join("part"),
-        quiet: true,
-        stop_after_steps: None,
-    };
+    let opts = quiet_run(dir.path().join("part"), None);
     let resumed = resume(&data, &opts, &e2e_tal::backend::cpu_device()).unwrap();
     assert_eq!(resumed.state.global_step, 12);
     let (r, w) = (values(&resumed.model), values(&whole.model));
@@ -296,11 +297,7 @@ fn bad_input_gets_errors_naming_it() {
     .to_string();
     assert!(e.contains("synth_00000"), "{e}");
     // Resuming where there is no checkpoint.
-    let opts = RunOptions {
-        out_dir: dir.path().join("nothing"),
-        quiet: true,
-        stop_after_steps: None,
-    };
+    let opts = quiet_run(dir.path().join("nothing"), None);
     let e = resume(&data, &opts, &e2e_tal::backend::cpu_device())
         .err()
         .unwrap()
@@ -310,11 +307,7 @@ fn bad_input_gets_errors_naming_it() {
     let out = dir.path().join("run");
     run(tiny_config(TrainMode::HeadOnly, 1), &data, &out, Some(1));
     std::fs::write(out.join("checkpoint").join("model.bpk"), b"not a model").unwrap();
-    let opts = RunOptions {
-        out_dir: out,
-        quiet: true,
-        stop_after_steps: None,
-    };
+    let opts = quiet_run(out, None);
     let e = resume(&data, &opts, &e2e_tal::backend::cpu_device())
         .err()
         .unwrap()
@@ -382,11 +375,7 @@ fn lofi_cycle_trains_at_every_fidelity() {
     device.seed(7);
     let backbone = cfg.backbone.init(&device);
     let before = values(&backbone);
-    let opts = RunOptions {
-        out_dir: dir.path().join("lofi"),
-        quiet: true,
-        stop_after_steps: None,
-    };
+    let opts = quiet_run(dir.path().join("lofi"), None);
     let out = train(cfg.clone(), &data, backbone, &opts, &device).unwrap();
     assert_eq!(out.state.global_step, 6);
     assert!(out.state.history[0].mean_loss.is_finite());

@@ -388,6 +388,19 @@ fn run(
     normalizer.value = meta.state.normalizer;
     let mut peak: Option<usize> = None;
     let mut stopped = false;
+    // Everything a checkpoint holds, as it stands at the call.
+    macro_rules! save_checkpoint {
+        () => {
+            checkpoint::save(
+                &opts.out_dir,
+                &meta,
+                &model,
+                ema.as_ref(),
+                &opt_backbone,
+                &opt_head,
+            )
+        };
+    }
     while meta.state.epoch < cfg.epochs {
         let epoch = meta.state.epoch;
         let mut order = ctx.train_idx.clone();
@@ -439,14 +452,7 @@ fn run(
                 st.epoch_loss_sum / st.step_in_epoch as f64
             ));
             if cfg.checkpoint_every > 0 && st.global_step.is_multiple_of(cfg.checkpoint_every) {
-                checkpoint::save(
-                    &opts.out_dir,
-                    &meta,
-                    &model,
-                    ema.as_ref(),
-                    &opt_backbone,
-                    &opt_head,
-                )?;
+                save_checkpoint!()?;
             }
         }
         if stopped {
@@ -484,24 +490,10 @@ fn run(
         st.step_in_epoch = 0;
         st.epoch_loss_sum = 0.0;
         st.epoch_seconds = 0.0;
-        checkpoint::save(
-            &opts.out_dir,
-            &meta,
-            &model,
-            ema.as_ref(),
-            &opt_backbone,
-            &opt_head,
-        )?;
+        save_checkpoint!()?;
     }
     if stopped {
-        checkpoint::save(
-            &opts.out_dir,
-            &meta,
-            &model,
-            ema.as_ref(),
-            &opt_backbone,
-            &opt_head,
-        )?;
+        save_checkpoint!()?;
     }
     bar.finish_and_clear();
     crate::io::write_json_atomic(&opts.out_dir.join("metrics.json"), &meta.state.history)?;
