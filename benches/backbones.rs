@@ -11,14 +11,13 @@ use e2e_tal::backbone::resnet3d::{ResNet3dConfig, ResNetKind};
 use e2e_tal::backbone::swin::SwinConfig;
 use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::backbone::{Backbone, BackbonePreset};
-use e2e_tal::backend::cpu_device;
 use e2e_tal::memory::{self, CountingAllocator, mib};
 
 #[global_allocator]
 static ALLOC: CountingAllocator = CountingAllocator;
 
 fn tiny(name: &str) -> Backbone {
-    let d = cpu_device();
+    let d = bench_device();
     match name {
         "vit-tiny" => Backbone::Vit(
             VitConfig::new()
@@ -48,7 +47,7 @@ fn tiny(name: &str) -> Backbone {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[usize] = if quick { &[112] } else { &[112, 224] };
-    let device = cpu_device();
+    let device = bench_device();
     let mut rows: Vec<(String, Backbone)> = ["vit-tiny", "swin-tiny", "r3d-tiny"]
         .iter()
         .map(|n| (n.to_string(), tiny(n)))
@@ -62,7 +61,8 @@ fn main() {
         rows.push((p.name().to_string(), p.init(&device)));
     }
     println!(
-        "\nBackbone forward, one clip of 16 frames, CPU (Flex), f32, inference (no autodiff)\n"
+        "\nBackbone forward, one clip of 16 frames, {}, f32, inference (no autodiff)\n",
+        e2e_tal::backend::kind_from_args().map_or("?".into(), |k| k.to_string())
     );
     println!("| backbone | params (M) | input | forward (s) | peak activation memory (MiB) |");
     println!("|---|---|---|---|---|");
@@ -78,7 +78,7 @@ fn main() {
         for &s in sizes {
             let x = Tensor::<5>::random([1, 3, 16, s, s], Distribution::Default, &device);
             let t = Instant::now();
-            let (out, peak) = memory::measure(|| {
+            let (out, peak) = memory::measure_on(&device, || {
                 let out = model.forward(x.clone(), &[]).expect("forward");
                 // Read back so the (lazy) computation really runs inside the measurement.
                 out.features.into_data()
@@ -89,4 +89,11 @@ fn main() {
             println!("| {name} | {params:.1} | 16x{s}x{s} | {secs:.2} | {peak} |");
         }
     }
+}
+
+/// The device named by `--backend cpu|wgpu|cuda` (or `E2E_TAL_BACKEND`); CPU by default.
+fn bench_device() -> burn::tensor::Device {
+    e2e_tal::backend::kind_from_args()
+        .and_then(e2e_tal::backend::device)
+        .unwrap_or_else(|e| panic!("{e}"))
 }

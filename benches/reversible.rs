@@ -12,7 +12,6 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use e2e_tal::backbone::vit::{VisionTransformer, VitBlock, VitConfig};
-use e2e_tal::backend::cpu_device;
 use e2e_tal::memory::{self, CountingAllocator, mib};
 use e2e_tal::reversible::{Drift, RevChain};
 
@@ -74,7 +73,8 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let tokens = if quick { 8 * 7 * 7 } else { 8 * 14 * 14 };
     println!(
-        "\nOne training step through ViT-S blocks, {tokens} tokens, batch 1, f32, CPU (Flex)\n"
+        "\nOne training step through ViT-S blocks, {tokens} tokens, batch 1, f32, {}\n",
+        e2e_tal::backend::kind_from_args().map_or("?".into(), |k| k.to_string())
     );
     println!(
         "| depth | mode | step (s) | params (MiB) | peak during step (MiB) | activations = peak - grads (MiB) |"
@@ -83,8 +83,8 @@ fn main() {
     for depth in [6, 12, 24] {
         for mode in [Mode::Plain, Mode::Checkpointing, Mode::Reversible] {
             let device = match mode {
-                Mode::Checkpointing => cpu_device().autodiff().gradient_checkpointing(),
-                _ => cpu_device().autodiff(),
+                Mode::Checkpointing => bench_device().autodiff().gradient_checkpointing(),
+                _ => bench_device().autodiff(),
             };
             let model = vit_s(depth, &device);
             let param_bytes = model.blocks.num_params() * 4;
@@ -94,7 +94,8 @@ fn main() {
             let _ = model.blocks.valid();
             // Warm-up (thread pools, caches), untimed.
             let _ = step(mode, &model.blocks[..1], &x, &w);
-            let ((secs, n), peak) = memory::measure(|| step(mode, &model.blocks, &x, &w));
+            let ((secs, n), peak) =
+                memory::measure_on(&device, || step(mode, &model.blocks, &x, &w));
             assert_eq!(n, 15 * depth, "one gradient per block parameter tensor");
             let peak = peak.unwrap_or(0);
             println!(
@@ -112,12 +113,12 @@ fn main() {
     );
     println!("| depth (blocks) | max abs | max rel |");
     println!("|---|---|---|");
-    let device = cpu_device().autodiff();
+    let device = bench_device().autodiff();
     let deep = vit_s(48, &device);
     let x = Tensor::<3>::random(
         [1, tokens, 384],
         Distribution::Normal(0.0, 1.0),
-        &cpu_device(),
+        &bench_device(),
     );
     for depth in [3, 6, 12, 24, 48] {
         let rev = RevChain::new(&deep.blocks[..depth]).with_drop_path_seed(3);
@@ -127,4 +128,11 @@ fn main() {
         let d = Drift::measure(rec, x.clone());
         println!("| {depth} | {:.2e} | {:.2e} |", d.max_abs, d.max_rel);
     }
+}
+
+/// The device named by `--backend cpu|wgpu|cuda` (or `E2E_TAL_BACKEND`); CPU by default.
+fn bench_device() -> burn::tensor::Device {
+    e2e_tal::backend::kind_from_args()
+        .and_then(e2e_tal::backend::device)
+        .unwrap_or_else(|e| panic!("{e}"))
 }

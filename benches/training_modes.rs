@@ -68,7 +68,7 @@ fn config(depth: usize, size: usize, clips: &ClipSamplingConfig) -> TrainConfig 
 }
 
 fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, f64) {
-    let device = e2e_tal::backend::cpu_device();
+    let device = bench_device();
     device.seed(0);
     let backbone = cfg.backbone.init(&device);
     let opts = RunOptions {
@@ -132,4 +132,11 @@ fn main() {
             );
         }
     }
+}
+
+/// The device named by `--backend cpu|wgpu|cuda` (or `E2E_TAL_BACKEND`); CPU by default.
+fn bench_device() -> burn::tensor::Device {
+    e2e_tal::backend::kind_from_args()
+        .and_then(e2e_tal::backend::device)
+        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -82,6 +82,22 @@ pub fn device(kind: BackendKind) -> Result<Device> {
     }
 }
 
+/// The backend named by `--backend <name>` (or `--backend=<name>`) among the process's
+/// arguments, else by the `E2E_TAL_BACKEND` environment variable, else the CPU. For benches and
+/// examples whose other arguments are parsed elsewhere.
+pub fn kind_from_args() -> Result<BackendKind> {
+    let args: Vec<String> = std::env::args().collect();
+    let named = args.iter().enumerate().find_map(|(i, a)| {
+        a.strip_prefix("--backend=")
+            .map(str::to_owned)
+            .or_else(|| (a == "--backend").then(|| args.get(i + 1).cloned().unwrap_or_default()))
+    });
+    match named.or_else(|| std::env::var("E2E_TAL_BACKEND").ok()) {
+        Some(name) => name.parse(),
+        None => Ok(BackendKind::Cpu),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,6 +128,20 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             let r = backbone.load(w, family)?;
             println!("backbone: {} tensors from {}", r.applied.len(), w.display());
         }
+        if let Some(b) = &a.memory_budget {
+            let budget = e2e_tal::train::budget::parse_bytes(b)?;
+            let choice = e2e_tal::train::budget::choose_fidelity(
+                &cfg,
+                &data,
+                &backbone,
+                budget,
+                &e2e_tal::train::budget::candidate_fidelities(),
+                &out.join("budget-probes"),
+                &device,
+            )?;
+            println!("{choice}");
+            cfg.lofi.mode = choice.mode();
+        }
         println!(
             "training: mode {mode}, {} epochs, backbone {}, run folder {}",
             cfg.epochs,

@@ -177,6 +177,11 @@ struct TrainArgs {
     /// (r_t 2, r_s sqrt 2), short (cycle S -> T -> ST every 16 steps), long (every epoch).
     #[arg(long)]
     lofi: Option<String>,
+    /// LoFi-E2E budget mode: measure one training step at r_t in {1,2,4} x r_s in {1, sqrt 2,
+    /// 2} on the longest training video and train at the highest fidelity whose step fits this
+    /// many bytes (e.g. 300MiB, 2GiB; a bare number is MiB). Prints the measurements.
+    #[arg(long, conflicts_with = "lofi")]
+    memory_budget: Option<String>,
     /// After training backbone + head (LoFi-E2E stage 2, in OUT/stage2), freeze the backbone and
     /// train a new head at full fidelity on its features (stage 3, in OUT/stage3).
     #[arg(long, conflicts_with = "resume")]

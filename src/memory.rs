@@ -1,4 +1,5 @@
-//! Peak memory measurement on CPU backends.
+//! Peak memory measurement: a counting allocator on CPU backends, the device's memory pools on
+//! CubeCL backends, behind one function ([`measure_on`]).
 //!
 //! Flex and NdArray report no memory usage of their own, so benches install
 //! [`CountingAllocator`] as the global allocator and read its counters:
@@ -11,6 +12,8 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use burn::tensor::Device;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
@@ -75,6 +78,35 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, Option<usize>) {
     let peak = PEAK.load(Ordering::Relaxed);
     let active = ACTIVE.load(Ordering::Relaxed);
     (out, active.then(|| peak.saturating_sub(base)))
+}
+
+/// Run `f` on `device` and return its result with the peak memory it needed, on every backend:
+///
+/// - CPU backends (Flex, NdArray report no pool usage): the counting allocator, as
+///   [`measure`]; `None` when [`CountingAllocator`] is not the global allocator.
+/// - CubeCL backends (wgpu, cuda): the device's memory pools. Pools keep a lifetime high-water
+///   mark of their pages, so the reading is that mark after `f` minus the bytes in use before
+///   it: exact when `f` sets a new peak, an upper bound when an earlier workload was larger.
+///   Measure configurations from the cheapest to the most expensive, or one per process.
+pub fn measure_on<T>(device: &Device, f: impl FnOnce() -> T) -> (T, Option<usize>) {
+    let Some(before) = device.memory_pool_usage() else {
+        return measure(f);
+    };
+    let _ = device.sync();
+    let in_use = device
+        .memory_pool_usage()
+        .map_or(before.bytes_in_use, |u| u.bytes_in_use);
+    let out = f();
+    let _ = device.sync();
+    let high_water: u64 = device
+        .memory_pool_report()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.page_size * p.pages_peak)
+        .sum();
+    let reserved = device.memory_pool_usage().map_or(0, |u| u.bytes_reserved);
+    let peak = high_water.max(reserved).saturating_sub(in_use);
+    (out, Some(peak as usize))
 }
 
 /// `bytes` as MiB with one decimal.

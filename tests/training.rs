@@ -15,6 +15,10 @@ use e2e_tal::train::{
     TrainOutcome, pretrain, resume, train,
 };
 
+/// Budget mode measures training steps with it (the trainer reports a step's peak through it).
+#[global_allocator]
+static ALLOC: e2e_tal::memory::CountingAllocator = e2e_tal::memory::CountingAllocator;
+
 /// Burn's random number generator is process-wide: training runs in parallel test threads
 /// would draw from it in turn and stop being reproducible, so the tests here run one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -416,4 +420,50 @@ fn stages_two_and_three_freeze_the_adapted_backbone() {
     let head_only = cfg.with_mode(TrainMode::HeadOnly);
     let b = head_only.backbone.init(&device);
     assert!(end_to_end_then_head(head_only, 1, &data, b, &out, true, &device).is_err());
+}
+
+/// LoFi-E2E budget mode measures one real step per candidate fidelity, cheapest first, and
+/// chooses full fidelity under an ample budget; a budget below every measurement is an error
+/// naming the cheapest candidate; head-only is refused. Probe folders are removed.
+#[test]
+fn budget_mode_measures_each_fidelity_and_chooses_what_fits() {
+    use e2e_tal::data::lofi::Fidelity;
+    use e2e_tal::train::budget::{candidate_fidelities, choose_fidelity};
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let cfg = tiny_config(TrainMode::Full, 1);
+    let device = e2e_tal::backend::cpu_device();
+    device.seed(7);
+    let backbone = cfg.backbone.init(&device);
+    let scratch = dir.path().join("probes");
+    let cands = candidate_fidelities();
+    let choose = |cfg: &TrainConfig, budget| {
+        choose_fidelity(cfg, &data, &backbone, budget, &cands, &scratch, &device)
+    };
+    let ample = choose(&cfg, 1 << 40).unwrap();
+    assert!(!scratch.exists());
+    assert_eq!(ample.probes.len(), 9);
+    assert!(ample.probes.windows(2).all(|w| w[0].pixels <= w[1].pixels));
+    assert_eq!(ample.chosen, Fidelity::full());
+    let peak = |t, s: f64| {
+        ample
+            .probes
+            .iter()
+            .find(|p| p.fidelity.temporal == t && p.fidelity.spatial == s)
+            .unwrap()
+            .peak_bytes
+    };
+    assert!(peak(1, 1.0) > peak(4, 2.0), "{ample}");
+    assert!(ample.to_string().contains("| chosen |"), "{ample}");
+    let err = choose(&cfg, 1024).err().unwrap().to_string();
+    assert!(
+        err.contains("no fidelity fits") && err.contains("r_t 4 r_s 2.000"),
+        "{err}"
+    );
+    let err = choose(&cfg.clone().with_mode(TrainMode::HeadOnly), 1 << 40)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("budget mode"), "{err}");
 }

@@ -63,6 +63,20 @@ impl Fidelity {
         (s(height), s(width))
     }
 
+    /// [`Self::frame_size`] snapped to the nearest multiple of `multiple` (a backbone's patch
+    /// size: ST-LoFi's r_s = sqrt 2 on 64 pixels gives 45 -> 48), within `multiple..=full`.
+    pub fn frame_size_snapped(
+        &self,
+        height: usize,
+        width: usize,
+        multiple: usize,
+    ) -> (usize, usize) {
+        let (h, w) = self.frame_size(height, width);
+        let m = multiple.max(1);
+        let snap = |x: usize, full: usize| (((x + m / 2) / m) * m).clamp(m.min(full), full);
+        (snap(h, height), snap(w, width))
+    }
+
     /// Pixels the clips of a video of `frames` frames of `height x width` hold at this
     /// fidelity (the quantity that sets activation memory).
     pub fn pixels(
@@ -72,6 +86,19 @@ impl Fidelity {
         height: usize,
         width: usize,
     ) -> usize {
+        self.pixels_snapped(full, frames, height, width, 1)
+    }
+
+    /// [`Self::pixels`] with frame sizes snapped as [`Self::frame_size_snapped`] (what the
+    /// trainer feeds a backbone of that patch size).
+    pub fn pixels_snapped(
+        &self,
+        full: &ClipSamplingConfig,
+        frames: usize,
+        height: usize,
+        width: usize,
+        multiple: usize,
+    ) -> usize {
         let cfg = self.clips(full);
         let span = cfg.span();
         let clips = if frames < span {
@@ -79,7 +106,7 @@ impl Fidelity {
         } else {
             (frames - span).div_ceil(cfg.snippet_stride) + 1
         };
-        let (h, w) = self.frame_size(height, width);
+        let (h, w) = self.frame_size_snapped(height, width, multiple);
         clips * cfg.clip_frames * h * w
     }
 }
@@ -102,6 +129,12 @@ pub enum LoFiMode {
     },
     /// C-LoFi, switching S -> T -> ST every epoch.
     LongCycle,
+    /// One fidelity for every batch, e.g. the one budget mode chose
+    /// ([`crate::train::budget::choose_fidelity`]).
+    Fixed {
+        /// Its factors.
+        fidelity: Fidelity,
+    },
 }
 
 /// Samplers with their factors (defaults: the paper's).
@@ -132,6 +165,7 @@ impl LoFiConfig {
             LoFiMode::SpatioTemporal => self.spatio_temporal,
             LoFiMode::ShortCycle { batches } => cycle[(batch / batches.max(1)) % 3],
             LoFiMode::LongCycle => cycle[epoch % 3],
+            LoFiMode::Fixed { fidelity } => fidelity,
         }
     }
 }
@@ -139,6 +173,27 @@ impl LoFiConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapped_sizes_are_patch_multiples_within_the_frame() {
+        let st = Fidelity::spatio_temporal_default();
+        assert_eq!(st.frame_size(64, 64), (45, 45));
+        assert_eq!(st.frame_size_snapped(64, 64, 16), (48, 48));
+        assert_eq!(
+            Fidelity::spatial_default().frame_size_snapped(64, 40, 16),
+            (32, 16)
+        );
+        // Never below one patch, never above the full frame.
+        let tiny = Fidelity::new().with_spatial(8.0);
+        assert_eq!(tiny.frame_size_snapped(64, 64, 16), (16, 16));
+        assert_eq!(Fidelity::full().frame_size_snapped(64, 48, 16), (64, 48));
+        let clips = ClipSamplingConfig::new();
+        let frames = clips.span() + 9 * clips.snippet_stride;
+        assert_eq!(
+            st.pixels_snapped(&clips, frames, 64, 64, 16),
+            st.pixels(&clips, frames, 64, 64) / (45 * 45) * (48 * 48)
+        );
+    }
 
     #[test]
     fn short_and_long_cycles_are_exact() {

@@ -272,11 +272,18 @@ impl TrainConfig {
                     .into(),
             );
         }
+        let fixed = match self.lofi.mode {
+            LoFiMode::Fixed { fidelity } => Some(fidelity),
+            _ => None,
+        };
         for f in [
             self.lofi.spatial,
             self.lofi.temporal,
             self.lofi.spatio_temporal,
-        ] {
+        ]
+        .into_iter()
+        .chain(fixed)
+        {
             if f.temporal == 0 || !(f.spatial.is_finite() && f.spatial >= 1.0) {
                 return bad(format!(
                     "LoFi factors must be r_t >= 1 and r_s >= 1, got r_t {} r_s {}",

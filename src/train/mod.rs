@@ -2,6 +2,7 @@
 //! (Re2TAL) and `adapter` (LoSA) over one loop, checkpoints with exact resume, evaluation.
 //! See `docs/training.md`.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;

@@ -301,10 +301,7 @@ impl Ctx<'_> {
     /// Frame size of `fidelity` for `height x width` frames, snapped to the nearest multiple
     /// of the backbone's patch (ST-LoFi's r_s = sqrt 2 on 64 pixels: 45 -> 48).
     fn lofi_size(&self, fidelity: &Fidelity, height: usize, width: usize) -> (usize, usize) {
-        let (h, w) = fidelity.frame_size(height, width);
-        let m = self.spatial_multiple.max(1);
-        let snap = |x: usize, full: usize| (((x + m / 2) / m) * m).clamp(m.min(full), full);
-        (snap(h, height), snap(w, width))
+        fidelity.frame_size_snapped(height, width, self.spatial_multiple)
     }
 
     /// The clip window of a step: `(start, count)`.
@@ -416,7 +413,7 @@ fn run(
             let v = order[meta.state.step_in_epoch];
             let fidelity = cfg.lofi.fidelity(epoch, meta.state.step_in_epoch);
             let t0 = Instant::now();
-            let (result, bytes) = crate::memory::measure(|| {
+            let (result, bytes) = crate::memory::measure_on(&ctx.device, || {
                 train_step(
                     &ctx,
                     model,
@@ -524,6 +521,7 @@ fn resize_for_lofi(ctx: &mut Ctx, (h, w): (usize, usize)) {
         LoFiMode::Full | LoFiMode::Temporal => vec![],
         LoFiMode::Spatial => vec![lofi.spatial],
         LoFiMode::SpatioTemporal => vec![lofi.spatio_temporal],
+        LoFiMode::Fixed { fidelity } => vec![fidelity],
         LoFiMode::ShortCycle { .. } | LoFiMode::LongCycle => {
             vec![lofi.spatial, lofi.temporal, lofi.spatio_temporal]
         }
