@@ -92,10 +92,24 @@ pub fn kind_from_args() -> Result<BackendKind> {
             .map(str::to_owned)
             .or_else(|| (a == "--backend").then(|| args.get(i + 1).cloned().unwrap_or_default()))
     });
-    match named.or_else(|| std::env::var("E2E_TAL_BACKEND").ok()) {
+    match named {
         Some(name) => name.parse(),
-        None => Ok(BackendKind::Cpu),
+        None => kind_from_env(),
     }
+}
+
+/// The backend named by the `E2E_TAL_BACKEND` environment variable (`cpu` when unset).
+pub fn kind_from_env() -> Result<BackendKind> {
+    match std::env::var("E2E_TAL_BACKEND") {
+        Ok(name) if !name.is_empty() => name.parse(),
+        _ => Ok(BackendKind::Cpu),
+    }
+}
+
+/// The device of [`kind_from_env`]: how the test suite runs on wgpu or cuda
+/// (`E2E_TAL_BACKEND=wgpu cargo test --features wgpu ...`, see `docs/backends.md`).
+pub fn device_from_env() -> Result<Device> {
+    kind_from_env().and_then(device)
 }
 
 #[cfg(test)]

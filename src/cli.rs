@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::Device;
 use e2e_tal::backbone::BackbonePreset;
 use e2e_tal::data::lofi::LoFiMode;
-use e2e_tal::data::synth::{FRAMES_DIR, load_or_generate};
+use e2e_tal::data::synth::FRAMES_DIR;
 use e2e_tal::data::{FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, VideoDetections};
 use e2e_tal::eval::timeline::write_timeline;
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
@@ -17,35 +16,11 @@ use e2e_tal::train::{
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::{Error, Result, backend};
 
+use e2e_tal::train::workspace::{
+    PretrainJob, load_dataset, pretrain_to, pretrained_backbone,
+};
+
 use super::{InferArgs, PretrainArgs, TrainArgs, print_report};
-
-fn load_config<C: serde::de::DeserializeOwned>(path: &Path) -> Result<C> {
-    let text = e2e_tal::io::read_to_string(path)?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        line: e.line(),
-        column: e.column(),
-        message: e.to_string(),
-    })
-}
-
-/// Load the dataset in `data`, generating the synthetic benchmark `synth` there first when it
-/// has no annotations; every video must hold at least `min_frames` frames.
-fn dataset(data: &Path, synth: &SynthConfig, min_frames: usize) -> Result<TalDataset> {
-    let ann = data.join("annotations.json");
-    let gt = if ann.is_file() {
-        GroundTruth::from_json_file(&ann)?
-    } else {
-        println!(
-            "{} not found: generating a synthetic benchmark (seed {}, {} videos) there",
-            ann.display(),
-            synth.seed,
-            synth.videos
-        );
-        load_or_generate(data, synth)?.ground_truth
-    };
-    TalDataset::load(&gt, &data.join(FRAMES_DIR), &[], None, min_frames)
-}
 
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
@@ -62,7 +37,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     };
     let (outcome, data, cfg) = if a.resume {
         let ck = Checkpoint::load(&out)?;
-        let data = dataset(&a.data, &SynthConfig::new(), ck.meta.config.clips.span())?;
+        let data = load_dataset(&a.data, &SynthConfig::new(), ck.meta.config.clips.span())?;
         println!(
             "resuming {} at epoch {}, step {}",
             out.display(),
@@ -73,7 +48,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         (outcome, data, ck.meta.config)
     } else {
         let mut cfg = match &a.config {
-            Some(p) => load_config(p)?,
+            Some(p) => e2e_tal::io::read_json(p)?,
             None => TrainConfig::new(),
         };
         cfg.mode = mode;
@@ -95,14 +70,14 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             seed
         );
         if let Some(l) = &a.lofi {
-            cfg.lofi.mode = parse_lofi(l)?;
+            cfg.lofi.mode = LoFiMode::from_name(l)?;
         }
         if a.augment {
             cfg.augment = e2e_tal::data::augment::AugmentConfig::synthetic();
         }
         cfg.validate()?;
         let t = Instant::now();
-        let data = dataset(&a.data, &SynthConfig::new(), cfg.clips.span())?;
+        let data = load_dataset(&a.data, &SynthConfig::new(), cfg.clips.span())?;
         let n_train = data.indices(Subset::Training).len();
         println!(
             "dataset: {} ({} training, {} validation videos, {} classes) loaded in {:.1}s",
@@ -300,150 +275,9 @@ pub fn run_infer(a: InferArgs) -> Result<()> {
     Ok(())
 }
 
-/// Seed of the synthetic set used for pretraining (the TAL benchmark uses 0).
-pub const PRETRAIN_SYNTH_SEED: u64 = 1;
-
-/// Where and on what a backbone is pretrained.
-struct PretrainJob<'a> {
-    /// Dataset folder (generated with seed [`PRETRAIN_SYNTH_SEED`] if missing).
-    data: &'a Path,
-    /// Videos of a generated set.
-    videos: usize,
-    /// Output weights; a `.json` report goes next to them.
-    out: &'a Path,
-    /// Start from these weights (this crate's layout) instead of random ones.
-    init: Option<&'a Path>,
-    quiet: bool,
-}
-
-/// Pretrain `cfg.backbone` by clip classification and write its weights and report.
-fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> Result<()> {
-    let synth = SynthConfig::new()
-        .with_seed(PRETRAIN_SYNTH_SEED)
-        .with_videos(job.videos);
-    let data = dataset(job.data, &synth, cfg.clips.span())?;
-    device.seed(cfg.seed);
-    println!(
-        "pretraining the backbone (clip classification, {} steps of {} clips) on {}",
-        cfg.steps,
-        cfg.batch_size,
-        job.data.display()
-    );
-    let mut backbone = cfg.backbone.init(device);
-    if let Some(w) = job.init {
-        backbone.load(w, CheckpointFamily::Native)?;
-        println!("starting from {}", w.display());
-    }
-    let out = e2e_tal::train::pretrain::pretrain_from(cfg, &data, backbone, job.quiet, device)?;
-    println!(
-        "pretrained on {} clips ({} validation) in {:.0}s: train accuracy (last 10% of steps) {:.1}%{}",
-        out.clips.0,
-        out.clips.1,
-        out.seconds,
-        100.0 * out.train_accuracy,
-        out.val_accuracy
-            .map(|v| format!(", validation accuracy {:.1}%", 100.0 * v))
-            .unwrap_or_default()
-    );
-    if let Some(dir) = job.out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    out.backbone.save(job.out)?;
-    let report = serde_json::json!({
-        "config": cfg,
-        "data": job.data,
-        "train_clips": out.clips.0,
-        "val_clips": out.clips.1,
-        "train_accuracy": out.train_accuracy,
-        "val_accuracy": out.val_accuracy,
-        "losses": out.losses,
-        "seconds": out.seconds,
-    });
-    e2e_tal::io::write_json_atomic(&job.out.with_extension("json"), &report)?;
-    println!("backbone weights: {}", job.out.display());
-    Ok(())
-}
-
-/// Default location of the pretrained backbone `train` starts from.
-pub const PRETRAINED: &str = "runs/pretrain/backbone.safetensors";
-
-/// Default location of the rewired (reversible) fine-tuned backbone modes `reversible` and
-/// `--rewired` start from.
-pub const PRETRAINED_REWIRED: &str = "runs/pretrain-rewired/backbone.safetensors";
-
-/// Steps of the rewired fine-tuning (Re2TAL: rewire the pretrained network, then fine-tune it
-/// on the classification task so it recovers before TAL).
-pub const REWIRED_STEPS: usize = 300;
-
-/// The pretrained backbone for `cfg`: [`PRETRAINED`], and for a rewired ViT
-/// [`PRETRAINED_REWIRED`] fine-tuned from it. Each is reused when its report says it was made
-/// for the same backbone, clip sampling and form, and made (default settings) otherwise.
-fn pretrained_backbone(cfg: &TrainConfig, quiet: bool, device: &Device) -> Result<PathBuf> {
-    let base = PretrainConfig::new()
-        .with_backbone(cfg.backbone.clone())
-        .with_clips(cfg.clips.clone());
-    let ordinary = ensure_pretrained(Path::new(PRETRAINED), &base, None, quiet, device)?;
-    if !cfg.uses_rewired_backbone() {
-        return Ok(ordinary);
-    }
-    let rewired = base
-        .with_rewired(true)
-        .with_steps(REWIRED_STEPS)
-        .with_warmup_steps(20)
-        .with_lr(5e-4);
-    ensure_pretrained(
-        Path::new(PRETRAINED_REWIRED),
-        &rewired,
-        Some(&ordinary),
-        quiet,
-        device,
-    )
-}
-
-fn ensure_pretrained(
-    out: &Path,
-    pcfg: &PretrainConfig,
-    init: Option<&Path>,
-    quiet: bool,
-    device: &Device,
-) -> Result<PathBuf> {
-    let report = out.with_extension("json");
-    if out.is_file() && report.is_file() {
-        let r: serde_json::Value = load_config(&report)?;
-        let want = serde_json::to_value(pcfg).map_err(json_err)?;
-        if ["backbone", "clips", "rewired"]
-            .iter()
-            .all(|k| r["config"][k] == want[k])
-        {
-            println!("backbone: pretrained weights {} (reused)", out.display());
-            return Ok(out.to_path_buf());
-        }
-        println!(
-            "{} was pretrained for another backbone, clip sampling or form: pretraining again",
-            out.display()
-        );
-    }
-    let job = PretrainJob {
-        data: Path::new("data/synth-pretrain"),
-        videos: PRETRAIN_VIDEOS,
-        out,
-        init,
-        quiet,
-    };
-    pretrain_to(pcfg, &job, device)?;
-    Ok(out.to_path_buf())
-}
-
-fn json_err(e: serde_json::Error) -> Error {
-    Error::Config(format!("cannot serialise a configuration: {e}"))
-}
-
-/// Videos of the generated pretraining set.
-pub const PRETRAIN_VIDEOS: usize = 160;
-
 pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
     let mut cfg = match &a.config {
-        Some(p) => load_config(p)?,
+        Some(p) => e2e_tal::io::read_json(p)?,
         None => PretrainConfig::new(),
     };
     macro_rules! set {
@@ -464,19 +298,3 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
     pretrain_to(&cfg, &job, &device)
 }
 
-/// `--lofi` names.
-fn parse_lofi(s: &str) -> Result<LoFiMode> {
-    Ok(match s.to_ascii_lowercase().as_str() {
-        "full" => LoFiMode::Full,
-        "s" => LoFiMode::Spatial,
-        "t" => LoFiMode::Temporal,
-        "st" => LoFiMode::SpatioTemporal,
-        "short" => LoFiMode::ShortCycle { batches: 16 },
-        "long" => LoFiMode::LongCycle,
-        _ => {
-            return Err(Error::Config(format!(
-                "unknown --lofi `{s}` (expected full, s, t, st, short or long)"
-            )));
-        }
-    })
-}

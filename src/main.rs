@@ -215,10 +215,10 @@ struct PretrainArgs {
     #[arg(long, default_value = "data/synth-pretrain")]
     data: PathBuf,
     /// Videos of a generated pretraining set.
-    #[arg(long, default_value_t = cli::PRETRAIN_VIDEOS)]
+    #[arg(long, default_value_t = e2e_tal::train::workspace::PRETRAIN_VIDEOS)]
     videos: usize,
     /// Output backbone weights (safetensors, e2e-tal layout; `train --weights` loads them).
-    #[arg(long, default_value = cli::PRETRAINED)]
+    #[arg(long, default_value = e2e_tal::train::workspace::PRETRAINED)]
     out: PathBuf,
     /// Full configuration as JSON; the flags below override it.
     #[arg(long)]

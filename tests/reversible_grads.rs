@@ -8,10 +8,15 @@ use burn::tensor::{Distribution, Tensor};
 use e2e_tal::backbone::resnet3d::{BasicBlock, ResNet3dConfig};
 use e2e_tal::backbone::swin::{SwinBlock, SwinConfig};
 use e2e_tal::backbone::vit::{VitBlock, VitConfig};
-use e2e_tal::backend::cpu_device;
 use e2e_tal::reversible::{ResidualChain, RevChain};
 
 const GRAD_TOL: f64 = 1e-4;
+
+/// The CPU backend, or the one `E2E_TAL_BACKEND` names (`docs/backends.md`: the same checks on
+/// wgpu through lavapipe).
+fn test_device() -> burn::tensor::Device {
+    e2e_tal::backend::device_from_env().expect("E2E_TAL_BACKEND names a compiled-in backend")
+}
 const INVERSE_TOL: f64 = 1e-5;
 const SEED: u64 = 42;
 
@@ -113,7 +118,7 @@ fn report(name: &str, (pg, ig, inv, n): (f64, f64, f64, usize)) {
 
 #[test]
 fn vit_chain_depth_24() {
-    let device = cpu_device().autodiff();
+    let device = test_device().autodiff();
     // 12 blocks = 24 residual branches.
     let m = VitConfig::new()
         .with_embed_dim(16)
@@ -123,13 +128,13 @@ fn vit_chain_depth_24() {
         .with_drop_path_rate(0.3)
         .init(&device);
     let blocks: &[VitBlock] = &m.blocks;
-    let x = Tensor::<3>::random([4, 10, 16], Distribution::Normal(0.0, 1.0), &cpu_device());
+    let x = Tensor::<3>::random([4, 10, 16], Distribution::Normal(0.0, 1.0), &test_device());
     report("vit", check(blocks, &m.blocks, x));
 }
 
 #[test]
 fn swin_chain_depth_24() {
-    let device = cpu_device().autodiff();
+    let device = test_device().autodiff();
     let m = SwinConfig::new()
         .with_embed_dim(8)
         .with_depths(vec![12])
@@ -142,14 +147,14 @@ fn swin_chain_depth_24() {
     let x = Tensor::<5>::random(
         [3, 2, 4, 3, 8],
         Distribution::Normal(0.0, 1.0),
-        &cpu_device(),
+        &test_device(),
     );
     report("swin", check(blocks, &m.stages[0].blocks, x));
 }
 
 #[test]
 fn resnet_chain_depth_24() {
-    let device = cpu_device().autodiff();
+    let device = test_device().autodiff();
     // One stage of 25 blocks; its first block changes shape and stays ordinary, leaving 24.
     // Frozen BatchNorm (norm_eval): see docs/reversible.md.
     let m = ResNet3dConfig::new()
@@ -162,14 +167,14 @@ fn resnet_chain_depth_24() {
     let x = Tensor::<5>::random(
         [3, 4, 2, 4, 4],
         Distribution::Normal(0.0, 1.0),
-        &cpu_device(),
+        &test_device(),
     );
     report("resnet", check(chain.as_slice(), &chain, x));
 }
 
 #[test]
 fn drift_monitor_falls_back_to_cached_gradients() {
-    let device = cpu_device().autodiff();
+    let device = test_device().autodiff();
     let m = VitConfig::new()
         .with_embed_dim(16)
         .with_depth(6)
@@ -179,8 +184,8 @@ fn drift_monitor_falls_back_to_cached_gradients() {
         .init(&device);
     let blocks: &[VitBlock] = &m.blocks;
     let rev = RevChain::new(blocks).with_drop_path_seed(7);
-    let x = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &cpu_device());
-    let w = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &cpu_device());
+    let x = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &test_device());
+    let w = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &test_device());
     let run = |tol: f64| {
         let (out, state) = rev.forward_no_graph(x.clone());
         let g = (out.clone() * w.clone().autodiff()).sum().backward();
@@ -224,7 +229,7 @@ impl ModuleVisitor for Snapshot {
 #[test]
 fn rewiring_a_loaded_checkpoint_keeps_every_parameter() {
     use e2e_tal::weights::{CheckpointFamily, load};
-    let device = cpu_device().autodiff();
+    let device = test_device().autodiff();
     let mut m = VitConfig::new()
         .with_embed_dim(16)
         .with_depth(2)
@@ -243,7 +248,7 @@ fn rewiring_a_loaded_checkpoint_keeps_every_parameter() {
     // A reversible step over the loaded blocks.
     let blocks: &[VitBlock] = &m.blocks;
     let rev = RevChain::new(blocks);
-    let x = Tensor::<3>::random([1, 8, 16], Distribution::Normal(0.0, 1.0), &cpu_device());
+    let x = Tensor::<3>::random([1, 8, 16], Distribution::Normal(0.0, 1.0), &test_device());
     let (out, state) = rev.forward_no_graph(x);
     let g = out.clone().sum().backward();
     let (_, grads, _) = rev.backward(state, out.grad(&g).unwrap());
@@ -270,7 +275,7 @@ fn rewiring_a_loaded_checkpoint_keeps_every_parameter() {
 #[test]
 fn whole_vit_training_step_matches_autodiff() {
     use burn::nn::LinearConfig;
-    let device = cpu_device().autodiff();
+    let device = test_device().autodiff();
     let vit = VitConfig::new()
         .with_embed_dim(16)
         .with_depth(12)

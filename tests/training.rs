@@ -103,13 +103,18 @@ fn quiet_run(out: std::path::PathBuf, stop: Option<usize>) -> RunOptions {
     }
 }
 
+/// The CPU backend, or the one `E2E_TAL_BACKEND` names (`docs/backends.md`).
+fn test_device() -> burn::tensor::Device {
+    e2e_tal::backend::device_from_env().expect("E2E_TAL_BACKEND names a compiled-in backend")
+}
+
 fn run(
     cfg: TrainConfig,
     data: &TalDataset,
     out: &std::path::Path,
     stop: Option<usize>,
 ) -> TrainOutcome {
-    let device = e2e_tal::backend::cpu_device();
+    let device = test_device();
     device.seed(7);
     let backbone = cfg.backbone.init(&device);
     let opts = quiet_run(out.to_path_buf(), stop);
@@ -258,7 +263,7 @@ fn frozen_modes_leave_the_backbone_alone() {
     for mode in [TrainMode::HeadOnly, TrainMode::Adapter] {
         let out = dir.path().join(mode.to_string());
         let cfg = tiny_config(mode, 1);
-        let device = e2e_tal::backend::cpu_device();
+        let device = test_device();
         device.seed(7);
         let before = values(&cfg.backbone.init(&device));
         let o = run(cfg, &data, &out, Some(3));

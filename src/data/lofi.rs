@@ -137,6 +137,26 @@ pub enum LoFiMode {
     },
 }
 
+impl LoFiMode {
+    /// The sampler called `name`: `full`, `s`, `t`, `st`, `short` (the paper's c_s = 16
+    /// batches) or `long` (case-insensitive), as the CLI's `--lofi` takes it.
+    pub fn from_name(name: &str) -> crate::error::Result<Self> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "full" => Self::Full,
+            "s" => Self::Spatial,
+            "t" => Self::Temporal,
+            "st" => Self::SpatioTemporal,
+            "short" => Self::ShortCycle { batches: 16 },
+            "long" => Self::LongCycle,
+            _ => {
+                return Err(crate::error::Error::Config(format!(
+                    "unknown LoFi sampler `{name}` (expected full, s, t, st, short or long)"
+                )));
+            }
+        })
+    }
+}
+
 /// Samplers with their factors (defaults: the paper's).
 #[derive(Config, Debug)]
 pub struct LoFiConfig {

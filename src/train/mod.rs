@@ -12,6 +12,7 @@ pub mod pretrain;
 pub mod schedule;
 pub mod stages;
 pub mod trainer;
+pub mod workspace;
 
 pub use checkpoint::{Checkpoint, EpochLog, TrainState};
 pub use config::{BackboneConfig, TrainConfig, TrainMode};

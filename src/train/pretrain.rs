@@ -282,26 +282,40 @@ pub fn pretrain_from(
             .collect();
         let (x, y) = batch_tensors(data, &cfg.clips, &batch, &device)?;
         let x = cfg.augment.apply_per_clip(x, &mut rng);
-        let pass = if cfg.rewired {
-            BackbonePass::RewiredTrain(cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9))
-        } else {
-            BackbonePass::Ordinary
+        let finite = |loss: &Tensor<1>| {
+            let l = loss.clone().into_scalar::<f32>();
+            if l.is_finite() {
+                Ok(l)
+            } else {
+                Err(Error::NonFiniteLoss {
+                    video: "pretraining batch".into(),
+                    step,
+                    value: f64::from(l),
+                })
+            }
         };
-        let logits = model.forward(x, pass)?;
-        let loss = ce.forward(logits.clone(), y.clone());
-        let l = loss.clone().into_scalar::<f32>();
-        if !l.is_finite() {
-            return Err(Error::NonFiniteLoss {
-                video: "pretraining batch".into(),
-                step,
-                value: f64::from(l),
-            });
-        }
+        let (logits, l, grads) = match &model.backbone {
+            // Rewired: Re2TAL's reversible step (blocks recomputed from their outputs in the
+            // backward pass, no cached activations); gradients equal autodiff's.
+            Backbone::Vit(vit) if cfg.rewired => {
+                let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9);
+                let rev = vit.forward_reversible(x, seed)?;
+                let logits = model.fc.forward(rev.features.clone());
+                let loss = ce.forward(logits.clone(), y.clone());
+                let l = finite(&loss)?;
+                (logits, l, rev.backward(loss, &model.fc))
+            }
+            _ => {
+                let logits = model.forward(x, BackbonePass::Ordinary)?;
+                let loss = ce.forward(logits.clone(), y.clone());
+                let l = finite(&loss)?;
+                (logits, l, GradientsParams::from_grads(loss.backward(), &model))
+            }
+        };
         if step * 10 >= cfg.steps * 9 {
             late_right += correct(logits, y);
             late_total += batch.len();
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(sched.at(step), model, grads);
         acc_loss += l;
         acc_n += 1;
