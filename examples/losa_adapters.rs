@@ -113,10 +113,16 @@ fn main() -> Result<()> {
         let o = train(cfg, &data, backbone, &opts, &device)?;
         let secs = t0.elapsed().as_secs_f64();
         let trained = count(&o.model.head) + o.model.adapter.as_ref().map_or(0, count);
-        let (avg, at5) = o.evaluation.as_ref().map_or((f64::NAN, f64::NAN), |(_, r)| {
-            let at = r.thresholds.iter().position(|t| (t - 0.5).abs() < 1e-9);
-            (100.0 * r.average_map, at.map_or(f64::NAN, |i| 100.0 * r.map[i]))
-        });
+        let (avg, at5) = o
+            .evaluation
+            .as_ref()
+            .map_or((f64::NAN, f64::NAN), |(_, r)| {
+                let at = r.thresholds.iter().position(|t| (t - 0.5).abs() < 1e-9);
+                (
+                    100.0 * r.average_map,
+                    at.map_or(f64::NAN, |i| 100.0 * r.map[i]),
+                )
+            });
         println!(
             "| {mode} | {avg:.2} | {at5:.2} | {} | {trained} | {secs:.0} |",
             o.peak_step_bytes.map_or("n/a".into(), mib)

@@ -84,7 +84,10 @@ fn step_cost(
     let (f, s) = (cfg.num_frames, cfg.image_size);
     let x = Tensor::<5>::random([batch, 3, f, s, s], Distribution::Normal(0.0, 1.0), &ad);
     let y = Tensor::<1, Int>::from_ints(
-        (0..batch as i32).map(|i| i % 9).collect::<Vec<_>>().as_slice(),
+        (0..batch as i32)
+            .map(|i| i % 9)
+            .collect::<Vec<_>>()
+            .as_slice(),
         &ad,
     );
     let ce = CrossEntropyLossConfig::new().init(&ad);
@@ -150,14 +153,11 @@ fn main() -> Result<()> {
             .with_videos(PRETRAIN_VIDEOS),
         base.clips.span(),
     )?;
-    let probe = e2e_tal::data::clips::clip_range(
-        &data.videos[0].frames,
-        &base.clips,
-        0,
-        4,
-        &device,
-    )?;
-    let plain = Backbone::Vit(vit.clone()).forward(probe.clone(), &[])?.features;
+    let probe =
+        e2e_tal::data::clips::clip_range(&data.videos[0].frames, &base.clips, 0, 4, &device)?;
+    let plain = Backbone::Vit(vit.clone())
+        .forward(probe.clone(), &[])?
+        .features;
     let rewired = vit.forward_rewired_inference(probe)?;
     let change = (rewired - plain.clone()).abs().max().into_scalar::<f32>()
         / plain.abs().max().into_scalar::<f32>();

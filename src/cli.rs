@@ -16,9 +16,7 @@ use e2e_tal::train::{
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::{Error, Result, backend};
 
-use e2e_tal::train::workspace::{
-    PretrainJob, load_dataset, pretrain_to, pretrained_backbone,
-};
+use e2e_tal::train::workspace::{PretrainJob, load_dataset, pretrain_to, pretrained_backbone};
 
 use super::{InferArgs, PretrainArgs, TrainArgs, print_report};
 
@@ -297,4 +295,3 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
     };
     pretrain_to(&cfg, &job, &device)
 }
-

@@ -96,4 +96,3 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"good");
     }
 }
-

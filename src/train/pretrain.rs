@@ -309,7 +309,11 @@ pub fn pretrain_from(
                 let logits = model.forward(x, BackbonePass::Ordinary)?;
                 let loss = ce.forward(logits.clone(), y.clone());
                 let l = finite(&loss)?;
-                (logits, l, GradientsParams::from_grads(loss.backward(), &model))
+                (
+                    logits,
+                    l,
+                    GradientsParams::from_grads(loss.backward(), &model),
+                )
             }
         };
         if step * 10 >= cfg.steps * 9 {

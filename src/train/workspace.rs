@@ -178,4 +178,3 @@ fn json_err(e: serde_json::Error) -> Error {
 
 /// Videos of the generated pretraining set.
 pub const PRETRAIN_VIDEOS: usize = 160;
-
