@@ -20,8 +20,9 @@ use burn::tensor::Tensor;
 use clap::Parser;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, mib};
+use e2e_tal::train::model::adapter_layers;
 use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
-use e2e_tal::train::{RunOptions, TrainConfig, TrainMode, train};
+use e2e_tal::train::{Detector, RunOptions, TrainConfig, TrainMode, train};
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::{Result, backend};
 
@@ -110,6 +111,7 @@ fn main() -> Result<()> {
             stop_after_steps: None,
         };
         let t0 = Instant::now();
+        let cfg_used = cfg.clone();
         let o = train(cfg, &data, backbone, &opts, &device)?;
         let secs = t0.elapsed().as_secs_f64();
         let trained = count(&o.model.head) + o.model.adapter.as_ref().map_or(0, count);
@@ -128,14 +130,23 @@ fn main() -> Result<()> {
             o.peak_step_bytes.map_or("n/a".into(), mib)
         );
         if let Some(l) = &o.model.adapter {
-            let value = |p: &Param<Tensor<1>>| p.val().into_scalar::<f32>();
-            for (i, (s, g)) in l.short.iter().zip(&l.long).enumerate() {
-                gates.push(format!(
-                    "adapter {i}: short {:+.3}, long {:+.3}",
-                    value(&s.gate),
-                    value(&g.gate)
-                ));
+            for (i, (s, g)) in l.gates().into_iter().enumerate() {
+                gates.push(format!("adapter {i}: short {s:+.3}, long {g:+.3}"));
             }
+            // Ablation: the trained model with its gates closed (fused features = last layer's).
+            let mut closed = o.model.valid();
+            closed.adapter = closed.adapter.map(|l| l.with_gates(0.0));
+            let det = Detector {
+                model: &closed,
+                cfg: &cfg_used,
+                layers: adapter_layers(&cfg_used, &closed.backbone)?,
+                device: device.clone(),
+            };
+            let (_, r) = det.evaluate(&data)?;
+            println!(
+                "| adapter, gates set to 0 after training | {:.2} | | | | |",
+                100.0 * r.average_map
+            );
         }
     }
     println!("\nLoSA gates after training (0 = that adapter is off):");

@@ -70,6 +70,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         if let Some(l) = &a.lofi {
             cfg.lofi.mode = LoFiMode::from_name(l)?;
         }
+        if a.no_feature_cache {
+            cfg.cache_features = false;
+        }
         if a.augment {
             cfg.augment = e2e_tal::data::augment::AugmentConfig::synthetic();
         }

@@ -182,6 +182,10 @@ struct TrainArgs {
     /// many bytes (e.g. 300MiB, 2GiB; a bare number is MiB). Prints the measurements.
     #[arg(long, conflicts_with = "lofi")]
     memory_budget: Option<String>,
+    /// Head-only: run the frozen backbone at every step instead of caching its features once
+    /// (LoSA's memory-comparable baseline; allows --augment and --lofi with head-only).
+    #[arg(long)]
+    no_feature_cache: bool,
     /// After training backbone + head (LoFi-E2E stage 2, in OUT/stage2), freeze the backbone and
     /// train a new head at full fidelity on its features (stage 3, in OUT/stage3).
     #[arg(long, conflicts_with = "resume")]

@@ -472,3 +472,32 @@ fn budget_mode_measures_each_fidelity_and_chooses_what_fits() {
         .to_string();
     assert!(err.contains("budget mode"), "{err}");
 }
+
+/// Head-only without a feature cache runs the frozen backbone every step: the same training
+/// as on cached features (same values up to float reordering), no feature files, more memory
+/// per step; augmentation is refused with the cache and accepted without it.
+#[test]
+fn head_only_without_a_feature_cache_trains_like_with_one() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let cfg = tiny_config(TrainMode::HeadOnly, 1);
+    let cached = run(cfg.clone(), &data, &dir.path().join("cached"), Some(3));
+    let live_cfg = cfg.clone().with_cache_features(false);
+    let live = run(live_cfg.clone(), &data, &dir.path().join("live"), Some(3));
+    assert!(dir.path().join("cached/features").is_dir());
+    assert!(!dir.path().join("live/features").exists());
+    let (a, b) = (values(&cached.model.head), values(&live.model.head));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "head weights differ by {worst}");
+    assert_eq!(values(&cached.model.backbone), values(&live.model.backbone));
+    assert!(live.peak_step_bytes.unwrap() > cached.peak_step_bytes.unwrap());
+    let aug = e2e_tal::data::augment::AugmentConfig::synthetic();
+    let err = cfg.with_augment(aug.clone()).validate().err().unwrap();
+    assert!(err.to_string().contains("augmentation"), "{err}");
+    live_cfg.with_augment(aug).validate().unwrap();
+}

@@ -221,6 +221,26 @@ impl Losa {
 }
 
 impl Losa {
+    /// Gate values `(short, long)` per adapted layer, in layer order.
+    pub fn gates(&self) -> Vec<(f32, f32)> {
+        let v = |g: &Param<Tensor<1>>| g.val().into_scalar::<f32>();
+        self.short
+            .iter()
+            .zip(&self.long)
+            .map(|(s, l)| (v(&s.gate), v(&l.gate)))
+            .collect()
+    }
+
+    /// The same adapters with every gate set to `value` (0: the fused features are the last
+    /// layer's again, an ablation of what the adapters add to a trained model).
+    pub fn with_gates(mut self, value: f64) -> Self {
+        for a in self.short.iter_mut().chain(self.long.iter_mut()) {
+            let g = a.gate.val();
+            a.gate = Param::from_tensor(g.zeros_like().add_scalar(value));
+        }
+        self
+    }
+
     /// Number of parameter tensors (for tests and reports).
     pub fn num_params_tensors(&self) -> usize {
         struct Count(usize);

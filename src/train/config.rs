@@ -220,6 +220,11 @@ pub struct TrainConfig {
     /// ActionFormer's `max_seq_len` crop); 0: the whole video.
     #[config(default = 0)]
     pub max_train_clips: usize,
+    /// Head-only: extract every video's features once and train on them (default). `false`
+    /// runs the frozen backbone (no graph) at every step instead, as LoSA does: the
+    /// memory-comparable head-only baseline, and it lets `augment` apply to head-only.
+    #[config(default = true)]
+    pub cache_features: bool,
     /// Clips per backbone call when extracting features without gradients.
     #[config(default = 64)]
     pub inference_chunk: usize,
@@ -265,10 +270,19 @@ impl TrainConfig {
                 self.clip_grad_norm
             ));
         }
-        if self.mode == TrainMode::HeadOnly && self.lofi.mode != LoFiMode::Full {
+        let cached = self.mode == TrainMode::HeadOnly && self.cache_features;
+        if cached && self.lofi.mode != LoFiMode::Full {
             return bad(
                 "LoFi sampling needs a mode that runs the backbone every step; head-only trains \
-                 on features extracted once at full fidelity"
+                 on features extracted once at full fidelity (cache_features false runs it per \
+                 step)"
+                    .into(),
+            );
+        }
+        if cached && self.augment != AugmentConfig::new() {
+            return bad(
+                "augmentation needs a mode that runs the backbone every step; head-only trains \
+                 on features extracted once (cache_features false runs it per step)"
                     .into(),
             );
         }

@@ -14,7 +14,9 @@ use crate::tal::decode::decode_video;
 use crate::tal::head::{HeadOutput, TalHead};
 use crate::tal::postprocess::Segment;
 
-use super::dataset::TalVideo;
+use super::dataset::{TalDataset, TalVideo};
+use crate::data::{Predictions, Subset, VideoDetections};
+use crate::eval::{EvalOptions, EvalReport, ThresholdSet, evaluate};
 
 /// Backbone + (adapters) + head.
 #[derive(Module, Debug)]
@@ -226,6 +228,17 @@ impl Detector<'_> {
         self.detect_from_features(video, f)
     }
 
+    /// Detections of every validation video of `data` and their mAP at THUMOS thresholds.
+    pub fn evaluate(&self, data: &TalDataset) -> Result<(Predictions, EvalReport)> {
+        let mut videos = Vec::new();
+        for i in data.indices(Subset::Validation) {
+            let v = &data.videos[i];
+            let segs = self.detect(v)?;
+            videos.push(VideoDetections::from_segments(&v.id, segs, &data.classes));
+        }
+        validation_report(data, videos)
+    }
+
     /// [`Detector::detect`] from already extracted backbone outputs.
     pub fn detect_from_features(&self, video: &TalVideo, f: VideoFeatures) -> Result<Vec<Segment>> {
         let x = head_input(self.model.adapter.as_ref(), f)?;
@@ -241,4 +254,21 @@ impl Detector<'_> {
             &self.cfg.post,
         )
     }
+}
+
+/// `videos` as predictions and their mAP on `data`'s validation subset at THUMOS thresholds.
+pub(crate) fn validation_report(
+    data: &TalDataset,
+    videos: Vec<VideoDetections>,
+) -> Result<(Predictions, EvalReport)> {
+    let preds = Predictions { videos };
+    let report = evaluate(
+        &data.ground_truth,
+        &preds,
+        &EvalOptions {
+            subset: Some(Subset::Validation),
+            thresholds: ThresholdSet::Thumos.values(),
+        },
+    )?;
+    Ok((preds, report))
 }

@@ -49,7 +49,10 @@ pub fn end_to_end_then_head(
         .clone()
         .with_mode(TrainMode::HeadOnly)
         .with_epochs(head_epochs);
+    // Stage 3 trains on features extracted once, at full fidelity, without augmentation.
     head_cfg.lofi.mode = LoFiMode::Full;
+    head_cfg.augment = crate::data::augment::AugmentConfig::new();
+    head_cfg.cache_features = true;
     // A backbone trained in rewired form is used in rewired form.
     head_cfg.rewired = cfg.uses_rewired_backbone();
     head_cfg.validate()?;

@@ -26,14 +26,14 @@ use super::dataset::TalDataset;
 use super::ema::ema_update;
 use super::model::{Detector, TalModel, VideoFeatures, adapter_layers, head_input, run_head};
 use super::schedule::WarmupCosine;
-use crate::backbone::Backbone;
+use crate::backbone::{Backbone, BackboneOutput};
 use crate::data::annotations::{Predictions, Subset, VideoDetections};
 use crate::data::clips::clip_range;
 use crate::data::frames::Frames;
 use crate::data::lofi::{Fidelity, LoFiMode};
 use crate::data::npy::FeatureSequence;
 use crate::error::{Error, Result};
-use crate::eval::{EvalOptions, EvalReport, ThresholdSet, evaluate};
+use crate::eval::EvalReport;
 use crate::reversible::merge_grads;
 use crate::tal::assign::{GtSegment, assign};
 use crate::tal::loss::{LossNormalizer, video_loss};
@@ -364,7 +364,7 @@ fn run(
             total,
         },
     };
-    if cfg.mode == TrainMode::HeadOnly {
+    if cfg.mode == TrainMode::HeadOnly && cfg.cache_features {
         cache_features(&mut ctx, &model, &opts.out_dir, opts.quiet)?;
     }
     resize_for_lofi(&mut ctx, frame_size(data)?);
@@ -639,17 +639,38 @@ fn train_step(
         }
     };
     // Drawn after the window, from the step's own generator: resume replays it.
-    let mut aug_rng = ChaCha8Rng::seed_from_u64(mix(step_seed, 0xA06));
-    let mut clips = || -> Result<Tensor<5>> {
+    let aug_rng = || ChaCha8Rng::seed_from_u64(mix(step_seed, 0xA06));
+    let clips = || -> Result<Tensor<5>> {
         let x = clip_range(frames, &clip_cfg, start, count, device)?;
-        Ok(cfg.augment.apply(x, &mut aug_rng))
+        Ok(cfg.augment.apply(x, &mut aug_rng()))
+    };
+    // The frozen backbone without a graph (head-only without a feature cache, LoSA).
+    let frozen_forward = |layers: &[usize]| -> Result<BackboneOutput> {
+        let x = clip_range(
+            frames,
+            &clip_cfg,
+            start,
+            count,
+            &device.clone().without_autodiff(),
+        )?;
+        let x = cfg.augment.apply(x, &mut aug_rng());
+        match model.backbone.valid() {
+            Backbone::Vit(vit) if cfg.uses_rewired_backbone() && layers.is_empty() => {
+                Ok(BackboneOutput {
+                    features: vit.forward_rewired_inference(x)?,
+                    intermediates: Vec::new(),
+                })
+            }
+            frozen => frozen.forward(x, layers),
+        }
     };
     let (value, mut grads) = match cfg.mode {
         TrainMode::HeadOnly => {
-            let f = ctx.cached[v]
-                .clone()
-                .expect("features cached before training");
-            let loss = loss_of(f.narrow(0, start, count).autodiff(), &model.head)?;
+            let f = match &ctx.cached[v] {
+                Some(f) => f.clone().narrow(0, start, count),
+                None => frozen_forward(&[])?.features,
+            };
+            let loss = loss_of(f.autodiff(), &model.head)?;
             let value = check(&loss)?;
             let mut g = loss.backward();
             let head = GradientsParams::from_module(&mut g, &model.head);
@@ -703,16 +724,7 @@ fn train_step(
             )
         }
         TrainMode::Adapter => {
-            let frozen = model.backbone.valid();
-            let x = clip_range(
-                frames,
-                &clip_cfg,
-                start,
-                count,
-                &device.clone().without_autodiff(),
-            )?;
-            let x = cfg.augment.apply(x, &mut aug_rng);
-            let out = frozen.forward(x, &ctx.layers)?;
+            let out = frozen_forward(&ctx.layers)?;
             let f = VideoFeatures {
                 features: out.features.autodiff(),
                 layers: out
@@ -792,14 +804,5 @@ fn evaluate_model(ctx: &Ctx, model: &TalModel) -> Result<(Predictions, EvalRepor
             &ctx.data.classes,
         ));
     }
-    let preds = Predictions { videos };
-    let report = evaluate(
-        &ctx.data.ground_truth,
-        &preds,
-        &EvalOptions {
-            subset: Some(Subset::Validation),
-            thresholds: ThresholdSet::Thumos.values(),
-        },
-    )?;
-    Ok((preds, report))
+    super::model::validation_report(ctx.data, videos)
 }
