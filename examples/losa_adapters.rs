@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release --example losa_adapters -- [--data data/synth] [--epochs 12] [--seed 0]
 //!     [--layers 0,1,2] [--adapter-dim 0] [--heads 4] [--max-tokens 64] [--gate-init 0]
+//!     [--zero-init-output]
 //!     [--out runs/example-losa] [--backend cpu|wgpu|cuda]
 //! ```
 //! Defaults: the built-in synthetic benchmark and the small synthetic ViT pretrained by clip
@@ -56,6 +57,10 @@ struct Args {
     /// Initial gate value (0: training starts at the head-only model).
     #[arg(long, default_value_t = 0.0)]
     gate_init: f64,
+    /// Start the adapters' output projections at zero with gates open (`--gate-init 1`)
+    /// instead of closed gates: both start at the head-only model.
+    #[arg(long)]
+    zero_init_output: bool,
     /// Run folders go under this folder (head-only/, adapter/).
     #[arg(long, default_value = "runs/example-losa")]
     out: PathBuf,
@@ -102,6 +107,7 @@ fn main() -> Result<()> {
         cfg.adapter.num_heads = a.heads;
         cfg.adapter.max_tokens = a.max_tokens;
         cfg.adapter.gate_init = a.gate_init;
+        cfg.adapter.zero_init_output = a.zero_init_output;
         device.seed(cfg.seed);
         let mut backbone = cfg.backbone.init(&device);
         backbone.load(&weights, CheckpointFamily::Native)?;

@@ -18,7 +18,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
@@ -42,6 +42,12 @@ pub struct LosaConfig {
     /// Initial value of every gate (0: start at the head-only model).
     #[config(default = 0.0)]
     pub gate_init: f64,
+    /// Start each adapter's output projection at zero (LoRA / ControlNet style) instead of at
+    /// zero gates: the fused features still equal the last layer's at the start, but the
+    /// adapters get gradients from the first step (with zero gates they get none until the
+    /// gates move). Use with a non-zero `gate_init` (e.g. 1).
+    #[config(default = false)]
+    pub zero_init_output: bool,
     /// Width of the fused output; `None` keeps `feature_dim` with no projection, so fused
     /// features equal the last layer's while the gates are zero.
     #[config(default = "None")]
@@ -75,7 +81,13 @@ impl RangeAdapter {
             attn: MultiHeadAttentionConfig::new(a, cfg.num_heads)
                 .with_dropout(cfg.dropout)
                 .init(device),
-            out: LinearConfig::new(a, cfg.feature_dim).init(device),
+            out: if cfg.zero_init_output {
+                LinearConfig::new(a, cfg.feature_dim)
+                    .with_initializer(Initializer::Zeros)
+                    .init(device)
+            } else {
+                LinearConfig::new(a, cfg.feature_dim).init(device)
+            },
             gate: Param::from_tensor(Tensor::full([1], cfg.gate_init, device)),
         }
     }
@@ -291,6 +303,21 @@ mod tests {
             let d: f32 = (fused - x.features).abs().max().into_scalar();
             assert_eq!(d, 0.0, "gates at zero: fused == last-layer features");
         }
+        // Zero output projections with open gates start at the head-only model too.
+        let zero_out = cfg()
+            .with_zero_init_output(true)
+            .with_gate_init(1.0)
+            .init(&device)
+            .unwrap();
+        let x = input(5, 3, &device);
+        let d: f32 = (zero_out.forward(x.clone()).unwrap() - x.features)
+            .abs()
+            .max()
+            .into_scalar();
+        assert_eq!(
+            d, 0.0,
+            "zero output projections: fused == last-layer features"
+        );
         let proj = cfg().with_output_dim(Some(24)).init(&device).unwrap();
         assert_eq!(proj.forward(input(3, 3, &device)).unwrap().dims(), [3, 24]);
         let bad = LosaInput {
