@@ -1,16 +1,17 @@
 //! Re2TAL reference workload: one training step (forward + backward) through a chain of ViT-S
 //! blocks (dim 384, 6 heads, MLP 1536, 1568 tokens = 8x14x14, batch 1, f32) at depths 6, 12, 24,
 //! for plain autodiff, Burn's gradient checkpointing and the reversible pass. Memory from a
-//! counting global allocator (CPU backend). Then reconstruction drift against depth.
+//! counting global allocator (CPU backend). Then reconstruction drift against depth in f32, f16
+//! and bf16.
 //!
 //! `cargo bench --bench reversible` (full size, a few minutes on 2 cores);
 //! `-- --quick`: 392 tokens (8x7x7).
 
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{DType, Device, Distribution, Tensor};
 use e2e_tal::backbone::vit::{VisionTransformer, VitBlock, VitConfig};
 use e2e_tal::memory::{self, CountingAllocator, mib};
 use e2e_tal::reversible::{Drift, RevChain};
@@ -109,10 +110,11 @@ fn main() {
     }
 
     println!(
-        "\nReconstruction drift of the reversible inverse (f32, {tokens} tokens, random init)\n"
+        "\nReconstruction drift of the reversible inverse ({tokens} tokens, random init), \
+         relative to the stage input in the same precision\n"
     );
-    println!("| depth (blocks) | max abs | max rel |");
-    println!("|---|---|---|");
+    println!("| precision | depth (blocks) | max abs | max rel |");
+    println!("|---|---|---|---|");
     let device = bench_device().autodiff();
     let deep = vit_s(48, &device);
     let x = Tensor::<3>::random(
@@ -120,13 +122,36 @@ fn main() {
         Distribution::Normal(0.0, 1.0),
         &bench_device(),
     );
-    for depth in [3, 6, 12, 24, 48] {
-        let rev = RevChain::new(&deep.blocks[..depth]).with_drop_path_seed(3);
-        let (out, state) = rev.forward_no_graph(x.clone());
-        let g = out.clone().sum().backward();
-        let (_, _, rec) = rev.backward(state, out.grad(&g).unwrap());
-        let d = Drift::measure(rec, x.clone());
-        println!("| {depth} | {:.2e} | {:.2e} |", d.max_abs, d.max_rel);
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        // Parameters and input in `dtype` (fresh leaves, so each depth's backward has its own
+        // graph); the backend runs every op in that precision.
+        let blocks: Vec<VitBlock> = deep
+            .blocks
+            .iter()
+            .map(|b| b.clone().map(&mut Cast(dtype)))
+            .collect();
+        let xd = x.clone().cast(dtype);
+        for depth in [3, 6, 12, 24, 48] {
+            let rev = RevChain::new(&blocks[..depth]).with_drop_path_seed(3);
+            let (out, state) = rev.forward_no_graph(xd.clone());
+            let g = out.clone().sum().backward();
+            let (_, _, rec) = rev.backward(state, out.grad(&g).unwrap());
+            let d = Drift::measure(rec.cast(DType::F32), xd.clone().cast(DType::F32));
+            println!(
+                "| {dtype:?} | {depth} | {:.2e} | {:.2e} |",
+                d.max_abs, d.max_rel
+            );
+        }
+    }
+}
+
+/// Casts every float parameter to one precision.
+struct Cast(DType);
+
+impl ModuleMapper for Cast {
+    fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        p.map(|t| t.cast(dtype).detach().require_grad())
     }
 }
 

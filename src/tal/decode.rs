@@ -38,14 +38,7 @@ pub fn decode_video(
         out.cls_logits.clone().narrow(0, b, 1).reshape([p, c]),
     ));
     let offs = to_vec(out.offsets.clone().narrow(0, b, 1).reshape([p, 2]));
-    let mask: Vec<bool> = out
-        .mask
-        .clone()
-        .narrow(0, b, 1)
-        .reshape([p])
-        .into_data()
-        .try_to_vec()
-        .expect("bool mask");
+    let mask = super::bool_values(out.mask.clone().narrow(0, b, 1).reshape([p]));
     let mut raw = Vec::new();
     for (i, pt) in points.iter().enumerate() {
         if !mask[i] {

@@ -117,13 +117,7 @@ pub fn video_loss(
         )));
     }
     let device = out.cls_logits.device();
-    let mask: Vec<bool> = out
-        .mask
-        .clone()
-        .reshape([p])
-        .into_data()
-        .try_to_vec()
-        .expect("bool mask");
+    let mask = super::bool_values(out.mask.clone().reshape([p]));
     let valid: Vec<i64> = (0..p as i64).filter(|&i| mask[i as usize]).collect();
     let pos: Vec<i64> = valid
         .iter()

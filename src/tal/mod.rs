@@ -7,3 +7,18 @@ pub mod head;
 pub mod loss;
 pub mod points;
 pub mod postprocess;
+
+use burn::tensor::{Bool, Tensor};
+
+/// A bool tensor's values on the host, on every backend (wgpu and cuda store bools as `u32`,
+/// which `TensorData::to_vec::<bool>` refuses).
+pub(crate) fn bool_values<const D: usize>(t: Tensor<D, Bool>) -> Vec<bool> {
+    t.int()
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .expect("int data converted to i64")
+        .into_iter()
+        .map(|v| v != 0)
+        .collect()
+}
