@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use e2e_tal::data::{GroundTruth, Predictions};
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 
-fn main() -> e2e_tal::Result<()> {
+fn main() -> Result<(), e2e_tal::Report> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_owned());
     let gt = PathBuf::from(arg(0, "data/synth/annotations.json"));

@@ -57,7 +57,7 @@ struct Args {
     backend: String,
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
     let device = backend::device(a.backend.parse()?)?;
     let mut cfg = TrainConfig::new();
@@ -76,7 +76,8 @@ fn main() -> Result<()> {
             return Err(e2e_tal::Error::Config(format!(
                 "--backbone {} needs --weights (a PyTorch or safetensors checkpoint)",
                 a.backbone
-            )));
+            ))
+            .into());
         }
     };
     let family = match (&a.family, &preset) {

@@ -73,7 +73,7 @@ fn row(name: &str, o: &TrainOutcome) {
     );
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
     let device = backend::device(a.backend.parse()?)?;
     let mut cfg = TrainConfig::new()

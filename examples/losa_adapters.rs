@@ -87,7 +87,7 @@ fn count<M: Module>(m: &M) -> usize {
     c.params
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
     let device = backend::device(a.backend.parse()?)?;
     let base = TrainConfig::new()

@@ -111,7 +111,7 @@ fn step_cost(
     Ok((peak.unwrap_or(0), secs))
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
     let device = backend::device(a.backend.parse()?)?;
     let tal = TrainConfig::new();
@@ -141,7 +141,7 @@ fn main() -> Result<()> {
     let mut backbone = tal.backbone.init(&device);
     backbone.load(&weights, CheckpointFamily::Native)?;
     let Backbone::Vit(vit) = &backbone else {
-        return Err(Error::Config("the example rewires ViT backbones".into()));
+        return Err(Error::Config("the example rewires ViT backbones".into()).into());
     };
     let base = PretrainConfig::new()
         .with_backbone(tal.backbone.clone())

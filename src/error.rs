@@ -175,6 +175,22 @@ fn video_prefix(video: &Option<String>) -> String {
     }
 }
 
+/// An [`Error`] that prints its message, not its fields, when `main` returns it:
+/// `fn main() -> Result<(), e2e_tal::Report>` in the examples (`?` converts).
+pub struct Report(pub Error);
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<Error> for Report {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
 impl Error {
     /// Wrap an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

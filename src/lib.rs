@@ -36,4 +36,4 @@ pub mod tal;
 pub mod train;
 pub mod weights;
 
-pub use error::{Error, Result};
+pub use error::{Error, Report, Result};

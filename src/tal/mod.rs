@@ -16,7 +16,7 @@ pub(crate) fn bool_values<const D: usize>(t: Tensor<D, Bool>) -> Vec<bool> {
     t.int()
         .into_data()
         .convert::<i64>()
-        .to_vec::<i64>()
+        .try_to_vec::<i64>()
         .expect("int data converted to i64")
         .into_iter()
         .map(|v| v != 0)
