@@ -5,7 +5,7 @@
 //! and bf16.
 //!
 //! `cargo bench --bench reversible` (full size, a few minutes on 2 cores);
-//! `-- --quick`: 392 tokens (8x7x7).
+//! `-- --quick`: 392 tokens (8x7x7); `-- --drift-only`: only the drift table.
 
 use std::time::Instant;
 
@@ -81,7 +81,12 @@ fn main() {
         "| depth | mode | step (s) | params (MiB) | peak during step (MiB) | activations = peak - grads (MiB) |"
     );
     println!("|---|---|---|---|---|---|");
-    for depth in [6, 12, 24] {
+    let depths: &[usize] = if std::env::args().any(|a| a == "--drift-only") {
+        &[]
+    } else {
+        &[6, 12, 24]
+    };
+    for &depth in depths {
         for mode in [Mode::Plain, Mode::Checkpointing, Mode::Reversible] {
             let device = match mode {
                 Mode::Checkpointing => bench_device().autodiff().gradient_checkpointing(),

@@ -5,6 +5,7 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor};
+use e2e_tal::backbone::Backbone;
 use e2e_tal::backbone::resnet3d::{BasicBlock, ResNet3dConfig};
 use e2e_tal::backbone::swin::{SwinBlock, SwinConfig};
 use e2e_tal::backbone::vit::{VitBlock, VitConfig};
@@ -272,9 +273,47 @@ fn rewiring_a_loaded_checkpoint_keeps_every_parameter() {
     m.blocks.visit(&mut HasGrad(&grads));
 }
 
+/// One whole-backbone training step (features -> linear head -> squared error): the reversible
+/// step's gradients for every backbone and head parameter against ordinary autodiff through the
+/// same rewired backbone. Returns (parameters compared, worst relative error).
+fn whole_model_step(backbone: &Backbone, width: usize, clips: Tensor<5>) -> (usize, f64) {
+    use burn::nn::LinearConfig;
+    let device = clips.device();
+    let head = LinearConfig::new(width, 3).init(&device);
+    let n = clips.dims()[0];
+    let target = Tensor::<2>::random([n, 3], Distribution::Normal(0.0, 1.0), &device);
+    let loss_of = |features: Tensor<2>| {
+        (head.forward(features) - target.clone())
+            .powf_scalar(2.0)
+            .mean()
+    };
+
+    // Reference: ordinary autodiff through the rewired backbone.
+    let mut grads = loss_of(backbone.forward_rewired(clips.clone(), 9).unwrap()).backward();
+    let mut reference = GradientsParams::from_module(&mut grads, backbone);
+    let mut head_ref = GradientsParams::from_module(&mut grads, &head);
+    e2e_tal::reversible::merge_grads(&head, &mut head_ref, &mut reference);
+
+    // Reversible step.
+    let step = backbone.forward_reversible(clips, 9).unwrap();
+    let loss = loss_of(step.features());
+    let reversible = step.backward(loss, &head);
+
+    assert_eq!(reversible.len(), reference.len(), "same set of parameters");
+    let mut cmp = Compare {
+        reference: &reference,
+        reversible: &reversible,
+        worst: 0.0,
+        count: 0,
+        without_grad: 0,
+    };
+    backbone.visit(&mut cmp);
+    head.visit(&mut cmp);
+    (cmp.count, cmp.worst)
+}
+
 #[test]
 fn whole_vit_training_step_matches_autodiff() {
-    use burn::nn::LinearConfig;
     let device = test_device().autodiff();
     let vit = VitConfig::new()
         .with_embed_dim(16)
@@ -287,41 +326,30 @@ fn whole_vit_training_step_matches_autodiff() {
         .with_use_fc_norm(true)
         .with_drop_path_rate(0.3)
         .init(&device);
-    let head = LinearConfig::new(16, 3).init(&device);
     let clips = Tensor::<5>::random([4, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
-    let target = Tensor::<2>::random([4, 3], Distribution::Normal(0.0, 1.0), &device);
-    let loss_of = |features: Tensor<2>| {
-        (head.forward(features) - target.clone())
-            .powf_scalar(2.0)
-            .mean()
-    };
-
-    // Reference: ordinary autodiff through the rewired ViT.
-    let mut grads = loss_of(vit.forward_rewired(clips.clone(), 9).unwrap()).backward();
-    let mut reference = GradientsParams::from_module(&mut grads, &vit);
-    let mut head_ref = GradientsParams::from_module(&mut grads, &head);
-    e2e_tal::reversible::merge_grads(&head, &mut head_ref, &mut reference);
-
-    // Reversible step.
-    let step = vit.forward_reversible(clips, 9).unwrap();
-    let loss = loss_of(step.features.clone());
-    let reversible = step.backward(loss, &head);
-
-    assert_eq!(reversible.len(), reference.len(), "same set of parameters");
-    let mut cmp = Compare {
-        reference: &reference,
-        reversible: &reversible,
-        worst: 0.0,
-        count: 0,
-        without_grad: 0,
-    };
-    vit.visit(&mut cmp);
-    head.visit(&mut cmp);
-    println!(
-        "whole ViT + head: {} parameters, max rel grad err {:.2e}",
-        cmp.count, cmp.worst
-    );
+    let (count, worst) = whole_model_step(&Backbone::Vit(vit), 16, clips);
+    println!("whole ViT + head: {count} parameters, max rel grad err {worst:.2e}");
     // 12 blocks x 15 + patch embed 2 + fc_norm 2 + head 2.
-    assert_eq!(cmp.count, 186);
-    assert!(cmp.worst <= GRAD_TOL, "{}", cmp.worst);
+    assert_eq!(count, 186);
+    assert!(worst <= GRAD_TOL, "{worst}");
+}
+
+/// Video Swin: two stages of 6 blocks (24 branches) with patch merging between them, shifted
+/// windows with padding, drop path: the stage-by-stage reversible walk (merging and patch
+/// embedding by vector-Jacobian products) equals autodiff.
+#[test]
+fn whole_swin_training_step_matches_autodiff() {
+    let device = test_device().autodiff();
+    let swin = SwinConfig::new()
+        .with_embed_dim(8)
+        .with_depths(vec![6, 6])
+        .with_num_heads(vec![2, 2])
+        .with_window_size([2, 2, 2])
+        .with_drop_path_rate(0.3)
+        .init(&device);
+    let clips = Tensor::<5>::random([2, 3, 4, 20, 12], Distribution::Normal(0.0, 1.0), &device);
+    let (count, worst) = whole_model_step(&Backbone::Swin(swin), 16, clips);
+    println!("whole Swin + head: {count} parameters, max rel grad err {worst:.2e}");
+    assert!(count > 12 * 13, "{count}");
+    assert!(worst <= GRAD_TOL, "{worst}");
 }

@@ -216,29 +216,54 @@ fn reversible_training_follows_ordinary_training() {
     let _serial = serial();
     // The reversible step computes the gradients of autodiff through the same rewired network
     // (stochastic depth replayed from the same keys), so a few steps of each land on the same
-    // weights up to float rounding.
+    // weights up to float rounding: for a ViT and for a two-stage Video Swin.
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(&dir.path().join("data"));
+    let swin = BackboneConfig::Swin(
+        e2e_tal::backbone::swin::SwinConfig::new()
+            .with_embed_dim(16)
+            .with_depths(vec![2, 2])
+            .with_num_heads(vec![2, 2])
+            .with_window_size([2, 4, 4])
+            .with_patch_size([2, 8, 8])
+            .with_drop_path_rate(0.1),
+    );
+    for (name, backbone) in [("vit", None), ("swin", Some(swin))] {
+        let cfg = |mode| {
+            let c = tiny_config(mode, 1);
+            match &backbone {
+                Some(b) => c.with_backbone(b.clone()),
+                None => c,
+            }
+        };
+        let full = run(
+            cfg(TrainMode::Full).with_rewired(true),
+            &data,
+            &dir.path().join(format!("{name}-f")),
+            Some(3),
+        );
+        let rev = run(
+            cfg(TrainMode::Reversible),
+            &data,
+            &dir.path().join(format!("{name}-r")),
+            Some(3),
+        );
+        let (a, b) = (values(&full.model), values(&rev.model));
+        assert_eq!(a.len(), b.len());
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-4, "{name}: max parameter difference {max}");
+    }
     let full = run(
         tiny_config(TrainMode::Full, 1).with_rewired(true),
         &data,
         &dir.path().join("f"),
         Some(3),
     );
-    let rev = run(
-        tiny_config(TrainMode::Reversible, 1),
-        &data,
-        &dir.path().join("r"),
-        Some(3),
-    );
-    let (a, b) = (values(&full.model), values(&rev.model));
-    assert_eq!(a.len(), b.len());
-    let max = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    assert!(max < 1e-4, "max parameter difference {max}");
+    let a = values(&full.model);
     let init = run(
         tiny_config(TrainMode::Full, 1)
             .with_lr_head(0.0)

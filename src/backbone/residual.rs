@@ -76,6 +76,8 @@ pub fn drop_path<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
         ),
         None => return x,
     };
+    // In x's precision (f16 / bf16 runs; backends do not promote mixed dtypes).
+    let mask = mask.cast(x.dtype());
     x * mask / keep
 }
 

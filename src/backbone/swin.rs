@@ -507,12 +507,23 @@ impl VideoSwin {
     /// - output `features`: `[N, C]`, `intermediates[i]`: `[N, T'H_iW_i, C_i]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
         let (x, intermediates) = self.run(clips, layers)?;
-        let [n, t, h, w, c] = x.dims();
-        let features = x.reshape([n, t * h * w, c]).mean_dim(1).reshape([n, c]);
         Ok(BackboneOutput {
-            features,
+            features: Self::mean_tokens(x),
             intermediates,
         })
+    }
+
+    /// Per-clip features from the last stage's token map: final norm, then the mean over tokens.
+    ///
+    /// # Shapes
+    /// - x: `[N, T', H', W', C]` -> `[N, C]`
+    pub fn pool_map(&self, x: Tensor<5>) -> Tensor<2> {
+        Self::mean_tokens(self.norm.forward(x))
+    }
+
+    fn mean_tokens(x: Tensor<5>) -> Tensor<2> {
+        let [n, t, h, w, c] = x.dims();
+        x.reshape([n, t * h * w, c]).mean_dim(1).reshape([n, c])
     }
 }
 

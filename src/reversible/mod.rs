@@ -12,12 +12,16 @@
 //! a small local graph. See `docs/reversible.md` for why the backward is a documented call rather
 //! than a custom autodiff op.
 
+mod backbone;
 mod chain;
 mod grads;
 mod impls;
+mod swin;
 mod vit;
 
 pub use crate::backbone::residual::CoupledBlock;
+pub use backbone::ReversibleStep;
 pub use chain::{CheckedBackward, Drift, ResidualChain, RevChain, RevState};
 pub use grads::merge_grads;
+pub use swin::ReversibleSwinStep;
 pub use vit::ReversibleVitStep;

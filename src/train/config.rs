@@ -335,10 +335,11 @@ impl TrainConfig {
                 "the adapter mode reads the ordinary backbone's layers; drop `rewired`".into(),
             );
         }
-        if self.uses_rewired_backbone() && !matches!(self.backbone, BackboneConfig::Vit(_)) {
+        if self.uses_rewired_backbone() && matches!(self.backbone, BackboneConfig::ResNet(_)) {
             return bad(
-                "rewired (reversible) training of whole models is implemented for ViT backbones; \
-                 for Swin and ResNet chains use `reversible::RevChain` directly (docs/reversible.md)"
+                "rewired (reversible) training of whole models is implemented for ViT and Swin \
+                 backbones; for ResNet chains (frozen BatchNorm) use `reversible::RevChain` \
+                 directly (docs/reversible.md)"
                     .into(),
             );
         }
@@ -366,9 +367,18 @@ mod tests {
         assert_eq!(back.epochs, 3);
         assert!(matches!(back.backbone, BackboneConfig::Vit(ref v) if v.depth == 4));
         assert!(TrainConfig::new().with_epochs(0).validate().is_err());
-        let rev_swin = TrainConfig::new()
-            .with_mode(TrainMode::Reversible)
-            .with_backbone(BackboneConfig::preset(BackbonePreset::SwinT));
-        assert!(rev_swin.validate().unwrap_err().to_string().contains("ViT"));
+        let rev = |p| {
+            TrainConfig::new()
+                .with_mode(TrainMode::Reversible)
+                .with_backbone(BackboneConfig::preset(p))
+                .validate()
+        };
+        rev(BackbonePreset::SwinT).unwrap();
+        assert!(
+            rev(BackbonePreset::R3d18)
+                .unwrap_err()
+                .to_string()
+                .contains("ResNet")
+        );
     }
 }

@@ -144,17 +144,13 @@ pub fn extract_features(
     while start < n {
         let count = chunk.min(n - start);
         let x = clip_range(frames, clips, start, count, &device)?;
-        let out = match backbone {
-            Backbone::Vit(vit) if rewired => crate::backbone::BackboneOutput {
-                features: vit.forward_rewired_inference(x)?,
+        let out = if rewired {
+            crate::backbone::BackboneOutput {
+                features: backbone.forward_rewired_inference(x)?,
                 intermediates: Vec::new(),
-            },
-            _ if rewired => {
-                return Err(Error::Config(
-                    "rewired inference is implemented for ViT backbones".into(),
-                ));
             }
-            _ => backbone.forward(x, layers)?,
+        } else {
+            backbone.forward(x, layers)?
         };
         feats.push(out.features);
         for (acc, t) in inter.iter_mut().zip(out.intermediates) {

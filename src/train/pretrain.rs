@@ -158,9 +158,10 @@ pub struct ClipClassifier {
 pub enum BackbonePass {
     /// The ordinary network.
     Ordinary,
-    /// A ViT rewired into its reversible form, training (stochastic depth keyed by the seed).
+    /// The backbone rewired into its reversible form (ViT, Swin) under ordinary autodiff,
+    /// training (stochastic depth keyed by the seed): the reference of the reversible step.
     RewiredTrain(u64),
-    /// A ViT rewired into its reversible form, inference (no graph wanted, no drop path).
+    /// The backbone rewired into its reversible form, inference (no graph wanted, no drop path).
     RewiredInference,
 }
 
@@ -170,19 +171,10 @@ impl ClipClassifier {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, K]`
     pub fn forward(&self, clips: Tensor<5>, pass: BackbonePass) -> Result<Tensor<2>> {
-        let features = match (&self.backbone, pass) {
-            (_, BackbonePass::Ordinary) => self.backbone.forward(clips, &[])?.features,
-            (Backbone::Vit(vit), BackbonePass::RewiredTrain(seed)) => {
-                vit.forward_rewired(clips, seed)?
-            }
-            (Backbone::Vit(vit), BackbonePass::RewiredInference) => {
-                vit.forward_rewired_inference(clips)?
-            }
-            _ => {
-                return Err(Error::Config(
-                    "rewired (reversible) pretraining is implemented for ViT backbones".into(),
-                ));
-            }
+        let features = match pass {
+            BackbonePass::Ordinary => self.backbone.forward(clips, &[])?.features,
+            BackbonePass::RewiredTrain(seed) => self.backbone.forward_rewired(clips, seed)?,
+            BackbonePass::RewiredInference => self.backbone.forward_rewired_inference(clips)?,
         };
         Ok(self.fc.forward(features))
     }
@@ -237,9 +229,9 @@ pub fn pretrain_from(
     } else {
         trimmed_clips(data, Subset::Validation, cfg)?
     };
-    if cfg.rewired && !matches!(backbone, Backbone::Vit(_)) {
+    if cfg.rewired && matches!(backbone, Backbone::ResNet(_)) {
         return Err(Error::Config(
-            "rewired (reversible) pretraining is implemented for ViT backbones".into(),
+            "rewired (reversible) pretraining is implemented for ViT and Swin backbones".into(),
         ));
     }
     let k = data.classes.len() + usize::from(cfg.background);
@@ -297,10 +289,10 @@ pub fn pretrain_from(
         let (logits, l, grads) = match &model.backbone {
             // Rewired: Re2TAL's reversible step (blocks recomputed from their outputs in the
             // backward pass, no cached activations); gradients equal autodiff's.
-            Backbone::Vit(vit) if cfg.rewired => {
+            b if cfg.rewired => {
                 let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9);
-                let rev = vit.forward_reversible(x, seed)?;
-                let logits = model.fc.forward(rev.features.clone());
+                let rev = b.forward_reversible(x, seed)?;
+                let logits = model.fc.forward(rev.features());
                 let loss = ce.forward(logits.clone(), y.clone());
                 let l = finite(&loss)?;
                 (logits, l, rev.backward(loss, &model.fc))

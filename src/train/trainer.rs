@@ -654,14 +654,14 @@ fn train_step(
             &device.clone().without_autodiff(),
         )?;
         let x = cfg.augment.apply(x, &mut aug_rng());
-        match model.backbone.valid() {
-            Backbone::Vit(vit) if cfg.uses_rewired_backbone() && layers.is_empty() => {
-                Ok(BackboneOutput {
-                    features: vit.forward_rewired_inference(x)?,
-                    intermediates: Vec::new(),
-                })
-            }
-            frozen => frozen.forward(x, layers),
+        let frozen = model.backbone.valid();
+        if cfg.uses_rewired_backbone() && layers.is_empty() {
+            Ok(BackboneOutput {
+                features: frozen.forward_rewired_inference(x)?,
+                intermediates: Vec::new(),
+            })
+        } else {
+            frozen.forward(x, layers)
         }
     };
     let (value, mut grads) = match cfg.mode {
@@ -684,9 +684,10 @@ fn train_step(
             )
         }
         TrainMode::Full => {
-            let f = match &model.backbone {
-                Backbone::Vit(vit) if cfg.rewired => vit.forward_rewired(clips()?, step_seed)?,
-                b => b.forward(clips()?, &[])?.features,
+            let f = if cfg.rewired {
+                model.backbone.forward_rewired(clips()?, step_seed)?
+            } else {
+                model.backbone.forward(clips()?, &[])?.features
             };
             let loss = loss_of(f, &model.head)?;
             let value = check(&loss)?;
@@ -703,17 +704,12 @@ fn train_step(
             )
         }
         TrainMode::Reversible => {
-            let Backbone::Vit(vit) = &model.backbone else {
-                return Err(Error::Config(
-                    "mode `reversible` needs a ViT backbone".into(),
-                ));
-            };
-            let rev = vit.forward_reversible(clips()?, step_seed)?;
-            let loss = loss_of(rev.features.clone(), &model.head)?;
+            let rev = model.backbone.forward_reversible(clips()?, step_seed)?;
+            let loss = loss_of(rev.features(), &model.head)?;
             let value = check(&loss)?;
             let mut all = rev.backward(loss, &model.head);
             let mut backbone = GradientsParams::new();
-            merge_grads(vit, &mut all, &mut backbone);
+            merge_grads(&model.backbone, &mut all, &mut backbone);
             (
                 value,
                 StepGrads {
