@@ -100,7 +100,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             &backbone,
             &v.frames,
             &cfg.clips,
-            &[],
+            Default::default(),
             a.chunk.max(1),
             a.rewired,
             &device,

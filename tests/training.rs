@@ -185,7 +185,7 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     let ck = Checkpoint::load(&dir.path().join("part")).unwrap();
     assert_eq!((ck.meta.state.epoch, ck.meta.state.step_in_epoch), (0, 4));
     let opts = quiet_run(dir.path().join("part"), None);
-    let resumed = resume(&data, &opts, &e2e_tal::backend::cpu_device()).unwrap();
+    let resumed = resume(&data, &opts, &test_device()).unwrap();
     assert_eq!(resumed.state.global_step, 12);
     let (r, w) = (values(&resumed.model), values(&whole.model));
     assert_eq!(r.len(), w.len());
@@ -520,7 +520,11 @@ fn head_only_without_a_feature_cache_trains_like_with_one() {
         .fold(0f32, f32::max);
     assert!(worst < 1e-4, "head weights differ by {worst}");
     assert_eq!(values(&cached.model.backbone), values(&live.model.backbone));
-    assert!(live.peak_step_bytes.unwrap() > cached.peak_step_bytes.unwrap());
+    // Exact peaks come from the counting allocator (CPU); device pools only keep a lifetime
+    // high-water mark, which the cached run's feature extraction already set.
+    if e2e_tal::backend::kind_from_env().unwrap() == e2e_tal::backend::BackendKind::Cpu {
+        assert!(live.peak_step_bytes.unwrap() > cached.peak_step_bytes.unwrap());
+    }
     let aug = e2e_tal::data::augment::AugmentConfig::synthetic();
     let err = cfg.with_augment(aug.clone()).validate().err().unwrap();
     assert!(err.to_string().contains("augmentation"), "{err}");

@@ -19,7 +19,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -169,16 +169,7 @@ pub struct LosaInput {
 impl Losa {
     /// Keep at most `max_tokens` tokens per clip, uniformly spaced.
     fn subsample(&self, tokens: Tensor<3>) -> Tensor<3> {
-        let [_, l, _] = tokens.dims();
-        if l <= self.max_tokens || self.max_tokens == 0 {
-            return tokens;
-        }
-        let idx: Vec<i64> = (0..self.max_tokens)
-            .map(|i| (i * l / self.max_tokens) as i64)
-            .collect();
-        let idx =
-            Tensor::<1, Int>::from_data(TensorData::new(idx, [self.max_tokens]), &tokens.device());
-        tokens.select(1, idx)
+        crate::backbone::subsample_tokens(tokens, self.max_tokens)
     }
 
     /// Fused per-clip features for the head. Inputs must carry no graph into the backbone
@@ -280,7 +271,7 @@ mod tests {
                 Tensor::random([n, 100, 12], Distribution::Normal(0.0, 1.0), device),
             ],
             valid: Tensor::from_data(
-                TensorData::new((0..n).map(|i| i < valid).collect::<Vec<_>>(), [n]),
+                burn::tensor::TensorData::new((0..n).map(|i| i < valid).collect::<Vec<_>>(), [n]),
                 device,
             ),
         }

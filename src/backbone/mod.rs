@@ -20,6 +20,34 @@ pub struct BackboneOutput {
 }
 
 /// Check a clip batch is `[N, 3, F, H, W]` with `N > 0`.
+/// Which intermediate layers a forward keeps, and how many tokens per clip of each.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LayerTaps<'a> {
+    /// Layer indices (blocks for ViT, stages otherwise); empty: none.
+    pub layers: &'a [usize],
+    /// Most tokens per clip kept of each (uniformly subsampled); `0`: all.
+    pub max_tokens: usize,
+}
+
+/// At most `max_tokens` of the `L` tokens of `[N, L, C]`, uniformly spaced (`0`: all).
+///
+/// # Shapes
+/// - tokens: `[N, L, C]` -> `[N, min(L, max_tokens), C]`
+pub fn subsample_tokens(tokens: Tensor<3>, max_tokens: usize) -> Tensor<3> {
+    let [_, l, _] = tokens.dims();
+    if max_tokens == 0 || l <= max_tokens {
+        return tokens;
+    }
+    let idx: Vec<i64> = (0..max_tokens)
+        .map(|i| (i * l / max_tokens) as i64)
+        .collect();
+    let idx = Tensor::<1, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(idx, [max_tokens]),
+        &tokens.device(),
+    );
+    tokens.select(1, idx)
+}
+
 pub(crate) fn check_input(name: &str, clips: &Tensor<5>) -> Result<[usize; 5]> {
     let dims = clips.dims();
     if dims[1] != 3 || dims[0] == 0 {
@@ -174,10 +202,26 @@ impl Backbone {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, intermediates `[N, L, C_l]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
+        self.forward_tapped(clips, layers, 0)
+    }
+
+    /// [`Backbone::forward`] keeping at most `max_tokens` tokens per clip of each intermediate
+    /// layer (uniformly subsampled, [`subsample_tokens`]) as the layer is produced, so the
+    /// layers kept for LoSA cost `clips x layers x max_tokens x width`, not every token;
+    /// `0` keeps all.
+    ///
+    /// # Shapes
+    /// - output `intermediates[i]`: `[N, min(L_i, max_tokens), C_i]`
+    pub fn forward_tapped(
+        &self,
+        clips: Tensor<5>,
+        layers: &[usize],
+        max_tokens: usize,
+    ) -> Result<BackboneOutput> {
         match self {
-            Backbone::Vit(m) => m.forward(clips, layers),
-            Backbone::Swin(m) => m.forward(clips, layers),
-            Backbone::ResNet(m) => m.forward(clips, layers),
+            Backbone::Vit(m) => m.forward_tapped(clips, layers, max_tokens),
+            Backbone::Swin(m) => m.forward_tapped(clips, layers, max_tokens),
+            Backbone::ResNet(m) => m.forward_tapped(clips, layers, max_tokens),
         }
     }
 
@@ -228,5 +272,46 @@ mod tests {
             "SWIN-T".parse::<BackbonePreset>().unwrap(),
             BackbonePreset::SwinT
         );
+    }
+
+    /// A token budget keeps exactly the uniformly subsampled tokens of each tapped layer, for
+    /// every family, and leaves the features alone.
+    #[test]
+    fn tapped_layers_are_the_subsampled_layers() {
+        let device = crate::backend::cpu_device();
+        let vit = Backbone::Vit(
+            vit::VitConfig::new()
+                .with_embed_dim(16)
+                .with_depth(3)
+                .with_num_heads(2)
+                .with_mlp_dim(32)
+                .with_patch_size(8)
+                .with_num_frames(4)
+                .with_image_size(16)
+                .init(&device),
+        );
+        let resnet = Backbone::ResNet(
+            resnet3d::ResNet3dConfig::new()
+                .with_widths(vec![4, 8])
+                .with_layers(vec![1, 1])
+                .init(&device),
+        );
+        for (name, m, layers) in [("vit", vit, vec![0, 1]), ("resnet", resnet, vec![0])] {
+            let x = Tensor::<5>::random(
+                [2, 3, 4, 16, 16],
+                burn::tensor::Distribution::Default,
+                &device,
+            );
+            let all = m.forward(x.clone(), &layers).unwrap();
+            let kept = m.forward_tapped(x, &layers, 5).unwrap();
+            let d: f32 = (kept.features - all.features).abs().max().into_scalar();
+            assert_eq!(d, 0.0, "{name}: features");
+            for (k, a) in kept.intermediates.into_iter().zip(all.intermediates) {
+                assert!(a.dims()[1] > 5, "{name}: layer has few tokens");
+                assert_eq!(k.dims()[1], 5, "{name}");
+                let d: f32 = (k - subsample_tokens(a, 5)).abs().max().into_scalar();
+                assert_eq!(d, 0.0, "{name}: kept tokens");
+            }
+        }
     }
 }

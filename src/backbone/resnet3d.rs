@@ -281,10 +281,15 @@ impl ResNet3d {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, C, F', H', W']`
     pub fn forward_map(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
-        Ok(self.run(clips, &[])?.0)
+        Ok(self.run(clips, &[], 0)?.0)
     }
 
-    fn run(&self, clips: Tensor<5>, layers: &[usize]) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
+    fn run(
+        &self,
+        clips: Tensor<5>,
+        layers: &[usize],
+        max_tokens: usize,
+    ) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
         check_input("resnet3d", &clips)?;
         check_layers("resnet3d", layers, self.stages.len())?;
         let mut x = clips;
@@ -298,7 +303,8 @@ impl ResNet3d {
             }
             if layers.contains(&i) {
                 let [n, c, t, h, w] = x.dims();
-                inter.push(x.clone().reshape([n, c, t * h * w]).swap_dims(1, 2));
+                let tokens = x.clone().reshape([n, c, t * h * w]).swap_dims(1, 2);
+                inter.push(super::subsample_tokens(tokens, max_tokens));
             }
         }
         Ok((x, inter))
@@ -311,7 +317,18 @@ impl ResNet3d {
     /// - clips: `[N, 3, F, H, W]`
     /// - output `features`: `[N, C]`, `intermediates[i]`: `[N, T'H'W', C_i]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
-        let (x, intermediates) = self.run(clips, layers)?;
+        self.forward_tapped(clips, layers, 0)
+    }
+
+    /// [`Self::forward`] keeping at most `max_tokens` tokens per intermediate layer
+    /// ([`super::Backbone::forward_tapped`]).
+    pub fn forward_tapped(
+        &self,
+        clips: Tensor<5>,
+        layers: &[usize],
+        max_tokens: usize,
+    ) -> Result<BackboneOutput> {
+        let (x, intermediates) = self.run(clips, layers, max_tokens)?;
         let [n, c, t, h, w] = x.dims();
         let features = x.reshape([n, c, t * h * w]).mean_dim(2).reshape([n, c]);
         Ok(BackboneOutput {

@@ -476,10 +476,15 @@ impl VideoSwin {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, T', H', W', C]`
     pub fn forward_map(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
-        Ok(self.run(clips, &[])?.0)
+        Ok(self.run(clips, &[], 0)?.0)
     }
 
-    fn run(&self, clips: Tensor<5>, layers: &[usize]) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
+    fn run(
+        &self,
+        clips: Tensor<5>,
+        layers: &[usize],
+        max_tokens: usize,
+    ) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
         check_input("swin", &clips)?;
         check_layers("swin", layers, self.stages.len())?;
         let mut x = self.patch_embed.forward(clips);
@@ -490,7 +495,8 @@ impl VideoSwin {
             }
             if layers.contains(&i) {
                 let [n, t, h, w, c] = x.dims();
-                inter.push(x.clone().reshape([n, t * h * w, c]));
+                let tokens = x.clone().reshape([n, t * h * w, c]);
+                inter.push(crate::backbone::subsample_tokens(tokens, max_tokens));
             }
             if let Some(m) = &stage.merge {
                 x = m.forward(x);
@@ -506,7 +512,18 @@ impl VideoSwin {
     /// - clips: `[N, 3, F, H, W]`
     /// - output `features`: `[N, C]`, `intermediates[i]`: `[N, T'H_iW_i, C_i]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
-        let (x, intermediates) = self.run(clips, layers)?;
+        self.forward_tapped(clips, layers, 0)
+    }
+
+    /// [`Self::forward`] keeping at most `max_tokens` tokens per intermediate layer
+    /// ([`crate::backbone::Backbone::forward_tapped`]).
+    pub fn forward_tapped(
+        &self,
+        clips: Tensor<5>,
+        layers: &[usize],
+        max_tokens: usize,
+    ) -> Result<BackboneOutput> {
+        let (x, intermediates) = self.run(clips, layers, max_tokens)?;
         Ok(BackboneOutput {
             features: Self::mean_tokens(x),
             intermediates,

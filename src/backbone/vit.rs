@@ -326,7 +326,7 @@ impl VisionTransformer {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, L, D]`
     pub fn forward_tokens(&self, clips: Tensor<5>) -> Result<Tensor<3>> {
-        Ok(self.forward_with(clips, &[])?.tokens)
+        Ok(self.forward_with(clips, &[], 0)?.tokens)
     }
 
     /// Per-clip features and, for each index in `layers`, that block's output tokens.
@@ -335,7 +335,18 @@ impl VisionTransformer {
     /// - clips: `[N, 3, F, H, W]`
     /// - output `features`: `[N, D]`, `intermediates[i]`: `[N, L, D]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
-        let out = self.forward_with(clips, layers)?;
+        self.forward_tapped(clips, layers, 0)
+    }
+
+    /// [`Self::forward`] keeping at most `max_tokens` tokens per intermediate layer
+    /// ([`super::Backbone::forward_tapped`]).
+    pub fn forward_tapped(
+        &self,
+        clips: Tensor<5>,
+        layers: &[usize],
+        max_tokens: usize,
+    ) -> Result<BackboneOutput> {
+        let out = self.forward_with(clips, layers, max_tokens)?;
         Ok(BackboneOutput {
             features: self.pool_tokens(out.tokens),
             intermediates: out.intermediates,
@@ -375,7 +386,12 @@ impl VisionTransformer {
         Ok(())
     }
 
-    fn forward_with(&self, clips: Tensor<5>, layers: &[usize]) -> Result<TokenOutput> {
+    fn forward_with(
+        &self,
+        clips: Tensor<5>,
+        layers: &[usize],
+        max_tokens: usize,
+    ) -> Result<TokenOutput> {
         self.check_clips(&clips)?;
         super::check_layers("vit", layers, self.blocks.len())?;
         let mut x = self.embed(clips);
@@ -383,7 +399,7 @@ impl VisionTransformer {
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward(x);
             if layers.contains(&i) {
-                intermediates.push(x.clone());
+                intermediates.push(super::subsample_tokens(x.clone(), max_tokens));
             }
         }
         if let Some(n) = &self.norm {

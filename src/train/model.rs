@@ -6,7 +6,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::config::{TrainConfig, TrainMode};
 use crate::adapter::losa::{Losa, LosaInput};
-use crate::backbone::Backbone;
+use crate::backbone::{Backbone, LayerTaps};
 use crate::data::clips::{ClipSamplingConfig, clip_range};
 use crate::data::frames::Frames;
 use crate::error::{Error, Result};
@@ -132,14 +132,14 @@ pub fn extract_features(
     backbone: &Backbone,
     frames: &Frames,
     clips: &ClipSamplingConfig,
-    layers: &[usize],
+    taps: LayerTaps<'_>,
     chunk: usize,
     rewired: bool,
     device: &Device,
 ) -> Result<VideoFeatures> {
     let device = device.clone().without_autodiff();
     let n = clips.num_clips(&frames.video, frames.len)?;
-    let (mut feats, mut inter) = (Vec::new(), vec![Vec::new(); layers.len()]);
+    let (mut feats, mut inter) = (Vec::new(), vec![Vec::new(); taps.layers.len()]);
     let mut start = 0;
     while start < n {
         let count = chunk.min(n - start);
@@ -150,7 +150,7 @@ pub fn extract_features(
                 intermediates: Vec::new(),
             }
         } else {
-            backbone.forward(x, layers)?
+            backbone.forward_tapped(x, taps.layers, taps.max_tokens)?
         };
         feats.push(out.features);
         for (acc, t) in inter.iter_mut().zip(out.intermediates) {
@@ -207,11 +207,15 @@ pub struct Detector<'a> {
 impl Detector<'_> {
     /// Backbone outputs of one video.
     pub fn features(&self, video: &TalVideo) -> Result<VideoFeatures> {
+        let taps = LayerTaps {
+            layers: &self.layers,
+            max_tokens: self.model.adapter.as_ref().map_or(0, |a| a.max_tokens),
+        };
         extract_features(
             &self.model.backbone,
             &video.frames,
             &self.cfg.clips,
-            &self.layers,
+            taps,
             self.cfg.inference_chunk,
             self.cfg.uses_rewired_backbone(),
             &self.device,

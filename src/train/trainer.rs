@@ -661,7 +661,9 @@ fn train_step(
                 intermediates: Vec::new(),
             })
         } else {
-            frozen.forward(x, layers)
+            // LoSA's token budget applies as each layer is produced (bounded memory).
+            let max_tokens = model.adapter.as_ref().map_or(0, |a| a.max_tokens);
+            frozen.forward_tapped(x, layers, max_tokens)
         }
     };
     let (value, mut grads) = match cfg.mode {
