@@ -46,7 +46,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         (outcome, data, ck.meta.config)
     } else {
         let mut cfg = match &a.config {
-            Some(p) => e2e_tal::io::read_json(p)?,
+            Some(p) => TrainConfig::from_json(&e2e_tal::io::read_to_string(p)?)
+                .map_err(|e| e2e_tal::io::json_error(p, e))?,
             None => TrainConfig::new(),
         };
         cfg.mode = mode;

@@ -60,12 +60,17 @@ pub fn read_to_string(path: &Path) -> Result<String> {
 /// Read and parse a JSON file (a configuration, a report); errors name the file, line and column.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = read_to_string(path)?;
-    serde_json::from_str(&text).map_err(|e| Error::Json {
+    serde_json::from_str(&text).map_err(|e| json_error(path, e))
+}
+
+/// A JSON error in `path` as [`Error::Json`] (file, line, column, message).
+pub fn json_error(path: &Path, e: serde_json::Error) -> Error {
+    Error::Json {
         path: path.to_path_buf(),
         line: e.line(),
         column: e.column(),
         message: e.to_string(),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -530,3 +530,26 @@ fn head_only_without_a_feature_cache_trains_like_with_one() {
     assert!(err.to_string().contains("augmentation"), "{err}");
     live_cfg.with_augment(aug).validate().unwrap();
 }
+
+/// A seed gives the same initial head with or without LoSA adapters, so head-only and adapter
+/// runs of a seed differ only by what the adapters add (a paired comparison).
+#[test]
+fn adapters_do_not_change_the_initial_head() {
+    let _serial = serial();
+    let device = e2e_tal::backend::cpu_device();
+    let heads: Vec<Vec<f32>> = [TrainMode::HeadOnly, TrainMode::Adapter]
+        .into_iter()
+        .map(|mode| {
+            let cfg = tiny_config(mode, 1);
+            device.seed(3);
+            let backbone = cfg.backbone.init(&device);
+            let m = e2e_tal::train::TalModel::new(&cfg, backbone, 2, (32, 32), &device).unwrap();
+            assert_eq!(m.adapter.is_some(), mode == TrainMode::Adapter);
+            // Materialise every parameter in field order (backbone, adapter, head), as the
+            // trainer does, before reading the head.
+            let _ = values(&m);
+            values(&m.head)
+        })
+        .collect();
+    assert_eq!(heads[0], heads[1]);
+}

@@ -171,8 +171,14 @@ impl Checkpoint {
     pub fn load(path: &Path) -> Result<Self> {
         let dir = find(path).ok_or_else(|| fail(path, "no checkpoint (state.json + model.bpk)"))?;
         let state_path = dir.join("state.json");
-        let meta: CheckpointMeta = serde_json::from_str(&read_to_string(&state_path)?)
-            .map_err(|e| fail(&state_path, format!("malformed: {e}")))?;
+        let malformed = |e: serde_json::Error| fail(&state_path, format!("malformed: {e}"));
+        let mut value: serde_json::Value =
+            serde_json::from_str(&read_to_string(&state_path)?).map_err(malformed)?;
+        // Checkpoints of older versions lack newer configuration fields: take their defaults.
+        if let Some(cfg) = value.get_mut("config") {
+            *cfg = super::config::with_defaults(&super::TrainConfig::new(), cfg.take());
+        }
+        let meta: CheckpointMeta = serde_json::from_value(value).map_err(malformed)?;
         let read = |name: &str| -> Result<Bytes> {
             let p = dir.join(name);
             Ok(Bytes::from_bytes_vec(

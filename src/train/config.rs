@@ -347,6 +347,41 @@ impl TrainConfig {
     }
 }
 
+/// `value` with every field it lacks taken from `default` (recursively), so configurations
+/// written by an older version of the crate (before a field existed) still load. An object
+/// with a key `default` does not have (another enum variant, another shape) is kept as it is.
+pub fn with_defaults<C: serde::Serialize>(
+    default: &C,
+    value: serde_json::Value,
+) -> serde_json::Value {
+    fn merge(default: serde_json::Value, value: serde_json::Value) -> serde_json::Value {
+        use serde_json::Value::Object;
+        match (default, value) {
+            (Object(mut d), Object(v)) if v.keys().all(|k| d.contains_key(k)) => {
+                for (k, x) in v {
+                    let base = d.remove(&k).expect("key checked above");
+                    d.insert(k, merge(base, x));
+                }
+                Object(d)
+            }
+            (_, v) => v,
+        }
+    }
+    match serde_json::to_value(default) {
+        Ok(d) => merge(d, value),
+        Err(_) => value,
+    }
+}
+
+impl TrainConfig {
+    /// Parse a configuration from JSON, filling fields it lacks with their defaults
+    /// ([`with_defaults`]).
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        serde_json::from_value(with_defaults(&TrainConfig::new(), value))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,4 +416,31 @@ mod tests {
                 .contains("ResNet")
         );
     }
+
+    /// A configuration written before some fields existed loads with their defaults; a
+    /// different backbone variant is kept whole.
+    #[test]
+    fn older_configurations_load_with_defaults() {
+        let mut v = serde_json::to_value(
+            TrainConfig::new()
+                .with_epochs(5)
+                .with_backbone(BackboneConfig::preset(BackbonePreset::SwinT)),
+        )
+        .unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("cache_features");
+        obj.remove("lofi");
+        obj["adapter"]
+            .as_object_mut()
+            .unwrap()
+            .remove("zero_init_output");
+        let text = v.to_string();
+        assert!(serde_json::from_str::<TrainConfig>(&text).is_err());
+        let cfg = TrainConfig::from_json(&text).unwrap();
+        assert_eq!(cfg.epochs, 5);
+        assert!(cfg.cache_features);
+        assert!(!cfg.adapter.zero_init_output);
+        assert!(matches!(cfg.backbone, BackboneConfig::Swin(_)));
+    }
 }
+

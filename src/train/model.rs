@@ -99,6 +99,16 @@ impl TalModel {
         );
         let out = backbone.valid().forward(probe, &layers)?;
         let dim = out.features.dims()[1];
+        let mut hc = cfg.head.clone();
+        hc.input_dim = match cfg.mode {
+            TrainMode::Adapter => cfg.adapter.output_dim.unwrap_or(dim),
+            _ => dim,
+        };
+        hc.num_classes = num_classes;
+        // The head draws its initial values first (Burn initialises lazily), so a seed gives
+        // the same head with or without adapters: LoSA and head-only runs differ only by them.
+        let head = hc.init(device)?;
+        super::trainer::materialize(&head);
         let adapter = if cfg.mode == TrainMode::Adapter {
             let mut a = cfg.adapter.clone();
             a.feature_dim = dim;
@@ -107,17 +117,10 @@ impl TalModel {
         } else {
             None
         };
-        let head_in = match &adapter {
-            Some(_) => cfg.adapter.output_dim.unwrap_or(dim),
-            None => dim,
-        };
-        let mut hc = cfg.head.clone();
-        hc.input_dim = head_in;
-        hc.num_classes = num_classes;
         Ok(Self {
             backbone,
             adapter,
-            head: hc.init(device)?,
+            head,
         })
     }
 }
