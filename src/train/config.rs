@@ -443,4 +443,3 @@ mod tests {
         assert!(matches!(cfg.backbone, BackboneConfig::Swin(_)));
     }
 }
-
