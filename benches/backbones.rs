@@ -17,7 +17,7 @@ use e2e_tal::memory::{self, CountingAllocator, mib};
 static ALLOC: CountingAllocator = CountingAllocator;
 
 fn tiny(name: &str) -> Backbone {
-    let d = bench_device();
+    let d = e2e_tal::backend::device_from_args().expect("--backend");
     match name {
         "vit-tiny" => Backbone::Vit(
             VitConfig::new()
@@ -47,7 +47,7 @@ fn tiny(name: &str) -> Backbone {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[usize] = if quick { &[112] } else { &[112, 224] };
-    let device = bench_device();
+    let device = e2e_tal::backend::device_from_args().expect("--backend");
     let mut rows: Vec<(String, Backbone)> = ["vit-tiny", "swin-tiny", "r3d-tiny"]
         .iter()
         .map(|n| (n.to_string(), tiny(n)))
@@ -89,11 +89,4 @@ fn main() {
             println!("| {name} | {params:.1} | 16x{s}x{s} | {secs:.2} | {peak} |");
         }
     }
-}
-
-/// The device named by `--backend cpu|wgpu|cuda` (or `E2E_TAL_BACKEND`); CPU by default.
-fn bench_device() -> burn::tensor::Device {
-    e2e_tal::backend::kind_from_args()
-        .and_then(e2e_tal::backend::device)
-        .unwrap_or_else(|e| panic!("{e}"))
 }

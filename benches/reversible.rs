@@ -89,8 +89,13 @@ fn main() {
     for &depth in depths {
         for mode in [Mode::Plain, Mode::Checkpointing, Mode::Reversible] {
             let device = match mode {
-                Mode::Checkpointing => bench_device().autodiff().gradient_checkpointing(),
-                _ => bench_device().autodiff(),
+                Mode::Checkpointing => e2e_tal::backend::device_from_args()
+                    .expect("--backend")
+                    .autodiff()
+                    .gradient_checkpointing(),
+                _ => e2e_tal::backend::device_from_args()
+                    .expect("--backend")
+                    .autodiff(),
             };
             let model = vit_s(depth, &device);
             let param_bytes = model.blocks.num_params() * 4;
@@ -120,12 +125,14 @@ fn main() {
     );
     println!("| precision | depth (blocks) | max abs | max rel |");
     println!("|---|---|---|---|");
-    let device = bench_device().autodiff();
+    let device = e2e_tal::backend::device_from_args()
+        .expect("--backend")
+        .autodiff();
     let deep = vit_s(48, &device);
     let x = Tensor::<3>::random(
         [1, tokens, 384],
         Distribution::Normal(0.0, 1.0),
-        &bench_device(),
+        &e2e_tal::backend::device_from_args().expect("--backend"),
     );
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         // Parameters and input in `dtype` (fresh leaves, so each depth's backward has its own
@@ -158,11 +165,4 @@ impl ModuleMapper for Cast {
         let dtype = self.0;
         p.map(|t| t.cast(dtype).detach().require_grad())
     }
-}
-
-/// The device named by `--backend cpu|wgpu|cuda` (or `E2E_TAL_BACKEND`); CPU by default.
-fn bench_device() -> burn::tensor::Device {
-    e2e_tal::backend::kind_from_args()
-        .and_then(e2e_tal::backend::device)
-        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -68,7 +68,7 @@ fn config(depth: usize, size: usize, clips: &ClipSamplingConfig) -> TrainConfig 
 }
 
 fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, f64) {
-    let device = bench_device();
+    let device = e2e_tal::backend::device_from_args().expect("--backend");
     device.seed(0);
     let backbone = cfg.backbone.init(&device);
     let opts = RunOptions {
@@ -161,11 +161,4 @@ fn main() {
             );
         }
     }
-}
-
-/// The device named by `--backend cpu|wgpu|cuda` (or `E2E_TAL_BACKEND`); CPU by default.
-fn bench_device() -> burn::tensor::Device {
-    e2e_tal::backend::kind_from_args()
-        .and_then(e2e_tal::backend::device)
-        .unwrap_or_else(|e| panic!("{e}"))
 }

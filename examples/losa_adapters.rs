@@ -16,8 +16,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::module::Module;
 use clap::Parser;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, mib};
@@ -69,24 +68,6 @@ struct Args {
     backend: String,
 }
 
-/// Parameter count of a module.
-#[derive(Default)]
-struct Census {
-    params: usize,
-}
-
-impl ModuleVisitor for Census {
-    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-        self.params += p.val().shape().num_elements();
-    }
-}
-
-fn count<M: Module>(m: &M) -> usize {
-    let mut c = Census::default();
-    m.visit(&mut c);
-    c.params
-}
-
 fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
     let device = backend::device(a.backend.parse()?)?;
@@ -120,7 +101,8 @@ fn main() -> Result<(), e2e_tal::Report> {
         let cfg_used = cfg.clone();
         let o = train(cfg, &data, backbone, &opts, &device)?;
         let secs = t0.elapsed().as_secs_f64();
-        let trained = count(&o.model.head) + o.model.adapter.as_ref().map_or(0, count);
+        let trained =
+            o.model.head.num_params() + o.model.adapter.as_ref().map_or(0, |a| a.num_params());
         let (avg, at5) = o
             .evaluation
             .as_ref()

@@ -98,7 +98,7 @@ fn step_cost(
             let loss = ce.forward(fc.forward(step.features.clone()), y);
             Ok(step.backward(loss, &fc).len())
         } else {
-            let features = Backbone::Vit(vit.clone()).forward(x, &[])?.features;
+            let features = vit.forward(x, &[])?.features;
             let loss = ce.forward(fc.forward(features), y);
             let mut g = loss.backward();
             Ok(burn::optim::GradientsParams::from_module(&mut g, &vit).len())
@@ -155,9 +155,7 @@ fn main() -> Result<(), e2e_tal::Report> {
     )?;
     let probe =
         e2e_tal::data::clips::clip_range(&data.videos[0].frames, &base.clips, 0, 4, &device)?;
-    let plain = Backbone::Vit(vit.clone())
-        .forward(probe.clone(), &[])?
-        .features;
+    let plain = vit.forward(probe.clone(), &[])?.features;
     let rewired = vit.forward_rewired_inference(probe)?;
     let change = (rewired - plain.clone()).abs().max().into_scalar::<f32>()
         / plain.abs().max().into_scalar::<f32>();

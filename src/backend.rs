@@ -98,6 +98,11 @@ pub fn kind_from_args() -> Result<BackendKind> {
     }
 }
 
+/// The device of [`kind_from_args`]: how benches and examples pick their backend.
+pub fn device_from_args() -> Result<Device> {
+    kind_from_args().and_then(device)
+}
+
 /// The backend named by the `E2E_TAL_BACKEND` environment variable (`cpu` when unset).
 pub fn kind_from_env() -> Result<BackendKind> {
     match std::env::var("E2E_TAL_BACKEND") {

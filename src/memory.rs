@@ -89,13 +89,11 @@ pub fn measure<T>(f: impl FnOnce() -> T) -> (T, Option<usize>) {
 ///   it: exact when `f` sets a new peak, an upper bound when an earlier workload was larger.
 ///   Measure configurations from the cheapest to the most expensive, or one per process.
 pub fn measure_on<T>(device: &Device, f: impl FnOnce() -> T) -> (T, Option<usize>) {
-    let Some(before) = device.memory_pool_usage() else {
+    if device.memory_pool_usage().is_none() {
         return measure(f);
-    };
+    }
     let _ = device.sync();
-    let in_use = device
-        .memory_pool_usage()
-        .map_or(before.bytes_in_use, |u| u.bytes_in_use);
+    let in_use = device.memory_pool_usage().map_or(0, |u| u.bytes_in_use);
     let out = f();
     let _ = device.sync();
     let high_water: u64 = device
