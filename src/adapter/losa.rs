@@ -7,20 +7,36 @@
 //! - the *long-range* adapter cross-attends from layer `l`'s per-clip pooled features over the
 //!   whole video (queries) to the same last-layer features.
 //!
+//! Each adapter is a pre-norm cross-attention block: the layer's (normalised, projected)
+//! features plus the attention output, then an MLP branch, so what layer `l` carries reaches
+//! the output and the last layer's context modulates it (attention alone would only return
+//! mixtures of last-layer features, which the head already sees).
+//!
 //! A gated fusion adds each adapter output, mapped back to the backbone width and scaled by a
 //! learnable gate, to the last layer's features, then projects to the head's input width. The
-//! gates start at zero, so training starts exactly at the head-only model.
+//! fused features equal the last layer's at the start (by default the output projections start
+//! at zero with the gates at 1; closed gates with random projections are the alternative), so
+//! training starts exactly at the head-only model.
 //!
 //! Memory: the intermediate features kept are `clips x layers x tokens x width` floats, without
 //! any graph; `max_tokens` bounds the tokens per clip (uniform subsampling), so at most
-//! `clips x layers x max_tokens x width` are held.
+//! `clips x layers x max_tokens x width` are held. The adapters' own activations (the graph
+//! of the step) grow as `clips x layers x max_tokens x adapter_dim x (a few + mlp_ratio)`
+//! floats and `clips x max_tokens x clips x heads` attention weights per layer for the short
+//! range (every token of every clip attends to every clip), `clips x clips x heads` for the
+//! long range: linear in layers and tokens, quadratic in clips.
 
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::{layer_norm, linear};
 use burn::tensor::{Bool, Device, Tensor};
 
+use crate::backbone::residual::MlpBranch;
 use crate::error::{Error, Result};
 
 /// LoSA settings (the paper leaves widths and heads open; these defaults follow DESIGN §3).
@@ -36,51 +52,128 @@ pub struct LosaConfig {
     /// Cross-attention heads.
     #[config(default = 8)]
     pub num_heads: usize,
+    /// Hidden width of each adapter's MLP branch, in multiples of the adapter width (0: no
+    /// MLP branch).
+    #[config(default = 4)]
+    pub mlp_ratio: usize,
     /// Most tokens per clip the short-range adapters read (uniformly subsampled beyond).
     #[config(default = 64)]
     pub max_tokens: usize,
-    /// Initial value of every gate (0: start at the head-only model).
-    #[config(default = 0.0)]
+    /// Initial value of every gate. Default 1, with `zero_init_output`: the output projections
+    /// start at zero, so training starts at the head-only model and every adapter parameter
+    /// learns from the first steps.
+    #[config(default = 1.0)]
     pub gate_init: f64,
-    /// Start each adapter's output projection at zero (LoRA / ControlNet style) instead of at
-    /// zero gates: the fused features still equal the last layer's at the start, but the
-    /// adapters get gradients from the first step (with zero gates they get none until the
-    /// gates move). Use with a non-zero `gate_init` (e.g. 1).
-    #[config(default = false)]
+    /// Start each adapter's output projection at zero (LoRA / ControlNet style; default). With
+    /// `false`, use `gate_init` 0 to start at the head-only model (Flamingo-style closed
+    /// gates): then no adapter parameter gets a gradient until a gate moves, and on the
+    /// synthetic benchmark the gates stay within +-0.005 of zero over a 360-step run, so the
+    /// adapters never start (`docs/results.md`).
+    #[config(default = true)]
     pub zero_init_output: bool,
     /// Width of the fused output; `None` keeps `feature_dim` with no projection, so fused
     /// features equal the last layer's while the gates are zero.
     #[config(default = "None")]
     pub output_dim: Option<usize>,
-    /// Attention dropout.
+    /// Dropout on the attention weights and on each adapter's output (before its projection),
+    /// in training.
     #[config(default = 0.0)]
     pub dropout: f64,
 }
 
-/// One range (short or long) of adapters for one layer.
+/// One range (short or long) of adapters for one layer: a pre-norm cross-attention block.
 #[derive(Module, Debug)]
 pub struct RangeAdapter {
+    /// Norm of the layer's tokens (intermediate tokens are the un-normalised residual stream).
+    pub query_norm: LayerNorm,
     /// Layer tokens to adapter width.
     pub query_in: Linear,
+    /// Norm of the last layer's features.
+    pub memory_norm: LayerNorm,
     /// Last-layer features to adapter width.
     pub memory_in: Linear,
     /// Cross-attention.
     pub attn: MultiHeadAttention,
+    /// MLP residual branch after the attention (absent with `mlp_ratio` 0).
+    pub mlp: Option<MlpBranch>,
+    /// Dropout before the output projection.
+    pub drop: Dropout,
     /// Back to the backbone width.
     pub out: Linear,
     /// Fusion gate.
     pub gate: Param<Tensor<1>>,
 }
 
+/// Epsilon of the adapters' norms (burn-nn's default, spelled out because [`norm_linear`]
+/// applies the norms itself).
+const NORM_EPS: f64 = 1e-5;
+
+/// `lin(norm(x))` on the last dimension, computed as `x_hat (gamma W) + (beta W + b)` with
+/// `x_hat` the plain normalisation of `x`: the same function, but autodiff keeps only `x_hat`
+/// for the weights' gradients, not also `x_hat gamma + beta`, and for inputs without a graph
+/// (the backbone's tokens) `x_hat` is computed without one. `norm` must use [`NORM_EPS`].
+fn norm_linear(norm: &LayerNorm, lin: &Linear, x: Tensor<3>) -> Tensor<3> {
+    let c = x.dims()[2];
+    let ones = Tensor::ones([c], &x.device());
+    let x_hat = layer_norm(x, ones, None, NORM_EPS);
+    let w = lin.weight.val(); // [C_in, C_out]
+    let mut bias = lin.bias.as_ref().map(|b| b.val());
+    if let Some(beta) = &norm.beta {
+        let shift = beta
+            .val()
+            .unsqueeze_dim::<2>(0)
+            .matmul(w.clone())
+            .reshape([-1]);
+        bias = Some(bias.map_or(shift.clone(), |b| b + shift));
+    }
+    linear(x_hat, w * norm.gamma.val().unsqueeze_dim::<2>(1), bias)
+}
+
+/// One adapter block's per-query state before its MLP's output projection: the residual stream
+/// `h = q + attention` `[B, Q, A]` and the MLP's hidden activation
+/// `gelu(fc1(LN(h)))` `[B, Q, A * mlp_ratio]`. What follows (`h + fc2(hidden)`, dropout, `out`)
+/// is affine per query, so pooling over queries may come first.
+struct BlockState {
+    h: Tensor<3>,
+    hidden: Option<Tensor<3>>,
+}
+
+impl BlockState {
+    /// Mean over each group of `per` consecutive queries: `[1, G * per, W]` -> `[G, 1, W]`.
+    fn mean_groups(self, groups: usize, per: usize) -> Self {
+        let pool = |t: Tensor<3>| {
+            let w = t.dims()[2];
+            t.reshape([groups, per, w]).mean_dim(1)
+        };
+        Self {
+            h: pool(self.h),
+            hidden: self.hidden.map(pool),
+        }
+    }
+}
+
 impl RangeAdapter {
     fn new(cfg: &LosaConfig, layer_dim: usize, device: &Device) -> Self {
         let a = cfg.adapter_dim_resolved();
         Self {
+            query_norm: LayerNormConfig::new(layer_dim)
+                .with_epsilon(NORM_EPS)
+                .init(device),
             query_in: LinearConfig::new(layer_dim, a).init(device),
+            memory_norm: LayerNormConfig::new(cfg.feature_dim)
+                .with_epsilon(NORM_EPS)
+                .init(device),
             memory_in: LinearConfig::new(cfg.feature_dim, a).init(device),
             attn: MultiHeadAttentionConfig::new(a, cfg.num_heads)
                 .with_dropout(cfg.dropout)
                 .init(device),
+            mlp: (cfg.mlp_ratio > 0).then(|| MlpBranch {
+                norm: LayerNormConfig::new(a).with_epsilon(NORM_EPS).init(device),
+                fc1: LinearConfig::new(a, a * cfg.mlp_ratio).init(device),
+                fc2: LinearConfig::new(a * cfg.mlp_ratio, a).init(device),
+                drop_path: 0.0,
+            }),
+            drop: DropoutConfig::new(cfg.dropout).init(),
             out: if cfg.zero_init_output {
                 LinearConfig::new(a, cfg.feature_dim)
                     .with_initializer(Initializer::Zeros)
@@ -93,15 +186,30 @@ impl RangeAdapter {
     }
 
     /// Cross-attend `query` `[B, Q, C_l]` to `memory` `[B, M, C]` (padding mask `[B, M]`, true =
-    /// padded); returns `[B, Q, C]`.
-    fn attend(&self, query: Tensor<3>, memory: Tensor<3>, pad: Tensor<2, Bool>) -> Tensor<3> {
-        let q = self.query_in.forward(query);
-        let m = self.memory_in.forward(memory);
+    /// padded) with a residual on the query, then the MLP's hidden activation.
+    fn attend(&self, query: Tensor<3>, memory: Tensor<3>, pad: Tensor<2, Bool>) -> BlockState {
+        let q = norm_linear(&self.query_norm, &self.query_in, query);
+        let m = norm_linear(&self.memory_norm, &self.memory_in, memory);
         let ctx = self
             .attn
-            .forward(MhaInput::new(q, m.clone(), m).mask_pad(pad))
+            .forward(MhaInput::new(q.clone(), m.clone(), m).mask_pad(pad))
             .context;
-        self.out.forward(ctx)
+        let h = q + ctx;
+        let hidden = self
+            .mlp
+            .as_ref()
+            .map(|mlp| gelu(norm_linear(&mlp.norm, &mlp.fc1, h.clone())));
+        BlockState { h, hidden }
+    }
+
+    /// The block's output `h + fc2(hidden)`, through dropout and the output projection:
+    /// `[B, Q, C]`.
+    fn output(&self, state: BlockState) -> Tensor<3> {
+        let y = match (&self.mlp, state.hidden) {
+            (Some(mlp), Some(hidden)) => state.h + mlp.fc2.forward(hidden),
+            _ => state.h,
+        };
+        self.out.forward(self.drop.forward(y))
     }
 }
 
@@ -201,18 +309,24 @@ impl Losa {
                 )));
             }
             let tokens = self.subsample(layer.detach());
+            let [_, l, cl] = tokens.dims();
             // Short range: each clip's tokens attend to the whole video's last-layer features.
-            let mem = memory.clone().expand([n as i64, n as i64, c as i64]);
-            let pad_n = pad.clone().expand([n as i64, n as i64]);
+            // Every clip reads the same memory, so all clips' tokens are one batch of queries
+            // (no copy of the memory per clip). The mean over a clip's tokens is taken before
+            // the MLP's output projection (the rest is affine per token): the same output,
+            // without keeping every token's hidden activation for that projection's backward.
             let s = short
-                .attend(tokens.clone(), mem, pad_n)
-                .mean_dim(1)
-                .reshape([n, c]);
+                .attend(
+                    tokens.clone().reshape([1, n * l, cl]),
+                    memory.clone(),
+                    pad.clone(),
+                )
+                .mean_groups(n, l); // [N, 1, ...]
+            let s = short.output(s).reshape([n, c]);
             // Long range: the video's pooled layer features attend to the same memory.
             let pooled = tokens.mean_dim(1).swap_dims(0, 1); // [1, N, C_l]
-            let g = long
-                .attend(pooled, memory.clone(), pad.clone())
-                .reshape([n, c]);
+            let g = long.attend(pooled, memory.clone(), pad.clone());
+            let g = long.output(g).reshape([n, c]);
             fused =
                 fused + s * short.gate.val().reshape([1, 1]) + g * long.gate.val().reshape([1, 1]);
         }
@@ -261,6 +375,7 @@ impl Losa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backbone::residual::ResidualBranch;
     use burn::tensor::Distribution;
 
     fn input(n: usize, valid: usize, device: &Device) -> LosaInput {
@@ -284,44 +399,135 @@ mod tests {
     }
 
     #[test]
-    fn zero_gates_reproduce_head_only_features_and_odd_padded_shapes_work() {
+    fn initial_adapters_reproduce_head_only_features_and_odd_padded_shapes_work() {
         let device = crate::backend::cpu_device();
-        let losa = cfg().init(&device).unwrap();
-        for (n, valid) in [(7, 7), (5, 3), (1, 1)] {
-            let x = input(n, valid, &device);
-            let fused = losa.forward(x.clone()).unwrap();
-            assert_eq!(fused.dims(), [n, 16]);
-            let d: f32 = (fused - x.features).abs().max().into_scalar();
-            assert_eq!(d, 0.0, "gates at zero: fused == last-layer features");
-        }
-        // Zero output projections with open gates start at the head-only model too.
-        let zero_out = cfg()
-            .with_zero_init_output(true)
-            .with_gate_init(1.0)
+        // The default (zero output projections, gates at 1) and closed gates with random
+        // output projections both start at the head-only model.
+        let default = cfg().init(&device).unwrap();
+        let closed = cfg()
+            .with_zero_init_output(false)
+            .with_gate_init(0.0)
             .init(&device)
             .unwrap();
+        assert!(default.gates().iter().all(|&g| g == (1.0, 1.0)));
+        for losa in [&default, &closed] {
+            for (n, valid) in [(7, 7), (5, 3), (1, 1)] {
+                let x = input(n, valid, &device);
+                let fused = losa.forward(x.clone()).unwrap();
+                assert_eq!(fused.dims(), [n, 16]);
+                let d: f32 = (fused - x.features).abs().max().into_scalar();
+                assert_eq!(d, 0.0, "initial adapters: fused == last-layer features");
+            }
+        }
+        // Once the output projections are non-zero the adapters change the features.
+        let open = cfg().with_zero_init_output(false).init(&device).unwrap();
         let x = input(5, 3, &device);
-        let d: f32 = (zero_out.forward(x.clone()).unwrap() - x.features)
+        let d: f32 = (open.forward(x.clone()).unwrap() - x.features)
             .abs()
             .max()
             .into_scalar();
-        assert_eq!(
-            d, 0.0,
-            "zero output projections: fused == last-layer features"
-        );
+        assert!(d > 1e-3, "open adapters changed nothing");
         let proj = cfg().with_output_dim(Some(24)).init(&device).unwrap();
         assert_eq!(proj.forward(input(3, 3, &device)).unwrap().dims(), [3, 24]);
         let bad = LosaInput {
             layers: vec![],
             ..input(3, 3, &device)
         };
-        assert!(losa.forward(bad).is_err());
+        assert!(default.forward(bad).is_err());
+    }
+
+    /// The adapter block as written in the docs: `h = W_q LN(x) + MHA(W_q LN(x), W_m LN(m))`,
+    /// `y = h + MLP(h)`, then the mean over queries and `W_o`; `[B, Q, C_l]` -> `[B, C]`.
+    fn textbook_block(
+        a: &RangeAdapter,
+        x: Tensor<3>,
+        memory: Tensor<3>,
+        pad: Tensor<2, Bool>,
+    ) -> Tensor<2> {
+        let q = a.query_in.forward(a.query_norm.forward(x));
+        let m = a.memory_in.forward(a.memory_norm.forward(memory));
+        let h = q.clone()
+            + a.attn
+                .forward(MhaInput::new(q, m.clone(), m).mask_pad(pad))
+                .context;
+        let y = h.clone() + a.mlp.as_ref().unwrap().branch(h);
+        a.out.forward(y.mean_dim(1)).squeeze_dim(1)
+    }
+
+    /// The short range runs all clips' tokens as one batch of queries against the shared
+    /// memory and pools them before the MLP's output projection, with the query norm folded
+    /// into the query projection: equal to the textbook block clip by clip; padded clips change
+    /// no valid clip's output.
+    #[test]
+    fn short_range_batching_equals_per_clip_attention_and_padding_is_ignored() {
+        let device = crate::backend::cpu_device();
+        let mut losa = LosaConfig::new(16, vec![12])
+            .with_num_heads(2)
+            .with_max_tokens(32)
+            .with_zero_init_output(false)
+            .init(&device)
+            .unwrap();
+        // Trained-looking norms, so that folding them into the projections is tested.
+        let a = &mut losa.short[0];
+        let mlp = a.mlp.as_mut().unwrap();
+        for norm in [&mut a.query_norm, &mut a.memory_norm, &mut mlp.norm] {
+            let [c] = norm.gamma.dims();
+            let random = |mean| Tensor::random([c], Distribution::Normal(mean, 0.5), &device);
+            norm.gamma = Param::from_tensor(random(1.0));
+            norm.beta = Some(Param::from_tensor(random(0.0)));
+        }
+        let (n, valid) = (5, 3);
+        let x = input(n, valid, &device);
+        let x = LosaInput {
+            layers: vec![x.layers[1].clone()],
+            ..x
+        };
+        // Short range alone: close the long-range gate.
+        let mut short_only = losa.clone();
+        short_only.long[0].gate = Param::from_tensor(Tensor::zeros([1], &device));
+        let fused = short_only.forward(x.clone()).unwrap();
+        let tokens = short_only.subsample(x.layers[0].clone());
+        let memory = x.features.clone().unsqueeze_dim::<3>(0);
+        let pad = x.valid.clone().bool_not().unsqueeze_dim::<2>(0);
+        let a = &short_only.short[0];
+        for i in 0..n {
+            let s = textbook_block(
+                a,
+                tokens.clone().narrow(0, i, 1),
+                memory.clone(),
+                pad.clone(),
+            );
+            let want = x.features.clone().narrow(0, i, 1) + s;
+            let d: f32 = (fused.clone().narrow(0, i, 1) - want)
+                .abs()
+                .max()
+                .into_scalar();
+            assert!(d < 1e-5, "clip {i}: batched short range differs by {d}");
+        }
+        // Whatever sits in padded clips, valid clips' fused features stay the same.
+        let mut noisy = x.clone();
+        noisy.features = Tensor::cat(
+            vec![
+                x.features.clone().narrow(0, 0, valid),
+                Tensor::random([n - valid, 16], Distribution::Normal(5.0, 3.0), &device),
+            ],
+            0,
+        );
+        let a = losa.forward(x).unwrap().narrow(0, 0, valid);
+        let b = losa.forward(noisy).unwrap().narrow(0, 0, valid);
+        let d: f32 = (a - b).abs().max().into_scalar();
+        assert!(d < 1e-5, "padded clips leaked into valid ones by {d}");
     }
 
     #[test]
     fn adapters_train_and_no_gradient_reaches_the_backbone() {
         let device = crate::backend::cpu_device().autodiff();
-        let losa = cfg().with_gate_init(0.1).init(&device).unwrap();
+        // Random output projections and small open gates: every parameter is on the path.
+        let losa = cfg()
+            .with_zero_init_output(false)
+            .with_gate_init(0.1)
+            .init(&device)
+            .unwrap();
         // Backbone outputs: made on the autodiff device with a graph, as a careless caller
         // might pass them; LoSA must cut it.
         let src =
