@@ -182,8 +182,9 @@ struct TrainArgs {
     /// many bytes (e.g. 300MiB, 2GiB; a bare number is MiB). Prints the measurements.
     #[arg(long, conflicts_with = "lofi")]
     memory_budget: Option<String>,
-    /// Head-only: run the frozen backbone at every step instead of caching its features once
-    /// (LoSA's memory-comparable baseline; allows --augment and --lofi with head-only).
+    /// Head-only / adapter: run the frozen backbone at every step instead of extracting its
+    /// outputs once (bounded memory for big datasets; head-only's memory-comparable baseline
+    /// for LoSA; allows --augment and --lofi in these modes).
     #[arg(long)]
     no_feature_cache: bool,
     /// After training backbone + head (LoFi-E2E stage 2, in OUT/stage2), freeze the backbone and

@@ -314,6 +314,66 @@ fn frozen_modes_leave_the_backbone_alone() {
     }
 }
 
+/// LoSA trains on the tapped layers extracted once (the default) as on the frozen backbone run
+/// at every step (up to float reordering), and its adapters learn; augmentation needs the
+/// per-step backbone.
+#[test]
+fn adapter_training_on_extracted_layers_equals_the_per_step_backbone() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let cfg = tiny_config(TrainMode::Adapter, 1);
+    assert!(cfg.caches_features());
+    let cached = run(cfg.clone(), &data, &dir.path().join("cached"), Some(4));
+    let live = run(
+        cfg.clone().with_cache_features(false),
+        &data,
+        &dir.path().join("live"),
+        Some(4),
+    );
+    let (a, b) = (values(&cached.model), values(&live.model));
+    assert_eq!(a.len(), b.len());
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        max < 1e-4,
+        "cached vs per-step adapter training differ by {max}"
+    );
+    // Augmentation and LoFi need the per-step backbone.
+    let aug = e2e_tal::data::augment::AugmentConfig::synthetic();
+    let err = cfg
+        .clone()
+        .with_augment(aug.clone())
+        .validate()
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("adapter"), "{err}");
+    cfg.clone()
+        .with_cache_features(false)
+        .with_augment(aug)
+        .validate()
+        .unwrap();
+    let init = run(
+        cfg.with_lr_head(0.0),
+        &data,
+        &dir.path().join("init"),
+        Some(1),
+    );
+    let (before, after) = (
+        values(init.model.adapter.as_ref().unwrap()),
+        values(cached.model.adapter.as_ref().unwrap()),
+    );
+    let moved = before
+        .iter()
+        .zip(&after)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-4, "the adapters moved by only {moved}");
+}
+
 #[test]
 fn bad_input_gets_errors_naming_it() {
     let _serial = serial();

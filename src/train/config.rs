@@ -220,9 +220,12 @@ pub struct TrainConfig {
     /// ActionFormer's `max_seq_len` crop); 0: the whole video.
     #[config(default = 0)]
     pub max_train_clips: usize,
-    /// Head-only: extract every video's features once and train on them (default). `false`
-    /// runs the frozen backbone (no graph) at every step instead, as LoSA does: the
-    /// memory-comparable head-only baseline, and it lets `augment` apply to head-only.
+    /// Frozen-backbone modes (head-only, adapter): run the backbone once over every video, keep
+    /// its outputs and train on them (default; adapter mode keeps the tapped layers too, at
+    /// most `clips x layers x adapter.max_tokens x width` floats per video, in memory).
+    /// `false` runs the frozen backbone (no graph) at every step instead: bounded memory for
+    /// long datasets or big backbones, the memory-comparable per-step baseline, and it lets
+    /// `augment` and `lofi` apply to these modes.
     #[config(default = true)]
     pub cache_features: bool,
     /// Clips per backbone call when extracting features without gradients.
@@ -240,6 +243,12 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Whether training reads backbone outputs extracted once (frozen-backbone modes with
+    /// `cache_features`).
+    pub fn caches_features(&self) -> bool {
+        self.cache_features && matches!(self.mode, TrainMode::HeadOnly | TrainMode::Adapter)
+    }
+
     /// Whether the backbone runs rewired (mode `reversible`, or `rewired` set).
     pub fn uses_rewired_backbone(&self) -> bool {
         self.rewired || self.mode == TrainMode::Reversible
@@ -270,21 +279,22 @@ impl TrainConfig {
                 self.clip_grad_norm
             ));
         }
-        let cached = self.mode == TrainMode::HeadOnly && self.cache_features;
+        let cached = self.caches_features();
         if cached && self.lofi.mode != LoFiMode::Full {
-            return bad(
-                "LoFi sampling needs a mode that runs the backbone every step; head-only trains \
-                 on features extracted once at full fidelity (cache_features false runs it per \
-                 step)"
-                    .into(),
-            );
+            return bad(format!(
+                "LoFi sampling needs a mode that runs the backbone every step; {} trains on \
+                 features extracted once at full fidelity (cache_features false, \
+                 --no-feature-cache, runs it per step)",
+                self.mode
+            ));
         }
         if cached && self.augment != AugmentConfig::new() {
-            return bad(
-                "augmentation needs a mode that runs the backbone every step; head-only trains \
-                 on features extracted once (cache_features false runs it per step)"
-                    .into(),
-            );
+            return bad(format!(
+                "augmentation needs a mode that runs the backbone every step; {} trains on \
+                 features extracted once (cache_features false, --no-feature-cache, runs it \
+                 per step)",
+                self.mode
+            ));
         }
         let fixed = match self.lofi.mode {
             LoFiMode::Fixed { fidelity } => Some(fidelity),
@@ -439,7 +449,7 @@ mod tests {
         let cfg = TrainConfig::from_json(&text).unwrap();
         assert_eq!(cfg.epochs, 5);
         assert!(cfg.cache_features);
-        assert!(!cfg.adapter.zero_init_output);
+        assert!(cfg.adapter.zero_init_output);
         assert!(matches!(cfg.backbone, BackboneConfig::Swin(_)));
     }
 }

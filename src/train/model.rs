@@ -38,6 +38,30 @@ pub struct VideoFeatures {
     pub layers: Vec<Tensor<3>>,
 }
 
+impl VideoFeatures {
+    /// Clips `start..start + count` of every tensor.
+    pub fn narrow(self, start: usize, count: usize) -> Self {
+        Self {
+            features: self.features.narrow(0, start, count),
+            layers: self
+                .layers
+                .into_iter()
+                .map(|t| t.narrow(0, start, count))
+                .collect(),
+        }
+    }
+
+    /// Number of floats held.
+    pub fn num_floats(&self) -> usize {
+        self.features.shape().num_elements()
+            + self
+                .layers
+                .iter()
+                .map(|t| t.shape().num_elements())
+                .sum::<usize>()
+    }
+}
+
 impl Backbone {
     /// Frame height and width must be multiples of this (the ViT's patch size; the Swin's
     /// patch size; 1 for ResNets).

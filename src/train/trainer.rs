@@ -285,8 +285,9 @@ struct Ctx<'a> {
     val_idx: Vec<usize>,
     layers: Vec<usize>,
     device: Device,
-    /// Head-only mode: frozen backbone features of every video, `[T, C]` (no graph).
-    cached: Vec<Option<Tensor<2>>>,
+    /// Frozen-backbone modes with `cache_features`: every video's backbone outputs (head-only:
+    /// the last layer, `[T, C]`; adapter: also the tapped layers), extracted once, no graph.
+    cached: Vec<Option<VideoFeatures>>,
     /// LoFi: the videos' frames at each reduced frame size the sampler uses (training videos
     /// only; other entries empty), resized once.
     lofi_frames: HashMap<(usize, usize), Vec<Option<Frames>>>,
@@ -364,7 +365,7 @@ fn run(
             total,
         },
     };
-    if cfg.mode == TrainMode::HeadOnly && cfg.cache_features {
+    if cfg.caches_features() {
         cache_features(&mut ctx, &model, &opts.out_dir, opts.quiet)?;
     }
     resize_for_lofi(&mut ctx, frame_size(data)?);
@@ -539,28 +540,39 @@ fn resize_for_lofi(ctx: &mut Ctx, (h, w): (usize, usize)) {
     }
 }
 
-/// Head-only mode: extract every video's features once with the frozen backbone, keep them in
-/// memory and write them to `run/features/<id>.npy`.
+/// Frozen-backbone modes: run the frozen backbone once over every video and keep its outputs in
+/// memory (head-only: the last layer's features, also written to `run/features/<id>.npy`;
+/// adapter: the tapped layers too, `clips x layers x max_tokens x width` floats per video).
 fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let det = Detector {
         model: &model.valid(),
         cfg: ctx.cfg,
-        layers: Vec::new(),
+        layers: ctx.layers.clone(),
         device: ctx.device.clone(),
     };
+    let mut floats = 0usize;
     for (i, v) in ctx.data.videos.iter().enumerate() {
-        let f = det.features(v)?.features;
-        FeatureSequence::from_tensor(f.clone())
-            .write(&run.join("features").join(format!("{}.npy", v.id)))?;
+        let f = det.features(v)?;
+        if ctx.layers.is_empty() {
+            FeatureSequence::from_tensor(f.features.clone())
+                .write(&run.join("features").join(format!("{}.npy", v.id)))?;
+        }
+        floats += f.num_floats();
         ctx.cached[i] = Some(f);
     }
     if !quiet {
+        let written = if ctx.layers.is_empty() {
+            format!(" -> {}", run.join("features").display())
+        } else {
+            String::new()
+        };
         println!(
-            "head-only: features of {} videos extracted in {:.1}s -> {}",
+            "{}: backbone outputs of {} videos extracted in {:.1}s ({:.1} MiB held){written}",
+            ctx.cfg.mode,
             ctx.data.videos.len(),
             t0.elapsed().as_secs_f64(),
-            run.join("features").display()
+            (floats * 4) as f64 / (1u64 << 20) as f64,
         );
     }
     Ok(())
@@ -669,7 +681,7 @@ fn train_step(
     let (value, mut grads) = match cfg.mode {
         TrainMode::HeadOnly => {
             let f = match &ctx.cached[v] {
-                Some(f) => f.clone().narrow(0, start, count),
+                Some(f) => f.features.clone().narrow(0, start, count),
                 None => frozen_forward(&[])?.features,
             };
             let loss = loss_of(f.autodiff(), &model.head)?;
@@ -722,14 +734,19 @@ fn train_step(
             )
         }
         TrainMode::Adapter => {
-            let out = frozen_forward(&ctx.layers)?;
+            let f = match &ctx.cached[v] {
+                Some(f) => f.clone().narrow(start, count),
+                None => {
+                    let out = frozen_forward(&ctx.layers)?;
+                    VideoFeatures {
+                        features: out.features,
+                        layers: out.intermediates,
+                    }
+                }
+            };
             let f = VideoFeatures {
-                features: out.features.autodiff(),
-                layers: out
-                    .intermediates
-                    .into_iter()
-                    .map(|t| t.autodiff())
-                    .collect(),
+                features: f.features.autodiff(),
+                layers: f.layers.into_iter().map(|t| t.autodiff()).collect(),
             };
             let adapter = model
                 .adapter
@@ -787,13 +804,7 @@ fn evaluate_model(ctx: &Ctx, model: &TalModel) -> Result<(Predictions, EvalRepor
     for &i in &ctx.val_idx {
         let v = &ctx.data.videos[i];
         let segs = match &ctx.cached[i] {
-            Some(f) => det.detect_from_features(
-                v,
-                VideoFeatures {
-                    features: f.clone(),
-                    layers: Vec::new(),
-                },
-            )?,
+            Some(f) => det.detect_from_features(v, f.clone())?,
             None => det.detect(v)?,
         };
         videos.push(VideoDetections::from_segments(
