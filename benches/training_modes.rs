@@ -1,12 +1,15 @@
 //! One training step of the real training loop (`e2e_tal::train::train`, one untrimmed video of
 //! `CLIPS` clips per step) per mode: peak memory above the model and data (counting allocator,
-//! CPU backend) and wall time of the step. Modes: head-only (cached features), LoSA adapters on
-//! the frozen backbone, full fine-tuning (autodiff), reversible (Re2TAL), and full fine-tuning
+//! CPU backend) and wall time of the step. Modes: head-only and LoSA adapters on the frozen
+//! backbone (each with the backbone run at every step and with its outputs extracted once),
+//! full fine-tuning (autodiff), reversible (Re2TAL), and full fine-tuning
 //! under the LoFi samplers S (r_s 2), T (r_t 4), ST (r_t 2, r_s sqrt 2). Backbones: ViT-S
 //! (384 wide, 6 heads) at depth 12 and 24, 16-frame clips of 112x112 (8x7x7 = 392 tokens).
 //!
 //! `cargo bench --bench training_modes` (several minutes on 2 cores);
-//! `-- --quick`: 64x64 frames, depth 12 only.
+//! `-- --quick`: 64x64 frames, depth 12 only; `-- --only LoSA,head-only`: only the rows whose
+//! label contains one of these (ratios to a row left out print as `-`); `-- --mlp-ratio N`: the
+//! LoSA adapters' MLP width (default 4).
 
 use std::path::Path;
 
@@ -84,7 +87,19 @@ fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, f64) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let mlp_ratio: Option<usize> = args
+        .iter()
+        .position(|a| a == "--mlp-ratio")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--mlp-ratio N"));
     let (size, depths): (usize, &[usize]) = if quick { (64, &[12]) } else { (112, &[12, 24]) };
     let clips = ClipSamplingConfig::new()
         .with_clip_frames(16)
@@ -96,7 +111,7 @@ fn main() {
         "one training step on one video of {CLIPS} clips (16 frames of {size}x{size}), ViT-S, f32, {}",
         e2e_tal::backend::kind_from_args().map_or("?".into(), |k| k.to_string())
     );
-    // (label, mode, sampler, head-only feature cache)
+    // (label, mode, sampler, frozen-backbone feature cache)
     let variants: Vec<(&str, TrainMode, LoFiMode, bool)> = vec![
         (
             "head-only (cached features)",
@@ -110,7 +125,18 @@ fn main() {
             LoFiMode::Full,
             false,
         ),
-        ("LoSA adapters", TrainMode::Adapter, LoFiMode::Full, true),
+        (
+            "LoSA adapters (frozen backbone every step)",
+            TrainMode::Adapter,
+            LoFiMode::Full,
+            false,
+        ),
+        (
+            "LoSA adapters (layer outputs extracted once)",
+            TrainMode::Adapter,
+            LoFiMode::Full,
+            true,
+        ),
         ("full fine-tuning", TrainMode::Full, LoFiMode::Full, true),
         (
             "reversible (Re2TAL)",
@@ -130,10 +156,16 @@ fn main() {
     for &depth in depths {
         let mut rows = Vec::new();
         for (i, (label, mode, lofi, cache)) in variants.iter().enumerate() {
+            if !only.is_empty() && !only.iter().any(|o| label.contains(o.as_str())) {
+                continue;
+            }
             let mut cfg = config(depth, size, &clips)
                 .with_mode(*mode)
                 .with_cache_features(*cache);
             cfg.lofi.mode = *lofi;
+            if let Some(r) = mlp_ratio {
+                cfg.adapter.mlp_ratio = r;
+            }
             let (peak, seconds) = step(cfg, &data, &dir.path().join(format!("run{depth}_{i}")));
             rows.push(Row {
                 label: label.to_string(),
@@ -141,9 +173,17 @@ fn main() {
                 seconds,
             });
         }
-        let cached = rows[0].peak.max(1) as f64;
-        let per_step = rows[1].peak.max(1) as f64;
-        let full = rows[3].peak.max(1) as f64;
+        let peak_of = |label: &str| {
+            rows.iter()
+                .find(|r| r.label == label)
+                .map(|r| r.peak.max(1) as f64)
+        };
+        let cached = peak_of("head-only (cached features)");
+        let per_step = peak_of("head-only (frozen backbone every step)");
+        let full = peak_of("full fine-tuning");
+        let ratio = |peak: usize, base: Option<f64>| {
+            base.map_or("-".to_string(), |b| format!("{:.2}", peak as f64 / b))
+        };
         println!("\nViT-S depth {depth}");
         println!(
             "| mode | peak step memory (MiB) | x head-only (cached) | x head-only (per step) | x full | step time (s) |"
@@ -151,12 +191,12 @@ fn main() {
         println!("|---|---|---|---|---|---|");
         for r in &rows {
             println!(
-                "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {:.2} |",
                 r.label,
                 mib(r.peak),
-                r.peak as f64 / cached,
-                r.peak as f64 / per_step,
-                r.peak as f64 / full,
+                ratio(r.peak, cached),
+                ratio(r.peak, per_step),
+                ratio(r.peak, full),
                 r.seconds
             );
         }
