@@ -125,6 +125,42 @@ where
     model
 }
 
+/// The clips' labels (training, held-out) and how probes are fitted.
+struct Probing<'a> {
+    labels: &'a [Vec<i64>; 2],
+    background: i64,
+    steps: usize,
+    device: &'a Device,
+}
+
+impl Probing<'_> {
+    /// Fit `probe` on the training clips `x[0]` and print its accuracy (all clips / action
+    /// clips) on them and on the held-out clips `x[1]`.
+    fn report<M: Module, const D: usize>(
+        &self,
+        name: &str,
+        probe: M,
+        forward: impl Fn(&M, Tensor<D>) -> Tensor<2>,
+        [tr, va]: [Tensor<D>; 2],
+        lr: f64,
+    ) -> Result<()> {
+        let probe = fit(
+            probe,
+            &forward,
+            tr.clone().autodiff(),
+            &self.labels[0],
+            self.steps,
+            lr,
+            self.device,
+        );
+        let p = probe.valid();
+        let (t_all, t_act) = accuracy(forward(&p, tr), &self.labels[0], self.background)?;
+        let (v_all, v_act) = accuracy(forward(&p, va), &self.labels[1], self.background)?;
+        println!("| {name} | {t_all:.1} / {t_act:.1} | {v_all:.1} / {v_act:.1} |");
+        Ok(())
+    }
+}
+
 fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
     let device = e2e_tal::backend::cpu_device();
@@ -200,24 +236,18 @@ fn main() -> Result<(), e2e_tal::Report> {
     };
     variants.push(("linear, all of the above".into(), [all(0), all(1)]));
     let classes = data.classes.len() + 1;
+    let probing = Probing {
+        labels: &labels,
+        background,
+        steps: a.steps,
+        device: &ad,
+    };
     for (name, [tr, va]) in variants {
         let mu = tr.clone().mean_dim(0);
         let sd = (tr.clone() - mu.clone()).square().mean_dim(0).sqrt() + 1e-5;
         let (tr, va) = ((tr - mu.clone()) / sd.clone(), (va - mu) / sd);
         let probe: Linear = LinearConfig::new(tr.dims()[1], classes).init(&ad);
-        let probe = fit(
-            probe,
-            |m, x| m.forward(x),
-            tr.clone().autodiff(),
-            &labels[0],
-            a.steps,
-            1e-2,
-            &ad,
-        );
-        let p = probe.valid();
-        let (t_all, t_act) = accuracy(p.forward(tr), &labels[0], background)?;
-        let (v_all, v_act) = accuracy(p.forward(va), &labels[1], background)?;
-        println!("| {name} | {t_all:.1} / {t_act:.1} | {v_all:.1} / {v_act:.1} |");
+        probing.report(&name, probe, |m, x| m.forward(x), [tr, va], 1e-2)?;
     }
     if a.token_mlp {
         for &b in &blocks {
@@ -230,21 +260,8 @@ fn main() -> Result<(), e2e_tal::Report> {
                 hidden: LinearConfig::new(64, 64).init(&ad),
                 cls: LinearConfig::new(64, classes).init(&ad),
             };
-            let probe = fit(
-                probe,
-                |m, x| m.forward(x),
-                tr.clone().autodiff(),
-                &labels[0],
-                a.steps,
-                3e-3,
-                &ad,
-            );
-            let p = probe.valid();
-            let (t_all, t_act) = accuracy(p.forward(tr), &labels[0], background)?;
-            let (v_all, v_act) = accuracy(p.forward(va), &labels[1], background)?;
-            println!(
-                "| token MLP, block {b} | {t_all:.1} / {t_act:.1} | {v_all:.1} / {v_act:.1} |"
-            );
+            let name = format!("token MLP, block {b}");
+            probing.report(&name, probe, |m, x| m.forward(x), [tr, va], 3e-3)?;
         }
     }
     Ok(())

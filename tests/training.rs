@@ -141,6 +141,14 @@ fn values<M: Module>(m: &M) -> Vec<f32> {
     v.0
 }
 
+/// Largest absolute difference of two equally long value lists.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn map_at_05(_data: &TalDataset, out: &TrainOutcome) -> f64 {
     out.evaluation.as_ref().unwrap().1.map[2]
 }
@@ -250,11 +258,7 @@ fn reversible_training_follows_ordinary_training() {
         );
         let (a, b) = (values(&full.model), values(&rev.model));
         assert_eq!(a.len(), b.len());
-        let max = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let max = max_abs_diff(&a, &b);
         assert!(max < 1e-4, "{name}: max parameter difference {max}");
     }
     let full = run(
@@ -272,11 +276,7 @@ fn reversible_training_follows_ordinary_training() {
         &dir.path().join("i"),
         Some(3),
     );
-    let moved = values(&init.model)
-        .iter()
-        .zip(&a)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let moved = max_abs_diff(&values(&init.model), &a);
     assert!(moved > 1e-3, "training moved parameters by only {moved}");
 }
 
@@ -333,11 +333,7 @@ fn adapter_training_on_extracted_layers_equals_the_per_step_backbone() {
     );
     let (a, b) = (values(&cached.model), values(&live.model));
     assert_eq!(a.len(), b.len());
-    let max = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let max = max_abs_diff(&a, &b);
     assert!(
         max < 1e-4,
         "cached vs per-step adapter training differ by {max}"
@@ -366,11 +362,7 @@ fn adapter_training_on_extracted_layers_equals_the_per_step_backbone() {
         values(init.model.adapter.as_ref().unwrap()),
         values(cached.model.adapter.as_ref().unwrap()),
     );
-    let moved = before
-        .iter()
-        .zip(&after)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let moved = max_abs_diff(&before, &after);
     assert!(moved > 1e-4, "the adapters moved by only {moved}");
 }
 
@@ -573,11 +565,7 @@ fn head_only_without_a_feature_cache_trains_like_with_one() {
     assert!(dir.path().join("cached/features").is_dir());
     assert!(!dir.path().join("live/features").exists());
     let (a, b) = (values(&cached.model.head), values(&live.model.head));
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let worst = max_abs_diff(&a, &b);
     assert!(worst < 1e-4, "head weights differ by {worst}");
     assert_eq!(values(&cached.model.backbone), values(&live.model.backbone));
     // Exact peaks come from the counting allocator (CPU); device pools only keep a lifetime
