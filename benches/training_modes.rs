@@ -9,7 +9,7 @@
 //! `cargo bench --bench training_modes` (several minutes on 2 cores);
 //! `-- --quick`: 64x64 frames, depth 12 only; `-- --only LoSA,head-only`: only the rows whose
 //! label contains one of these (ratios to a row left out print as `-`); `-- --mlp-ratio N`: the
-//! LoSA adapters' MLP width (default 4).
+//! LoSA adapters' MLP width (default 2).
 
 use std::path::Path;
 

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --example losa_adapters -- [--data data/synth] [--epochs 12]
-//!     [--seeds 0,1,2] [--layers 0,1,2] [--adapter-dim 0] [--heads 4] [--mlp-ratio 4]
+//!     [--seeds 0,1,2] [--layers 0,1,2] [--adapter-dim 0] [--heads 4] [--mlp-ratio 2]
 //!     [--dropout 0] [--max-tokens 64] [--gate-init 1] [--random-output] [--no-feature-cache]
 //!     [--eval-every 0] [--no-baseline]
 //!     [--out runs/example-losa] [--backend cpu|wgpu|cuda]
@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     heads: usize,
     /// Hidden width of each adapter's MLP, in adapter widths (0: none).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     mlp_ratio: usize,
     /// Dropout on the adapters' attention and outputs (training only).
     #[arg(long, default_value_t = 0.0)]
