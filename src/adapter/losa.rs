@@ -57,7 +57,8 @@ pub struct LosaConfig {
     pub num_heads: usize,
     /// Hidden width of each adapter's MLP branch, in multiples of the adapter width (0: no
     /// MLP branch). Default 2: on ViT-S at depth 24 a 4x MLP takes LoSA's step to 1.33x the
-    /// memory of per-step head-only training, 2x to 1.23x, with no loss of mAP measured.
+    /// memory of per-step head-only training, 2x to 1.23x, at the same mean avg mAP on the
+    /// 160-video synthetic benchmark (`docs/results.md`).
     #[config(default = 2)]
     pub mlp_ratio: usize,
     /// Most tokens per clip the short-range adapters read (uniformly subsampled beyond).
