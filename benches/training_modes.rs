@@ -89,17 +89,16 @@ fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, f64) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let only: Vec<String> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
+    // The value after `flag`, if given.
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let only: Vec<String> = value("--only")
         .map(|v| v.split(',').map(str::to_string).collect())
         .unwrap_or_default();
-    let mlp_ratio: Option<usize> = args
-        .iter()
-        .position(|a| a == "--mlp-ratio")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().expect("--mlp-ratio N"));
+    let mlp_ratio: Option<usize> = value("--mlp-ratio").map(|v| v.parse().expect("--mlp-ratio N"));
     let (size, depths): (usize, &[usize]) = if quick { (64, &[12]) } else { (112, &[12, 24]) };
     let clips = ClipSamplingConfig::new()
         .with_clip_frames(16)
