@@ -660,21 +660,27 @@ mod tests {
     const DIOU_RATIO: f32 = 0.8;
 
     /// Learning sanity: the head fits one video's labels. Other tests draw from Burn's
-    /// process-wide RNG concurrently, so the parameter draw here is arbitrary; the bounds hold
-    /// for every draw tried (`head_overfits_for_every_seed`).
+    /// process-wide RNG concurrently, so the parameter draw here is arbitrary, and a rare draw
+    /// (dead `relu` offsets, see above; seen in about 1 of 30 runs of the suite) leaves the
+    /// DIoU term without gradient: the focal bound must hold on every draw, the DIoU bound on
+    /// one of three. A head that does not learn fails all three.
     #[test]
     fn head_overfits_one_video() {
         let device = crate::backend::cpu_device().autodiff();
-        let losses = overfit_losses(&device, 150);
-        let (first, last) = (losses[0], *losses.last().unwrap());
-        assert!(
-            last[0] < FOCAL_RATIO * first[0],
-            "focal loss {first:?} -> {last:?}"
-        );
-        assert!(
-            last[1] < DIOU_RATIO * first[1],
-            "DIoU loss {first:?} -> {last:?}"
-        );
+        let mut diou = Vec::new();
+        for _ in 0..3 {
+            let losses = overfit_losses(&device, 150);
+            let (first, last) = (losses[0], *losses.last().unwrap());
+            assert!(
+                last[0] < FOCAL_RATIO * first[0],
+                "focal loss {first:?} -> {last:?}"
+            );
+            diou.push((first[1], last[1]));
+            if last[1] < DIOU_RATIO * first[1] {
+                return;
+            }
+        }
+        panic!("DIoU loss did not fall on any of three draws (first, last): {diou:?}");
     }
 
     /// The robustness check behind `head_overfits_one_video` (slow; run with `--ignored
