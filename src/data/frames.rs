@@ -58,7 +58,7 @@ impl Frames {
     }
 }
 
-/// A video's frame folder: image files sorted by name (`img_00001.jpg`, ...).
+/// A video's frame folder: numbered image files (`img_00001.jpg`, ...) in frame order.
 #[derive(Debug, Clone)]
 pub struct FrameFolder {
     /// Video identifier.
@@ -69,18 +69,43 @@ pub struct FrameFolder {
     pub files: Vec<PathBuf>,
 }
 
-fn is_image(p: &Path) -> bool {
-    matches!(
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase())
-            .as_deref(),
-        Some("jpg" | "jpeg" | "png")
-    )
+/// The two image kinds a frame folder may hold (one per folder).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Jpeg,
+    Png,
+}
+
+fn image_kind(p: &Path) -> Option<Kind> {
+    match p
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("jpg" | "jpeg") => Some(Kind::Jpeg),
+        Some("png") => Some(Kind::Png),
+        _ => None,
+    }
+}
+
+/// `img_00012.jpg` -> (`img_`, 12): the name's stem split before its trailing digits.
+fn frame_number(p: &Path) -> Option<(String, u64)> {
+    let stem = p.file_stem()?.to_str()?;
+    let digits = stem.len() - stem.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits == 0 || digits > 18 {
+        return None;
+    }
+    let (prefix, number) = stem.split_at(stem.len() - digits);
+    Some((prefix.to_owned(), number.parse().ok()?))
 }
 
 impl FrameFolder {
-    /// List the frames of `video` in `dir`. A missing or empty folder is an error.
+    /// List the frames of `video` in `dir`. Errors name the folder: a missing or empty folder,
+    /// JPEG and PNG frames side by side (two copies of the video), and, for numbered names
+    /// (`<prefix><number>.<ext>`, the layout every extraction tool writes), a gap or a repeated
+    /// number in the sequence. Numbered frames are ordered by number (`img_2` before `img_10`);
+    /// names without a common numbered pattern are ordered by name.
     pub fn open(dir: &Path, video: &str) -> Result<Self> {
         let missing = |reason: String| Error::MissingFrames {
             path: dir.to_path_buf(),
@@ -89,14 +114,58 @@ impl FrameFolder {
         };
         let entries = std::fs::read_dir(dir)
             .map_err(|e| missing(format!("cannot read frame folder: {e}")))?;
-        let mut files: Vec<PathBuf> = entries
+        let mut files: Vec<(PathBuf, Kind)> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_image(p))
+            .filter_map(|p| image_kind(&p).map(|k| (p, k)))
             .collect();
         if files.is_empty() {
             return Err(missing("no JPEG or PNG frames".into()));
         }
-        files.sort();
+        let jpeg = files.iter().filter(|(_, k)| *k == Kind::Jpeg).count();
+        if jpeg != 0 && jpeg != files.len() {
+            return Err(missing(format!(
+                "holds {jpeg} JPEG and {} PNG frames; a video's frames must be of one format \
+                 (remove the extra copy)",
+                files.len() - jpeg
+            )));
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut files: Vec<PathBuf> = files.into_iter().map(|(p, _)| p).collect();
+        let numbered: Option<Vec<(String, u64)>> = files.iter().map(|p| frame_number(p)).collect();
+        if let Some(nums) = numbered.filter(|n| n.iter().all(|(pre, _)| *pre == n[0].0)) {
+            let mut order: Vec<(u64, PathBuf)> =
+                nums.into_iter().map(|(_, n)| n).zip(files).collect();
+            order.sort();
+            for w in order.windows(2) {
+                let ((a, pa), (b, pb)) = (&w[0], &w[1]);
+                let name = |p: &PathBuf| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                if a == b {
+                    return Err(missing(format!(
+                        "frames {} and {} have the same number {a}",
+                        name(pa),
+                        name(pb)
+                    )));
+                }
+                if b - a > 1 {
+                    let gap = if b - a == 2 {
+                        format!("frame number {} is missing", a + 1)
+                    } else {
+                        format!("frame numbers {}..={} are missing", a + 1, b - 1)
+                    };
+                    return Err(missing(format!(
+                        "{gap} ({} is followed by {})",
+                        name(pa),
+                        name(pb)
+                    )));
+                }
+            }
+            files = order.into_iter().map(|(_, p)| p).collect();
+        }
         Ok(Self {
             video: video.to_owned(),
             dir: dir.to_path_buf(),
@@ -114,15 +183,16 @@ impl FrameFolder {
         self.files.is_empty()
     }
 
-    /// Error if the folder holds fewer frames than `expected` (e.g. the annotation's
-    /// `num_frames`).
-    pub fn expect_at_least(&self, expected: usize) -> Result<()> {
-        if self.len() < expected {
+    /// Error unless the folder holds exactly `expected` frames (the annotation's
+    /// `num_frames`): fewer means frames were lost, more that another copy or other images
+    /// are mixed in; either would shift every frame's time.
+    pub fn expect_count(&self, expected: usize) -> Result<()> {
+        if self.len() != expected {
             return Err(Error::MissingFrames {
                 path: self.dir.clone(),
                 video: self.video.clone(),
                 reason: format!(
-                    "{} frames found, the annotation says {expected}",
+                    "{} frames found, the annotation's num_frames says {expected}",
                     self.len()
                 ),
             });
@@ -136,12 +206,7 @@ impl FrameFolder {
         let mut rgb = Vec::new();
         let mut size = None;
         for path in &self.files {
-            let img = image::open(path)
-                .map_err(|e| Error::BadFrame {
-                    path: path.clone(),
-                    reason: format!("cannot decode frame: {e}"),
-                })?
-                .to_rgb8();
+            let img = decode_frame(path)?;
             let (w, h) = (img.width() as usize, img.height() as usize);
             match size {
                 None => size = Some((h, w)),
@@ -176,6 +241,31 @@ impl FrameFolder {
             rgb,
         })
     }
+}
+
+/// Decode one frame to RGB8. A JPEG must end with its end-of-image marker: the decoder fills
+/// the missing part of a truncated file with grey instead of failing, which would train on a
+/// broken frame without a word.
+fn decode_frame(path: &Path) -> Result<image::RgbImage> {
+    let bad = |reason: String| Error::BadFrame {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let format = image::guess_format(&bytes)
+        .map_err(|_| bad("not a JPEG or PNG image (unknown file signature)".into()))?;
+    if format == image::ImageFormat::Jpeg {
+        // Writers may pad after the marker; look for it near the end.
+        let tail = &bytes[bytes.len().saturating_sub(1024)..];
+        if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+            return Err(bad(
+                "truncated JPEG (no end-of-image marker): the file was cut short".into(),
+            ));
+        }
+    }
+    Ok(image::load_from_memory_with_format(&bytes, format)
+        .map_err(|e| bad(format!("cannot decode frame: {e}")))?
+        .to_rgb8())
 }
 
 #[cfg(test)]
@@ -230,9 +320,10 @@ mod tests {
         assert_eq!(frames.frame(1)[0], 20);
         let small = f.read_all(Some((3, 4))).unwrap();
         assert_eq!(small.rgb.len(), 2 * 3 * 4 * 3);
-        assert!(f.expect_at_least(2).is_ok());
-        let e = f.expect_at_least(5).unwrap_err().to_string();
+        assert!(f.expect_count(2).is_ok());
+        let e = f.expect_count(5).unwrap_err().to_string();
         assert!(e.contains("`v`") && e.contains("5"), "{e}");
+        assert!(f.expect_count(1).is_err());
     }
 
     #[test]
@@ -259,5 +350,55 @@ mod tests {
             .read_all(None)
             .unwrap_err();
         assert!(e.to_string().contains("img_00002.png"), "{e}");
+    }
+
+    /// A gap, a repeated number and two formats side by side are errors naming the folder;
+    /// numbered frames are ordered by number, not by name.
+    #[test]
+    fn frame_sequences_are_checked() {
+        let d = tempfile::tempdir().unwrap();
+        for (i, v) in [(1, 10), (2, 20), (10, 100)] {
+            save(d.path(), &format!("f_{i}.png"), 4, 4, v);
+        }
+        let e = FrameFolder::open(d.path(), "v").unwrap_err().to_string();
+        assert!(
+            e.contains("3..=9 are missing") && e.contains("f_2.png"),
+            "{e}"
+        );
+        for i in 3..10 {
+            save(d.path(), &format!("f_{i}.png"), 4, 4, i as u8 * 10);
+        }
+        let f = FrameFolder::open(d.path(), "v")
+            .unwrap()
+            .read_all(None)
+            .unwrap();
+        let firsts: Vec<u8> = (0..f.len).map(|i| f.frame(i)[0]).collect();
+        assert_eq!(firsts, [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
+        save(d.path(), "f_03.png", 4, 4, 0);
+        let e = FrameFolder::open(d.path(), "v").unwrap_err().to_string();
+        assert!(e.contains("same number 3"), "{e}");
+        std::fs::remove_file(d.path().join("f_03.png")).unwrap();
+        save(d.path(), "f_11.jpg", 4, 4, 0);
+        let e = FrameFolder::open(d.path(), "v").unwrap_err().to_string();
+        assert!(e.contains("1 JPEG and 10 PNG"), "{e}");
+    }
+
+    #[test]
+    fn truncated_jpeg_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let img =
+            image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 0]));
+        img.save(d.path().join("img_1.jpg")).unwrap();
+        let bytes = std::fs::read(d.path().join("img_1.jpg")).unwrap();
+        std::fs::write(d.path().join("img_2.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+        let e = FrameFolder::open(d.path(), "v")
+            .unwrap()
+            .read_all(None)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::BadFrame { path, reason }
+            if path.ends_with("img_2.jpg") && reason.contains("truncated")),
+            "{e}"
+        );
     }
 }

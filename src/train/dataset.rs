@@ -1,7 +1,7 @@
 //! Videos in memory for training and evaluation: decoded frames plus ground truth converted to
 //! the feature grid the head predicts on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::data::annotations::{GroundTruth, Subset, VideoAnnotations};
 use crate::data::clips::ClipSamplingConfig;
@@ -57,6 +57,36 @@ pub struct TalDataset {
     pub ground_truth: GroundTruth,
     /// The videos, in annotation order.
     pub videos: Vec<TalVideo>,
+    /// Where the videos were read from (the frames folder), named in errors about the data.
+    pub source: PathBuf,
+}
+
+/// A frame rate must be positive and finite: every time in seconds is a frame index over it.
+fn check_fps(fps: f64, video: &str) -> Result<()> {
+    if fps > 0.0 && fps.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidValue {
+            name: format!("fps of video `{video}`"),
+            reason: format!("must be a positive finite number of frames per second, got {fps}"),
+        })
+    }
+}
+
+impl TalVideo {
+    /// An unannotated video of `frames` at `fps` frames per second (single-video inference);
+    /// its id is the frames' video name.
+    pub fn unannotated(frames: Frames, fps: f64) -> Result<Self> {
+        check_fps(fps, &frames.video)?;
+        Ok(Self {
+            duration: frames.len as f64 / fps,
+            id: frames.video.clone(),
+            subset: Subset::Testing,
+            fps,
+            frames,
+            segments: Vec::new(),
+        })
+    }
 }
 
 impl TalDataset {
@@ -78,6 +108,9 @@ impl TalDataset {
                 continue;
             }
             let folder = FrameFolder::open(&frames_dir.join(&v.id), &v.id)?;
+            if let Some(n) = v.num_frames {
+                folder.expect_count(n)?;
+            }
             let frames = folder.read_all(None)?;
             if frames.len < min_frames {
                 return Err(Error::VideoTooShort {
@@ -98,6 +131,7 @@ impl TalDataset {
             classes,
             ground_truth: gt.clone(),
             videos,
+            source: frames_dir.to_path_buf(),
         })
     }
 
@@ -122,6 +156,7 @@ impl TalDataset {
                 });
             }
         };
+        check_fps(fps, &v.id)?;
         let segments = v
             .annotations
             .iter()
