@@ -23,6 +23,16 @@ pub const ANNOTATIONS_FILE: &str = "annotations.json";
 /// Folder of per-video frame folders inside a dataset folder.
 pub const FRAMES_DIR: &str = "frames";
 
+/// Largest frame side [`SynthConfig`] accepts (a 2048 x 2048 RGB frame is 12 MiB to render).
+pub const MAX_SIDE: usize = 2048;
+
+/// Most videos [`SynthConfig`] accepts (planned in memory before any is written).
+pub const MAX_VIDEOS: usize = 100_000;
+
+/// Name of the configuration a generated dataset records (written before its frames, so an
+/// interrupted generation can be recognised and redone).
+pub const CONFIG_FILE: &str = "synth_config.json";
+
 /// Image format of written frames.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum FrameFormat {
@@ -349,14 +359,19 @@ impl SynthConfig {
                 self.num_classes
             ));
         }
-        if self.videos == 0 {
-            return bad("videos must be at least 1".into());
+        if self.videos == 0 || self.videos > MAX_VIDEOS {
+            return Err(Error::InvalidValue {
+                name: "videos".into(),
+                reason: format!("must be 1..={MAX_VIDEOS}, got {}", self.videos),
+            });
         }
-        if self.height < 16 || self.width < 16 {
-            return bad(format!(
-                "frames must be at least 16x16, got {}x{}",
-                self.height, self.width
-            ));
+        for (name, side) in [("height", self.height), ("width", self.width)] {
+            if !(16..=MAX_SIDE).contains(&side) {
+                return Err(Error::InvalidValue {
+                    name: name.into(),
+                    reason: format!("frames must be 16..={MAX_SIDE} pixels, got {side}"),
+                });
+            }
         }
         if self.min_frames == 0 || self.min_frames > self.max_frames {
             return bad(format!(
@@ -544,8 +559,14 @@ impl SynthConfig {
     /// Generate the dataset into `root`: `root/frames/<video>/img_00001.<ext>`, then
     /// `root/annotations.json` last (written atomically, so its presence means the dataset is
     /// complete).
+    ///
+    /// `root` must be new, empty, or hold an interrupted generation of this same
+    /// configuration: any other content (another dataset, frames of another format) is
+    /// refused, never written over or mixed into.
     pub fn generate(&self, root: &Path) -> Result<SynthDataset> {
         self.validate()?;
+        self.check_target(root)?;
+        write_json_atomic(&root.join(CONFIG_FILE), self)?;
         let plans = self.plan();
         let frames_root = root.join(FRAMES_DIR);
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -569,12 +590,51 @@ impl SynthConfig {
                 .try_for_each(|h| h.join().expect("frame writer panicked"))
         })?;
         let ground_truth = self.ground_truth_of(&plans);
-        write_json_atomic(&root.join("synth_config.json"), self)?;
         ground_truth.write_json(&root.join(ANNOTATIONS_FILE))?;
         Ok(SynthDataset {
             root: root.to_path_buf(),
             ground_truth,
             classes: class_names(self.num_classes),
+        })
+    }
+
+    /// Whether [`SynthConfig::generate`] would write into `root` (new, empty, or an interrupted
+    /// generation of this configuration).
+    pub fn can_generate_into(&self, root: &Path) -> bool {
+        self.check_target(root).is_ok()
+    }
+
+    /// Refuse a `root` that is neither new, empty, nor an interrupted run of this config.
+    fn check_target(&self, root: &Path) -> Result<()> {
+        let entries: Vec<String> = match std::fs::read_dir(root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(root, e)),
+            Ok(d) => d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+        };
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let interrupted = !root.join(ANNOTATIONS_FILE).exists()
+            && entries.iter().all(|e| e == CONFIG_FILE || e == FRAMES_DIR)
+            && crate::io::read_json::<SynthConfig>(&root.join(CONFIG_FILE))
+                .is_ok_and(|c| serde_json::to_value(&c).ok() == serde_json::to_value(self).ok());
+        if interrupted {
+            return Ok(());
+        }
+        let mut shown: Vec<&str> = entries.iter().map(String::as_str).take(3).collect();
+        if entries.len() > 3 {
+            shown.push("...");
+        }
+        Err(Error::WouldOverwrite {
+            path: root.to_path_buf(),
+            reason: format!(
+                "the folder is not empty ({}); the synthetic benchmark is generated only into a \
+                 new or empty folder",
+                shown.join(", ")
+            ),
         })
     }
 
@@ -610,9 +670,20 @@ pub(crate) fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
 }
 
 /// Load the synthetic dataset at `root`, generating it with `cfg` first if its annotations are
-/// missing.
+/// missing and the folder is new or empty (a folder with other content, such as a real
+/// dataset without its annotations, is an error, never filled with synthetic videos).
 pub fn load_or_generate(root: &Path, cfg: &SynthConfig) -> Result<SynthDataset> {
     let ann = root.join(ANNOTATIONS_FILE);
+    if !ann.exists() && !cfg.can_generate_into(root) {
+        return Err(Error::EmptyInput {
+            path: ann,
+            reason: format!(
+                "not found, and {} holds other files, so no synthetic benchmark is generated \
+                 there (a dataset needs annotations.json beside frames/)",
+                root.display()
+            ),
+        });
+    }
     if ann.exists() {
         let ground_truth = GroundTruth::from_json_file(&ann)?;
         let mut classes = ground_truth.classes(None);
@@ -630,6 +701,40 @@ pub fn load_or_generate(root: &Path, cfg: &SynthConfig) -> Result<SynthDataset> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Generation refuses a folder with other content, and finishes its own interrupted run.
+    #[test]
+    fn generates_only_into_new_empty_or_interrupted_folders() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = small();
+        let root = d.path().join("ds");
+        cfg.generate(&root).unwrap();
+        assert!(cfg.generate(&root).is_err(), "complete dataset overwritten");
+        std::fs::remove_file(root.join(ANNOTATIONS_FILE)).unwrap();
+        cfg.generate(&root).unwrap();
+        std::fs::remove_file(root.join(ANNOTATIONS_FILE)).unwrap();
+        assert!(
+            cfg.clone().with_seed(9).generate(&root).is_err(),
+            "another config mixed in"
+        );
+        let other = d.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "x").unwrap();
+        let e = load_or_generate(&other, &cfg).unwrap_err().to_string();
+        assert!(e.contains("annotations.json") && e.contains("other"), "{e}");
+        assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
+        assert!(
+            cfg.clone()
+                .with_height(100_000)
+                .generate(&d.path().join("big"))
+                .is_err()
+        );
+        assert!(
+            cfg.with_videos(MAX_VIDEOS + 1)
+                .generate(&d.path().join("many"))
+                .is_err()
+        );
+    }
 
     fn small() -> SynthConfig {
         SynthConfig::new()

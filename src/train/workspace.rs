@@ -20,12 +20,15 @@ pub fn load_dataset(data: &Path, synth: &SynthConfig, min_frames: usize) -> Resu
     let gt = if ann.is_file() {
         GroundTruth::from_json_file(&ann)?
     } else {
-        println!(
-            "{} not found: generating a synthetic benchmark (seed {}, {} videos) there",
-            ann.display(),
-            synth.seed,
-            synth.videos
-        );
+        // Where the folder holds other files, load_or_generate refuses and says why.
+        if synth.can_generate_into(data) {
+            say!(
+                "{} not found: generating a synthetic benchmark (seed {}, {} videos) there",
+                ann.display(),
+                synth.seed,
+                synth.videos
+            );
+        }
         load_or_generate(data, synth)?.ground_truth
     };
     TalDataset::load(&gt, &data.join(FRAMES_DIR), &[], None, min_frames)
@@ -55,7 +58,7 @@ pub fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> 
         .with_videos(job.videos);
     let data = load_dataset(job.data, &synth, cfg.clips.span())?;
     device.seed(cfg.seed);
-    println!(
+    say!(
         "pretraining the backbone (clip classification, {} steps of {} clips) on {}",
         cfg.steps,
         cfg.batch_size,
@@ -64,10 +67,10 @@ pub fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> 
     let mut backbone = cfg.backbone.init(device);
     if let Some(w) = job.init {
         backbone.load(w, CheckpointFamily::Native)?;
-        println!("starting from {}", w.display());
+        say!("starting from {}", w.display());
     }
     let out = crate::train::pretrain::pretrain_from(cfg, &data, backbone, job.quiet, device)?;
-    println!(
+    say!(
         "pretrained on {} clips ({} validation) in {:.0}s: train accuracy (last 10% of steps) {:.1}%{}",
         out.clips.0,
         out.clips.1,
@@ -92,7 +95,7 @@ pub fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> 
         "seconds": out.seconds,
     });
     crate::io::write_json_atomic(&job.out.with_extension("json"), &report)?;
-    println!("backbone weights: {}", job.out.display());
+    say!("backbone weights: {}", job.out.display());
     Ok(())
 }
 
@@ -153,10 +156,10 @@ fn ensure_pretrained(
             .iter()
             .all(|k| r["config"][k] == want[k])
         {
-            println!("backbone: pretrained weights {} (reused)", out.display());
+            say!("backbone: pretrained weights {} (reused)", out.display());
             return Ok(out.to_path_buf());
         }
-        println!(
+        say!(
             "{} was pretrained for another backbone, clip sampling or form: pretraining again",
             out.display()
         );
