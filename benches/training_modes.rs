@@ -78,6 +78,7 @@ fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, f64) {
         out_dir: out.to_path_buf(),
         quiet: true,
         stop_after_steps: None,
+        overwrite: true,
     };
     let o = train(cfg, data, backbone, &opts, &device).expect("training step");
     (

@@ -115,6 +115,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             out_dir: a.out.join("acp"),
             quiet: true,
             stop_after_steps: None,
+            overwrite: true,
         };
         let o = train(acp, &data, stage1()?, &opts, &device)?;
         rows.push(("ACP: head on the stage-1 backbone".to_string(), o));
@@ -127,8 +128,12 @@ fn main() -> Result<(), e2e_tal::Report> {
         a.head_epochs,
         &data,
         stage1()?,
-        &a.out,
-        true,
+        &RunOptions {
+            out_dir: a.out.clone(),
+            quiet: true,
+            stop_after_steps: None,
+            overwrite: true,
+        },
         &device,
     )?;
     rows.push((

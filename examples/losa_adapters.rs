@@ -141,6 +141,7 @@ fn main() -> Result<(), e2e_tal::Report> {
                 out_dir: a.out.join(format!("seed-{seed}")).join(mode.to_string()),
                 quiet: true,
                 stop_after_steps: None,
+                overwrite: true,
             };
             let t0 = Instant::now();
             let cfg_used = cfg.clone();

@@ -100,6 +100,7 @@ fn quiet_run(out: std::path::PathBuf, stop: Option<usize>) -> RunOptions {
         out_dir: out,
         quiet: true,
         stop_after_steps: stop,
+        overwrite: false,
     }
 }
 
@@ -206,8 +207,12 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
     assert_eq!(re, we, "EMA weights differ");
     // The EMA lags the trained weights (it is not a copy of them).
     assert_ne!(we, w);
-    // A checkpoint of an EMA run without its EMA file is refused by name.
+    // A checkpoint of an EMA run without its EMA file is refused by name; the previous
+    // checkpoint is used while it is whole.
     std::fs::remove_file(dir.path().join("whole/checkpoint/ema.bpk")).unwrap();
+    let ck = Checkpoint::load(&dir.path().join("whole")).unwrap();
+    assert!(ck.dir.ends_with("checkpoint.old"), "{}", ck.dir.display());
+    std::fs::remove_file(dir.path().join("whole/checkpoint.old/ema.bpk")).unwrap();
     let err = Checkpoint::load(&dir.path().join("whole")).err().unwrap();
     assert!(err.to_string().contains("ema.bpk"), "{err}");
     let losses =
@@ -491,7 +496,15 @@ fn stages_two_and_three_freeze_the_adapted_backbone() {
     device.seed(7);
     let backbone = cfg.backbone.init(&device);
     let out = dir.path().join("stages");
-    let st = end_to_end_then_head(cfg.clone(), 2, &data, backbone, &out, true, &device).unwrap();
+    let st = end_to_end_then_head(
+        cfg.clone(),
+        2,
+        &data,
+        backbone,
+        &quiet_run(out.clone(), None),
+        &device,
+    )
+    .unwrap();
     assert_eq!(
         values(&st.head.model.backbone),
         values(&st.end_to_end.model.backbone)
@@ -501,7 +514,7 @@ fn stages_two_and_three_freeze_the_adapted_backbone() {
     assert!(out.join("stage2/checkpoint").is_dir() && out.join("stage3/features").is_dir());
     let head_only = cfg.with_mode(TrainMode::HeadOnly);
     let b = head_only.backbone.init(&device);
-    assert!(end_to_end_then_head(head_only, 1, &data, b, &out, true, &device).is_err());
+    assert!(end_to_end_then_head(head_only, 1, &data, b, &quiet_run(out, None), &device).is_err());
 }
 
 /// LoFi-E2E budget mode measures one real step per candidate fidelity, cheapest first, and

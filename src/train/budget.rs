@@ -161,6 +161,7 @@ pub fn choose_fidelity(
         classes: data.classes.clone(),
         ground_truth: data.ground_truth.clone(),
         videos: vec![video.clone()],
+        source: data.source.clone(),
     };
     materialize(backbone);
     let mut probes = Vec::new();
@@ -171,6 +172,7 @@ pub fn choose_fidelity(
             out_dir: scratch.join(format!("probe-{i}")),
             quiet: true,
             stop_after_steps: Some(1),
+            overwrite: true,
         };
         let t0 = Instant::now();
         let outcome = train(probe_cfg, &probe_data, backbone.clone(), &opts, device);

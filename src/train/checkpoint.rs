@@ -3,10 +3,12 @@
 //! write never destroys the previous checkpoint.
 //!
 //! Layout of `<run>/checkpoint/`: `model.bpk`, `optim_backbone.bpk`, `optim_head.bpk`,
-//! `state.json` (config, classes, frame size, loop position, history). A new checkpoint is
-//! written to `checkpoint.tmp/`, the old one renamed to `checkpoint.old/`, the new one renamed
-//! into place, then the old one removed; [`find`] falls back to `checkpoint.old/` if a crash
-//! hit between the renames.
+//! (`ema.bpk`), `state.json` (config, classes, frame size, loop position, history) and
+//! `checksums.json` (SHA-256 of every other file, written last). A new checkpoint is written to
+//! `checkpoint.tmp/`, the current one renamed to `checkpoint.old/` (replacing the one before),
+//! and the new one renamed into place. So `checkpoint.old/` always holds the previous good
+//! checkpoint: [`Checkpoint::load`] verifies the checksums and falls back to it when the newest
+//! is damaged (flipped bytes, a truncated file) or a crash hit between the renames.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,7 @@ use burn::optim::{ModuleOptimizer, OptimizerRecord};
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Bytes;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::config::TrainConfig;
 use super::model::TalModel;
@@ -115,6 +118,48 @@ pub fn load_module_bytes<M: Module + ModuleSnapshot>(
     Ok(())
 }
 
+/// Name of the manifest of a checkpoint folder: file name -> SHA-256 (hex).
+pub const CHECKSUMS: &str = "checksums.json";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Verify the files of checkpoint folder `dir` against its manifest. A folder written before
+/// checksums existed (no manifest) passes as it is.
+pub fn verify(dir: &Path) -> Result<()> {
+    let manifest = dir.join(CHECKSUMS);
+    if !manifest.is_file() {
+        return Ok(());
+    }
+    let sums: std::collections::BTreeMap<String, String> = crate::io::read_json(&manifest)?;
+    for required in [
+        "model.bpk",
+        "state.json",
+        "optim_backbone.bpk",
+        "optim_head.bpk",
+    ] {
+        if !sums.contains_key(required) {
+            return Err(fail(&manifest, format!("lists no checksum for {required}")));
+        }
+    }
+    for (name, want) in &sums {
+        let p = dir.join(name);
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        if sha256_hex(&bytes) != *want {
+            return Err(fail(
+                &p,
+                "checksum mismatch: the file changed after it was written (damaged disk, \
+                 partial copy or an edit)",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Write a checkpoint into `run/checkpoint/` (see the module docs for the crash safety).
 pub fn save(
     run: &Path,
@@ -130,46 +175,94 @@ pub fn save(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    write_atomic(&tmp.join("model.bpk"), &module_bytes(model, &tmp)?)?;
+    let mut files: Vec<(&str, Vec<u8>)> = vec![("model.bpk", module_bytes(model, &tmp)?.to_vec())];
     if let Some(e) = ema {
-        write_atomic(&tmp.join("ema.bpk"), &module_bytes(e, &tmp)?)?;
+        files.push(("ema.bpk", module_bytes(e, &tmp)?.to_vec()));
     }
     for (name, opt) in [
         ("optim_backbone.bpk", optim_backbone),
         ("optim_head.bpk", optim_head),
     ] {
         let bytes = opt.to_record().into_bytes().map_err(|e| fail(&tmp, e))?;
-        write_atomic(&tmp.join(name), &bytes)?;
+        files.push((name, bytes.to_vec()));
     }
-    write_json_atomic(&tmp.join("state.json"), meta)?;
+    let mut state = serde_json::to_vec_pretty(meta).map_err(|e| fail(&tmp, e))?;
+    state.push(b'\n');
+    files.push(("state.json", state));
+    let mut sums = std::collections::BTreeMap::new();
+    for (name, bytes) in &files {
+        write_atomic(&tmp.join(name), bytes)?;
+        sums.insert(name.to_string(), sha256_hex(bytes));
+    }
+    write_json_atomic(&tmp.join(CHECKSUMS), &sums)?;
     if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        // Keep the current checkpoint as the previous good one, unless it is damaged: then
+        // the one in checkpoint.old/ stays the fallback.
+        if verify(&dir).is_ok() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            }
+            std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
+        } else {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
     }
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&tmp, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
     Ok(())
 }
 
-/// The newest complete checkpoint folder of a run (or `run` itself when it is one).
-pub fn find(run: &Path) -> Option<PathBuf> {
+/// The complete checkpoint folders of a run, newest first (`run` itself when it is one).
+pub fn candidates(run: &Path) -> Vec<PathBuf> {
     [
         run.to_path_buf(),
         run.join("checkpoint"),
         run.join("checkpoint.old"),
     ]
     .into_iter()
-    .find(|d| d.join("state.json").is_file() && d.join("model.bpk").is_file())
+    .filter(|d| d.join("state.json").is_file() && d.join("model.bpk").is_file())
+    .collect()
+}
+
+/// The newest complete checkpoint folder of a run (or `run` itself when it is one).
+pub fn find(run: &Path) -> Option<PathBuf> {
+    candidates(run).into_iter().next()
 }
 
 impl Checkpoint {
-    /// Read the checkpoint of run folder (or checkpoint folder) `path`.
+    /// Read the checkpoint of run folder (or checkpoint folder) `path`: the newest one that
+    /// passes its checksums and parses, falling back to the previous one (with a warning on
+    /// standard error) when the newest is damaged.
     pub fn load(path: &Path) -> Result<Self> {
-        let dir = find(path).ok_or_else(|| fail(path, "no checkpoint (state.json + model.bpk)"))?;
+        let dirs = candidates(path);
+        if dirs.is_empty() {
+            return Err(fail(path, "no checkpoint (state.json + model.bpk)"));
+        }
+        let mut failures = Vec::new();
+        for dir in dirs {
+            match Self::load_dir(&dir) {
+                Ok(ck) => {
+                    if !failures.is_empty() {
+                        crate::io::warning(format_args!(
+                            "warning: {}; using the previous checkpoint {}",
+                            failures.join("; "),
+                            dir.display()
+                        ));
+                    }
+                    return Ok(ck);
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        Err(fail(
+            path,
+            format!("no usable checkpoint: {}", failures.join("; ")),
+        ))
+    }
+
+    /// Read the checkpoint in folder `dir` after verifying its checksums.
+    fn load_dir(dir: &Path) -> Result<Self> {
+        verify(dir)?;
+        let dir = dir.to_path_buf();
         let state_path = dir.join("state.json");
         let malformed = |e: serde_json::Error| fail(&state_path, format!("malformed: {e}"));
         let mut value: serde_json::Value =

@@ -19,4 +19,7 @@ pub use config::{BackboneConfig, TrainConfig, TrainMode};
 pub use dataset::{TalDataset, TalVideo};
 pub use model::{Detector, TalModel};
 pub use pretrain::{PretrainConfig, PretrainOutcome, pretrain};
-pub use trainer::{RunOptions, TrainOutcome, load_model, resume, train};
+pub use trainer::{
+    ResumeChanges, RunOptions, TrainOutcome, load_model, prepare_run_folder, resume, resume_with,
+    train,
+};

@@ -222,6 +222,12 @@ pub fn pretrain_from(
             "pretraining needs batch_size and steps of at least 1".into(),
         ));
     }
+    if !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
+        return Err(Error::InvalidValue {
+            name: "lr".into(),
+            reason: format!("must be a finite non-negative number, got {}", cfg.lr),
+        });
+    }
     let device = device.clone().autodiff();
     let train_clips = trimmed_clips(data, Subset::Training, cfg)?;
     let val_clips = if data.indices(Subset::Validation).is_empty() {
@@ -318,7 +324,7 @@ pub fn pretrain_from(
         if acc_n == log_every || step + 1 == cfg.steps {
             losses.push(acc_loss / acc_n as f32);
             if !quiet {
-                println!(
+                say!(
                     "pretrain step {:>5}/{}: loss {:.4} ({:.0}s)",
                     step + 1,
                     cfg.steps,
@@ -430,6 +436,7 @@ mod tests {
         let data = TalDataset {
             classes: vec!["a".into(), "b".into()],
             ground_truth: GroundTruth { videos: vec![] },
+            source: "frames".into(),
             videos: vec![
                 // Frames 10..30: clips starting at 7..=18 overlap it by >= 11.25 of 15 frames;
                 // every clip of this video touches it, so none is background.

@@ -2,8 +2,6 @@
 //! backbone and head end to end (at low fidelity when `cfg.lofi` says so); stage 3 freezes the
 //! adapted backbone and trains a new head at full fidelity on its features.
 
-use std::path::Path;
-
 use burn::module::Module;
 use burn::tensor::Device;
 
@@ -22,7 +20,8 @@ pub struct StagesOutcome {
     pub head: TrainOutcome,
 }
 
-/// Run stages 2 and 3 from `backbone` (the stage-1 result). Stage 3 uses `cfg` with mode
+/// Run stages 2 and 3 from `backbone` (the stage-1 result) in `opts.out_dir/stage2` and
+/// `opts.out_dir/stage3` (the other options apply to both). Stage 3 uses `cfg` with mode
 /// `head-only`, full fidelity and `head_epochs` epochs; the stage-2 backbone it freezes is the
 /// EMA when the run keeps one.
 pub fn end_to_end_then_head(
@@ -30,8 +29,7 @@ pub fn end_to_end_then_head(
     head_epochs: usize,
     data: &TalDataset,
     backbone: Backbone,
-    out: &Path,
-    quiet: bool,
+    opts: &RunOptions,
     device: &Device,
 ) -> Result<StagesOutcome> {
     if !cfg.mode.trains_backbone() {
@@ -41,9 +39,8 @@ pub fn end_to_end_then_head(
         )));
     }
     let opts = |dir: &str| RunOptions {
-        out_dir: out.join(dir),
-        quiet,
-        stop_after_steps: None,
+        out_dir: opts.out_dir.join(dir),
+        ..opts.clone()
     };
     let mut head_cfg = cfg
         .clone()

@@ -47,6 +47,58 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop (after writing a checkpoint) once this many steps have been taken in total.
     pub stop_after_steps: Option<usize>,
+    /// Start a new run even where `out_dir` holds one, removing that run's outputs first
+    /// ([`prepare_run_folder`]); without it [`train`] refuses such a folder.
+    pub overwrite: bool,
+}
+
+/// What a run writes into its folder ([`prepare_run_folder`] removes these and nothing else).
+pub const RUN_OUTPUTS: &[&str] = &[
+    "checkpoint",
+    "checkpoint.old",
+    "checkpoint.tmp",
+    "config.json",
+    "metrics.json",
+    "predictions.json",
+    "features",
+    "backbone.safetensors",
+    "budget-probes",
+    "stage2",
+    "stage3",
+];
+
+/// Make `out` ready for a new run. A folder that already holds a run (any of
+/// [`RUN_OUTPUTS`]) is refused unless `overwrite`, in which case exactly those outputs are
+/// removed, so no stale predictions or weights stay beside the new run's.
+pub fn prepare_run_folder(out: &Path, overwrite: bool) -> Result<()> {
+    let present: Vec<&str> = RUN_OUTPUTS
+        .iter()
+        .copied()
+        .filter(|name| out.join(name).symlink_metadata().is_ok())
+        .collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(Error::WouldOverwrite {
+            path: out.to_path_buf(),
+            reason: format!(
+                "it holds a run ({}); continue it with --resume, start over with --overwrite, \
+                 or choose another --out",
+                present.join(", ")
+            ),
+        });
+    }
+    for name in present {
+        let p = out.join(name);
+        let removed = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        removed.map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(())
 }
 
 /// What a run produced.
@@ -83,6 +135,8 @@ pub fn train(
     device: &Device,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
+    prepare_run_folder(&opts.out_dir, opts.overwrite)?;
+    check_trainable(data)?;
     let device = device.clone().autodiff();
     let frame_size = frame_size(data)?;
     // Burn initialises parameters lazily, at first use: fix the backbone's values now (under
@@ -112,11 +166,65 @@ pub fn train(
     run(meta, model, ema, optims, data, opts, &device)
 }
 
+/// A dataset a run can learn from: some action to learn and some video to train on. Errors
+/// name the dataset.
+fn check_trainable(data: &TalDataset) -> Result<()> {
+    if data.classes.is_empty() {
+        return Err(Error::EmptyInput {
+            path: data.source.clone(),
+            reason: "no video of the dataset has an annotated action, so there is no class to \
+                     learn"
+                .into(),
+        });
+    }
+    if data.indices(Subset::Training).is_empty() {
+        return Err(Error::EmptyInput {
+            path: data.source.clone(),
+            reason: "the dataset has no training videos (subset `training`)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Settings a resumed run may change; everything else comes from its checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeChanges {
+    /// Train to this many epochs in total instead of the checkpoint's (no fewer than it has
+    /// finished). The learning-rate schedule follows the new length from the current step on,
+    /// and the new value is recorded in the run's configuration and checkpoints.
+    pub epochs: Option<usize>,
+}
+
 /// Continue the run whose checkpoint is in `opts.out_dir` on `data` (the same dataset).
 pub fn resume(data: &TalDataset, opts: &RunOptions, device: &Device) -> Result<TrainOutcome> {
-    let device = device.clone().autodiff();
     let ck = Checkpoint::load(&opts.out_dir)?;
-    let meta = ck.meta.clone();
+    resume_with(ck, data, opts, &ResumeChanges::default(), device)
+}
+
+/// [`resume`] from the already loaded checkpoint `ck` of the run in `opts.out_dir`, applying
+/// `changes` to its configuration.
+pub fn resume_with(
+    ck: Checkpoint,
+    data: &TalDataset,
+    opts: &RunOptions,
+    changes: &ResumeChanges,
+    device: &Device,
+) -> Result<TrainOutcome> {
+    let device = device.clone().autodiff();
+    let mut meta = ck.meta.clone();
+    if let Some(epochs) = changes.epochs {
+        let s = &meta.state;
+        let done = s.epoch + usize::from(s.step_in_epoch > 0);
+        if epochs < done.max(1) {
+            return Err(Error::ResumeConflict {
+                path: opts.out_dir.clone(),
+                conflicts: format!(
+                    "--epochs {epochs} is fewer than the {done} epochs the run has started"
+                ),
+            });
+        }
+        meta.config.epochs = epochs;
+    }
     if meta.classes != data.classes {
         return Err(Error::Checkpoint {
             path: ck.dir.clone(),
@@ -328,13 +436,8 @@ fn run(
     let cfg = meta.config.clone();
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     crate::io::write_json_atomic(&opts.out_dir.join("config.json"), &cfg)?;
+    check_trainable(data)?;
     let train_idx = data.indices(Subset::Training);
-    if train_idx.is_empty() {
-        return Err(Error::EmptyInput {
-            path: opts.out_dir.clone(),
-            reason: "the dataset has no training videos".into(),
-        });
-    }
     let steps_per_epoch = train_idx.len();
     let total = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
@@ -567,7 +670,7 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
         } else {
             String::new()
         };
-        println!(
+        say!(
             "{}: backbone outputs of {} videos extracted in {:.1}s ({:.1} MiB held){written}",
             ctx.cfg.mode,
             ctx.data.videos.len(),
