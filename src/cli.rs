@@ -20,75 +20,164 @@ use e2e_tal::train::workspace::{PretrainJob, load_dataset, pretrain_to, pretrain
 
 use super::{InferArgs, PretrainArgs, TrainArgs, print_report};
 
+/// Apply the configuration flags of `a` to `cfg` (a new run's starting configuration, or a
+/// checkpoint's when resuming, to see what the flags would change).
+fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
+    if let Some(m) = a.mode {
+        cfg.mode = m;
+    }
+    match a.backbone.as_deref() {
+        None => {}
+        Some("synthetic") => cfg.backbone = BackboneConfig::synthetic_vit(),
+        Some(p) => cfg.backbone = BackboneConfig::preset(p.parse::<BackbonePreset>()?),
+    }
+    macro_rules! set {
+        ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
+    }
+    set!(
+        epochs,
+        lr_head,
+        lr_backbone,
+        max_train_clips,
+        eval_every,
+        ema_decay,
+        seed
+    );
+    if let Some(l) = &a.lofi {
+        cfg.lofi.mode = LoFiMode::from_name(l)?;
+    }
+    if a.no_feature_cache {
+        cfg.cache_features = false;
+    }
+    if a.augment {
+        cfg.augment = e2e_tal::data::augment::AugmentConfig::synthetic();
+    }
+    if a.rewired {
+        cfg.rewired = true;
+    }
+    Ok(())
+}
+
+/// The flags of `a` that contradict the checkpoint configuration `ck` of a resumed run (all
+/// but --epochs, which may change), each with both values.
+fn resume_conflicts(a: &TrainArgs, ck: &TrainConfig) -> Result<Vec<String>> {
+    let mut wanted = ck.clone();
+    apply_flags(a, &mut wanted)?;
+    let (Ok(serde_json::Value::Object(w)), Ok(serde_json::Value::Object(c))) =
+        (serde_json::to_value(&wanted), serde_json::to_value(ck))
+    else {
+        return Ok(vec!["the configuration cannot be compared".into()]);
+    };
+    let mut out: Vec<String> = w
+        .iter()
+        .filter(|(k, v)| k.as_str() != "epochs" && c.get(k.as_str()) != Some(v))
+        .map(|(k, v)| {
+            let flag = match k.as_str() {
+                "cache_features" => "--no-feature-cache".to_string(),
+                "lofi" => "--lofi".into(),
+                other => format!("--{}", other.replace('_', "-")),
+            };
+            let short = |x: &serde_json::Value| {
+                let t = x.to_string();
+                if t.len() > 60 {
+                    format!("{}...", &t[..57])
+                } else {
+                    t
+                }
+            };
+            format!(
+                "{flag} asks for {} where the run has {}",
+                short(v),
+                c.get(k.as_str()).map_or("nothing".into(), short)
+            )
+        })
+        .collect();
+    for (given, flag) in [
+        (a.weights.is_some(), "--weights"),
+        (a.from_scratch, "--from-scratch"),
+        (a.family.is_some(), "--family"),
+        (a.config.is_some(), "--config"),
+        (a.memory_budget.is_some(), "--memory-budget"),
+    ] {
+        if given {
+            out.push(format!(
+                "{flag} only applies when a run starts (the checkpoint holds the weights and \
+                 settings)"
+            ));
+        }
+    }
+    Ok(out)
+}
+
 pub fn run_train(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
-    let mode: TrainMode = a.mode.parse()?;
-    let mut out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(mode.to_string()));
+    let default_out = |mode: TrainMode| PathBuf::from("runs").join(mode.to_string());
     let device = backend::device(a.backend.parse()?)?;
-    let opts = RunOptions {
-        out_dir: out.clone(),
-        quiet: a.quiet,
-        stop_after_steps: a.stop_after_steps,
-    };
-    let (outcome, data, cfg) = if a.resume {
+    if a.resume {
+        let mut out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| default_out(a.mode.unwrap_or_default()));
         let ck = Checkpoint::load(&out)?;
+        let conflicts = resume_conflicts(&a, &ck.meta.config)?;
+        if !conflicts.is_empty() {
+            return Err(Error::ResumeConflict {
+                path: out,
+                conflicts: conflicts.join("; "),
+            });
+        }
         let data = load_dataset(&a.data, &SynthConfig::new(), ck.meta.config.clips.span())?;
-        println!(
+        outln!(
             "resuming {} at epoch {}, step {}",
             out.display(),
             ck.meta.state.epoch + 1,
             ck.meta.state.global_step
-        );
-        let outcome = e2e_tal::train::resume(&data, &opts, &device)?;
-        (outcome, data, ck.meta.config)
-    } else {
-        let mut cfg = match &a.config {
-            Some(p) => TrainConfig::from_json(&e2e_tal::io::read_to_string(p)?)
-                .map_err(|e| e2e_tal::io::json_error(p, e))?,
-            None => TrainConfig::new(),
+        )?;
+        let opts = RunOptions {
+            out_dir: out.clone(),
+            quiet: a.quiet,
+            stop_after_steps: a.stop_after_steps,
+            overwrite: false,
         };
-        cfg.mode = mode;
-        if a.backbone != "synthetic" {
-            cfg.backbone = BackboneConfig::preset(a.backbone.parse::<BackbonePreset>()?);
-        } else if a.config.is_none() {
-            cfg.backbone = BackboneConfig::synthetic_vit();
-        }
-        macro_rules! set {
-            ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
-        }
-        set!(
-            epochs,
-            lr_head,
-            lr_backbone,
-            max_train_clips,
-            eval_every,
-            ema_decay,
-            seed
-        );
-        if let Some(l) = &a.lofi {
-            cfg.lofi.mode = LoFiMode::from_name(l)?;
-        }
-        if a.no_feature_cache {
-            cfg.cache_features = false;
-        }
-        if a.augment {
-            cfg.augment = e2e_tal::data::augment::AugmentConfig::synthetic();
-        }
-        cfg.validate()?;
+        let changes = e2e_tal::train::ResumeChanges { epochs: a.epochs };
+        let mut cfg = ck.meta.config.clone();
+        let outcome = e2e_tal::train::resume_with(ck, &data, &opts, &changes, &device)?;
+        cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
+        out.clone_from(&opts.out_dir);
+        return report_outcome(&outcome, &data, &cfg, &out, start);
+    }
+    let mut cfg = match &a.config {
+        Some(p) => e2e_tal::train::config::read_config(p, &TrainConfig::new())?,
+        None => TrainConfig::new(),
+    };
+    apply_flags(&a, &mut cfg)?;
+    cfg.validate()?;
+    let mode = cfg.mode;
+    let backbone_name = a.backbone.clone().unwrap_or_else(|| "synthetic".into());
+    let mut out = a.out.clone().unwrap_or_else(|| default_out(mode));
+    // Refuse an existing run before any work; with --overwrite its outputs are removed only
+    // once the data and weights have loaded (below, or in `train`).
+    if !a.overwrite {
+        e2e_tal::train::prepare_run_folder(&out, false)?;
+    }
+    let opts = RunOptions {
+        out_dir: out.clone(),
+        quiet: a.quiet,
+        stop_after_steps: a.stop_after_steps,
+        overwrite: a.overwrite,
+    };
+    let (outcome, data, cfg) = {
         let t = Instant::now();
         let data = load_dataset(&a.data, &SynthConfig::new(), cfg.clips.span())?;
         let n_train = data.indices(Subset::Training).len();
-        println!(
+        outln!(
             "dataset: {} ({} training, {} validation videos, {} classes) loaded in {:.1}s",
             a.data.display(),
             n_train,
             data.indices(Subset::Validation).len(),
             data.classes.len(),
             t.elapsed().as_secs_f64()
-        );
+        )?;
         let weights = match (&a.weights, a.from_scratch) {
             (Some(w), _) => Some(w.clone()),
             (None, false) => Some(pretrained_backbone(&cfg, a.quiet, &device)?),
@@ -97,15 +186,16 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         device.seed(cfg.seed);
         let mut backbone = cfg.backbone.init(&device);
         if let Some(w) = &weights {
-            let family = match (&a.family, a.backbone.parse::<BackbonePreset>()) {
+            let family = match (&a.family, backbone_name.parse::<BackbonePreset>()) {
                 (Some(f), _) => f.parse()?,
                 (None, Ok(p)) => p.default_family(),
                 (None, Err(_)) => CheckpointFamily::Native,
             };
             let r = backbone.load(w, family)?;
-            println!("backbone: {} tensors from {}", r.applied.len(), w.display());
+            outln!("backbone: {} tensors from {}", r.applied.len(), w.display())?;
         }
         if let Some(b) = &a.memory_budget {
+            e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
             let budget = e2e_tal::train::budget::parse_bytes(b)?;
             let choice = e2e_tal::train::budget::choose_fidelity(
                 &cfg,
@@ -116,56 +206,82 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
                 &out.join("budget-probes"),
                 &device,
             )?;
-            println!("{choice}");
+            outln!("{choice}")?;
             cfg.lofi.mode = choice.mode();
         }
-        println!(
+        outln!(
             "training: mode {mode}, {} epochs, backbone {}, run folder {}",
             cfg.epochs,
-            a.backbone,
+            backbone_name,
             out.display()
-        );
+        )?;
         if a.retrain_head {
+            e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
             // LoFi-E2E stages 2 and 3: report stage 2, then continue with stage 3's run.
             let st = e2e_tal::train::stages::end_to_end_then_head(
                 cfg.clone(),
                 cfg.epochs,
                 &data,
                 backbone,
-                &out,
-                a.quiet,
+                &opts,
                 &device,
             )?;
             if let Some((_, r)) = &st.end_to_end.evaluation {
-                println!(
+                outln!(
                     "stage 2 ({mode}, end to end) validation avg mAP {:.2}% -> {}",
                     100.0 * r.average_map,
                     out.join("stage2").display()
-                );
+                )?;
             }
             out = out.join("stage3");
             let c = cfg.clone().with_mode(TrainMode::HeadOnly);
-            println!("stage 3: head retrained at full fidelity on the frozen stage-2 backbone");
+            outln!("stage 3: head retrained at full fidelity on the frozen stage-2 backbone")?;
             (st.head, data, c)
         } else {
             let outcome = e2e_tal::train::train(cfg.clone(), &data, backbone, &opts, &device)?;
             (outcome, data, cfg)
         }
     };
+    report_outcome(&outcome, &data, &cfg, &out, start)
+}
+
+/// Print what a finished (or stopped) run produced and save a trained backbone's weights.
+fn report_outcome(
+    outcome: &e2e_tal::train::TrainOutcome,
+    data: &TalDataset,
+    cfg: &TrainConfig,
+    out: &Path,
+    start: Instant,
+) -> Result<()> {
     if let Some(b) = outcome.peak_step_bytes {
-        println!(
+        outln!(
             "peak memory of a training step: {} MiB",
             e2e_tal::memory::mib(b)
-        );
+        )?;
     }
+    // Files first: a closed standard output below must not cost the trained weights.
+    let weights = match &outcome.evaluation {
+        Some(_) if cfg.mode.trains_backbone() => {
+            // The adapted backbone, for `--mode head-only --weights` (LoFi stage 3).
+            let path = out.join("backbone.safetensors");
+            let trained = outcome.ema.as_ref().unwrap_or(&outcome.model);
+            trained.backbone.save(&path)?;
+            Some(path)
+        }
+        _ => None,
+    };
     match &outcome.evaluation {
-        None => println!(
+        None if outcome.state.epoch >= cfg.epochs => outln!(
+            "finished after {} steps; the dataset has no validation videos to evaluate",
+            outcome.state.global_step
+        )?,
+        None => outln!(
             "stopped after {} steps; continue with --resume",
             outcome.state.global_step
-        ),
+        )?,
         Some((preds, report)) => {
-            println!("\nvalidation mAP, THUMOS thresholds:");
-            print_report(report, false);
+            outln!("\nvalidation mAP, THUMOS thresholds:")?;
+            print_report(report, false)?;
             let anet = evaluate(
                 &data.ground_truth,
                 preds,
@@ -174,29 +290,34 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
                     thresholds: ThresholdSet::ActivityNet.values(),
                 },
             )?;
-            println!(
+            outln!(
                 "(ActivityNet thresholds 0.5:0.95: average {:.2}%; mode {}, {} epochs)",
                 100.0 * anet.average_map,
                 cfg.mode,
                 cfg.epochs
-            );
-            println!("predictions: {}", out.join("predictions.json").display());
-            if cfg.mode.trains_backbone() {
-                // The adapted backbone, for `--mode head-only --weights` (LoFi stage 3).
-                let path = out.join("backbone.safetensors");
-                let trained = outcome.ema.as_ref().unwrap_or(&outcome.model);
-                trained.backbone.save(&path)?;
-                println!("backbone weights: {}", path.display());
+            )?;
+            outln!("predictions: {}", out.join("predictions.json").display())?;
+            if let Some(path) = &weights {
+                outln!("backbone weights: {}", path.display())?;
             }
         }
     }
-    println!("total {:.1}s", start.elapsed().as_secs_f64());
+    outln!("total {:.1}s", start.elapsed().as_secs_f64())?;
     Ok(())
 }
 
 pub fn run_infer(a: InferArgs) -> Result<()> {
     let device = backend::device(a.backend.parse()?)?;
     let ck = Checkpoint::load(&a.checkpoint)?;
+    let mut inputs: Vec<PathBuf> = ["state.json", "model.bpk", "ema.bpk"]
+        .iter()
+        .map(|f| ck.dir.join(f))
+        .collect();
+    inputs.extend(a.dataset.clone());
+    e2e_tal::io::check_output(
+        &a.out,
+        &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     let cfg = ck.meta.config.clone();
     let mut model = load_model(&ck, &device)?;
     ck.load_inference_weights(&mut model)?;
@@ -211,11 +332,7 @@ pub fn run_infer(a: InferArgs) -> Result<()> {
                 .frames
                 .clone()
                 .unwrap_or_else(|| json.parent().unwrap_or(Path::new(".")).join(FRAMES_DIR));
-            let subsets = if a.subset.eq_ignore_ascii_case("all") {
-                Vec::new()
-            } else {
-                vec![a.subset.parse::<Subset>().map_err(Error::Config)?]
-            };
+            let subsets: Vec<Subset> = a.subset.0.into_iter().collect();
             TalDataset::load(&gt, &frames, &subsets, None, cfg.clips.span())?.videos
         }
         (None, Some(dir)) => {
@@ -224,14 +341,14 @@ pub fn run_infer(a: InferArgs) -> Result<()> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "video".into());
             let frames = FrameFolder::open(dir, &id)?.read_all(None)?;
-            vec![TalVideo {
-                duration: frames.len as f64 / a.fps,
-                id,
-                subset: Subset::Testing,
-                fps: a.fps,
-                frames,
-                segments: Vec::new(),
-            }]
+            if frames.len < cfg.clips.span() {
+                return Err(Error::VideoTooShort {
+                    video: id,
+                    frames: frames.len,
+                    clip_span: cfg.clips.span(),
+                });
+            }
+            vec![TalVideo::unannotated(frames, a.fps)?]
         }
         _ => {
             return Err(Error::Config(
@@ -267,19 +384,19 @@ pub fn run_infer(a: InferArgs) -> Result<()> {
     }
     let preds = Predictions { videos: out };
     preds.write_json(&a.out)?;
-    println!(
+    outln!(
         "{} videos, {} detections in {:.1}s -> {}",
         videos.len(),
         preds.len(),
         t.elapsed().as_secs_f64(),
         a.out.display()
-    );
+    )?;
     Ok(())
 }
 
 pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
     let mut cfg = match &a.config {
-        Some(p) => e2e_tal::io::read_json(p)?,
+        Some(p) => e2e_tal::train::config::read_config(p, &PretrainConfig::new())?,
         None => PretrainConfig::new(),
     };
     macro_rules! set {
@@ -290,6 +407,13 @@ pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
         cfg.rewired = true;
     }
     let device = backend::device(a.backend.parse()?)?;
+    let inputs: Vec<&Path> = a
+        .weights
+        .iter()
+        .chain(&a.config)
+        .map(PathBuf::as_path)
+        .collect();
+    e2e_tal::io::check_output(&a.out, &inputs)?;
     let job = PretrainJob {
         data: &a.data,
         videos: a.videos,

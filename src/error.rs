@@ -158,6 +158,34 @@ pub enum Error {
         reason: String,
     },
 
+    /// A command-line or configuration value is out of its range (a negative frame rate, a
+    /// threshold outside (0, 1], a size that would not fit in memory).
+    #[error("`{name}`: {reason}")]
+    InvalidValue {
+        /// The flag or field, e.g. `--fps`.
+        name: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+
+    /// A command would write over one of its inputs, an existing dataset or an existing run.
+    #[error("{path}: refusing to write: {reason}")]
+    WouldOverwrite {
+        /// The output that already exists.
+        path: PathBuf,
+        /// Why it is protected and how to proceed.
+        reason: String,
+    },
+
+    /// A resumed run was given settings that contradict its checkpoint.
+    #[error("run {path}: --resume keeps the checkpoint's settings, but {conflicts}")]
+    ResumeConflict {
+        /// The run folder.
+        path: PathBuf,
+        /// The conflicting settings, each with both values.
+        conflicts: String,
+    },
+
     /// The requested backend was not compiled in, or has no device.
     #[error("backend `{backend}` is not available: {reason}")]
     Backend {

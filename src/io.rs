@@ -52,9 +52,52 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
-/// Read a whole file, naming it in the error.
+/// Read a whole text file, naming it in the error. A UTF-8 byte-order mark (as some Windows
+/// editors write) is dropped, so it never ends up in a video id or breaks a JSON parser.
 pub fn read_to_string(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
+}
+
+/// Refuse to write `out` when it is one of `inputs` (the same file under another name
+/// included) or an existing folder: a command must never replace what it reads.
+pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
+    if out.is_dir() {
+        return Err(Error::WouldOverwrite {
+            path: out.to_path_buf(),
+            reason: "it is a folder; give a file name".into(),
+        });
+    }
+    let Ok(target) = out.canonicalize() else {
+        // Does not exist yet: it cannot be an input.
+        return Ok(());
+    };
+    for input in inputs {
+        if input.canonicalize().is_ok_and(|i| i == target) {
+            return Err(Error::WouldOverwrite {
+                path: out.to_path_buf(),
+                reason: format!("it is this command's input {}", input.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Write a progress line to standard output. A closed or full standard output loses the line
+/// but never stops the work whose results go to files (`train | head -1` still trains).
+pub fn progress(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+}
+
+/// Write a warning line to standard error; like [`progress`], a closed stream loses the line
+/// without stopping the work.
+pub fn warning(args: std::fmt::Arguments) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
 /// Read and parse a JSON file (a configuration, a report); errors name the file, line and column.
@@ -89,6 +132,21 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "temp file left behind: {names:?}");
+    }
+
+    #[test]
+    fn byte_order_mark_is_dropped_and_outputs_never_replace_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        std::fs::write(&p, "\u{feff}{\"x\": 1}").unwrap();
+        assert_eq!(read_to_string(&p).unwrap(), "{\"x\": 1}");
+        let other = dir.path().join("b.json");
+        assert!(check_output(&other, &[&p]).is_ok());
+        // The same file under another spelling is still the input.
+        let alias = dir.path().join(".").join("a.json");
+        let e = check_output(&alias, &[&other, &p]).unwrap_err().to_string();
+        assert!(e.contains("input") && e.contains("a.json"), "{e}");
+        assert!(check_output(dir.path(), &[]).is_err());
     }
 
     #[test]

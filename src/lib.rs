@@ -22,6 +22,11 @@
 //! - [`memory`]: peak-memory measurement for benches.
 #![warn(missing_docs)]
 
+/// A progress line on standard output that never panics ([`io::progress`]).
+macro_rules! say {
+    ($($t:tt)*) => { $crate::io::progress(format_args!($($t)*)) };
+}
+
 pub mod adapter;
 pub mod backbone;
 pub mod backend;

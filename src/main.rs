@@ -1,10 +1,20 @@
 //! `e2e-tal`: command-line front end of the e2e-tal library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+
+/// Print a line of the command's output. A closed or full standard output (`| head -1`,
+/// `> /dev/full`) is an error naming it, never a panic.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)
+            .map_err(|e| e2e_tal::Error::io("standard output", e))
+    }};
+}
 
 mod cli;
 use e2e_tal::backbone::BackbonePreset;
@@ -38,16 +48,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Number of videos.
-        #[arg(long, default_value_t = 40)]
+        #[arg(long, default_value_t = 40, value_parser = count_in(1, e2e_tal::data::synth::MAX_VIDEOS))]
         videos: usize,
         /// Random seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Frame height and width in pixels.
-        #[arg(long, default_value_t = 64)]
+        /// Frame height and width in pixels (16-2048).
+        #[arg(long, default_value_t = 64, value_parser = count_in(16, e2e_tal::data::synth::MAX_SIDE))]
         size: usize,
         /// Number of action classes (1-8).
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, value_parser = count_in(1, 8))]
         classes: usize,
         /// Write PNG frames instead of JPEG.
         #[arg(long)]
@@ -61,12 +71,13 @@ enum Command {
         /// Detections, ActivityNet results JSON.
         #[arg(long)]
         pred: PathBuf,
-        /// Subset to evaluate (training, validation, testing); `all` for every video.
-        #[arg(long, default_value = "validation")]
-        subset: String,
-        /// tIoU thresholds: anet (0.5:0.05:0.95), thumos (0.3:0.1:0.7) or a list like 0.3,0.5.
-        #[arg(long, default_value = "anet")]
-        thresholds: String,
+        /// Subset to evaluate: training, validation, testing or all.
+        #[arg(long, default_value = "validation", value_parser = subset_or_all)]
+        subset: SubsetFilter,
+        /// tIoU thresholds: anet (0.5:0.05:0.95), thumos (0.3:0.1:0.7) or a list like 0.3,0.5
+        /// (each in (0, 1]).
+        #[arg(long, default_value = "anet", allow_hyphen_values = true, value_parser = thresholds)]
+        thresholds: ThresholdSet,
         /// Print a JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -82,9 +93,9 @@ enum Command {
         /// File-name suffix to read (`val` or `test`).
         #[arg(long, default_value = "val")]
         split: String,
-        /// Subset written for the videos.
-        #[arg(long, default_value = "validation")]
-        subset: String,
+        /// Subset written for the videos: training, validation or testing.
+        #[arg(long, default_value = "validation", value_parser = subset)]
+        subset: Subset,
         /// Output JSON.
         #[arg(long)]
         out: PathBuf,
@@ -131,13 +142,13 @@ struct TrainArgs {
     /// Run folder (checkpoints, features, predictions, metrics); default runs/<mode>.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Training mode: full, head-only, reversible, adapter.
-    #[arg(long, default_value = "full")]
-    mode: String,
-    /// Backbone: `synthetic` (the small ViT the defaults are tuned for) or a preset (vit-s,
-    /// vit-b, swin-t, r3d-18, ...).
-    #[arg(long, default_value = "synthetic")]
-    backbone: String,
+    /// Training mode: full (default), head-only, reversible, adapter.
+    #[arg(long)]
+    mode: Option<e2e_tal::train::TrainMode>,
+    /// Backbone: `synthetic` (the small ViT the defaults are tuned for; default) or a preset
+    /// (vit-s, vit-b, swin-t, r3d-18, ...).
+    #[arg(long)]
+    backbone: Option<String>,
     /// Backbone checkpoint to start from (.safetensors or .pth). Without it (and without
     /// --from-scratch) the backbone starts from clip-classification pretraining on a separate
     /// synthetic set (`e2e-tal pretrain`, run first if runs/pretrain has no weights for it).
@@ -156,16 +167,16 @@ struct TrainArgs {
     #[arg(long)]
     epochs: Option<usize>,
     /// Peak learning rate of the head / adapters.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr_head: Option<f64>,
     /// Peak learning rate of the backbone.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr_backbone: Option<f64>,
     /// At most this many clips per training step (random window); 0 for whole videos.
     #[arg(long)]
     max_train_clips: Option<usize>,
     /// Keep an EMA of the weights with this decay (e.g. 0.999 for long runs) and evaluate it.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     ema_decay: Option<f64>,
     /// Evaluate every N epochs (0: only at the end).
     #[arg(long)]
@@ -199,9 +210,14 @@ struct TrainArgs {
     /// reversible always does).
     #[arg(long)]
     rewired: bool,
-    /// Continue the run in --out from its checkpoint.
+    /// Continue the run in --out from its checkpoint. Flags that contradict the checkpoint's
+    /// settings are an error; --epochs may change (the new length is recorded).
     #[arg(long)]
     resume: bool,
+    /// Start a new run in an --out folder that holds one, removing that run's outputs
+    /// (checkpoints, predictions, metrics, weights) first.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Stop after this many steps in total (a checkpoint is written; continue with --resume).
     #[arg(long)]
     stop_after_steps: Option<usize>,
@@ -220,7 +236,8 @@ struct PretrainArgs {
     #[arg(long, default_value = "data/synth-pretrain")]
     data: PathBuf,
     /// Videos of a generated pretraining set.
-    #[arg(long, default_value_t = e2e_tal::train::workspace::PRETRAIN_VIDEOS)]
+    #[arg(long, default_value_t = e2e_tal::train::workspace::PRETRAIN_VIDEOS,
+          value_parser = count_in(1, e2e_tal::data::synth::MAX_VIDEOS))]
     videos: usize,
     /// Output backbone weights (safetensors, e2e-tal layout; `train --weights` loads them).
     #[arg(long, default_value = e2e_tal::train::workspace::PRETRAINED)]
@@ -242,7 +259,7 @@ struct PretrainArgs {
     #[arg(long)]
     batch_size: Option<usize>,
     /// Peak learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Random seed.
     #[arg(long)]
@@ -266,14 +283,14 @@ struct InferArgs {
     /// Frames root for --dataset (default: frames/ next to the JSON).
     #[arg(long)]
     frames: Option<PathBuf>,
-    /// Subset of --dataset to run on (training, validation, testing, all).
-    #[arg(long, default_value = "validation")]
-    subset: String,
+    /// Subset of --dataset to run on: training, validation, testing or all.
+    #[arg(long, default_value = "validation", value_parser = subset_or_all)]
+    subset: SubsetFilter,
     /// A single video: a folder of frames.
     #[arg(long)]
     video: Option<PathBuf>,
-    /// Frame rate of --video.
-    #[arg(long, default_value_t = 15.0)]
+    /// Frame rate of --video (frames per second, positive).
+    #[arg(long, default_value_t = 15.0, allow_negative_numbers = true, value_parser = positive)]
     fps: f64,
     /// Output ActivityNet results JSON.
     #[arg(long)]
@@ -288,9 +305,9 @@ struct InferArgs {
 
 #[derive(Subcommand)]
 enum WeightsAction {
-    /// List a safetensors checkpoint's tensors (and, with --family, where each one lands).
+    /// List a checkpoint's tensors (and, with --family, where each one lands).
     Inspect {
-        /// Checkpoint (.safetensors).
+        /// Checkpoint (.safetensors, or a PyTorch .pth / .pt).
         #[arg(long)]
         checkpoint: PathBuf,
         /// Key map to show: hf-videomae, videomae-v2, swin3d, r3d, r2plus1d, native.
@@ -326,15 +343,15 @@ fn run_weights(action: WeightsAction) -> Result<()> {
             let tensors = weights::inspect(&checkpoint)?;
             for (key, dtype, shape) in &tensors {
                 match &map {
-                    Some(m) => println!("{key} {dtype} {shape:?} -> {}", m.rename(key)),
-                    None => println!("{key} {dtype} {shape:?}"),
+                    Some(m) => outln!("{key} {dtype} {shape:?} -> {}", m.rename(key))?,
+                    None => outln!("{key} {dtype} {shape:?}")?,
                 }
             }
             let n: usize = tensors
                 .iter()
                 .map(|(_, _, s)| s.iter().product::<usize>())
                 .sum();
-            println!("{} tensors, {n} values", tensors.len());
+            outln!("{} tensors, {n} values", tensors.len())?;
         }
         WeightsAction::Convert {
             model,
@@ -347,47 +364,83 @@ fn run_weights(action: WeightsAction) -> Result<()> {
                 Some(f) => f.parse()?,
                 None => preset.default_family(),
             };
+            e2e_tal::io::check_output(&out, &[&checkpoint])?;
             let mut backbone = preset.init(&backend::cpu_device());
             let report = backbone.load(&checkpoint, family)?;
-            println!(
+            outln!(
                 "loaded {} tensors into {} ({} ignored, {} unused)",
                 report.applied.len(),
                 preset.name(),
                 report.ignored.len(),
                 report.unused.len()
-            );
+            )?;
             for k in &report.unused {
-                println!("  unused: {k}");
+                outln!("  unused: {k}")?;
             }
             backbone.save(&out)?;
-            println!("wrote {}", out.display());
+            outln!("wrote {}", out.display())?;
         }
     }
     Ok(())
 }
 
-fn subset_arg(s: &str) -> Result<Option<Subset>> {
-    if s.eq_ignore_ascii_case("all") {
-        return Ok(None);
-    }
-    s.parse().map(Some).map_err(Error::Config)
+/// `training`, `validation`, `testing` (or their short forms) as a flag value.
+fn subset(s: &str) -> std::result::Result<Subset, String> {
+    s.parse()
 }
 
-fn print_report(r: &EvalReport, per_class: bool) {
-    println!("{r}");
+/// A subset, or every video (`all`): the subset filter of `eval` and `infer`.
+#[derive(Debug, Clone, Copy)]
+struct SubsetFilter(Option<Subset>);
+
+/// [`subset`], or `all`.
+fn subset_or_all(s: &str) -> std::result::Result<SubsetFilter, String> {
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(SubsetFilter(None));
+    }
+    s.parse()
+        .map(|s| SubsetFilter(Some(s)))
+        .map_err(|_: String| {
+            format!("unknown subset `{s}` (expected training, validation, testing or all)")
+        })
+}
+
+fn thresholds(s: &str) -> std::result::Result<ThresholdSet, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+/// A whole number in `lo..=hi` as a flag value.
+fn count_in(lo: usize, hi: usize) -> impl Fn(&str) -> std::result::Result<usize, String> + Clone {
+    move |s| match s.trim().parse::<usize>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number in {lo}..={hi}")),
+    }
+}
+
+/// A positive finite number as a flag value (a frame rate).
+fn positive(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err("expected a positive finite number".into()),
+    }
+}
+
+fn print_report(r: &EvalReport, per_class: bool) -> Result<()> {
+    outln!("{r}")?;
     if per_class {
-        println!("\n| class | AP per threshold (%) |\n|---|---|");
+        outln!("\n| class | AP per threshold (%) |\n|---|---|")?;
         for (c, ap) in &r.per_class {
             let v: Vec<String> = ap.iter().map(|x| format!("{:.2}", x * 100.0)).collect();
-            println!("| {c} | {} |", v.join(" "));
+            outln!("| {c} | {} |", v.join(" "))?;
         }
     }
     if r.ignored_predictions > 0 {
-        eprintln!(
+        e2e_tal::io::warning(format_args!(
             "note: {} predictions have labels absent from the ground truth and were ignored",
             r.ignored_predictions
-        );
+        ));
     }
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -425,13 +478,13 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .filter_map(|v| v.num_frames)
                 .sum();
-            println!(
+            outln!(
                 "wrote {} videos ({n_frames} frames, {n_ann} actions, {} classes) to {} in {:.1}s",
                 ds.ground_truth.videos.len(),
                 ds.classes.len(),
                 out.display(),
                 t.elapsed().as_secs_f64()
-            );
+            )?;
         }
         Command::Eval {
             gt,
@@ -442,19 +495,19 @@ fn run(cli: Cli) -> Result<()> {
             per_class,
         } => {
             let opts = EvalOptions {
-                subset: subset_arg(&subset)?,
-                thresholds: thresholds.parse::<ThresholdSet>()?.values(),
+                subset: subset.0,
+                thresholds: thresholds.values(),
             };
             let gt = GroundTruth::from_json_file(&gt)?;
             let pred = Predictions::from_json_file(&pred)?;
             let report = evaluate(&gt, &pred, &opts)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                )?;
             } else {
-                print_report(&report, per_class);
+                print_report(&report, per_class)?;
             }
         }
         Command::ConvertThumos {
@@ -463,15 +516,17 @@ fn run(cli: Cli) -> Result<()> {
             subset,
             out,
         } => {
-            let subset = subset.parse().map_err(Error::Config)?;
             let gt = load_thumos(&ThumosSource {
                 dir: &dir,
                 split: &split,
                 subset,
                 durations: None,
             })?;
+            let inputs = e2e_tal::data::thumos::annotation_files(&dir, &split)?;
+            let inputs: Vec<&Path> = inputs.iter().map(|(_, p)| p.as_path()).collect();
+            e2e_tal::io::check_output(&out, &inputs)?;
             gt.write_json(&out)?;
-            println!("wrote {} videos to {}", gt.videos.len(), out.display());
+            outln!("wrote {} videos to {}", gt.videos.len(), out.display())?;
         }
         Command::Weights { action } => run_weights(action)?,
         Command::Train(args) => cli::run_train(*args)?,
@@ -483,24 +538,35 @@ fn run(cli: Cli) -> Result<()> {
             seed,
         } => {
             let start = Instant::now();
+            let device = backend::device(b.parse()?)?;
             let ds = load_or_generate(&data, &SynthConfig::new())?;
-            println!(
+            outln!(
                 "dataset: {} ({} videos, {} classes) ready in {:.1}s",
                 data.display(),
                 ds.ground_truth.videos.len(),
                 ds.classes.len(),
                 start.elapsed().as_secs_f64()
-            );
+            )?;
+            if ds
+                .ground_truth
+                .subset(Some(Subset::Validation))
+                .next()
+                .is_none()
+            {
+                return Err(Error::EmptyInput {
+                    path: data.join(e2e_tal::data::synth::ANNOTATIONS_FILE),
+                    reason: "no video in subset `validation` to run the baseline on".into(),
+                });
+            }
             // Push every validation video through frame decoding and clip sampling, so the job
             // fails loudly on a broken dataset.
-            let device = backend::device(b.parse()?)?;
             let clip_cfg = ClipSamplingConfig::new();
             let t = Instant::now();
             let (mut videos, mut clips) = (0, 0);
             for v in ds.ground_truth.subset(Some(Subset::Validation)) {
                 let folder = FrameFolder::open(&data.join(FRAMES_DIR).join(&v.id), &v.id)?;
                 if let Some(n) = v.num_frames {
-                    folder.expect_at_least(n)?;
+                    folder.expect_count(n)?;
                 }
                 let frames = folder.read_all(None)?;
                 let fps = v.fps.unwrap_or(frames.len as f64 / v.duration);
@@ -508,11 +574,11 @@ fn run(cli: Cli) -> Result<()> {
                 videos += 1;
                 clips += batch.num_valid;
             }
-            println!(
+            outln!(
                 "clip pipeline: {videos} validation videos -> {clips} clips of {} frames in {:.1}s",
                 clip_cfg.clip_frames,
                 t.elapsed().as_secs_f64()
-            );
+            )?;
             let post = PostProcessConfig::new();
             let pred = noisy_oracle(
                 &ds.ground_truth,
@@ -523,11 +589,11 @@ fn run(cli: Cli) -> Result<()> {
             );
             let pred_path = data.join("baseline_predictions.json");
             pred.write_json(&pred_path)?;
-            println!(
+            outln!(
                 "noisy-oracle baseline (ground truth + noise, no learning): {} detections -> {}",
                 pred.len(),
                 pred_path.display()
-            );
+            )?;
             for (name, set) in [
                 ("THUMOS", ThresholdSet::Thumos),
                 ("ActivityNet", ThresholdSet::ActivityNet),
@@ -536,10 +602,10 @@ fn run(cli: Cli) -> Result<()> {
                     subset: Some(Subset::Validation),
                     thresholds: set.values(),
                 };
-                println!("\nmAP, {name} thresholds:");
-                print_report(&evaluate(&ds.ground_truth, &pred, &opts)?, false);
+                outln!("\nmAP, {name} thresholds:")?;
+                print_report(&evaluate(&ds.ground_truth, &pred, &opts)?, false)?;
             }
-            println!("\ntotal {:.1}s", start.elapsed().as_secs_f64());
+            outln!("\ntotal {:.1}s", start.elapsed().as_secs_f64())?;
         }
     }
     Ok(())
@@ -552,7 +618,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            e2e_tal::io::warning(format_args!("error: {e}"));
             ExitCode::FAILURE
         }
     }

@@ -26,12 +26,12 @@ pub struct ThumosSource<'a> {
 /// `Ambiguous`; like most TAL code bases we leave them out.
 const SKIPPED_CLASSES: &[&str] = &["Ambiguous"];
 
-/// Read all `<Class>_<split>.txt` files of `src.dir` (classes sorted by file name, videos in order
-/// of first appearance).
-pub fn load_thumos(src: &ThumosSource<'_>) -> Result<GroundTruth> {
-    let suffix = format!("_{}.txt", src.split);
-    let mut files: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(src.dir)
-        .map_err(|e| Error::io(src.dir, e))?
+/// The `<Class>_<split>.txt` files of `dir` as `(class, path)`, sorted by class (the skipped
+/// classes left out). No such file is an error naming the folder.
+pub fn annotation_files(dir: &Path, split: &str) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let suffix = format!("_{split}.txt");
+    let mut files: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -42,11 +42,18 @@ pub fn load_thumos(src: &ThumosSource<'_>) -> Result<GroundTruth> {
         .collect();
     if files.is_empty() {
         return Err(Error::EmptyInput {
-            path: src.dir.to_path_buf(),
+            path: dir.to_path_buf(),
             reason: format!("no THUMOS annotation files matching `<Class>{suffix}`"),
         });
     }
     files.sort();
+    Ok(files)
+}
+
+/// Read all `<Class>_<split>.txt` files of `src.dir` (classes sorted by file name, videos in order
+/// of first appearance).
+pub fn load_thumos(src: &ThumosSource<'_>) -> Result<GroundTruth> {
+    let files = annotation_files(src.dir, src.split)?;
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut videos: Vec<VideoAnnotations> = Vec::new();
     for (class, path) in &files {

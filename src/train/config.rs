@@ -383,6 +383,34 @@ pub fn with_defaults<C: serde::Serialize>(
     }
 }
 
+/// Read a configuration file (a `TrainConfig` or `PretrainConfig` as JSON), filling fields it
+/// lacks with those of `default` ([`with_defaults`]). A syntax error names the line and column;
+/// a value of the wrong type or an unknown variant names the field (`backbone.depth`).
+pub fn read_config<C>(path: &std::path::Path, default: &C) -> Result<C>
+where
+    C: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let text = crate::io::read_to_string(path)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| crate::io::json_error(path, e))?;
+    if !value.is_object() {
+        return Err(Error::InvalidField {
+            path: path.to_path_buf(),
+            video: None,
+            field: "(top level)".into(),
+            reason: "a configuration is a JSON object".into(),
+        });
+    }
+    serde_path_to_error::deserialize(with_defaults(default, value)).map_err(|e| {
+        Error::InvalidField {
+            path: path.to_path_buf(),
+            video: None,
+            field: e.path().to_string(),
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
 impl TrainConfig {
     /// Parse a configuration from JSON, filling fields it lacks with their defaults
     /// ([`with_defaults`]).
@@ -429,6 +457,31 @@ mod tests {
 
     /// A configuration written before some fields existed loads with their defaults; a
     /// different backbone variant is kept whole.
+    #[test]
+    fn configuration_errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.json");
+        std::fs::write(&p, r#"{"epochs": "many"}"#).unwrap();
+        let e = read_config(&p, &TrainConfig::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`epochs`") && e.contains("c.json"), "{e}");
+        std::fs::write(&p, r#"{"lofi": {"mode": "sideways"}}"#).unwrap();
+        let e = read_config(&p, &TrainConfig::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lofi.mode"), "{e}");
+        std::fs::write(&p, "\u{feff}{\"epochs\": 3}").unwrap();
+        assert_eq!(read_config(&p, &TrainConfig::new()).unwrap().epochs, 3);
+        std::fs::write(&p, "[1, 2]").unwrap();
+        assert!(read_config(&p, &TrainConfig::new()).is_err());
+        std::fs::write(&p, "{\"epochs\": 3,").unwrap();
+        let e = read_config(&p, &TrainConfig::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1"), "{e}");
+    }
+
     #[test]
     fn older_configurations_load_with_defaults() {
         let mut v = serde_json::to_value(

@@ -429,19 +429,40 @@ pub fn save<M: Module + ModuleSnapshot>(module: &M, path: &Path) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
-/// The tensors of a safetensors checkpoint: `(key, dtype, shape)`, in file order.
+/// The tensors of a checkpoint, `(key, dtype, shape)` sorted by key: safetensors, or a
+/// PyTorch `.pth` / `.pt` / `.bin` (zip or legacy pickle), told apart by the file's first bytes
+/// rather than its name.
 pub fn inspect(path: &Path) -> Result<Vec<(String, String, Vec<usize>)>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Weights {
+    let bad = |reason: String| Error::Weights {
         path: PathBuf::from(path),
         key: String::new(),
-        reason: format!("not a safetensors file: {e}"),
-    })?;
-    let mut out: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, format!("{:?}", v.dtype()), v.shape().to_vec()))
-        .collect();
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // safetensors: an 8-byte header length, then the JSON header. PyTorch: a zip archive
+    // (torch.save since 1.6) or a bare pickle (PROTO opcode).
+    let safetensors = bytes.get(8) == Some(&b'{');
+    let pytorch =
+        !safetensors && (bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80));
+    let mut out: Vec<_> = if pytorch {
+        let reader = burn::store::pytorch_reader::PytorchReader::new(path)
+            .map_err(|e| bad(format!("not a readable PyTorch checkpoint: {e}")))?;
+        reader
+            .tensors()
+            .iter()
+            .map(|(k, t)| (k.clone(), format!("{:?}", t.dtype()), t.shape().to_vec()))
+            .collect()
+    } else {
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+            bad(format!(
+                "neither a safetensors file ({e}) nor a PyTorch checkpoint (zip or pickle)"
+            ))
+        })?;
+        st.tensors()
+            .into_iter()
+            .map(|(k, v)| (k, format!("{:?}", v.dtype()), v.shape().to_vec()))
+            .collect()
+    };
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
