@@ -1,0 +1,1182 @@
+//! Hostile input to every subcommand: for each case the exit code (1 for a refused or failed
+//! command, 2 for a rejected flag, 0 where the input is odd but valid), no panic, an error
+//! message that names the input, and no existing file changed (a failed command adds none
+//! either). The cases run one after another over one shared workspace, which is snapshotted
+//! around each of them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use e2e_tal::backbone::vit::VitConfig;
+use e2e_tal::tal::head::HeadConfig;
+use e2e_tal::train::{BackboneConfig, TrainConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_e2e-tal");
+
+/// How a case's standard output is connected.
+#[derive(Clone, Copy, PartialEq)]
+enum Stdout {
+    Captured,
+    /// `> /dev/full`: every write fails with "no space left".
+    Full,
+    /// A pipe whose reader is gone (`| head -0`).
+    Closed,
+}
+
+struct Case {
+    args: Vec<String>,
+    code: i32,
+    /// Substrings the error (or, for code 0, the output) must contain.
+    says: Vec<String>,
+    stdout: Stdout,
+}
+
+fn case(args: &str, code: i32, says: &[&str]) -> Case {
+    Case {
+        args: split(args),
+        code,
+        says: says.iter().map(|s| s.to_string()).collect(),
+        stdout: Stdout::Captured,
+    }
+}
+
+fn piped(args: &str, stdout: Stdout, says: &[&str]) -> Case {
+    Case {
+        stdout,
+        ..case(args, 1, says)
+    }
+}
+
+/// Whitespace-separated arguments; `'...'` keeps spaces.
+fn split(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut quoted = false;
+    let mut cur = String::new();
+    for c in s.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Every file under `root`: relative path -> content hash.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, u64> {
+    use std::hash::{Hash, Hasher};
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&p).unwrap_or_default().hash(&mut h);
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), h.finish());
+            }
+        }
+    }
+    out
+}
+
+fn run(root: &Path, args: &[String], stdout: Stdout) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    match stdout {
+        Stdout::Captured | Stdout::Closed => cmd.stdout(Stdio::piped()),
+        Stdout::Full => cmd.stdout(std::fs::File::create("/dev/full").unwrap()),
+    };
+    let mut child = cmd.spawn().expect("binary runs");
+    let mut out = String::new();
+    if stdout == Stdout::Closed {
+        drop(child.stdout.take());
+    } else if let Some(mut s) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        out,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn sh(root: &Path, args: &str) {
+    let (code, out, err) = run(root, &split(args), Stdout::Captured);
+    assert_eq!(code, 0, "setup `{args}` failed: {out}{err}");
+}
+
+/// A training configuration small enough for a debug build to train in a second or two.
+fn tiny_config() -> TrainConfig {
+    TrainConfig::new()
+        .with_backbone(BackboneConfig::Vit(
+            VitConfig::new()
+                .with_embed_dim(32)
+                .with_depth(2)
+                .with_num_heads(2)
+                .with_mlp_dim(64)
+                .with_patch_size(8)
+                .with_num_frames(8)
+                .with_image_size(32),
+        ))
+        .with_head(
+            HeadConfig::new(0, 0)
+                .with_embed_dim(32)
+                .with_num_heads(2)
+                .with_window_size(9),
+        )
+        .with_epochs(1)
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, v.to_string()).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
+fn first_video(ds: &Path) -> PathBuf {
+    ds.join("frames/synth_00000")
+}
+
+/// The workspace: a small dataset and broken copies of it, a finished run and a damaged one,
+/// results, THUMOS files, configurations and checkpoints, good and bad.
+fn workspace(root: &Path) {
+    let w = |name: &str, bytes: &[u8]| std::fs::write(root.join(name), bytes).unwrap();
+    sh(
+        root,
+        "synth --out ds --videos 3 --size 32 --classes 2 --seed 3",
+    );
+    w(
+        "tiny.json",
+        serde_json::to_string(&tiny_config()).unwrap().as_bytes(),
+    );
+    sh(
+        root,
+        "train --data ds --out run --config tiny.json --from-scratch --quiet",
+    );
+    // Results equal to the ground truth.
+    let gt: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("ds/annotations.json")).unwrap())
+            .unwrap();
+    let mut results = serde_json::Map::new();
+    for (id, v) in gt["database"].as_object().unwrap() {
+        let dets: Vec<_> = v["annotations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(
+                |a| serde_json::json!({"label": a["label"], "score": 1.0, "segment": a["segment"]}),
+            )
+            .collect();
+        results.insert(id.clone(), dets.into());
+    }
+    w(
+        "pred.json",
+        serde_json::json!({ "results": results })
+            .to_string()
+            .as_bytes(),
+    );
+    let mut bom = b"\xef\xbb\xbf".to_vec();
+    bom.extend(std::fs::read(root.join("pred.json")).unwrap());
+    w("pred_bom.json", &bom);
+    let mut bom = b"\xef\xbb\xbf".to_vec();
+    bom.extend(std::fs::read(root.join("ds/annotations.json")).unwrap());
+    w("gt_bom.json", &bom);
+    w("bad.json", b"{\"database\": {\"v\": [1, 2,");
+    w("empty.json", b"");
+    w("garbage.bin", &[0xff, 0x00, 0x93, 0x12, 0x80, 0x01, 0x7f]);
+    w("array.json", b"[1, 2, 3]");
+    w("no_db.json", b"{\"version\": \"x\"}");
+    w(
+        "score_type.json",
+        b"{\"results\": {\"v\": [{\"label\": \"a\", \"score\": \"high\", \"segment\": [1, 2]}]}}",
+    );
+    w("reversed.json", b"{\"database\": {\"v\": {\"subset\": \"validation\", \"duration\": 10, \"annotations\": [{\"label\": \"a\", \"segment\": [5, 2]}]}}}");
+    w(
+        "nan_seg.json",
+        b"{\"results\": {\"v\": [{\"label\": \"a\", \"score\": 0.5, \"segment\": [1, NaN]}]}}",
+    );
+    w("cfg_type.json", b"{\"epochs\": \"many\"}");
+    w("cfg_variant.json", b"{\"mode\": \"sideways\"}");
+    w(
+        "cfg_nested.json",
+        b"{\"backbone\": {\"Vit\": {\"depth\": -3}}}",
+    );
+    w("cfg_bad.json", b"{\"epochs\": 3,");
+    w("pt_type.json", b"{\"steps\": \"all\"}");
+    // THUMOS annotation files.
+    std::fs::create_dir_all(root.join("thumos")).unwrap();
+    w(
+        "thumos/Jump_val.txt",
+        b"\xef\xbb\xbfvid_1 1.0 2.5\nvid_2 3 4\n",
+    );
+    w("thumos/Run_val.txt", b"vid_1 5 6\n");
+    std::fs::create_dir_all(root.join("thumos_bad")).unwrap();
+    w("thumos_bad/Jump_val.txt", b"vid_1 1.0 2.5\nvid_2 3\n");
+    std::fs::create_dir_all(root.join("thumos_nan")).unwrap();
+    w("thumos_nan/Jump_val.txt", b"vid_1 one 2.5\n");
+    std::fs::create_dir_all(root.join("thumos_rev")).unwrap();
+    w("thumos_rev/Jump_val.txt", b"vid_1 4 2.5\n");
+    std::fs::create_dir_all(root.join("thumos_bin")).unwrap();
+    w("thumos_bin/Jump_val.txt", &[0xff, 0xfe, 0x00, 0x41]);
+    std::fs::create_dir_all(root.join("empty_dir")).unwrap();
+    // Checkpoints.
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbones/vit.pth"),
+        root.join("vit.pth"),
+    )
+    .unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbones/vit.safetensors"),
+        root.join("vit.safetensors"),
+    )
+    .unwrap();
+    let st = std::fs::read(root.join("vit.safetensors")).unwrap();
+    w("cut.safetensors", &st[..st.len() / 2]);
+    // Broken datasets, each a copy of ds with one defect.
+    let variant = |name: &str| {
+        let d = root.join(name);
+        copy_dir(&root.join("ds"), &d);
+        d
+    };
+    let d = variant("ds_gap");
+    std::fs::remove_file(d.join("frames/synth_00001/img_00050.jpg")).unwrap();
+    let d = variant("ds_mixed");
+    std::fs::copy(
+        first_video(&d).join("img_00001.jpg"),
+        first_video(&d).join("img_00001.png"),
+    )
+    .unwrap();
+    let d = variant("ds_trunc");
+    let f = d.join("frames/synth_00002/img_00010.jpg");
+    let b = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &b[..b.len() / 2]).unwrap();
+    let d = variant("ds_notimg");
+    std::fs::write(first_video(&d).join("img_00003.jpg"), b"hello").unwrap();
+    let d = variant("ds_size");
+    image::RgbImage::new(16, 16)
+        .save(first_video(&d).join("img_00004.jpg"))
+        .unwrap();
+    let d = variant("ds_count");
+    edit_json(&d.join("annotations.json"), |v| {
+        let db = v["database"].as_object_mut().unwrap();
+        let first = db.values_mut().next().unwrap();
+        first["num_frames"] = (first["num_frames"].as_u64().unwrap() + 5).into();
+    });
+    let d = variant("ds_noann");
+    edit_json(&d.join("annotations.json"), |v| {
+        for video in v["database"].as_object_mut().unwrap().values_mut() {
+            video["annotations"] = serde_json::json!([]);
+        }
+    });
+    let d = variant("ds_noframes");
+    std::fs::remove_dir_all(d.join("frames/synth_00001")).unwrap();
+    let d = variant("ds_noval");
+    edit_json(&d.join("annotations.json"), |v| {
+        for video in v["database"].as_object_mut().unwrap().values_mut() {
+            video["subset"] = "validation".into();
+        }
+    });
+    let d = variant("ds_badjson");
+    std::fs::write(d.join("annotations.json"), b"{\"database\": ").unwrap();
+    let d = variant("ds_fps");
+    edit_json(&d.join("annotations.json"), |v| {
+        for video in v["database"].as_object_mut().unwrap().values_mut() {
+            video["fps"] = (-15.0).into();
+        }
+    });
+    let d = variant("ds_short");
+    let v = first_video(&d);
+    for e in std::fs::read_dir(&v).unwrap() {
+        let p = e.unwrap().path();
+        let n: usize = p.file_stem().unwrap().to_str().unwrap()[4..]
+            .parse()
+            .unwrap();
+        if n > 5 {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    edit_json(&d.join("annotations.json"), |v| {
+        let db = v["database"].as_object_mut().unwrap();
+        db.values_mut().next().unwrap()["num_frames"] = 5.into();
+    });
+    // A folder of real frames without annotations: never to be filled with synthetic videos.
+    let real = root.join("real/frames/v1");
+    std::fs::create_dir_all(&real).unwrap();
+    for i in 1..=3 {
+        std::fs::copy(
+            first_video(&root.join("ds")).join(format!("img_0000{i}.jpg")),
+            real.join(format!("img_{i:05}.jpg")),
+        )
+        .unwrap();
+    }
+    // A three-frame video, shorter than one clip.
+    let short = root.join("short_video");
+    copy_dir(&real, &short);
+    // Runs whose checkpoints are damaged: one with a good previous checkpoint, one without.
+    copy_dir(&root.join("run"), &root.join("run_damaged"));
+    let flip = |p: PathBuf| {
+        let mut b = std::fs::read(&p).unwrap();
+        let i = b.len() / 2;
+        b[i] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+    };
+    flip(root.join("run_damaged/checkpoint/model.bpk"));
+    let _ = std::fs::remove_dir_all(root.join("run_damaged/checkpoint.old"));
+    copy_dir(&root.join("run"), &root.join("run_state"));
+    std::fs::write(root.join("run_state/checkpoint/state.json"), b"{not json").unwrap();
+    let _ = std::fs::remove_dir_all(root.join("run_state/checkpoint.old"));
+}
+
+fn cases() -> Vec<Case> {
+    let t = "--config tiny.json --from-scratch --quiet";
+    let mut c = vec![
+        // Top level.
+        case("", 2, &["Usage"]),
+        case("frobnicate", 2, &["frobnicate"]),
+        case("train --no-such-flag", 2, &["--no-such-flag"]),
+        // synth
+        case("synth --out x --size 100000", 2, &["--size", "100000"]),
+        case("synth --out x --size 8", 2, &["--size"]),
+        case("synth --out x --size abc", 2, &["--size"]),
+        case("synth --out x --videos 0", 2, &["--videos"]),
+        case(
+            "synth --out x --videos 10000000",
+            2,
+            &["--videos", "10000000"],
+        ),
+        case("synth --out x --videos -5", 2, &["-5"]),
+        case("synth --out x --classes 9", 2, &["--classes"]),
+        case("synth --out x --classes 0", 2, &["--classes"]),
+        case("synth --out x --seed -1", 2, &["-1"]),
+        case("synth --out ds --videos 3", 1, &["ds", "not empty"]),
+        case("synth --out ds --png", 1, &["ds", "not empty"]),
+        case("synth --out thumos", 1, &["thumos", "not empty"]),
+        case("synth --out pred.json", 1, &["pred.json"]),
+        case("synth", 2, &["--out"]),
+        // eval
+        case(
+            "eval --gt missing.json --pred pred.json",
+            1,
+            &["missing.json"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred missing.json",
+            1,
+            &["missing.json"],
+        ),
+        case(
+            "eval --gt bad.json --pred pred.json",
+            1,
+            &["bad.json", "line 1"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred bad.json",
+            1,
+            &["bad.json"],
+        ),
+        case("eval --gt empty.json --pred pred.json", 1, &["empty.json"]),
+        case(
+            "eval --gt garbage.bin --pred pred.json",
+            1,
+            &["garbage.bin"],
+        ),
+        case("eval --gt array.json --pred pred.json", 1, &["array.json"]),
+        case(
+            "eval --gt no_db.json --pred pred.json",
+            1,
+            &["no_db.json", "database"],
+        ),
+        case(
+            "eval --gt reversed.json --pred pred.json",
+            1,
+            &["reversed.json"],
+        ),
+        case("eval --gt ds --pred pred.json", 1, &["ds"]),
+        case(
+            "eval --gt ds/annotations.json --pred score_type.json",
+            1,
+            &["score_type.json", "score"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred nan_seg.json",
+            1,
+            &["nan_seg.json"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred ds/annotations.json",
+            1,
+            &["results"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred pred.json --thresholds -0.1",
+            2,
+            &["-0.1", "(0, 1]"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred pred.json --thresholds 1.5",
+            2,
+            &["1.5"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred pred.json --thresholds abc",
+            2,
+            &["abc"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred pred.json --thresholds NaN",
+            2,
+            &["NaN"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred pred.json --thresholds 0.3,,0.5",
+            2,
+            &["--thresholds"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred pred.json --subset foo",
+            2,
+            &["foo", "all"],
+        ),
+        case(
+            "eval --gt gt_bom.json --pred pred_bom.json --subset all --thresholds 0.5",
+            0,
+            &["100.00"],
+        ),
+        piped(
+            "eval --gt ds/annotations.json --pred pred.json --subset all --per-class",
+            Stdout::Full,
+            &["standard output", "space"],
+        ),
+        piped(
+            "eval --gt ds/annotations.json --pred pred.json --subset all --json",
+            Stdout::Full,
+            &["standard output"],
+        ),
+        piped(
+            "eval --gt ds/annotations.json --pred pred.json --subset all --per-class",
+            Stdout::Closed,
+            &["standard output", "pipe"],
+        ),
+        // convert-thumos
+        case("convert-thumos --dir missing --out t.json", 1, &["missing"]),
+        case(
+            "convert-thumos --dir empty_dir --out t.json",
+            1,
+            &["empty_dir", "THUMOS"],
+        ),
+        case(
+            "convert-thumos --dir thumos --out thumos/Jump_val.txt",
+            1,
+            &["Jump_val.txt", "input"],
+        ),
+        case(
+            "convert-thumos --dir thumos --out ./thumos/../thumos/Run_val.txt",
+            1,
+            &["Run_val.txt", "input"],
+        ),
+        case(
+            "convert-thumos --dir thumos --out thumos",
+            1,
+            &["thumos", "folder"],
+        ),
+        case(
+            "convert-thumos --dir thumos_bad --out t.json",
+            1,
+            &["Jump_val.txt:2", "fields"],
+        ),
+        case(
+            "convert-thumos --dir thumos_nan --out t.json",
+            1,
+            &["Jump_val.txt:1", "one"],
+        ),
+        case(
+            "convert-thumos --dir thumos_rev --out t.json",
+            1,
+            &["Jump_val.txt:1", "before"],
+        ),
+        case(
+            "convert-thumos --dir thumos_bin --out t.json",
+            1,
+            &["Jump_val.txt"],
+        ),
+        case(
+            "convert-thumos --dir thumos --split test --out t.json",
+            1,
+            &["thumos", "_test.txt"],
+        ),
+        case(
+            "convert-thumos --dir thumos --subset foo --out t.json",
+            2,
+            &["foo"],
+        ),
+        case(
+            "convert-thumos --dir thumos --subset all --out t.json",
+            2,
+            &["all"],
+        ),
+        case(
+            "convert-thumos --dir ds/annotations.json --out t.json",
+            1,
+            &["annotations.json"],
+        ),
+        // weights
+        case(
+            "weights inspect --checkpoint missing.safetensors",
+            1,
+            &["missing.safetensors"],
+        ),
+        case(
+            "weights inspect --checkpoint pred.json",
+            1,
+            &["pred.json", "safetensors"],
+        ),
+        case(
+            "weights inspect --checkpoint empty.json",
+            1,
+            &["empty.json"],
+        ),
+        case(
+            "weights inspect --checkpoint garbage.bin",
+            1,
+            &["garbage.bin"],
+        ),
+        case(
+            "weights inspect --checkpoint cut.safetensors",
+            1,
+            &["cut.safetensors"],
+        ),
+        case("weights inspect --checkpoint vit.pth", 0, &["tensors"]),
+        case(
+            "weights inspect --checkpoint vit.safetensors --family bogus",
+            1,
+            &["bogus"],
+        ),
+        case("weights inspect --checkpoint ds", 1, &["ds"]),
+        piped(
+            "weights inspect --checkpoint vit.pth",
+            Stdout::Full,
+            &["standard output"],
+        ),
+        piped(
+            "weights inspect --checkpoint vit.safetensors",
+            Stdout::Closed,
+            &["standard output", "pipe"],
+        ),
+        case(
+            "weights convert --model vit-s --checkpoint vit.pth --out vit.pth",
+            1,
+            &["vit.pth", "input"],
+        ),
+        case(
+            "weights convert --model vit-s --checkpoint vit.safetensors --out ./vit.safetensors",
+            1,
+            &["vit.safetensors", "input"],
+        ),
+        case(
+            "weights convert --model bogus --checkpoint vit.pth --out o.safetensors",
+            1,
+            &["bogus"],
+        ),
+        case(
+            "weights convert --model vit-s --checkpoint vit.safetensors --out o.safetensors",
+            1,
+            &["vit.safetensors", "tensor"],
+        ),
+        case(
+            "weights convert --model vit-s --checkpoint missing.pth --out o.safetensors",
+            1,
+            &["missing.pth"],
+        ),
+        case(
+            "weights convert --model vit-s --checkpoint garbage.bin --out o.safetensors",
+            1,
+            &["garbage.bin"],
+        ),
+        case(
+            "weights convert --model vit-s --checkpoint vit.pth --family bogus --out o.safetensors",
+            1,
+            &["bogus"],
+        ),
+        // train: runs
+        case(
+            &format!("train --data ds --out run {t}"),
+            1,
+            &["run", "--resume", "--overwrite"],
+        ),
+        case(
+            "train --data ds --out run --resume --overwrite",
+            2,
+            &["--overwrite"],
+        ),
+        case(
+            "train --data ds --out empty_dir --resume",
+            1,
+            &["empty_dir", "no checkpoint"],
+        ),
+        case(
+            "train --data ds --out run --resume --mode head-only",
+            1,
+            &["--mode", "head-only"],
+        ),
+        case(
+            "train --data ds --out run --resume --backbone vit-s",
+            1,
+            &["--backbone"],
+        ),
+        case(
+            "train --data ds --out run --resume --lr-head 0.5",
+            1,
+            &["--lr-head", "0.5"],
+        ),
+        case(
+            "train --data ds --out run --resume --seed 9",
+            1,
+            &["--seed"],
+        ),
+        case(
+            "train --data ds --out run --resume --lofi s",
+            1,
+            &["--lofi"],
+        ),
+        case(
+            "train --data ds --out run --resume --augment",
+            1,
+            &["--augment"],
+        ),
+        case(
+            "train --data ds --out run --resume --rewired",
+            1,
+            &["--rewired"],
+        ),
+        case(
+            "train --data ds --out run --resume --weights vit.pth",
+            1,
+            &["--weights"],
+        ),
+        case(
+            "train --data ds --out run --resume --config tiny.json",
+            1,
+            &["--config"],
+        ),
+        case(
+            "train --data ds --out run --resume --epochs 0",
+            1,
+            &["--epochs 0"],
+        ),
+        case(
+            "train --data ds --out run --resume --retrain-head",
+            2,
+            &["--retrain-head"],
+        ),
+        case(
+            "train --data ds --out run_state --resume",
+            1,
+            &["state.json"],
+        ),
+        case(
+            "train --data ds --out run_damaged --resume",
+            1,
+            &["model.bpk", "checksum"],
+        ),
+        case(
+            &format!("train --data ds --out new --retrain-head --mode head-only {t}"),
+            1,
+            &["stage 2"],
+        ),
+        // train: data
+        case(
+            &format!("train --data real --out new {t}"),
+            1,
+            &["real", "annotations.json"],
+        ),
+        case(
+            &format!("train --data ds_noann --out new {t}"),
+            1,
+            &["ds_noann", "annotated action"],
+        ),
+        case(
+            &format!("train --data ds_noann --out new --mode head-only {t}"),
+            1,
+            &["ds_noann", "annotated action"],
+        ),
+        case(
+            &format!("train --data ds_gap --out new {t}"),
+            1,
+            &["synth_00001", "50 is missing"],
+        ),
+        case(
+            &format!("train --data ds_mixed --out new {t}"),
+            1,
+            &["synth_00000", "JPEG", "PNG"],
+        ),
+        case(
+            &format!("train --data ds_trunc --out new {t}"),
+            1,
+            &["img_00010.jpg", "truncated"],
+        ),
+        case(
+            &format!("train --data ds_notimg --out new {t}"),
+            1,
+            &["img_00003.jpg"],
+        ),
+        case(
+            &format!("train --data ds_size --out new {t}"),
+            1,
+            &["img_00004.jpg", "16x16"],
+        ),
+        case(
+            &format!("train --data ds_count --out new {t}"),
+            1,
+            &["synth_00000", "num_frames"],
+        ),
+        case(
+            &format!("train --data ds_noframes --out new {t}"),
+            1,
+            &["synth_00001"],
+        ),
+        case(
+            &format!("train --data ds_noval --out new {t}"),
+            1,
+            &["ds_noval", "no training videos"],
+        ),
+        case(
+            &format!("train --data ds_badjson --out new {t}"),
+            1,
+            &["ds_badjson", "annotations.json"],
+        ),
+        case(
+            &format!("train --data ds_fps --out new {t}"),
+            1,
+            &["fps", "synth_0000"],
+        ),
+        case(
+            &format!("train --data ds_short --out new {t}"),
+            1,
+            &["synth_00000", "fewer than one clip"],
+        ),
+        case(
+            &format!("train --data pred.json --out new {t}"),
+            1,
+            &["pred.json"],
+        ),
+        // train: flags and configurations
+        case(
+            &format!("train --data ds --out new --mode bogus {t}"),
+            2,
+            &["bogus"],
+        ),
+        case(
+            &format!("train --data ds --out new --backbone bogus {t}"),
+            1,
+            &["bogus"],
+        ),
+        case(
+            &format!("train --data ds --out new --epochs 0 {t}"),
+            1,
+            &["epochs"],
+        ),
+        case(
+            &format!("train --data ds --out new --epochs -1 {t}"),
+            2,
+            &["-1"],
+        ),
+        case(
+            &format!("train --data ds --out new --lr-head NaN {t}"),
+            1,
+            &["lr_head", "NaN"],
+        ),
+        case(
+            &format!("train --data ds --out new --lr-head -1 {t}"),
+            1,
+            &["lr_head", "-1"],
+        ),
+        case(
+            &format!("train --data ds --out new --lr-backbone inf {t}"),
+            1,
+            &["lr_backbone"],
+        ),
+        case(
+            &format!("train --data ds --out new --ema-decay 2 {t}"),
+            1,
+            &["ema_decay", "2"],
+        ),
+        case(
+            &format!("train --data ds --out new --lofi bogus {t}"),
+            1,
+            &["bogus"],
+        ),
+        case(
+            &format!("train --data ds --out new --mode head-only --lofi s {t}"),
+            1,
+            &["LoFi"],
+        ),
+        case(
+            &format!("train --data ds --out new --memory-budget lots {t}"),
+            1,
+            &["lots"],
+        ),
+        case(
+            &format!("train --data ds --out new --backend bogus {t}"),
+            1,
+            &["bogus"],
+        ),
+        case(
+            "train --data ds --out new --config missing.json --from-scratch",
+            1,
+            &["missing.json"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_type.json --from-scratch",
+            1,
+            &["cfg_type.json", "`epochs`"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_variant.json --from-scratch",
+            1,
+            &["cfg_variant.json", "`mode`", "sideways"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_nested.json --from-scratch",
+            1,
+            &["cfg_nested.json", "depth"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_bad.json --from-scratch",
+            1,
+            &["cfg_bad.json", "line 1"],
+        ),
+        case(
+            "train --data ds --out new --config array.json --from-scratch",
+            1,
+            &["array.json"],
+        ),
+        case(
+            "train --data ds --out new --config tiny.json --weights missing.safetensors",
+            1,
+            &["missing.safetensors"],
+        ),
+        case(
+            "train --data ds --out new --config tiny.json --weights garbage.bin",
+            1,
+            &["garbage.bin"],
+        ),
+        case(
+            "train --data ds --out new --config tiny.json --weights vit.pth --from-scratch",
+            2,
+            &["--from-scratch"],
+        ),
+        // infer
+        case(
+            "infer --checkpoint missing --video short_video --out o.json",
+            1,
+            &["missing"],
+        ),
+        case(
+            "infer --checkpoint run --video short_video --fps -1 --out o.json",
+            2,
+            &["--fps", "-1"],
+        ),
+        case(
+            "infer --checkpoint run --video short_video --fps=-1 --out o.json",
+            2,
+            &["--fps"],
+        ),
+        case(
+            "infer --checkpoint run --video short_video --fps NaN --out o.json",
+            2,
+            &["--fps", "NaN"],
+        ),
+        case(
+            "infer --checkpoint run --video short_video --fps 0 --out o.json",
+            2,
+            &["--fps"],
+        ),
+        case(
+            "infer --checkpoint run --video short_video --fps inf --out o.json",
+            2,
+            &["--fps"],
+        ),
+        case(
+            "infer --checkpoint run --video short_video --out o.json",
+            1,
+            &["short_video", "fewer than one clip"],
+        ),
+        case(
+            "infer --checkpoint run --video missing_dir --out o.json",
+            1,
+            &["missing_dir"],
+        ),
+        case(
+            "infer --checkpoint run --video real --out o.json",
+            1,
+            &["real", "no JPEG or PNG"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --out ds/annotations.json",
+            1,
+            &["annotations.json", "input"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --out run/checkpoint/state.json",
+            1,
+            &["state.json", "input"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --out run",
+            1,
+            &["run", "folder"],
+        ),
+        case(
+            "infer --checkpoint run --dataset bad.json --out o.json",
+            1,
+            &["bad.json"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds_gap/annotations.json --subset all --out o.json",
+            1,
+            &["50 is missing"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --video short_video --out o.json",
+            2,
+            &["--video"],
+        ),
+        case(
+            "infer --checkpoint run --out o.json",
+            1,
+            &["--dataset", "--video"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --subset foo --out o.json",
+            2,
+            &["foo", "all"],
+        ),
+        case(
+            "infer --checkpoint run_damaged --dataset ds/annotations.json --out o.json",
+            1,
+            &["model.bpk", "checksum"],
+        ),
+        case(
+            "infer --checkpoint run_state --dataset ds/annotations.json --out o.json",
+            1,
+            &["state.json"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --backend bogus --out o.json",
+            1,
+            &["bogus"],
+        ),
+        // pretrain
+        case(
+            "pretrain --data ds --out p/b.safetensors --steps 0 --quiet",
+            1,
+            &["steps"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --batch-size 0 --quiet",
+            1,
+            &["batch_size"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --lr -1 --quiet",
+            1,
+            &["lr", "-1"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --lr NaN --quiet",
+            1,
+            &["lr", "NaN"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --videos 0",
+            2,
+            &["--videos"],
+        ),
+        case(
+            "pretrain --data ds --out vit.safetensors --weights vit.safetensors",
+            1,
+            &["vit.safetensors", "input"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --config pt_type.json",
+            1,
+            &["pt_type.json", "`steps`"],
+        ),
+        case(
+            "pretrain --data real --out p/b.safetensors",
+            1,
+            &["real", "annotations.json"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --weights missing.safetensors --quiet",
+            1,
+            &["missing.safetensors"],
+        ),
+        // baseline
+        case("baseline --data real", 1, &["real", "annotations.json"]),
+        case("baseline --data ds_badjson", 1, &["ds_badjson"]),
+        case("baseline --data ds_gap", 1, &["ds_gap", "validation"]),
+        case("baseline --data ds --backend bogus", 1, &["bogus"]),
+    ];
+    // Odd but valid: results with a byte-order mark, a checkpoint resumed with more epochs.
+    c.push(case(
+        "eval --gt gt_bom.json --pred pred.json --subset all --thresholds anet --json",
+        0,
+        &["average_map"],
+    ));
+    c
+}
+
+#[test]
+fn hostile_inputs_get_clear_errors_and_change_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    workspace(root);
+    let cases = cases();
+    assert!(cases.len() >= 100, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let before = snapshot(root);
+        let (code, out, err) = run(root, &c.args, c.stdout);
+        let after = snapshot(root);
+        let shown = format!("`e2e-tal {}`", c.args.join(" "));
+        let text = format!("{out}{err}");
+        if code != c.code {
+            failures.push(format!("{shown}: exit {code}, want {}: {text}", c.code));
+        }
+        if err.contains("panicked") || code == 101 || code == 134 {
+            failures.push(format!("{shown}: panicked: {err}"));
+        }
+        for s in &c.says {
+            if !text.contains(s.as_str()) {
+                failures.push(format!("{shown}: message lacks `{s}`: {text}"));
+            }
+        }
+        let changed: Vec<_> = before
+            .iter()
+            .filter(|(p, h)| after.get(*p) != Some(h))
+            .map(|(p, _)| p.display().to_string())
+            .collect();
+        if !changed.is_empty() {
+            failures.push(format!("{shown}: changed or removed {changed:?}"));
+        }
+        let added: Vec<_> = after.keys().filter(|p| !before.contains_key(*p)).collect();
+        if code != 0 && !added.is_empty() {
+            failures.push(format!("{shown}: failed but wrote {added:?}"));
+        }
+    }
+    eprintln!("{} hostile cases run", cases.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A run folder that holds a run is replaced only on request, and then wholly: none of the
+/// old run's outputs stays beside the new one's.
+#[test]
+fn overwrite_replaces_the_whole_run_and_resume_may_extend_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    sh(
+        root,
+        "synth --out ds --videos 3 --size 32 --classes 2 --seed 3",
+    );
+    std::fs::write(
+        root.join("tiny.json"),
+        serde_json::to_string(&tiny_config()).unwrap(),
+    )
+    .unwrap();
+    sh(
+        root,
+        "train --data ds --out run --config tiny.json --from-scratch --quiet --stop-after-steps 2",
+    );
+    std::fs::write(root.join("run/predictions.json"), "stale").unwrap();
+    std::fs::write(root.join("run/notes.txt"), "mine").unwrap();
+    sh(
+        root,
+        "train --data ds --out run --config tiny.json --from-scratch --quiet --overwrite --stop-after-steps 1",
+    );
+    assert!(
+        !root.join("run/predictions.json").exists(),
+        "stale predictions kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("run/notes.txt")).unwrap(),
+        "mine"
+    );
+    let state = || -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(root.join("run/checkpoint/state.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(state()["state"]["global_step"], 1);
+    // --epochs may change on resume and is recorded.
+    sh(
+        root,
+        "train --data ds --out run --resume --epochs 2 --quiet",
+    );
+    assert_eq!(state()["config"]["epochs"], 2);
+    assert_eq!(state()["state"]["global_step"], 6);
+    // A damaged newest checkpoint falls back to the previous one, with a warning.
+    let model = root.join("run/checkpoint/model.bpk");
+    let mut b = std::fs::read(&model).unwrap();
+    b[100] ^= 1;
+    std::fs::write(&model, b).unwrap();
+    let (code, out, err) = run(
+        root,
+        &split("train --data ds --out run --resume --epochs 3 --quiet"),
+        Stdout::Captured,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("checksum mismatch") && err.contains("checkpoint.old"),
+        "{err}"
+    );
+    assert_eq!(state()["state"]["global_step"], 9);
+}
+
+/// THUMOS files with a byte-order mark give clean video ids.
+#[test]
+fn byte_order_marks_never_reach_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("th")).unwrap();
+    std::fs::write(
+        root.join("th/Jump_val.txt"),
+        b"\xef\xbb\xbfvid_1 1.0 2.5\r\n",
+    )
+    .unwrap();
+    sh(root, "convert-thumos --dir th --out gt.json");
+    let gt: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("gt.json")).unwrap()).unwrap();
+    let ids: Vec<&String> = gt["database"].as_object().unwrap().keys().collect();
+    assert_eq!(ids, ["vid_1"]);
+}

@@ -1,0 +1,309 @@
+//! Property tests of every reader of user files: arbitrary bytes never panic (an `Err` naming
+//! the file is the only other outcome), and every valid document round-trips through the
+//! matching writer.
+
+use std::path::Path;
+
+use e2e_tal::data::npy::FeatureSequence;
+use e2e_tal::data::{
+    Annotation, Detection, GroundTruth, Predictions, Subset, ThumosSource, VideoAnnotations,
+    VideoDetections, load_thumos,
+};
+use proptest::prelude::*;
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 96,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Bytes biased towards the readers' own syntax, so that most cases get past the first byte.
+fn noisy_text(alphabet: &'static str) -> impl Strategy<Value = Vec<u8>> {
+    let chars: Vec<u8> = alphabet.bytes().collect();
+    prop::collection::vec(
+        prop_oneof![
+            3 => prop::sample::select(chars),
+            1 => any::<u8>(),
+        ],
+        0..400,
+    )
+}
+
+/// A valid JSON document with random structure mutations of an ActivityNet file.
+fn mutated_json(valid: String) -> impl Strategy<Value = String> {
+    (0..valid.len().max(1), 0..valid.len().max(1), any::<u8>()).prop_map(move |(a, b, c)| {
+        let mut bytes = valid.clone().into_bytes();
+        let (lo, hi) = (a.min(b), a.max(b));
+        // Cut a slice and put one random ASCII character in its place.
+        bytes.splice(lo..hi.min(lo + 8), [c % 95 + 32]);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+fn label() -> impl Strategy<Value = String> {
+    "[A-Za-z][A-Za-z0-9_ ]{0,10}"
+}
+
+fn segment() -> impl Strategy<Value = [f64; 2]> {
+    (0.0f64..500.0, 0.0f64..100.0).prop_map(|(s, d)| [s, s + d])
+}
+
+fn subset() -> impl Strategy<Value = Subset> {
+    prop::sample::select(vec![Subset::Training, Subset::Validation, Subset::Testing])
+}
+
+fn ground_truth() -> impl Strategy<Value = GroundTruth> {
+    prop::collection::vec(
+        (
+            subset(),
+            1.0f64..1000.0,
+            prop::option::of(1.0f64..60.0),
+            prop::option::of(1usize..100_000),
+            prop::collection::vec((segment(), label()), 0..5),
+        ),
+        0..6,
+    )
+    .prop_map(|videos| GroundTruth {
+        videos: videos
+            .into_iter()
+            .enumerate()
+            .map(|(i, (subset, duration, fps, num_frames, anns))| {
+                let duration = anns.iter().fold(duration, |d, (s, _)| d.max(s[1]));
+                VideoAnnotations {
+                    id: format!("video_{i}"),
+                    subset,
+                    duration,
+                    fps,
+                    num_frames,
+                    annotations: anns
+                        .into_iter()
+                        .map(|(segment, label)| Annotation { segment, label })
+                        .collect(),
+                }
+            })
+            .collect(),
+    })
+}
+
+fn predictions() -> impl Strategy<Value = Predictions> {
+    prop::collection::vec(
+        prop::collection::vec((label(), 0.0f64..1.0, segment()), 0..6),
+        0..5,
+    )
+    .prop_map(|videos| Predictions {
+        videos: videos
+            .into_iter()
+            .enumerate()
+            .map(|(i, dets)| VideoDetections {
+                id: format!("v{i}"),
+                detections: dets
+                    .into_iter()
+                    .map(|(label, score, segment)| Detection {
+                        label,
+                        score,
+                        segment,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// An error must name the file it is about.
+fn assert_names(e: &e2e_tal::Error, file: &str) {
+    let msg = e.to_string();
+    assert!(msg.contains(file), "error does not name {file}: {msg}");
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn ground_truth_reader_never_panics(bytes in noisy_text("{}[]\":,.0123456789 databse")) {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "gt.json", &bytes);
+        if let Err(e) = GroundTruth::from_json_file(&p) {
+            assert_names(&e, "gt.json");
+        }
+    }
+
+    #[test]
+    fn ground_truth_round_trips(gt in ground_truth()) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("gt.json");
+        gt.write_json(&p).unwrap();
+        prop_assert_eq!(GroundTruth::from_json_file(&p).unwrap(), gt);
+    }
+
+    #[test]
+    fn mutated_ground_truth_never_panics(text in ground_truth().prop_flat_map(|gt| {
+        mutated_json(gt.to_json().to_string())
+    })) {
+        if let Err(e) = GroundTruth::from_json_str(&text, Path::new("m.json")) {
+            assert_names(&e, "m.json");
+        }
+    }
+
+    #[test]
+    fn results_reader_never_panics(bytes in noisy_text("{}[]\":,.0123456789 resultsgmn")) {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "pred.json", &bytes);
+        if let Err(e) = Predictions::from_json_file(&p) {
+            assert_names(&e, "pred.json");
+        }
+    }
+
+    #[test]
+    fn results_round_trip(pred in predictions()) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("pred.json");
+        pred.write_json(&p).unwrap();
+        prop_assert_eq!(Predictions::from_json_file(&p).unwrap(), pred);
+    }
+
+    #[test]
+    fn mutated_results_never_panic(text in predictions().prop_flat_map(|p| {
+        mutated_json(p.to_json().to_string())
+    })) {
+        if let Err(e) = Predictions::from_json_str(&text, Path::new("m.json")) {
+            assert_names(&e, "m.json");
+        }
+    }
+
+    #[test]
+    fn thumos_reader_never_panics(bytes in noisy_text("video_ 0123456789.-\n\t")) {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "Jump_val.txt", &bytes);
+        let src = ThumosSource { dir: d.path(), split: "val", subset: Subset::Validation, durations: None };
+        if let Err(e) = load_thumos(&src) {
+            assert_names(&e, "Jump_val.txt");
+        }
+    }
+
+    /// Lines written as THUMOS writes them come back as the same segments, with or without a
+    /// byte-order mark and Windows line ends.
+    #[test]
+    fn thumos_round_trips(
+        lines in prop::collection::vec((0usize..5, 0u32..10_000, 0u32..1_000), 1..20),
+        bom in any::<bool>(),
+        crlf in any::<bool>(),
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let mut text = String::from(if bom { "\u{feff}" } else { "" });
+        for (v, s, len) in &lines {
+            let (s, e) = (*s as f64 / 10.0, (*s + *len) as f64 / 10.0);
+            text.push_str(&format!("video_{v} {s:.1} {e:.1}{}", if crlf { "\r\n" } else { "\n" }));
+        }
+        write(d.path(), "Jump_val.txt", text.as_bytes());
+        let src = ThumosSource { dir: d.path(), split: "val", subset: Subset::Validation, durations: None };
+        let gt = load_thumos(&src).unwrap();
+        let mut got: Vec<(String, [f64; 2])> = gt
+            .videos
+            .iter()
+            .flat_map(|v| v.annotations.iter().map(|a| (v.id.clone(), a.segment)))
+            .collect();
+        let mut want: Vec<(String, [f64; 2])> = lines
+            .iter()
+            .map(|(v, s, len)| (format!("video_{v}"), [*s as f64 / 10.0, (*s + *len) as f64 / 10.0]))
+            .collect();
+        let key = |x: &(String, [f64; 2])| (x.0.clone(), (x.1[0] * 10.0).round() as i64, (x.1[1] * 10.0).round() as i64);
+        got.sort_by_key(key);
+        want.sort_by_key(key);
+        prop_assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            prop_assert_eq!(&g.0, &w.0);
+            prop_assert!((g.1[0] - w.1[0]).abs() < 1e-9 && (g.1[1] - w.1[1]).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn npy_reader_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300), magic in any::<bool>()) {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = if magic { b"\x93NUMPY\x01\x00".to_vec() } else { Vec::new() };
+        b.extend(bytes);
+        let p = write(d.path(), "f.npy", &b);
+        if let Err(e) = FeatureSequence::read(&p) {
+            assert_names(&e, "f.npy");
+        }
+    }
+
+    /// A valid file cut anywhere, or with a byte changed in its header, is an error, not a
+    /// panic; whole, it round-trips.
+    #[test]
+    fn npy_round_trips_and_survives_damage(
+        len in 0usize..12,
+        channels in 1usize..9,
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let seq = FeatureSequence {
+            data: (0..len * channels).map(|i| i as f32 * 0.5 - 3.0).collect(),
+            len,
+            channels,
+        };
+        let p = d.path().join("f.npy");
+        seq.write(&p).unwrap();
+        prop_assert_eq!(&FeatureSequence::read(&p).unwrap(), &seq);
+        let bytes = std::fs::read(&p).unwrap();
+        let q = write(d.path(), "cut.npy", &bytes[..cut.index(bytes.len())]);
+        if let Err(e) = FeatureSequence::read(&q) { assert_names(&e, "cut.npy"); }
+        let mut damaged = bytes.clone();
+        let i = flip.index(damaged.len().min(128));
+        damaged[i] ^= 0x5a;
+        let q = write(d.path(), "flip.npy", &damaged);
+        if let Err(e) = FeatureSequence::read(&q) { assert_names(&e, "flip.npy"); }
+    }
+
+    #[test]
+    fn checkpoint_inspection_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300), header in 0u64..400) {
+        let d = tempfile::tempdir().unwrap();
+        // Half the cases start with a plausible safetensors header length.
+        let mut b = if header % 2 == 0 { header.to_le_bytes().to_vec() } else { Vec::new() };
+        b.extend(bytes);
+        let p = write(d.path(), "w.safetensors", &b);
+        if let Err(e) = e2e_tal::weights::inspect(&p) {
+            assert_names(&e, "w.safetensors");
+        }
+    }
+
+    /// Random tensors written with the `safetensors` crate are listed with their names, dtypes
+    /// and shapes; the same file cut short is an error naming it.
+    #[test]
+    fn safetensors_round_trip(
+        shapes in prop::collection::vec(prop::collection::vec(1usize..5, 0..4), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let datas: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let n: usize = s.iter().product();
+                (format!("t{i}.weight"), s.clone(), (0..n * 4).map(|b| b as u8).collect())
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = datas
+            .iter()
+            .map(|(k, s, b)| {
+                (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, None).unwrap();
+        let p = write(d.path(), "w.safetensors", &bytes);
+        let listed = e2e_tal::weights::inspect(&p).unwrap();
+        let want: Vec<(String, String, Vec<usize>)> =
+            datas.iter().map(|(k, s, _)| (k.clone(), "F32".to_string(), s.clone())).collect();
+        prop_assert_eq!(listed, want);
+        let q = write(d.path(), "cut.safetensors", &bytes[..cut.index(bytes.len())]);
+        let e = e2e_tal::weights::inspect(&q).unwrap_err();
+        assert_names(&e, "cut.safetensors");
+    }
+}
