@@ -29,8 +29,8 @@ use e2e_tal::{Result, backend};
 #[derive(Parser)]
 #[command(about = "Extract frozen-backbone features to .npy (one [T, C] file per video)")]
 struct Args {
-    /// Dataset folder (annotations.json + frames/<video>/); the synthetic benchmark is
-    /// generated there when annotations.json is missing.
+    /// Dataset folder (annotations.json + frames/<video>/ or videos/<video>.mp4); the synthetic
+    /// benchmark is generated there when annotations.json is missing.
     #[arg(long, default_value = "data/synth")]
     data: PathBuf,
     /// Output folder for <video>.npy and features.json.

@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use e2e_tal::backbone::BackbonePreset;
 use e2e_tal::data::lofi::LoFiMode;
-use e2e_tal::data::synth::FRAMES_DIR;
-use e2e_tal::data::{FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, VideoDetections};
+use e2e_tal::data::source::media_dir;
+use e2e_tal::data::{GroundTruth, Predictions, Subset, SynthConfig, VideoDetections};
 use e2e_tal::eval::timeline::write_timeline;
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 use e2e_tal::train::{
-    BackboneConfig, Checkpoint, Detector, PretrainConfig, RunOptions, TalDataset, TalVideo,
-    TrainConfig, TrainMode, load_model,
+    BackboneConfig, Checkpoint, Detector, PretrainConfig, RunOptions, TalDataset, TrainConfig,
+    TrainMode, detect_video, load_model,
 };
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::{Error, Result, backend};
@@ -308,54 +308,103 @@ fn report_outcome(
 
 pub fn run_infer(a: InferArgs) -> Result<()> {
     let device = backend::device(a.backend.parse()?)?;
-    let ck = Checkpoint::load(&a.checkpoint)?;
-    let mut inputs: Vec<PathBuf> = ["state.json", "model.bpk", "ema.bpk"]
+    match (&a.dataset, &a.video) {
+        (Some(json), None) => infer_dataset(&a, json, &device),
+        (None, Some(video)) => infer_video(&a, video, &device),
+        _ => Err(Error::Config(
+            "give exactly one of --dataset JSON or --video FILE|DIR".into(),
+        )),
+    }
+}
+
+/// Files of a checkpoint that an output must not replace.
+fn checkpoint_inputs(dir: &Path) -> Vec<PathBuf> {
+    ["state.json", "model.bpk", "ema.bpk"]
         .iter()
-        .map(|f| ck.dir.join(f))
-        .collect();
-    inputs.extend(a.dataset.clone());
+        .map(|f| dir.join(f))
+        .collect()
+}
+
+/// `infer --video`: one call into the library, then a table, the results JSON and a timeline.
+fn infer_video(a: &InferArgs, input: &Path, device: &burn::tensor::Device) -> Result<()> {
+    let ck_dir = e2e_tal::train::checkpoint::find(&a.checkpoint).unwrap_or(a.checkpoint.clone());
+    let mut inputs = checkpoint_inputs(&ck_dir);
+    inputs.push(input.to_path_buf());
+    let timeline = match &a.timeline {
+        Some(dir) => dir.join(format!("{}.png", e2e_tal::train::infer::video_id(input))),
+        None => a.out.with_extension("png"),
+    };
+    let check = |out: &Path, also: &[&Path]| {
+        let mut all: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+        all.extend(also);
+        e2e_tal::io::check_output(out, &all)
+    };
+    check(&a.out, &[&timeline])?;
+    check(&timeline, &[&a.out])?;
+    let t = Instant::now();
+    let r = detect_video(&a.checkpoint, input, a.fps, device)?;
+    Predictions {
+        videos: vec![r.to_results()],
+    }
+    .write_json(&a.out)?;
+    write_timeline(
+        &timeline,
+        &[],
+        &r.detections,
+        r.duration,
+        r.classes.len(),
+        0.1,
+    )?;
+    outln!(
+        "{}: {} frames at {:.3} fps ({:.1} s), {} detections in {:.1}s",
+        r.source.display(),
+        r.frames,
+        r.fps,
+        r.duration,
+        r.detections.len(),
+        t.elapsed().as_secs_f64()
+    )?;
+    outln!("\n| start (s) | end (s) | class | score |\n|---:|---:|---|---:|")?;
+    for d in r.detections.iter().filter(|d| d.score >= a.min_score) {
+        outln!(
+            "| {:.2} | {:.2} | {} | {:.3} |",
+            d.start,
+            d.end,
+            r.classes[d.label],
+            d.score
+        )?;
+    }
+    outln!(
+        "\nresults (all {} detections) -> {}\ntimeline -> {}",
+        r.detections.len(),
+        a.out.display(),
+        timeline.display()
+    )?;
+    Ok(())
+}
+
+fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> Result<()> {
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let mut inputs = checkpoint_inputs(&ck.dir);
+    inputs.push(json.to_path_buf());
     e2e_tal::io::check_output(
         &a.out,
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
     let cfg = ck.meta.config.clone();
-    let mut model = load_model(&ck, &device)?;
+    let mut model = load_model(&ck, device)?;
     ck.load_inference_weights(&mut model)?;
     let layers = match model.adapter {
         Some(_) => e2e_tal::train::model::adapter_layers(&cfg, &model.backbone)?,
         None => Vec::new(),
     };
-    let videos: Vec<TalVideo> = match (&a.dataset, &a.video) {
-        (Some(json), None) => {
-            let gt = GroundTruth::from_json_file(json)?;
-            let frames = a
-                .frames
-                .clone()
-                .unwrap_or_else(|| json.parent().unwrap_or(Path::new(".")).join(FRAMES_DIR));
-            let subsets: Vec<Subset> = a.subset.0.into_iter().collect();
-            TalDataset::load(&gt, &frames, &subsets, None, cfg.clips.span())?.videos
-        }
-        (None, Some(dir)) => {
-            let id = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "video".into());
-            let frames = FrameFolder::open(dir, &id)?.read_all(None)?;
-            if frames.len < cfg.clips.span() {
-                return Err(Error::VideoTooShort {
-                    video: id,
-                    frames: frames.len,
-                    clip_span: cfg.clips.span(),
-                });
-            }
-            vec![TalVideo::unannotated(frames, a.fps)?]
-        }
-        _ => {
-            return Err(Error::Config(
-                "give exactly one of --dataset JSON or --video DIR".into(),
-            ));
-        }
-    };
+    let gt = GroundTruth::from_json_file(json)?;
+    let media = a
+        .frames
+        .clone()
+        .unwrap_or_else(|| media_dir(json.parent().unwrap_or(Path::new("."))));
+    let subsets: Vec<Subset> = a.subset.0.into_iter().collect();
+    let videos = TalDataset::load(&gt, &media, &subsets, a.fps, cfg.clips.span())?.videos;
     let det = Detector {
         model: &model,
         cfg: &cfg,

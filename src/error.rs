@@ -80,6 +80,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A video file cannot be probed or decoded (not a video, no video stream, truncated,
+    /// FFmpeg missing, or a build without the `video` feature).
+    #[error("video file {path}: {reason}")]
+    Video {
+        /// The video file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A frame image cannot be decoded or differs in size from the video's first frame.
     #[error("{path}: {reason}")]
     BadFrame {

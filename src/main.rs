@@ -19,10 +19,11 @@ macro_rules! outln {
 mod cli;
 use e2e_tal::backbone::BackbonePreset;
 use e2e_tal::baseline::{NoisyOracleConfig, noisy_oracle};
-use e2e_tal::data::synth::{FRAMES_DIR, FrameFormat, load_or_generate};
+use e2e_tal::data::source::{locate, media_dir};
+use e2e_tal::data::synth::{FrameFormat, load_or_generate};
 use e2e_tal::data::{
-    ClipSamplingConfig, FrameFolder, GroundTruth, Predictions, Subset, SynthConfig, ThumosSource,
-    load_thumos, sample_clips,
+    ClipSamplingConfig, GroundTruth, Predictions, Subset, SynthConfig, ThumosSource, load_thumos,
+    open_source, sample_clips,
 };
 use e2e_tal::eval::{EvalOptions, EvalReport, ThresholdSet, evaluate};
 use e2e_tal::tal::postprocess::PostProcessConfig;
@@ -60,8 +61,12 @@ enum Command {
         #[arg(long, default_value_t = 8, value_parser = count_in(1, 8))]
         classes: usize,
         /// Write PNG frames instead of JPEG.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "video")]
         png: bool,
+        /// Write each video as an H.264 mp4 file (`videos/<id>.mp4`, needs FFmpeg) instead of
+        /// a folder of frames.
+        #[arg(long)]
+        video: bool,
     },
     /// Evaluate detections against ground truth (official ActivityNet mAP).
     Eval {
@@ -135,8 +140,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// Dataset folder with annotations.json and frames/<video>/ (the synthetic benchmark is
-    /// generated there with default settings when annotations.json is missing).
+    /// Dataset folder with annotations.json and frames/<video>/ or videos/<video>.mp4 (the
+    /// synthetic benchmark is generated there with default settings when annotations.json is
+    /// missing).
     #[arg(long, default_value = "data/synth")]
     data: PathBuf,
     /// Run folder (checkpoints, features, predictions, metrics); default runs/<mode>.
@@ -277,27 +283,34 @@ struct InferArgs {
     /// Run folder (or checkpoint folder) of a trained model.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Ground truth / video list (ActivityNet JSON); frames in --frames/<video>/.
+    /// Ground truth / video list (ActivityNet JSON); each video is a frame folder
+    /// `<id>/` or a video file `<id>.mp4|mkv|webm|...` in --frames.
     #[arg(long, conflicts_with = "video")]
     dataset: Option<PathBuf>,
-    /// Frames root for --dataset (default: frames/ next to the JSON).
+    /// Media folder for --dataset (default: frames/ next to the JSON, else videos/).
     #[arg(long)]
     frames: Option<PathBuf>,
     /// Subset of --dataset to run on: training, validation, testing or all.
     #[arg(long, default_value = "validation", value_parser = subset_or_all)]
     subset: SubsetFilter,
-    /// A single video: a folder of frames.
+    /// A single video: a video file (mp4, mkv, webm, avi, mov; needs FFmpeg) or a folder of
+    /// frames. Prints a table of detections and writes --out and a PNG timeline.
     #[arg(long)]
     video: Option<PathBuf>,
-    /// Frame rate of --video (frames per second, positive).
-    #[arg(long, default_value_t = 15.0, allow_negative_numbers = true, value_parser = positive)]
-    fps: f64,
+    /// Frame rate to sample at (positive). Default: the rate the run was trained at (a video
+    /// file is resampled to it by timestamp); for --dataset, each video's own rate.
+    #[arg(long, allow_negative_numbers = true, value_parser = positive)]
+    fps: Option<f64>,
     /// Output ActivityNet results JSON.
     #[arg(long)]
     out: PathBuf,
-    /// Also write one PNG timeline per video into this folder.
+    /// Also write one PNG timeline per video into this folder (with --video, the timeline
+    /// goes next to --out unless this is given).
     #[arg(long)]
     timeline: Option<PathBuf>,
+    /// With --video, the lowest score shown in the table (the JSON keeps every detection).
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, value_parser = unit_interval)]
+    min_score: f64,
     /// Backend (cpu, wgpu, cuda).
     #[arg(long, default_value = "cpu")]
     backend: String,
@@ -425,6 +438,14 @@ fn positive(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// A number in `[0, 1]` as a flag value (a score).
+fn unit_interval(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("expected a number in [0, 1]".into()),
+    }
+}
+
 fn print_report(r: &EvalReport, per_class: bool) -> Result<()> {
     outln!("{r}")?;
     if per_class {
@@ -452,6 +473,7 @@ fn run(cli: Cli) -> Result<()> {
             size,
             classes,
             png,
+            video,
         } => {
             let cfg = SynthConfig::new()
                 .with_videos(videos)
@@ -459,10 +481,10 @@ fn run(cli: Cli) -> Result<()> {
                 .with_height(size)
                 .with_width(size)
                 .with_num_classes(classes)
-                .with_format(if png {
-                    FrameFormat::Png
-                } else {
-                    FrameFormat::Jpeg
+                .with_format(match (png, video) {
+                    (_, true) => FrameFormat::Mp4,
+                    (true, _) => FrameFormat::Png,
+                    _ => FrameFormat::Jpeg,
                 });
             let t = Instant::now();
             let ds = cfg.generate(&out)?;
@@ -564,12 +586,15 @@ fn run(cli: Cli) -> Result<()> {
             let t = Instant::now();
             let (mut videos, mut clips) = (0, 0);
             for v in ds.ground_truth.subset(Some(Subset::Validation)) {
-                let folder = FrameFolder::open(&data.join(FRAMES_DIR).join(&v.id), &v.id)?;
+                let src = open_source(&locate(&media_dir(&data), &v.id)?, &v.id, None)?;
                 if let Some(n) = v.num_frames {
-                    folder.expect_count(n)?;
+                    src.check_count(n)?;
                 }
-                let frames = folder.read_all(None)?;
-                let fps = v.fps.unwrap_or(frames.len as f64 / v.duration);
+                let frames = src.read_all(None)?;
+                let fps = src
+                    .fps()
+                    .or(v.fps)
+                    .unwrap_or(frames.len as f64 / v.duration);
                 let batch = sample_clips(&frames, fps, &clip_cfg, None, &device)?;
                 videos += 1;
                 clips += batch.num_valid;

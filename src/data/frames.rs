@@ -200,12 +200,24 @@ impl FrameFolder {
         Ok(())
     }
 
-    /// Decode every frame, optionally resizing to `(height, width)` (triangle filter). All
-    /// frames must share the first frame's size.
-    pub fn read_all(&self, resize: Option<(usize, usize)>) -> Result<Frames> {
+    /// Decode frames `range`, optionally resizing to `(height, width)` (triangle filter). All
+    /// frames must share the first one's size. [`FrameSource::read_all`](super::source::FrameSource::read_all)
+    /// decodes every frame.
+    pub fn read_range(
+        &self,
+        range: std::ops::Range<usize>,
+        resize: Option<(usize, usize)>,
+    ) -> Result<Frames> {
+        let Some(files) = self.files.get(range.clone()).filter(|f| !f.is_empty()) else {
+            return Err(Error::MissingFrames {
+                path: self.dir.clone(),
+                video: self.video.clone(),
+                reason: format!("frames {range:?} asked for; the folder has {}", self.len()),
+            });
+        };
         let mut rgb = Vec::new();
         let mut size = None;
-        for path in &self.files {
+        for path in files {
             let img = decode_frame(path)?;
             let (w, h) = (img.width() as usize, img.height() as usize);
             match size {
@@ -214,8 +226,10 @@ impl FrameFolder {
                     return Err(Error::BadFrame {
                         path: path.clone(),
                         reason: format!(
-                            "frame is {w}x{h}, the video's first frame is {}x{}",
-                            s.1, s.0
+                            "frame is {w}x{h}, the video's frame {} is {}x{}",
+                            range.start + 1,
+                            s.1,
+                            s.0
                         ),
                     });
                 }
@@ -235,7 +249,7 @@ impl FrameFolder {
         let (height, width) = resize.or(size).expect("at least one frame");
         Ok(Frames {
             video: self.video.clone(),
-            len: self.files.len(),
+            len: files.len(),
             height,
             width,
             rgb,
@@ -271,6 +285,7 @@ fn decode_frame(path: &Path) -> Result<image::RgbImage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::source::FrameSource;
 
     /// Downscaling by 2 averages: a 1-pixel checkerboard becomes flat grey, a flat colour
     /// stays; sizes and frame count follow.

@@ -20,8 +20,7 @@ use crate::io::write_json_atomic;
 
 /// File name of the ground truth inside a dataset folder.
 pub const ANNOTATIONS_FILE: &str = "annotations.json";
-/// Folder of per-video frame folders inside a dataset folder.
-pub const FRAMES_DIR: &str = "frames";
+pub use super::source::{FRAMES_DIR, VIDEOS_DIR};
 
 /// Largest frame side [`SynthConfig`] accepts (a 2048 x 2048 RGB frame is 12 MiB to render).
 pub const MAX_SIDE: usize = 2048;
@@ -33,13 +32,16 @@ pub const MAX_VIDEOS: usize = 100_000;
 /// interrupted generation can be recognised and redone).
 pub const CONFIG_FILE: &str = "synth_config.json";
 
-/// Image format of written frames.
+/// How the videos are written: frame images, or video files.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum FrameFormat {
     /// JPEG, quality 90 (`img_00001.jpg`).
     Jpeg,
     /// Lossless PNG (`img_00001.png`).
     Png,
+    /// One H.264 video file per video (`videos/<id>.mp4`, yuv420p, CRF 17), encoded by the
+    /// `ffmpeg` program; needs the `video` feature and even frame sides.
+    Mp4,
 }
 
 impl FrameFormat {
@@ -48,6 +50,7 @@ impl FrameFormat {
         match self {
             FrameFormat::Jpeg => "jpg",
             FrameFormat::Png => "png",
+            FrameFormat::Mp4 => "mp4",
         }
     }
 }
@@ -391,6 +394,15 @@ impl SynthConfig {
                 self.min_actions, self.max_actions
             ));
         }
+        if self.format == FrameFormat::Mp4 && (self.height % 2 == 1 || self.width % 2 == 1) {
+            return Err(Error::InvalidValue {
+                name: "size".into(),
+                reason: format!(
+                    "H.264 video (4:2:0) needs even frame sides, got {}x{}",
+                    self.width, self.height
+                ),
+            });
+        }
         if !(self.fps > 0.0 && self.fps.is_finite()) {
             return bad(format!("fps must be positive, got {}", self.fps));
         }
@@ -556,7 +568,8 @@ impl SynthConfig {
         out
     }
 
-    /// Generate the dataset into `root`: `root/frames/<video>/img_00001.<ext>`, then
+    /// Generate the dataset into `root`: `root/frames/<video>/img_00001.<ext>` (or
+    /// `root/videos/<video>.mp4` for [`FrameFormat::Mp4`]), then
     /// `root/annotations.json` last (written atomically, so its presence means the dataset is
     /// complete).
     ///
@@ -568,7 +581,10 @@ impl SynthConfig {
         self.check_target(root)?;
         write_json_atomic(&root.join(CONFIG_FILE), self)?;
         let plans = self.plan();
-        let frames_root = root.join(FRAMES_DIR);
+        let frames_root = root.join(match self.format {
+            FrameFormat::Mp4 => VIDEOS_DIR,
+            _ => FRAMES_DIR,
+        });
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
@@ -580,7 +596,7 @@ impl SynthConfig {
                             let Some(plan) = plans.get(i) else {
                                 return Ok(());
                             };
-                            self.write_video(plan, &frames_root.join(&plan.id))?;
+                            self.write_video(plan, &frames_root)?;
                         }
                     })
                 })
@@ -618,7 +634,9 @@ impl SynthConfig {
             return Ok(());
         }
         let interrupted = !root.join(ANNOTATIONS_FILE).exists()
-            && entries.iter().all(|e| e == CONFIG_FILE || e == FRAMES_DIR)
+            && entries
+                .iter()
+                .all(|e| e == CONFIG_FILE || e == FRAMES_DIR || e == VIDEOS_DIR)
             && crate::io::read_json::<SynthConfig>(&root.join(CONFIG_FILE))
                 .is_ok_and(|c| serde_json::to_value(&c).ok() == serde_json::to_value(self).ok());
         if interrupted {
@@ -638,7 +656,25 @@ impl SynthConfig {
         })
     }
 
-    fn write_video(&self, plan: &VideoPlan, dir: &Path) -> Result<()> {
+    /// Write one video into `media` (the frames or videos folder).
+    fn write_video(&self, plan: &VideoPlan, media: &Path) -> Result<()> {
+        if self.format == FrameFormat::Mp4 {
+            std::fs::create_dir_all(media).map_err(|e| Error::io(media, e))?;
+            let mut rng = ChaCha8Rng::seed_from_u64(plan.noise_seed);
+            let mut rgb = Vec::with_capacity(plan.frames * self.height * self.width * 3);
+            for t in 0..plan.frames {
+                rgb.extend(self.render(plan, t, &mut rng));
+            }
+            let frames = super::frames::Frames {
+                video: plan.id.clone(),
+                len: plan.frames,
+                height: self.height,
+                width: self.width,
+                rgb,
+            };
+            return encode_mp4(&media.join(format!("{}.mp4", plan.id)), &frames, self.fps);
+        }
+        let dir = &media.join(&plan.id);
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut rng = ChaCha8Rng::seed_from_u64(plan.noise_seed);
         for t in 0..plan.frames {
@@ -652,6 +688,7 @@ impl SynthConfig {
                 FrameFormat::Jpeg => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut w, 90)
                     .encode_image(&img),
                 FrameFormat::Png => img.write_to(&mut w, image::ImageFormat::Png),
+                FrameFormat::Mp4 => unreachable!("video files are written above"),
             };
             res.map_err(|e| Error::BadFrame {
                 path: path.clone(),
@@ -660,6 +697,19 @@ impl SynthConfig {
         }
         Ok(())
     }
+}
+
+#[cfg(feature = "video")]
+use super::video::encode_mp4;
+
+#[cfg(not(feature = "video"))]
+fn encode_mp4(path: &Path, _frames: &super::frames::Frames, _fps: f64) -> Result<()> {
+    Err(Error::Video {
+        path: path.to_path_buf(),
+        reason: "writing video files needs the `video` cargo feature (build with \
+                 `--features video`)"
+            .into(),
+    })
 }
 
 /// Standard normal sample (Box-Muller), so the noise needs no extra crate.
@@ -679,7 +729,7 @@ pub fn load_or_generate(root: &Path, cfg: &SynthConfig) -> Result<SynthDataset> 
             path: ann,
             reason: format!(
                 "not found, and {} holds other files, so no synthetic benchmark is generated \
-                 there (a dataset needs annotations.json beside frames/)",
+                 there (a dataset needs annotations.json beside frames/ or videos/)",
                 root.display()
             ),
         });

@@ -66,6 +66,10 @@ pub struct CheckpointMeta {
     pub classes: Vec<String>,
     /// Frame height and width the model was built for.
     pub frame_size: (usize, usize),
+    /// Frame rate of the training videos when they all share one (inference samples new
+    /// videos at it); absent in checkpoints of mixed-rate data and of older versions.
+    #[serde(default)]
+    pub fps: Option<f64>,
     /// Loop state.
     pub state: TrainState,
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::data::annotations::{GroundTruth, Subset, VideoAnnotations};
 use crate::data::clips::ClipSamplingConfig;
-use crate::data::frames::{FrameFolder, Frames};
+use crate::data::frames::Frames;
+use crate::data::source::{locate, open_source};
 use crate::error::{Error, Result};
 use crate::tal::assign::GtSegment;
 use crate::tal::postprocess::GridToTime;
@@ -48,7 +49,8 @@ pub fn seconds_to_grid(grid: &GridToTime, t: f64) -> f64 {
     (t * grid.fps - 0.5 * grid.span_frames) / grid.stride_frames
 }
 
-/// The videos of a dataset with frames in `frames_dir/<video id>/`.
+/// The videos of a dataset, decoded from frame folders `<media>/<video id>/` or video files
+/// `<media>/<video id>.mp4` (any of [`crate::data::source::VIDEO_EXTENSIONS`]).
 #[derive(Debug, Clone)]
 pub struct TalDataset {
     /// Class names in class-index order.
@@ -57,7 +59,7 @@ pub struct TalDataset {
     pub ground_truth: GroundTruth,
     /// The videos, in annotation order.
     pub videos: Vec<TalVideo>,
-    /// Where the videos were read from (the frames folder), named in errors about the data.
+    /// Where the videos were read from (the media folder), named in errors about the data.
     pub source: PathBuf,
 }
 
@@ -90,13 +92,15 @@ impl TalVideo {
 }
 
 impl TalDataset {
-    /// Decode every video of `gt` (the subsets in `subsets`, all when empty) from
-    /// `frames_dir/<id>/`. `fps` overrides the annotations' frame rate; without either it is the frame count
-    /// over the duration.
-    /// Every video must have at least `min_frames` frames (one clip's span).
+    /// Decode every video of `gt` (the subsets in `subsets`, all when empty) from `media`:
+    /// the frame folder `media/<id>/` or the video file `media/<id>.<ext>`
+    /// ([`locate`]). `fps` overrides the frame rate (video files are resampled to it by
+    /// timestamp); otherwise a video file's own rate is used, and a frame folder's comes from
+    /// the annotations, or is the frame count over the duration. Every video must have at
+    /// least `min_frames` frames (one clip's span).
     pub fn load(
         gt: &GroundTruth,
-        frames_dir: &Path,
+        media: &Path,
         subsets: &[Subset],
         fps: Option<f64>,
         min_frames: usize,
@@ -107,11 +111,12 @@ impl TalDataset {
             if !subsets.is_empty() && !subsets.contains(&v.subset) {
                 continue;
             }
-            let folder = FrameFolder::open(&frames_dir.join(&v.id), &v.id)?;
+            let src = open_source(&locate(media, &v.id)?, &v.id, fps)?;
             if let Some(n) = v.num_frames {
-                folder.expect_count(n)?;
+                src.check_count(n)?;
             }
-            let frames = folder.read_all(None)?;
+            let frames = src.read_all(None)?;
+            let fps = fps.or(src.fps());
             if frames.len < min_frames {
                 return Err(Error::VideoTooShort {
                     video: v.id.clone(),
@@ -123,7 +128,7 @@ impl TalDataset {
         }
         if videos.is_empty() {
             return Err(Error::EmptyInput {
-                path: frames_dir.to_path_buf(),
+                path: media.to_path_buf(),
                 reason: format!("no annotated videos of the subsets {subsets:?}"),
             });
         }
@@ -131,7 +136,7 @@ impl TalDataset {
             classes,
             ground_truth: gt.clone(),
             videos,
-            source: frames_dir.to_path_buf(),
+            source: media.to_path_buf(),
         })
     }
 

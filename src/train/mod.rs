@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dataset;
 pub mod ema;
+pub mod infer;
 pub mod model;
 pub mod pretrain;
 pub mod schedule;
@@ -17,6 +18,7 @@ pub mod workspace;
 pub use checkpoint::{Checkpoint, EpochLog, TrainState};
 pub use config::{BackboneConfig, TrainConfig, TrainMode};
 pub use dataset::{TalDataset, TalVideo};
+pub use infer::{VideoInference, detect_video};
 pub use model::{Detector, TalModel};
 pub use pretrain::{PretrainConfig, PretrainOutcome, pretrain};
 pub use trainer::{

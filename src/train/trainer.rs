@@ -147,9 +147,11 @@ pub fn train(
     device.seed(mix(cfg.seed, u64::MAX));
     let model = TalModel::new(&cfg, backbone, data.classes.len(), frame_size, &device)?;
     materialize(&model);
+    let fps = data.videos.first().map(|v| v.fps);
     let meta = CheckpointMeta {
         classes: data.classes.clone(),
         frame_size,
+        fps: fps.filter(|&f| data.videos.iter().all(|v| (v.fps - f).abs() < 1e-9)),
         state: TrainState {
             epoch: 0,
             step_in_epoch: 0,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use super::{PretrainConfig, TalDataset, TrainConfig};
-use crate::data::synth::{FRAMES_DIR, load_or_generate};
+use crate::data::source::media_dir;
+use crate::data::synth::load_or_generate;
 use crate::data::{GroundTruth, SynthConfig};
 use crate::error::{Error, Result};
 use crate::weights::CheckpointFamily;
@@ -31,7 +32,7 @@ pub fn load_dataset(data: &Path, synth: &SynthConfig, min_frames: usize) -> Resu
         }
         load_or_generate(data, synth)?.ground_truth
     };
-    TalDataset::load(&gt, &data.join(FRAMES_DIR), &[], None, min_frames)
+    TalDataset::load(&gt, &media_dir(data), &[], None, min_frames)
 }
 
 /// Seed of the synthetic set used for pretraining (the TAL benchmark uses 0).

@@ -1,0 +1,133 @@
+//! Single-video inference: a trained run's detector on one video file or frame folder, in one
+//! call ([`detect_video`]).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use super::checkpoint::Checkpoint;
+use super::dataset::TalVideo;
+use super::model::{Detector, adapter_layers};
+use super::trainer::load_model;
+use crate::data::annotations::VideoDetections;
+use crate::data::source::open_source;
+use crate::error::{Error, Result};
+use crate::tal::postprocess::Segment;
+
+/// What [`detect_video`] found in one video.
+#[derive(Debug, Clone)]
+pub struct VideoInference {
+    /// Video identifier (the file's or folder's name without extension).
+    pub id: String,
+    /// The file or folder read.
+    pub source: PathBuf,
+    /// Rate the video was sampled at, frames per second.
+    pub fps: f64,
+    /// Frames decoded.
+    pub frames: usize,
+    /// Seconds covered by those frames.
+    pub duration: f64,
+    /// Detections in seconds, post-processed, best first.
+    pub detections: Vec<Segment>,
+    /// Class names in class-index order (the checkpoint's).
+    pub classes: Vec<String>,
+}
+
+impl VideoInference {
+    /// The detections as an ActivityNet results entry.
+    pub fn to_results(&self) -> VideoDetections {
+        VideoDetections::from_segments(&self.id, self.detections.clone(), &self.classes)
+    }
+}
+
+/// Identifier of a video at `path`: its file name without the extension.
+pub fn video_id(path: &Path) -> String {
+    let name = if path.is_dir() {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .unwrap_or_else(|| "video".into())
+}
+
+/// Run the detector of the run (or checkpoint folder) `checkpoint` on the video at `input`: a
+/// video file (`video` feature) or a frame folder. Frames are sampled at `fps` (default: the
+/// rate the run was trained at, so clips span the time they spanned in training; a video
+/// file's own rate when the run does not record one) and resized to the run's frame size.
+/// A frame folder carries no rate: without `fps` the run's is used, and a run without one is
+/// an error asking for it.
+pub fn detect_video(
+    checkpoint: &Path,
+    input: &Path,
+    fps: Option<f64>,
+    device: &Device,
+) -> Result<VideoInference> {
+    let ck = Checkpoint::load(checkpoint)?;
+    let cfg = &ck.meta.config;
+    let id = video_id(input);
+    let src = open_source(input, &id, fps.or(ck.meta.fps))?;
+    let fps = match fps.or(src.fps()).or(ck.meta.fps) {
+        Some(f) => f,
+        None => {
+            return Err(Error::InvalidValue {
+                name: "fps".into(),
+                reason: format!(
+                    "{} is a frame folder and run {} records no training frame rate: give the \
+                     frames' rate",
+                    input.display(),
+                    ck.dir.display()
+                ),
+            });
+        }
+    };
+    let span = cfg.clips.span();
+    if src.len() < span {
+        return Err(Error::VideoTooShort {
+            video: id,
+            frames: src.len(),
+            clip_span: span,
+        });
+    }
+    let (h, w) = ck.meta.frame_size;
+    let frames = src.read_all(Some((h, w)))?;
+    let video = TalVideo::unannotated(frames, fps)?;
+    let mut model = load_model(&ck, device)?;
+    ck.load_inference_weights(&mut model)?;
+    let layers = match model.adapter {
+        Some(_) => adapter_layers(cfg, &model.backbone)?,
+        None => Vec::new(),
+    };
+    let det = Detector {
+        model: &model,
+        cfg,
+        layers,
+        device: device.clone(),
+    };
+    let detections = det.detect(&video)?;
+    Ok(VideoInference {
+        id: video.id.clone(),
+        source: input.to_path_buf(),
+        fps,
+        frames: video.frames.len,
+        duration: video.duration,
+        detections,
+        classes: ck.meta.classes.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_drop_the_extension_of_files_only() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("v.1");
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(video_id(&dir), "v.1");
+        assert_eq!(video_id(Path::new("a/clip.mp4")), "clip");
+        assert_eq!(video_id(Path::new("/")), "video");
+    }
+}
