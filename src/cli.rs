@@ -11,7 +11,7 @@ use e2e_tal::eval::timeline::write_timeline;
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 use e2e_tal::train::{
     BackboneConfig, Checkpoint, Detector, PretrainConfig, RunOptions, TalDataset, TrainConfig,
-    TrainMode, detect_video, load_model,
+    TrainMode, detect_video,
 };
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::{Error, Result, backend};
@@ -392,12 +392,7 @@ fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> R
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
     let cfg = ck.meta.config.clone();
-    let mut model = load_model(&ck, device)?;
-    ck.load_inference_weights(&mut model)?;
-    let layers = match model.adapter {
-        Some(_) => e2e_tal::train::model::adapter_layers(&cfg, &model.backbone)?,
-        None => Vec::new(),
-    };
+    let (model, layers) = e2e_tal::train::infer::trained_model(&ck, device)?;
     let gt = GroundTruth::from_json_file(json)?;
     let media = a
         .frames

@@ -7,7 +7,7 @@ use burn::tensor::Device;
 
 use super::checkpoint::Checkpoint;
 use super::dataset::TalVideo;
-use super::model::{Detector, adapter_layers};
+use super::model::{Detector, TalModel, adapter_layers};
 use super::trainer::load_model;
 use crate::data::annotations::VideoDetections;
 use crate::data::source::open_source;
@@ -52,6 +52,19 @@ pub fn video_id(path: &Path) -> String {
         .unwrap_or_else(|| "video".into())
 }
 
+/// The model of checkpoint `ck` with its inference weights (the EMA where the run keeps one),
+/// and the backbone layers its adapters read (none without adapters): what a [`Detector`]
+/// needs.
+pub fn trained_model(ck: &Checkpoint, device: &Device) -> Result<(TalModel, Vec<usize>)> {
+    let mut model = load_model(ck, device)?;
+    ck.load_inference_weights(&mut model)?;
+    let layers = match model.adapter {
+        Some(_) => adapter_layers(&ck.meta.config, &model.backbone)?,
+        None => Vec::new(),
+    };
+    Ok((model, layers))
+}
+
 /// Run the detector of the run (or checkpoint folder) `checkpoint` on the video at `input`: a
 /// video file (`video` feature) or a frame folder. Frames are sampled at `fps` (default: the
 /// rate the run was trained at, so clips span the time they spanned in training; a video
@@ -93,12 +106,7 @@ pub fn detect_video(
     let (h, w) = ck.meta.frame_size;
     let frames = src.read_all(Some((h, w)))?;
     let video = TalVideo::unannotated(frames, fps)?;
-    let mut model = load_model(&ck, device)?;
-    ck.load_inference_weights(&mut model)?;
-    let layers = match model.adapter {
-        Some(_) => adapter_layers(cfg, &model.backbone)?,
-        None => Vec::new(),
-    };
+    let (model, layers) = trained_model(&ck, device)?;
     let det = Detector {
         model: &model,
         cfg,
