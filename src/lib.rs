@@ -28,12 +28,14 @@ macro_rules! say {
 }
 
 pub mod adapter;
+pub mod attention;
 pub mod backbone;
 pub mod backend;
 pub mod baseline;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod fastmath;
 pub mod io;
 pub mod memory;
 pub mod reversible;

@@ -29,16 +29,16 @@
 //! tokens, quadratic in clips. On ViT-S (width 384, adapter width 96, 16 clips, 64 tokens) the
 //! optimizer part is ~4.3 MiB of the ~6.3 MiB per layer (`docs/results.md`).
 
+use crate::fastmath::gelu;
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::attention::{MhaInput, MultiHeadAttention, MultiHeadAttentionConfig};
 use burn::nn::{
     Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
-use burn::tensor::activation::gelu;
 use burn::tensor::module::{layer_norm, linear};
 use burn::tensor::{Bool, Device, Tensor};
 
+use super::cross_attention::{CrossAttention, CrossAttentionConfig};
 use crate::backbone::residual::MlpBranch;
 use crate::error::{Error, Result};
 
@@ -98,7 +98,7 @@ pub struct RangeAdapter {
     /// Last-layer features to adapter width.
     pub memory_in: Linear,
     /// Cross-attention.
-    pub attn: MultiHeadAttention,
+    pub attn: CrossAttention,
     /// MLP residual branch after the attention (absent with `mlp_ratio` 0).
     pub mlp: Option<MlpBranch>,
     /// Dropout before the output projection.
@@ -169,7 +169,7 @@ impl RangeAdapter {
                 .with_epsilon(NORM_EPS)
                 .init(device),
             memory_in: LinearConfig::new(cfg.feature_dim, a).init(device),
-            attn: MultiHeadAttentionConfig::new(a, cfg.num_heads)
+            attn: CrossAttentionConfig::new(a, cfg.num_heads)
                 .with_dropout(cfg.dropout)
                 .init(device),
             mlp: (cfg.mlp_ratio > 0).then(|| MlpBranch {
@@ -195,10 +195,7 @@ impl RangeAdapter {
     fn attend(&self, query: Tensor<3>, memory: Tensor<3>, pad: Tensor<2, Bool>) -> BlockState {
         let q = norm_linear(&self.query_norm, &self.query_in, query);
         let m = norm_linear(&self.memory_norm, &self.memory_in, memory);
-        let ctx = self
-            .attn
-            .forward(MhaInput::new(q.clone(), m.clone(), m).mask_pad(pad))
-            .context;
+        let ctx = self.attn.forward(q.clone(), m, pad);
         let h = q + ctx;
         let hidden = self
             .mlp
@@ -451,10 +448,7 @@ mod tests {
     ) -> Tensor<2> {
         let q = a.query_in.forward(a.query_norm.forward(x));
         let m = a.memory_in.forward(a.memory_norm.forward(memory));
-        let h = q.clone()
-            + a.attn
-                .forward(MhaInput::new(q, m.clone(), m).mask_pad(pad))
-                .context;
+        let h = q.clone() + a.attn.forward(q, m, pad);
         let y = h.clone() + a.mlp.as_ref().unwrap().branch(h);
         a.out.forward(y.mean_dim(1)).squeeze_dim(1)
     }

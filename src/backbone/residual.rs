@@ -4,10 +4,10 @@
 //! [`ResidualBranch`], with stage boundaries (patch merging, downsampling) kept outside the
 //! chains. Reversible rewiring (Re2TAL) wraps exactly these chains without touching parameters.
 
+use crate::fastmath::gelu;
 use burn::module::Module;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
-use burn::tensor::activation::gelu;
 
 /// A residual branch `F`: the block computes `x + F(x)` (before any post-activation).
 pub trait ResidualBranch<const D: usize> {

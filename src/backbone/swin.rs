@@ -3,11 +3,11 @@
 //! follow torchvision's `swin3d_t/s/b` (`SwinTransformer3d`), including how windows shrink to
 //! inputs smaller than a window.
 
+use crate::attention::attention;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::residual::{CoupledBlock, MlpBranch, ResidualBranch, drop_path};
@@ -360,19 +360,25 @@ impl ResidualBranch<5> for WindowAttentionBranch {
                 .reshape([b * nwin, heads, vol, hd])
         };
         let (q, k, v) = (part(0), part(1), part(2));
-        let q = q * (hd as f64).powf(-0.5);
-        let mut attn = q.matmul(k.swap_dims(2, 3)) + self.relative_bias(win, &device);
-        if shifted {
+        let scale = (hd as f64).powf(-0.5);
+        let bias = self.relative_bias(win, &device); // [1, heads, vol, vol]
+        let out = if shifted {
+            // Each window has its own shift mask: fold the windows into the head axis so one
+            // bias [1, nwin * heads, vol, vol] broadcasts over the batch.
             let (mask, _) = attention_mask(padded, win, shift);
-            let mask = Tensor::<3>::from_data(TensorData::new(mask, [nwin, vol, vol]), &device);
-            attn = (attn.reshape([b, nwin, heads, vol, vol])
-                + mask.unsqueeze_dim::<4>(1).unsqueeze_dim::<5>(0))
-            .reshape([b * nwin, heads, vol, vol]);
-        }
-        let out = softmax(attn, 3)
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b * nwin, vol, c]);
+            let mask = Tensor::<4>::from_data(TensorData::new(mask, [nwin, 1, vol, vol]), &device);
+            let bias = (bias + mask).reshape([1, nwin * heads, vol, vol]);
+            let fold = |t: Tensor<4>| t.reshape([b, nwin * heads, vol, hd]);
+            attention(fold(q), fold(k), fold(v), Some(bias), scale).reshape([
+                b * nwin,
+                heads,
+                vol,
+                hd,
+            ])
+        } else {
+            attention(q, k, v, Some(bias), scale)
+        };
+        let out = out.swap_dims(1, 2).reshape([b * nwin, vol, c]);
         let out = self.proj.forward(out);
         let mut y = out
             .reshape([b * nt, nh, nw, wt, wh, ww * c])

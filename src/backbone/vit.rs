@@ -2,11 +2,11 @@
 //! embedding, fixed sinusoidal positions, pre-norm blocks whose attention and MLP are separate
 //! residual branches. Numerics follow Hugging Face `transformers`' `VideoMAEModel`.
 
+use crate::attention::attention;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub use super::residual::MlpBranch;
@@ -182,8 +182,9 @@ impl ResidualBranch<3> for AttentionBranch {
         let k = heads(self.key.forward(x.clone()));
         let v = heads(self.value.forward(x));
         let scale = ((d / h) as f64).powf(-0.5);
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, l, d]);
+        let out = attention(q, k, v, None, scale)
+            .swap_dims(1, 2)
+            .reshape([b, l, d]);
         drop_path(self.proj.forward(out), self.drop_path)
     }
 }

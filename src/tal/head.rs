@@ -9,12 +9,14 @@
 //! side (ActionFormer's sliding-chunk kernel attends to the same keys); memory is quadratic in
 //! the sequence length, fine for the hundreds of snippets of a TAL video.
 
+use crate::attention::attention;
+use crate::fastmath::gelu;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::pool::{MaxPool1d, MaxPool1dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig1d};
-use burn::tensor::activation::{gelu, relu, softmax};
+use burn::tensor::activation::relu;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::points::PyramidConfig;
@@ -172,7 +174,6 @@ impl LocalAttention {
         let heads = |z: Tensor<3>, len: usize| z.reshape([b, h, c / h, len]).swap_dims(2, 3);
         let (q, k, v) = (heads(q, t), heads(k, tk), heads(v, tk));
         let scale = ((c / h) as f64).powf(-0.5);
-        let mut logits = (q * scale).matmul(k.swap_dims(2, 3)); // [B, H, T, Tk]
         // Keys outside the window or padded get -1e9 (softmax weight 0).
         let half = self.window_size / 2;
         let band: Vec<f32> = (0..t)
@@ -186,13 +187,12 @@ impl LocalAttention {
                 })
             })
             .collect();
-        let device = logits.device();
+        let device = q.device();
         let band = Tensor::<2>::from_data(TensorData::new(band, [t, tk]), &device);
         let key_pad = (kmask.float().neg() + 1.0) * -1e9; // [B, Tk]
-        logits = logits
-            + band.unsqueeze_dim::<3>(0).unsqueeze_dim::<4>(0)
-            + key_pad.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1);
-        let out = softmax(logits, 3).matmul(v); // [B, H, T, C/H]
+        let bias = band.unsqueeze_dim::<3>(0).unsqueeze_dim::<4>(0)
+            + key_pad.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1); // [B, 1, T, Tk]
+        let out = attention(q, k, v, Some(bias), scale); // [B, H, T, C/H]
         let out = out.swap_dims(2, 3).reshape([b, c, t]);
         let out = self.proj.forward(out) * mask_float(&qmask);
         (out, qmask)
