@@ -1,11 +1,13 @@
 //! Re2TAL reference workload: one training step (forward + backward) through a chain of ViT-S
-//! blocks (dim 384, 6 heads, MLP 1536, 1568 tokens = 8x14x14, batch 1, f32) at depths 6, 12, 24,
+//! blocks (dim 384, 6 heads, MLP 1536, batch 1, f32) at depths 12 and 24, 392 and 1568 tokens,
 //! for plain autodiff, Burn's gradient checkpointing and the reversible pass. Memory from a
 //! counting global allocator (CPU backend). Then reconstruction drift against depth in f32, f16
 //! and bf16.
 //!
-//! `cargo bench --bench reversible` (full size, a few minutes on 2 cores);
-//! `-- --quick`: 392 tokens (8x7x7); `-- --drift-only`: only the drift table.
+//! `cargo bench --bench reversible` (392 and 1568 tokens, depths 12 and 24, several minutes on 2
+//! cores); `-- --quick`: 392 tokens (8x7x7) only; `-- --drift-only`: only the drift table;
+//! `-- --peer PYTHON`: also run the same workload in PyTorch (`scripts/peer_bench.py`: SDPA,
+//! `torch.utils.checkpoint`, revlib) with that interpreter, and print the ratios.
 
 use std::time::Instant;
 
@@ -70,55 +72,178 @@ fn step(mode: Mode, blocks: &[VitBlock], x: &Tensor<3>, w: &Tensor<3>) -> (f64, 
     (t.elapsed().as_secs_f64(), n)
 }
 
+/// One row of the PyTorch peer (`scripts/peer_bench.py`).
+#[derive(Clone, Debug)]
+struct PeerRow {
+    step_s: Option<f64>,
+    activations_mib: Option<f64>,
+    error: Option<String>,
+}
+
+/// Runs the PyTorch rows of the same workload through `scripts/peer_bench.py` with the given
+/// interpreter; `None` (with the reason printed) when it cannot run.
+fn run_peer(python: &str, tokens: usize) -> Option<Vec<((String, usize), PeerRow)>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/peer_bench.py");
+    let out = std::process::Command::new(python)
+        .args([
+            "-W",
+            "ignore",
+            script,
+            "--tokens",
+            &tokens.to_string(),
+            "--depths",
+            "12,24",
+        ])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            println!(
+                "PyTorch peer failed ({}): {}",
+                o.status,
+                err.lines().last().unwrap_or("")
+            );
+            return None;
+        }
+        Err(e) => {
+            println!("PyTorch peer: cannot run `{python}`: {e}");
+            return None;
+        }
+    };
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(json) = line.strip_prefix("PEER ") {
+            println!("PyTorch peer: {json}");
+        }
+        let Some(json) = line.strip_prefix("ROW ") else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        let key = (
+            v["variant"].as_str()?.to_string(),
+            v["depth"].as_u64()? as usize,
+        );
+        rows.push((
+            key,
+            PeerRow {
+                step_s: v["step_s"].as_f64(),
+                activations_mib: v["activations_mib"].as_f64(),
+                error: v["error"].as_str().map(str::to_string),
+            },
+        ));
+    }
+    Some(rows)
+}
+
+/// What the peer calls the same mode.
+fn peer_variant(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Plain => "plain",
+        Mode::Checkpointing => "checkpoint",
+        Mode::Reversible => "reversible",
+    }
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let tokens = if quick { 8 * 7 * 7 } else { 8 * 14 * 14 };
-    println!(
-        "\nOne training step through ViT-S blocks, {tokens} tokens, batch 1, f32, {}\n",
-        e2e_tal::backend::kind_from_args().map_or("?".into(), |k| k.to_string())
-    );
-    println!(
-        "| depth | mode | step (s) | params (MiB) | peak during step (MiB) | activations = peak - grads (MiB) |"
-    );
-    println!("|---|---|---|---|---|---|");
-    let depths: &[usize] = if std::env::args().any(|a| a == "--drift-only") {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let peer = args
+        .iter()
+        .position(|a| a == "--peer")
+        .map(|i| args.get(i + 1).cloned().expect("--peer PYTHON"));
+    let token_counts: &[usize] = if quick {
+        &[8 * 7 * 7]
+    } else {
+        &[8 * 7 * 7, 8 * 14 * 14]
+    };
+    let depths: &[usize] = if args.iter().any(|a| a == "--drift-only") {
         &[]
     } else {
-        &[6, 12, 24]
+        &[12, 24]
     };
-    for &depth in depths {
-        for mode in [Mode::Plain, Mode::Checkpointing, Mode::Reversible] {
-            let device = match mode {
-                Mode::Checkpointing => e2e_tal::backend::device_from_args()
-                    .expect("--backend")
-                    .autodiff()
-                    .gradient_checkpointing(),
-                _ => e2e_tal::backend::device_from_args()
-                    .expect("--backend")
-                    .autodiff(),
+    let backend = e2e_tal::backend::kind_from_args().map_or("?".into(), |k| k.to_string());
+    if peer.is_none() && !depths.is_empty() {
+        println!(
+            "(no PyTorch rows: pass `-- --peer PYTHON` with an interpreter that has torch and revlib, \
+             e.g. the venv of docs/performance.md)"
+        );
+    }
+    for &tokens in token_counts {
+        if depths.is_empty() {
+            break;
+        }
+        println!(
+            "\nOne training step through ViT-S blocks, {tokens} tokens, batch 1, f32, {backend}, \
+             {} threads\n",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
+        let mut rows = Vec::new();
+        for &depth in depths {
+            for mode in [Mode::Plain, Mode::Checkpointing, Mode::Reversible] {
+                let device = match mode {
+                    Mode::Checkpointing => e2e_tal::backend::device_from_args()
+                        .expect("--backend")
+                        .autodiff()
+                        .gradient_checkpointing(),
+                    _ => e2e_tal::backend::device_from_args()
+                        .expect("--backend")
+                        .autodiff(),
+                };
+                let model = vit_s(depth, &device);
+                let param_bytes = model.blocks.num_params() * 4;
+                let x =
+                    Tensor::<3>::random([1, tokens, 384], Distribution::Normal(0.0, 1.0), &device);
+                let w =
+                    Tensor::<3>::random([1, tokens, 384], Distribution::Normal(0.0, 1.0), &device);
+                // Burn initialises parameters lazily: materialise them outside the measurement.
+                let _ = model.blocks.valid();
+                // Warm-up (thread pools, caches), untimed.
+                let _ = step(mode, &model.blocks[..1], &x, &w);
+                let ((secs, n), peak) =
+                    memory::measure_on(&device, || step(mode, &model.blocks, &x, &w));
+                assert_eq!(n, 15 * depth, "one gradient per block parameter tensor");
+                let act = peak.unwrap_or(0).saturating_sub(param_bytes);
+                rows.push((depth, mode, secs, param_bytes, act));
+            }
+        }
+        let peer_rows = peer.as_deref().and_then(|p| run_peer(p, tokens));
+        println!(
+            "| depth | mode | step (s) | PyTorch step (s) | ratio | activations (MiB) | \
+             PyTorch activations (MiB) | ratio |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for (depth, mode, secs, _, act) in rows {
+            let theirs = peer_rows.as_ref().and_then(|rows| {
+                rows.iter()
+                    .find(|(k, _)| k.0 == peer_variant(mode) && k.1 == depth)
+                    .map(|(_, r)| r.clone())
+            });
+            let act_mib = act as f64 / (1024.0 * 1024.0);
+            let (pt_step, pt_act, r_step, r_act) = match &theirs {
+                Some(PeerRow {
+                    step_s: Some(s),
+                    activations_mib: Some(a),
+                    ..
+                }) => (
+                    format!("{s:.2}"),
+                    format!("{a:.1}"),
+                    format!("{:.2}x", secs / s),
+                    format!("{:.2}x", act_mib / a),
+                ),
+                Some(PeerRow { error: Some(e), .. }) => {
+                    (format!("error: {e}"), "-".into(), "-".into(), "-".into())
+                }
+                _ => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
-            let model = vit_s(depth, &device);
-            let param_bytes = model.blocks.num_params() * 4;
-            let x = Tensor::<3>::random([1, tokens, 384], Distribution::Normal(0.0, 1.0), &device);
-            let w = Tensor::<3>::random([1, tokens, 384], Distribution::Normal(0.0, 1.0), &device);
-            // Burn initialises parameters lazily: materialise them outside the measurement.
-            let _ = model.blocks.valid();
-            // Warm-up (thread pools, caches), untimed.
-            let _ = step(mode, &model.blocks[..1], &x, &w);
-            let ((secs, n), peak) =
-                memory::measure_on(&device, || step(mode, &model.blocks, &x, &w));
-            assert_eq!(n, 15 * depth, "one gradient per block parameter tensor");
-            let peak = peak.unwrap_or(0);
             println!(
-                "| {depth} | {} | {secs:.2} | {} | {} | {} |",
+                "| {depth} | {} | {secs:.2} | {pt_step} | {r_step} | {} | {pt_act} | {r_act} |",
                 mode.name(),
-                mib(param_bytes),
-                mib(peak),
-                mib(peak.saturating_sub(param_bytes))
+                mib(act),
             );
         }
     }
-
+    let tokens = *token_counts.last().unwrap();
     println!(
         "\nReconstruction drift of the reversible inverse ({tokens} tokens, random init), \
          relative to the stage input in the same precision\n"
