@@ -6,6 +6,7 @@
 //!
 //! `cargo bench --bench reversible` (392 and 1568 tokens, depths 12 and 24, several minutes on 2
 //! cores); `-- --quick`: 392 tokens (8x7x7) only; `-- --drift-only`: only the drift table;
+//! `-- --no-drift`: skip the drift table; step times are the median of 3 steps;
 //! `-- --peer PYTHON`: also run the same workload in PyTorch (`scripts/peer_bench.py`: SDPA,
 //! `torch.utils.checkpoint`, revlib) with that interpreter, and print the ratios.
 
@@ -200,9 +201,14 @@ fn main() {
                 let _ = model.blocks.valid();
                 // Warm-up (thread pools, caches), untimed.
                 let _ = step(mode, &model.blocks[..1], &x, &w);
-                let ((secs, n), peak) =
+                let ((first, n), peak) =
                     memory::measure_on(&device, || step(mode, &model.blocks, &x, &w));
                 assert_eq!(n, 15 * depth, "one gradient per block parameter tensor");
+                // Time: median of 3 steps (the measured one and two more), as the peer does.
+                let mut times = vec![first];
+                times.extend((0..2).map(|_| step(mode, &model.blocks, &x, &w).0));
+                times.sort_by(f64::total_cmp);
+                let secs = times[1];
                 let act = peak.unwrap_or(0).saturating_sub(param_bytes);
                 rows.push((depth, mode, secs, param_bytes, act));
             }
@@ -242,6 +248,9 @@ fn main() {
                 mib(act),
             );
         }
+    }
+    if args.iter().any(|a| a == "--no-drift") {
+        return;
     }
     let tokens = *token_counts.last().unwrap();
     println!(

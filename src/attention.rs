@@ -16,8 +16,8 @@
 //!   Burn's fused attention kernel of the backend (a tiled kernel on Flex, CubeCL kernels on GPU).
 //!
 //! The tiled passes are built from the backend's own tensor operations, so they run on every
-//! Burn backend. Peak extra memory is a few `[B, H, Nq, tile]` tiles, with the tile chosen so one
-//! tile holds about [`TILE_ELEMENTS`] scores.
+//! Burn backend. Peak extra memory is a few `[B, H, tile, Nk]` tiles of 64-128 query rows (at
+//! most [`TILE_ELEMENTS`] scores each).
 
 use std::ops::Range;
 
@@ -279,6 +279,8 @@ fn tile_scores<B: Backend>(
 ) -> FloatTensor<B> {
     let s = B::float_matmul(qs_r.clone(), B::float_transpose(k.clone()));
     match bias {
+        // A bias broadcast over the queries (axis 2 of size 1) is the same for every tile.
+        Some(bias) if bias.shape()[2] == 1 => B::float_add(s, bias.clone()),
         Some(bias) => B::float_add(s, rows::<B>(bias, r)),
         None => s,
     }
@@ -322,7 +324,7 @@ fn tiled_backward<B: Backend + FastMath>(
     want_bias: bool,
 ) -> Grads<B> {
     let qs = B::float_mul_scalar(s.q.clone(), s.scale.into());
-    let [bt, h, nq, _] = s.q.shape().dims();
+    let nq = s.q.shape()[2];
     // rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's diagonal term.
     let delta = B::float_sum_dim(B::float_mul(grad_out.clone(), s.out.clone()), 3);
     let (mut dq, mut dk, mut dv, mut db) = (Vec::new(), None, None, Vec::new());
@@ -343,13 +345,13 @@ fn tiled_backward<B: Backend + FastMath>(
             B::float_matmul(B::float_transpose(ds.clone()), qs_r),
         ));
         if want_bias && let Some(bias) = &s.bias {
-            let [bb, hb, _, _] = bias.shape().dims();
+            // Sum over the axes the bias broadcasts along (size 1 in the bias, not in the
+            // scores).
             let mut g = ds;
-            if bb == 1 && bt > 1 {
-                g = B::float_sum_dim(g, 0);
-            }
-            if hb == 1 && h > 1 {
-                g = B::float_sum_dim(g, 1);
+            for (axis, (&size, &full)) in bias.shape().iter().zip(g.shape().iter()).enumerate() {
+                if size == 1 && full > 1 {
+                    g = B::float_sum_dim(g, axis);
+                }
             }
             db.push(g);
         }
@@ -359,7 +361,13 @@ fn tiled_backward<B: Backend + FastMath>(
         q: dq,
         k: dk.expect("attention over zero queries"),
         v: dv.expect("attention over zero queries"),
-        bias: (!db.is_empty()).then(|| B::float_cat(db, 2)),
+        bias: match &s.bias {
+            // Broadcast over the queries: every tile's part adds up; otherwise they stack.
+            Some(b) if b.shape()[2] == 1 && !db.is_empty() => {
+                db.into_iter().reduce(|a, g| B::float_add(a, g))
+            }
+            _ => (!db.is_empty()).then(|| B::float_cat(db, 2)),
+        },
     }
 }
 
@@ -467,8 +475,8 @@ mod tests {
         nk: usize,
         d: usize,
         dv: usize,
-        /// Bias shape's batch and head sizes (`None`: no bias).
-        bias: Option<[usize; 2]>,
+        /// Bias shape (`None`: no bias); 1 in an axis broadcasts along it.
+        bias: Option<[usize; 4]>,
         /// Some keys get -1e9 (masked) in the bias.
         masked: bool,
     }
@@ -490,14 +498,21 @@ mod tests {
         let k = rand([b, h, nk, d], &device);
         let v = rand([b, h, nk, dv], &device);
         let w = rand([b, h, nq, dv], &device);
-        let bias = case.bias.map(|[bb, hb]| {
-            let mut t = rand([bb, hb, nq, nk], &device);
+        let bias = case.bias.map(|shape| {
+            let mut t = rand(shape, &device);
             if case.masked {
-                // Mask every third key of every row (and one whole key column).
-                let mask: Vec<f32> = (0..bb * hb * nq * nk)
-                    .map(|i| if i % 3 == 0 || i % nk == 1 { -1e9 } else { 0.0 })
+                // Mask every third entry (and, with keys in the bias, one whole key column).
+                let (n, last) = (shape.iter().product::<usize>(), shape[3]);
+                let mask: Vec<f32> = (0..n)
+                    .map(|i| {
+                        if i % 3 == 0 || (last > 1 && i % last == 1) {
+                            -1e9
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect();
-                t = t + Tensor::from_data(TensorData::new(mask, [bb, hb, nq, nk]), &device);
+                t = t + Tensor::from_data(TensorData::new(mask, shape), &device);
             }
             t
         });
@@ -583,7 +598,7 @@ mod tests {
             nk: 11,
             d: 4,
             dv: 4,
-            bias: Some([2, 2]),
+            bias: Some([2, 2, 9, 11]),
             masked: false,
         };
         check(&case, &[11, 4]);
@@ -591,7 +606,15 @@ mod tests {
 
     #[test]
     fn bias_broadcast_over_batch_and_over_heads() {
-        for bias in [[1, 3], [2, 1], [1, 1]] {
+        // Batch, heads and queries (a key padding mask's shape), alone and together. (A bias
+        // constant over the keys does not change the softmax: its gradient is zero.)
+        for bias in [
+            [1, 3, 10, 13],
+            [2, 1, 10, 13],
+            [1, 1, 10, 13],
+            [2, 1, 1, 13],
+            [1, 1, 1, 13],
+        ] {
             let case = Case {
                 b: 2,
                 h: 3,
@@ -615,8 +638,14 @@ mod tests {
             nk: 12,
             d: 4,
             dv: 4,
-            bias: Some([2, 1]),
+            bias: Some([2, 1, 12, 12]),
             masked: true,
+        };
+        check(&case, &[12, 5, 2]);
+        // A key padding mask broadcast over the queries, across several query tiles.
+        let case = Case {
+            bias: Some([2, 1, 1, 12]),
+            ..case
         };
         check(&case, &[12, 5, 2]);
     }
@@ -652,11 +681,8 @@ mod tests {
 
     #[test]
     fn default_tile_bounds() {
-        assert_eq!(default_tile(1, 6, 392, 392), TILE_ELEMENTS / (6 * 392));
-        assert_eq!(
-            default_tile(1, 6, 1568, 1568),
-            MIN_TILE.max(TILE_ELEMENTS / (6 * 1568))
-        );
+        assert_eq!(default_tile(1, 6, 392, 392), MAX_TILE);
+        assert_eq!(default_tile(1, 6, 1568, 1568), TILE_ELEMENTS / (6 * 1568));
         assert_eq!(default_tile(1, 1, 10, 10), 10);
         assert_eq!(default_tile(64, 16, 4096, 4096), MIN_TILE);
     }
