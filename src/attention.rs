@@ -481,6 +481,30 @@ mod tests {
         masked: bool,
     }
 
+    impl Case {
+        /// `b` x `h` heads, `nq` queries over `nk` keys, width `d` (values `dv`), no bias.
+        fn new(b: usize, h: usize, nq: usize, nk: usize, d: usize, dv: usize) -> Self {
+            Case {
+                b,
+                h,
+                nq,
+                nk,
+                d,
+                dv,
+                bias: None,
+                masked: false,
+            }
+        }
+
+        fn with_bias(self, bias: [usize; 4], masked: bool) -> Self {
+            Case {
+                bias: Some(bias),
+                masked,
+                ..self
+            }
+        }
+    }
+
     /// Forward and every gradient (q, k, v, bias) of the tiled op against autodiff through
     /// the naive formula, for several tile sizes.
     fn check(case: &Case, tiles: &[usize]) {
@@ -550,57 +574,21 @@ mod tests {
 
     #[test]
     fn self_attention_one_tile_and_many() {
-        let case = Case {
-            b: 2,
-            h: 3,
-            nq: 19,
-            nk: 19,
-            d: 8,
-            dv: 8,
-            bias: None,
-            masked: false,
-        };
+        let case = Case::new(2, 3, 19, 19, 8, 8);
         check(&case, &[19, 64, 7, 4, 1]);
     }
 
     #[test]
     fn cross_attention_odd_lengths_and_value_width() {
-        let case = Case {
-            b: 1,
-            h: 2,
-            nq: 23,
-            nk: 5,
-            d: 6,
-            dv: 10,
-            bias: None,
-            masked: false,
-        };
+        let case = Case::new(1, 2, 23, 5, 6, 10);
         check(&case, &[23, 8, 3]);
-        let case = Case {
-            b: 1,
-            h: 2,
-            nq: 5,
-            nk: 23,
-            d: 6,
-            dv: 10,
-            bias: None,
-            masked: false,
-        };
+        let case = Case::new(1, 2, 5, 23, 6, 10);
         check(&case, &[5, 2]);
     }
 
     #[test]
     fn full_bias_gets_its_gradient() {
-        let case = Case {
-            b: 2,
-            h: 2,
-            nq: 9,
-            nk: 11,
-            d: 4,
-            dv: 4,
-            bias: Some([2, 2, 9, 11]),
-            masked: false,
-        };
+        let case = Case::new(2, 2, 9, 11, 4, 4).with_bias([2, 2, 9, 11], false);
         check(&case, &[11, 4]);
     }
 
@@ -615,38 +603,17 @@ mod tests {
             [2, 1, 1, 13],
             [1, 1, 1, 13],
         ] {
-            let case = Case {
-                b: 2,
-                h: 3,
-                nq: 10,
-                nk: 13,
-                d: 4,
-                dv: 4,
-                bias: Some(bias),
-                masked: false,
-            };
+            let case = Case::new(2, 3, 10, 13, 4, 4).with_bias(bias, false);
             check(&case, &[13, 5]);
         }
     }
 
     #[test]
     fn masks_as_large_negative_bias() {
-        let case = Case {
-            b: 2,
-            h: 2,
-            nq: 12,
-            nk: 12,
-            d: 4,
-            dv: 4,
-            bias: Some([2, 1, 12, 12]),
-            masked: true,
-        };
+        let case = Case::new(2, 2, 12, 12, 4, 4).with_bias([2, 1, 12, 12], true);
         check(&case, &[12, 5, 2]);
         // A key padding mask broadcast over the queries, across several query tiles.
-        let case = Case {
-            bias: Some([2, 1, 1, 12]),
-            ..case
-        };
+        let case = case.with_bias([2, 1, 1, 12], true);
         check(&case, &[12, 5, 2]);
     }
 
