@@ -97,14 +97,15 @@ fn run(root: &Path, args: &[String], stdout: Stdout) -> (i32, String, String) {
         .stdin(Stdio::null())
         .stderr(Stdio::piped());
     match stdout {
-        Stdout::Captured | Stdout::Closed => cmd.stdout(Stdio::piped()),
+        Stdout::Captured => cmd.stdout(Stdio::piped()),
+        // The reader is gone before the child starts: its first write fails, however fast it
+        // is (closing the reader after spawning raced with short outputs).
+        Stdout::Closed => cmd.stdout(std::io::pipe().expect("a pipe").1),
         Stdout::Full => cmd.stdout(std::fs::File::create("/dev/full").unwrap()),
     };
     let mut child = cmd.spawn().expect("binary runs");
     let mut out = String::new();
-    if stdout == Stdout::Closed {
-        drop(child.stdout.take());
-    } else if let Some(mut s) = child.stdout.take() {
+    if let Some(mut s) = child.stdout.take() {
         std::io::Read::read_to_string(&mut s, &mut out).unwrap();
     }
     let o = child.wait_with_output().unwrap();
