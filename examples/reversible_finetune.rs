@@ -23,6 +23,7 @@ use clap::Parser;
 use e2e_tal::backbone::Backbone;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, measure_on, mib};
+use e2e_tal::reversible::ReversibleTape;
 use e2e_tal::train::pretrain::pretrain_from;
 use e2e_tal::train::workspace::{
     PRETRAIN_SYNTH_SEED, PRETRAIN_VIDEOS, load_dataset, pretrained_backbone, rewired_recipe,
@@ -94,9 +95,11 @@ fn step_cost(
     let t0 = Instant::now();
     let (grads, peak) = measure_on(&ad, || -> Result<usize> {
         if reversible {
-            let step = vit.forward_reversible(x, 0)?;
-            let loss = ce.forward(fc.forward(step.features.clone()), y);
-            Ok(step.backward(loss, &fc).len())
+            let mut tape = ReversibleTape::new();
+            let features = vit.forward_reversible(x, 0, &mut tape)?;
+            let loss = ce.forward(fc.forward(features), y);
+            let mut grads = tape.backward(loss)?;
+            Ok(grads.params(&vit).len() + grads.params(&fc).len())
         } else {
             let features = vit.forward(x, &[])?.features;
             let loss = ce.forward(fc.forward(features), y);

@@ -9,12 +9,14 @@ use burn::tensor::Device;
 use crate::error::{Error, Result};
 
 /// A compute backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum BackendKind {
     /// The CPU backend compiled in (Flex by default, NdArray with `--features ndarray` alone).
     #[default]
+    #[value(alias = "flex", alias = "ndarray")]
     Cpu,
     /// WebGPU / Vulkan / Metal through wgpu (feature `wgpu`).
+    #[value(alias = "webgpu", alias = "vulkan")]
     Wgpu,
     /// NVIDIA CUDA (feature `cuda`).
     Cuda,

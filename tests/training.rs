@@ -7,6 +7,7 @@ use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::data::lofi::LoFiMode;
 use e2e_tal::data::synth::FRAMES_DIR;
 use e2e_tal::data::{Subset, SynthConfig};
+use e2e_tal::reversible::DriftMonitor;
 use e2e_tal::tal::head::HeadConfig;
 use e2e_tal::train::pretrain::pretrain_from;
 use e2e_tal::train::stages::end_to_end_then_head;
@@ -283,6 +284,63 @@ fn reversible_training_follows_ordinary_training() {
     );
     let moved = max_abs_diff(&values(&init.model), &a);
     assert!(moved > 1e-3, "training moved parameters by only {moved}");
+}
+
+#[test]
+fn the_drift_monitor_reports_in_metrics_and_a_forced_fallback_trains_like_autodiff() {
+    let _serial = serial();
+    // Every step checked: the readings land in metrics.json. Tolerance 0 forces every step's
+    // gradients through the cached recompute, which is ordinary autodiff through the rewired
+    // network, so that run ends where `full --rewired` does.
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let steps = data.indices(Subset::Training).len();
+    let every_step = DriftMonitor::new().with_every(1);
+    let read_drift = |run: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(dir.path().join(run).join("metrics.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v[0]["drift"].clone()
+    };
+    let checked = run(
+        tiny_config(TrainMode::Reversible, 1).with_drift(every_step.clone()),
+        &data,
+        &dir.path().join("checked"),
+        None,
+    );
+    let d = read_drift("checked");
+    assert_eq!(d["checks"], steps, "{d}");
+    assert_eq!(d["fallbacks"], 0, "{d}");
+    let max_rel = d["max_rel"].as_f64().unwrap();
+    assert!(max_rel > 0.0 && max_rel < 1e-5, "{d}");
+    let forced = run(
+        tiny_config(TrainMode::Reversible, 1).with_drift(every_step.with_tolerance(0.0)),
+        &data,
+        &dir.path().join("forced"),
+        None,
+    );
+    let d = read_drift("forced");
+    assert_eq!(
+        (d["checks"].clone(), d["fallbacks"].clone()),
+        (steps.into(), steps.into())
+    );
+    let full = run(
+        tiny_config(TrainMode::Full, 1).with_rewired(true),
+        &data,
+        &dir.path().join("full"),
+        None,
+    );
+    let reference = values(&full.model);
+    for (name, out) in [("checked", &checked), ("forced", &forced)] {
+        let max = max_abs_diff(&values(&out.model), &reference);
+        assert!(max < 1e-4, "{name}: max parameter difference {max}");
+    }
+    // Unchecked runs write no drift field.
+    assert!(
+        std::fs::read_to_string(dir.path().join("full/metrics.json"))
+            .unwrap()
+            .find("drift")
+            .is_none()
+    );
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! chains. Reversible rewiring (Re2TAL) wraps exactly these chains without touching parameters.
 
 use crate::fastmath::gelu;
-use burn::module::Module;
+use crate::reversible::ResidualBlock;
+use burn::module::{Module, ModuleDisplay};
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
 
@@ -15,22 +16,43 @@ pub trait ResidualBranch<const D: usize> {
     fn branch(&self, x: Tensor<D>) -> Tensor<D>;
 }
 
-/// A transformer block made of an attention branch and an MLP branch, each residual:
-/// `x + attn(x)`, then `x + mlp(x)`.
-pub trait CoupledBlock<const D: usize> {
-    /// Attention branch type.
-    type Attn: Module + ResidualBranch<D>;
-    /// MLP branch type.
-    type Mlp: Module + ResidualBranch<D>;
-    /// The attention branch.
-    fn attn(&self) -> &Self::Attn;
-    /// The MLP branch.
-    fn mlp(&self) -> &Self::Mlp;
+/// A transformer block: two residual branches, `x + attn(x)` then `x + mlp(x)`. The ViT block
+/// (global attention) and the Swin block (shifted-window attention) differ only in `A`.
+#[derive(Module, Debug)]
+pub struct TransformerBlock<A: Module> {
+    /// `x + attn(x)`.
+    pub attn: A,
+    /// `x + mlp(x)`.
+    pub mlp: MlpBranch,
+}
 
+impl<const D: usize, A> ResidualBlock<D> for TransformerBlock<A>
+where
+    A: Module + ModuleDisplay + ResidualBranch<D>,
+{
+    fn num_branches(&self) -> usize {
+        2
+    }
+
+    fn branch(&self, k: usize, x: Tensor<D>) -> Tensor<D> {
+        match k {
+            0 => self.attn.branch(x),
+            _ => self.mlp.branch(x),
+        }
+    }
+}
+
+impl<A: Module> TransformerBlock<A> {
     /// The block's ordinary (non-reversible) forward.
-    fn forward_block(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = x.clone() + self.attn().branch(x);
-        x.clone() + self.mlp().branch(x)
+    ///
+    /// # Shapes
+    /// - x: `[..., C]` -> same
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>
+    where
+        A: ResidualBranch<D>,
+    {
+        let x = x.clone() + self.attn.branch(x);
+        x.clone() + ResidualBranch::<D>::branch(&self.mlp, x)
     }
 }
 

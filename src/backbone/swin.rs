@@ -10,7 +10,7 @@ use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::residual::{CoupledBlock, MlpBranch, ResidualBranch, drop_path};
+use super::residual::{MlpBranch, ResidualBranch, TransformerBlock, drop_path};
 use super::{BackboneOutput, check_input, check_layers};
 use crate::error::Result;
 
@@ -395,33 +395,8 @@ impl ResidualBranch<5> for WindowAttentionBranch {
     }
 }
 
-/// One Swin block: two residual branches.
-#[derive(Module, Debug)]
-pub struct SwinBlock {
-    /// `x + attn(x)`.
-    pub attn: WindowAttentionBranch,
-    /// `x + mlp(x)`.
-    pub mlp: MlpBranch,
-}
-
-impl CoupledBlock<5> for SwinBlock {
-    type Attn = WindowAttentionBranch;
-    type Mlp = MlpBranch;
-    fn attn(&self) -> &WindowAttentionBranch {
-        &self.attn
-    }
-    fn mlp(&self) -> &MlpBranch {
-        &self.mlp
-    }
-}
-
-impl SwinBlock {
-    /// # Shapes
-    /// - x: `[B, T, H, W, C]` -> same
-    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        self.forward_block(x)
-    }
-}
+/// One Swin block: shifted-window attention, then the MLP, each residual.
+pub type SwinBlock = TransformerBlock<WindowAttentionBranch>;
 
 /// 2x2 spatial patch merging (stays non-reversible: it changes the shape).
 #[derive(Module, Debug)]

@@ -10,7 +10,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub use super::residual::MlpBranch;
-use super::residual::{CoupledBlock, ResidualBranch, drop_path};
+use super::residual::{ResidualBranch, TransformerBlock, drop_path};
 use super::{BackboneOutput, check_input};
 use crate::error::Result;
 
@@ -189,33 +189,8 @@ impl ResidualBranch<3> for AttentionBranch {
     }
 }
 
-/// One transformer block: two residual branches.
-#[derive(Module, Debug)]
-pub struct VitBlock {
-    /// `x + attn(x)`.
-    pub attn: AttentionBranch,
-    /// `x + mlp(x)`.
-    pub mlp: MlpBranch,
-}
-
-impl CoupledBlock<3> for VitBlock {
-    type Attn = AttentionBranch;
-    type Mlp = MlpBranch;
-    fn attn(&self) -> &AttentionBranch {
-        &self.attn
-    }
-    fn mlp(&self) -> &MlpBranch {
-        &self.mlp
-    }
-}
-
-impl VitBlock {
-    /// # Shapes
-    /// - x: `[B, L, D]` -> `[B, L, D]`
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.forward_block(x)
-    }
-}
+/// One ViT block: global attention, then the MLP, each residual.
+pub type VitBlock = TransformerBlock<AttentionBranch>;
 
 /// The VideoMAE vision transformer.
 #[derive(Module, Debug)]

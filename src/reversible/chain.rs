@@ -60,7 +60,7 @@ pub struct CheckedBackward<const D: usize> {
     pub params: GradientsParams,
     /// Drift measured this step (when the true input was kept).
     pub drift: Option<Drift>,
-    /// True when the drift exceeded the tolerance and the gradients come from a cached
+    /// True when the drift reached the tolerance and the gradients come from a cached
     /// (ordinary autodiff) recompute of the stage instead.
     pub fell_back: bool,
 }
@@ -244,7 +244,8 @@ impl<C: ?Sized> RevChain<'_, C> {
 
     /// [`RevChain::backward`] with the drift monitor: when `input` (the stage's true input,
     /// kept on monitored steps) is given, the reconstruction is compared with it, and if the
-    /// relative drift exceeds `tolerance` the step's gradients are recomputed with caching.
+    /// relative drift reaches `tolerance` the step's gradients are recomputed with caching
+    /// (so a tolerance of 0 always falls back).
     pub fn backward_checked<const D: usize>(
         &self,
         state: RevState<D>,
@@ -265,7 +266,7 @@ impl<C: ?Sized> RevChain<'_, C> {
             };
         };
         let drift = Drift::measure(reconstructed, input.clone());
-        if drift.max_rel > tolerance {
+        if drift.max_rel >= tolerance {
             let (input_grad, params) = self.backward_cached(input, grad_out);
             return CheckedBackward {
                 input_grad,
@@ -284,7 +285,7 @@ impl<C: ?Sized> RevChain<'_, C> {
 }
 
 /// Move `module`'s parameter gradients from `grads` into `into` (for [`ResidualChain`] impls).
-pub fn collect<M: Module>(module: &M, grads: &mut Gradients, into: &mut GradientsParams) {
+pub(crate) fn collect<M: Module>(module: &M, grads: &mut Gradients, into: &mut GradientsParams) {
     let mut own = GradientsParams::from_module(grads, module);
     merge_grads(module, &mut own, into);
 }

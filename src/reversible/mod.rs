@@ -6,22 +6,29 @@
 //! inverse: y_{i-2} = y_i - F_i(y_{i-1})
 //! ```
 //!
-//! so block inputs can be recomputed from outputs instead of cached. [`RevChain`] runs the
-//! forward without recording a graph (keeping only the last two states) and a manual backward
-//! that walks the branches in reverse, reconstructing each input and recomputing its branch under
-//! a small local graph. See `docs/reversible.md` for why the backward is a documented call rather
-//! than a custom autodiff op.
+//! so block inputs can be recomputed from outputs instead of cached.
+//!
+//! - [`ResidualBlock`]: the one trait a residual module implements (its branches); any slice of
+//!   such modules is a [`ResidualChain`].
+//! - [`RevChain`]: a chain rewired, borrowing its parameters: the forward without a graph
+//!   (keeping only the last two states) and the backward that walks the branches in reverse,
+//!   reconstructing each input and recomputing its branch under a small local graph.
+//! - [`ReversibleTape`]: the drop-in use in a model: `tape.forward(chain, x)` in the forward,
+//!   `tape.backward(loss)` for the whole model's gradients, taken out per module; with a
+//!   [`DriftMonitor`] it checks the reconstruction and falls back when it drifts.
+//!
+//! `docs/reversible.md` says why the backward is a call rather than a custom autodiff op.
 
 mod backbone;
+mod block;
 mod chain;
 mod grads;
 mod impls;
 mod swin;
+mod tape;
 mod vit;
 
-pub use crate::backbone::residual::CoupledBlock;
-pub use backbone::ReversibleStep;
+pub use block::ResidualBlock;
 pub use chain::{CheckedBackward, Drift, ResidualChain, RevChain, RevState};
 pub use grads::merge_grads;
-pub use swin::ReversibleSwinStep;
-pub use vit::ReversibleVitStep;
+pub use tape::{DriftMonitor, ReversibleGrads, ReversibleTape, SegmentDrift};

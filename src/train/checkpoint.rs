@@ -23,6 +23,7 @@ use super::config::TrainConfig;
 use super::model::TalModel;
 use crate::error::{Error, Result};
 use crate::io::{read_to_string, write_atomic, write_json_atomic};
+use crate::reversible::SegmentDrift;
 
 /// One epoch's summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,42 @@ pub struct EpochLog {
     pub seconds: f64,
     /// Average validation mAP (THUMOS thresholds), when evaluated after this epoch.
     pub val_average_map: Option<f64>,
+    /// Reconstruction checks of the reversible backward this epoch (mode `reversible` with the
+    /// drift monitor on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftLog>,
+}
+
+/// Drift monitor readings over some steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DriftLog {
+    /// Steps checked.
+    pub checks: usize,
+    /// Checked steps whose drift reached the tolerance (gradients from the cached recompute).
+    pub fallbacks: usize,
+    /// Largest relative drift seen.
+    pub max_rel: f64,
+    /// Relative drift of the last check.
+    pub last_rel: f64,
+}
+
+impl DriftLog {
+    /// Add one step's worst reading to `log`.
+    pub fn record(log: Option<Self>, reading: SegmentDrift) -> Self {
+        let rel = reading.drift.max_rel;
+        let prev = log.unwrap_or(Self {
+            checks: 0,
+            fallbacks: 0,
+            max_rel: 0.0,
+            last_rel: 0.0,
+        });
+        Self {
+            checks: prev.checks + 1,
+            fallbacks: prev.fallbacks + usize::from(reading.fell_back),
+            max_rel: prev.max_rel.max(rel),
+            last_rel: rel,
+        }
+    }
 }
 
 /// Where the loop stands; everything besides weights and optimizer state that a resumed run
@@ -53,6 +90,9 @@ pub struct TrainState {
     pub epoch_loss_sum: f64,
     /// Seconds spent in the current epoch so far.
     pub epoch_seconds: f64,
+    /// Drift readings of the current epoch so far.
+    #[serde(default)]
+    pub epoch_drift: Option<DriftLog>,
     /// Finished epochs.
     pub history: Vec<EpochLog>,
 }

@@ -18,6 +18,7 @@ use crate::data::ClipSamplingConfig;
 use crate::data::augment::AugmentConfig;
 use crate::data::lofi::{LoFiConfig, LoFiMode};
 use crate::error::{Error, Result};
+use crate::reversible::DriftMonitor;
 use crate::tal::assign::AssignConfig;
 use crate::tal::head::HeadConfig;
 use crate::tal::loss::LossConfig;
@@ -183,6 +184,12 @@ pub struct TrainConfig {
     /// same network trained with ordinary autodiff (the memory-hungry reference).
     #[config(default = false)]
     pub rewired: bool,
+    /// Reconstruction checks of the reversible backward (mode `reversible`): on every
+    /// `drift.every`-th step the reconstructed stage inputs are compared with the true ones, and
+    /// a step whose relative drift reaches `drift.tolerance` takes its gradients from an
+    /// ordinary autodiff recompute. Readings per epoch in `metrics.json` (`drift`).
+    #[config(default = "DriftMonitor::new()")]
+    pub drift: DriftMonitor,
     /// Label assignment.
     #[config(default = "AssignConfig::new()")]
     pub assign: AssignConfig,
@@ -266,6 +273,12 @@ impl TrainConfig {
                     "{name} must be a finite non-negative number, got {v}"
                 ));
             }
+        }
+        if !(self.drift.tolerance.is_finite() && self.drift.tolerance >= 0.0) {
+            return bad(format!(
+                "drift.tolerance must be a finite non-negative number, got {}",
+                self.drift.tolerance
+            ));
         }
         if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
             return bad(format!(

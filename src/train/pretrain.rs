@@ -23,6 +23,7 @@ use crate::data::annotations::Subset;
 use crate::data::augment::AugmentConfig;
 use crate::data::clips::{ClipSamplingConfig, clip_range};
 use crate::error::{Error, Result};
+use crate::reversible::ReversibleTape;
 
 /// Settings of clip-classification pretraining.
 #[derive(Config, Debug)]
@@ -297,11 +298,11 @@ pub fn pretrain_from(
             // backward pass, no cached activations); gradients equal autodiff's.
             b if cfg.rewired => {
                 let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9);
-                let rev = b.forward_reversible(x, seed)?;
-                let logits = model.fc.forward(rev.features());
+                let mut tape = ReversibleTape::new();
+                let logits = model.fc.forward(b.forward_reversible(x, seed, &mut tape)?);
                 let loss = ce.forward(logits.clone(), y.clone());
                 let l = finite(&loss)?;
-                (logits, l, rev.backward(loss, &model.fc))
+                (logits, l, tape.backward(loss)?.params(&model))
             }
             _ => {
                 let logits = model.forward(x, BackbonePass::Ordinary)?;

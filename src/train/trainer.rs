@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoint::{self, Checkpoint, CheckpointMeta, EpochLog, TrainState};
+use super::checkpoint::{self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState};
 use super::config::{TrainConfig, TrainMode};
 use super::dataset::TalDataset;
 use super::ema::ema_update;
@@ -34,7 +34,7 @@ use crate::data::lofi::{Fidelity, LoFiMode};
 use crate::data::npy::FeatureSequence;
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
-use crate::reversible::merge_grads;
+use crate::reversible::SegmentDrift;
 use crate::tal::assign::{GtSegment, assign};
 use crate::tal::loss::{LossNormalizer, video_loss};
 
@@ -159,6 +159,7 @@ pub fn train(
             normalizer: LossNormalizer::new(&cfg.loss).value,
             epoch_loss_sum: 0.0,
             epoch_seconds: 0.0,
+            epoch_drift: None,
             history: Vec::new(),
         },
         config: cfg,
@@ -533,7 +534,7 @@ fn run(
                     },
                 )
             });
-            let (m, loss) = result?;
+            let (m, report) = result?;
             model = m;
             if let Some(e) = ema.take() {
                 ema = Some(ema_update(e, &model, cfg.ema_decay));
@@ -543,7 +544,10 @@ fn run(
             }
             let st = &mut meta.state;
             st.epoch_seconds += t0.elapsed().as_secs_f64();
-            st.epoch_loss_sum += loss;
+            st.epoch_loss_sum += report.loss;
+            if let Some(d) = report.drift {
+                st.epoch_drift = Some(DriftLog::record(st.epoch_drift, d));
+            }
             st.step_in_epoch += 1;
             st.global_step += 1;
             st.normalizer = normalizer.value;
@@ -567,6 +571,7 @@ fn run(
             mean_loss: st.epoch_loss_sum / ctx.steps_per_epoch as f64,
             seconds: st.epoch_seconds,
             val_average_map: None,
+            drift: st.epoch_drift.take(),
         };
         let last = epoch + 1 == cfg.epochs;
         if !last
@@ -586,6 +591,13 @@ fn run(
                 log.val_average_map
                     .map(|m| format!(", val avg mAP {:.2}%", 100.0 * m))
                     .unwrap_or_default()
+                    + &log
+                        .drift
+                        .map(|d| format!(
+                            ", drift max {:.1e} ({} of {} checks fell back)",
+                            d.max_rel, d.fallbacks, d.checks
+                        ))
+                        .unwrap_or_default()
             ));
         }
         st.history.push(log);
@@ -701,7 +713,7 @@ fn train_step(
     opt_head: &mut ModuleOptimizer,
     normalizer: &mut LossNormalizer,
     at: StepAt,
-) -> Result<(TalModel, f64)> {
+) -> Result<(TalModel, StepReport)> {
     let StepAt {
         video: v,
         fidelity,
@@ -783,6 +795,7 @@ fn train_step(
             frozen.forward_tapped(x, layers, max_tokens)
         }
     };
+    let mut drift = None;
     let (value, mut grads) = match cfg.mode {
         TrainMode::HeadOnly => {
             let f = match &ctx.cached[v] {
@@ -823,18 +836,20 @@ fn train_step(
             )
         }
         TrainMode::Reversible => {
-            let rev = model.backbone.forward_reversible(clips()?, step_seed)?;
-            let loss = loss_of(rev.features(), &model.head)?;
+            let mut tape = cfg.drift.tape(step);
+            let f = model
+                .backbone
+                .forward_reversible(clips()?, step_seed, &mut tape)?;
+            let loss = loss_of(f, &model.head)?;
             let value = check(&loss)?;
-            let mut all = rev.backward(loss, &model.head);
-            let mut backbone = GradientsParams::new();
-            merge_grads(&model.backbone, &mut all, &mut backbone);
+            let mut g = tape.backward(loss)?;
+            drift = g.worst_drift();
             (
                 value,
                 StepGrads {
-                    backbone: Some(backbone),
+                    backbone: Some(g.params(&model.backbone)),
                     adapter: None,
-                    head: all,
+                    head: g.params(&model.head),
                 },
             )
         }
@@ -892,8 +907,15 @@ fn train_step(
             adapter,
             head,
         },
-        value,
+        StepReport { loss: value, drift },
     ))
+}
+
+/// What one step reports besides the updated model.
+struct StepReport {
+    loss: f64,
+    /// The drift monitor's worst reading, on checked reversible steps.
+    drift: Option<SegmentDrift>,
 }
 
 /// Detect on every validation video and compute mAP at THUMOS thresholds.
