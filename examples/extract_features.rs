@@ -5,8 +5,9 @@
 //!
 //! ```text
 //! cargo run --release --example extract_features -- [--data data/synth] [--out runs/features]
-//!     [--backbone synthetic|vit-s|vit-b|swin-t|r3d-18|...] [--weights W.safetensors|.pth]
-//!     [--family videomae|swin|mmaction|native] [--rewired] [--chunk 32] [--backend cpu|wgpu|cuda]
+//!     [--backbone vit-s|vit-b|swin-t|r3d-18|...] [--weights W.safetensors|.pth]
+//!     [--family hf-videomae|videomae-v2|swin3d|r3d|r2plus1d|native] [--rewired] [--chunk 32]
+//!     [--backend cpu|wgpu|cuda]
 //! ```
 //! Defaults: the built-in synthetic benchmark (generated in `data/synth` when missing) and the
 //! small synthetic ViT pretrained by clip classification (`runs/pretrain`, made first when
@@ -18,6 +19,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use e2e_tal::backbone::BackbonePreset;
+use e2e_tal::backend::BackendKind;
 use e2e_tal::data::npy::FeatureSequence;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::train::model::extract_features;
@@ -36,36 +38,32 @@ struct Args {
     /// Output folder for <video>.npy and features.json.
     #[arg(long, default_value = "runs/features")]
     out: PathBuf,
-    /// `synthetic` or a preset (vit-s, vit-b, swin-t, r3d-18, ...).
-    #[arg(long, default_value = "synthetic")]
-    backbone: String,
+    /// A backbone preset (default: the synthetic benchmark's own small ViT).
+    #[arg(long, value_enum)]
+    backbone: Option<BackbonePreset>,
     /// Backbone weights; without them the synthetic backbone's clip-classification
     /// pretraining is used (presets need weights).
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Key map of --weights (default: the preset's family, `native` for the synthetic one).
-    #[arg(long)]
-    family: Option<String>,
+    /// Key map of --weights (default: the preset's family, native for the synthetic one).
+    #[arg(long, value_enum)]
+    family: Option<CheckpointFamily>,
     /// Run a ViT in its rewired (reversible) form, for backbones trained that way.
     #[arg(long)]
     rewired: bool,
     /// Clips per backbone call (memory vs speed).
     #[arg(long, default_value_t = 32)]
     chunk: usize,
-    /// Backend: cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
 }
 
 fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
-    let device = backend::device(a.backend.parse()?)?;
+    let device = backend::device(a.backend)?;
     let mut cfg = TrainConfig::new();
-    // `synthetic` is the benchmark's own small ViT; anything else must name a preset.
-    let preset = match a.backbone.as_str() {
-        "synthetic" => None,
-        name => Some(name.parse::<BackbonePreset>()?),
-    };
+    let preset = a.backbone;
     cfg.backbone = preset.map_or_else(BackboneConfig::synthetic_vit, BackboneConfig::preset);
     cfg.rewired = a.rewired;
     let data = load_dataset(&a.data, &SynthConfig::new(), cfg.clips.span())?;
@@ -75,13 +73,13 @@ fn main() -> Result<(), e2e_tal::Report> {
         (None, Some(_)) => {
             return Err(e2e_tal::Error::Config(format!(
                 "--backbone {} needs --weights (a PyTorch or safetensors checkpoint)",
-                a.backbone
+                preset.map_or("synthetic", BackbonePreset::name)
             ))
             .into());
         }
     };
-    let family = match (&a.family, &preset) {
-        (Some(f), _) => f.parse()?,
+    let family = match (a.family, &preset) {
+        (Some(f), _) => f,
         (None, Some(p)) => p.default_family(),
         (None, None) => CheckpointFamily::Native,
     };
@@ -89,7 +87,7 @@ fn main() -> Result<(), e2e_tal::Report> {
     let report = backbone.load(&weights, family)?;
     println!(
         "backbone {}: {} tensors from {}",
-        a.backbone,
+        preset.map_or("synthetic", BackbonePreset::name),
         report.applied.len(),
         weights.display()
     );
@@ -111,7 +109,7 @@ fn main() -> Result<(), e2e_tal::Report> {
     }
     let clips = &cfg.clips;
     let meta = serde_json::json!({
-        "backbone": a.backbone,
+        "backbone": preset.map_or("synthetic", BackbonePreset::name),
         "weights": weights,
         "rewired": a.rewired,
         "channels": channels,

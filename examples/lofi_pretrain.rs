@@ -15,8 +15,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use e2e_tal::backend::BackendKind;
 use e2e_tal::data::SynthConfig;
-use e2e_tal::data::lofi::LoFiMode;
+use e2e_tal::data::lofi::LoFiSampler;
 use e2e_tal::memory::{CountingAllocator, mib};
 use e2e_tal::train::budget::{candidate_fidelities, choose_fidelity, parse_bytes};
 use e2e_tal::train::stages::end_to_end_then_head;
@@ -31,9 +32,9 @@ static ALLOC: CountingAllocator = CountingAllocator;
 #[derive(Parser)]
 #[command(about = "LoFi-E2E: pretraining -> low-fidelity end-to-end -> full-fidelity head")]
 struct Args {
-    /// Stage-2 sampler: full, s, t, st, short (cycle every 16 steps), long (every epoch).
-    #[arg(long, default_value = "long")]
-    lofi: String,
+    /// Stage-2 sampler.
+    #[arg(long, value_enum, default_value_t = LoFiSampler::Long)]
+    lofi: LoFiSampler,
     /// Choose stage 2's fidelity from measured step memory instead (e.g. 200MiB, 2GiB).
     #[arg(long, conflicts_with = "lofi")]
     memory_budget: Option<String>,
@@ -55,9 +56,9 @@ struct Args {
     /// Runs go under this folder (acp/, stage2/, stage3/).
     #[arg(long, default_value = "runs/example-lofi")]
     out: PathBuf,
-    /// Backend: cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
 }
 
 fn row(name: &str, o: &TrainOutcome) {
@@ -75,12 +76,12 @@ fn row(name: &str, o: &TrainOutcome) {
 
 fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
-    let device = backend::device(a.backend.parse()?)?;
+    let device = backend::device(a.backend)?;
     let mut cfg = TrainConfig::new()
         .with_mode(TrainMode::Full)
         .with_epochs(a.epochs)
         .with_seed(a.seed);
-    cfg.lofi.mode = LoFiMode::from_name(&a.lofi)?;
+    cfg.lofi.mode = a.lofi.mode();
     let data = load_dataset(&a.data, &SynthConfig::new(), cfg.clips.span())?;
 
     // Stage 1: clip-classification pretraining (cached in runs/pretrain).

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use clap::Parser;
+use e2e_tal::backend::BackendKind;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, mib};
 use e2e_tal::train::model::adapter_layers;
@@ -83,9 +84,9 @@ struct Args {
     /// Run folders go under this folder (seed-S/head-only, seed-S/adapter).
     #[arg(long, default_value = "runs/example-losa")]
     out: PathBuf,
-    /// Backend: cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
 }
 
 /// Avg mAP and mAP@0.5 (%) of a run's evaluation.
@@ -103,7 +104,7 @@ fn mean(v: &[f64]) -> f64 {
 
 fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
-    let device = backend::device(a.backend.parse()?)?;
+    let device = backend::device(a.backend)?;
     let base = TrainConfig::new()
         .with_epochs(a.epochs)
         .with_adapter_layers(a.layers.clone())

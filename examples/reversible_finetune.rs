@@ -21,6 +21,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use clap::Parser;
 use e2e_tal::backbone::Backbone;
+use e2e_tal::backend::BackendKind;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, measure_on, mib};
 use e2e_tal::reversible::ReversibleTape;
@@ -60,9 +61,9 @@ struct Args {
     /// Where the rewired, fine-tuned weights go.
     #[arg(long, default_value = "runs/example-reversible/backbone.safetensors")]
     out: PathBuf,
-    /// Backend: cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
 }
 
 /// Peak memory and time of one clip-classification training step of a ViT of `depth` blocks,
@@ -116,7 +117,7 @@ fn step_cost(
 
 fn main() -> Result<(), e2e_tal::Report> {
     let a = Args::parse();
-    let device = backend::device(a.backend.parse()?)?;
+    let device = backend::device(a.backend)?;
     let tal = TrainConfig::new();
     let weights = match &a.weights {
         Some(w) => w.clone(),

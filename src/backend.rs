@@ -35,15 +35,13 @@ impl fmt::Display for BackendKind {
 impl FromStr for BackendKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "cpu" | "flex" | "ndarray" => Ok(Self::Cpu),
-            "wgpu" | "webgpu" | "vulkan" => Ok(Self::Wgpu),
-            "cuda" => Ok(Self::Cuda),
-            other => Err(Error::Backend {
-                backend: other.into(),
-                reason: "unknown backend (expected cpu, wgpu or cuda)".into(),
-            }),
-        }
+        <Self as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| Error::Backend {
+            backend: s.into(),
+            reason: format!(
+                "unknown backend (expected {})",
+                crate::choice::names::<Self>()
+            ),
+        })
     }
 }
 

@@ -32,6 +32,7 @@ pub mod attention;
 pub mod backbone;
 pub mod backend;
 pub mod baseline;
+pub mod choice;
 pub mod data;
 pub mod error;
 pub mod eval;

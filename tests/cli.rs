@@ -128,7 +128,12 @@ fn bad_inputs_fail_with_named_errors() {
     );
     write(&pred, r#"{"results": {}}"#);
     assert!(text(&run(&["--thresholds", "0.5,2"])).contains("threshold"));
-    assert!(text(&run(&["--subset", "holdout"])).contains("unknown subset"));
+    let msg = text(&run(&["--subset", "holdout"]));
+    assert!(
+        msg.contains("'holdout'")
+            && msg.contains("[possible values: training, validation, testing, all]"),
+        "{msg}"
+    );
     let o = e2e_tal(&[
         "eval",
         "--gt",

@@ -578,8 +578,8 @@ fn cases() -> Vec<Case> {
         case("weights inspect --checkpoint vit.pth", 0, &["tensors"]),
         case(
             "weights inspect --checkpoint vit.safetensors --family bogus",
-            1,
-            &["bogus"],
+            2,
+            &["bogus", "possible values"],
         ),
         case("weights inspect --checkpoint ds", 1, &["ds"]),
         piped(
@@ -604,8 +604,8 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "weights convert --model bogus --checkpoint vit.pth --out o.safetensors",
-            1,
-            &["bogus"],
+            2,
+            &["bogus", "possible values"],
         ),
         case(
             "weights convert --model vit-s --checkpoint vit.safetensors --out o.safetensors",
@@ -624,8 +624,8 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "weights convert --model vit-s --checkpoint vit.pth --family bogus --out o.safetensors",
-            1,
-            &["bogus"],
+            2,
+            &["bogus", "possible values"],
         ),
         // train: runs
         case(
@@ -797,8 +797,8 @@ fn cases() -> Vec<Case> {
         ),
         case(
             &format!("train --data ds --out new --backbone bogus {t}"),
-            1,
-            &["bogus"],
+            2,
+            &["bogus", "possible values"],
         ),
         case(
             &format!("train --data ds --out new --epochs 0 {t}"),
@@ -832,8 +832,8 @@ fn cases() -> Vec<Case> {
         ),
         case(
             &format!("train --data ds --out new --lofi bogus {t}"),
-            1,
-            &["bogus"],
+            2,
+            &["bogus", "possible values"],
         ),
         case(
             &format!("train --data ds --out new --mode head-only --lofi s {t}"),
@@ -847,8 +847,8 @@ fn cases() -> Vec<Case> {
         ),
         case(
             &format!("train --data ds --out new --backend bogus {t}"),
-            1,
-            &["bogus"],
+            2,
+            &["bogus", "possible values"],
         ),
         case(
             "train --data ds --out new --config missing.json --from-scratch",
@@ -993,8 +993,8 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "infer --checkpoint run --dataset ds/annotations.json --backend bogus --out o.json",
-            1,
-            &["bogus"],
+            2,
+            &["bogus", "possible values"],
         ),
         // pretrain
         case(
@@ -1046,7 +1046,11 @@ fn cases() -> Vec<Case> {
         case("baseline --data real", 1, &["real", "annotations.json"]),
         case("baseline --data ds_badjson", 1, &["ds_badjson"]),
         case("baseline --data ds_gap", 1, &["ds_gap", "validation"]),
-        case("baseline --data ds --backend bogus", 1, &["bogus"]),
+        case(
+            "baseline --data ds --backend bogus",
+            2,
+            &["bogus", "possible values"],
+        ),
     ];
     // Odd but valid: results with a byte-order mark, a checkpoint resumed with more epochs.
     c.push(case(

@@ -76,7 +76,7 @@ use burn::tensor::Device;
 use crate::weights::{CheckpointFamily, LoadReport};
 
 /// Named backbone configurations (published sizes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackbonePreset {
     /// VideoMAE ViT-S/16.
     VitS,
@@ -95,8 +95,10 @@ pub enum BackbonePreset {
     /// Video Swin-B.
     SwinB,
     /// r3d-18.
+    #[value(name = "r3d-18")]
     R3d18,
     /// R(2+1)D-18.
+    #[value(name = "r2plus1d-18")]
     R2Plus1d18,
 }
 
@@ -171,16 +173,7 @@ impl BackbonePreset {
 impl std::str::FromStr for BackbonePreset {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == s.to_ascii_lowercase())
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
-                Error::Config(format!(
-                    "unknown backbone `{s}` (expected one of {})",
-                    names.join(", ")
-                ))
-            })
+        crate::choice::parse("backbone", s)
     }
 }
 
@@ -266,6 +259,10 @@ mod tests {
             (BackbonePreset::R2Plus1d18, 31_325_475),
         ] {
             assert_eq!(preset.init(&device).num_params(), want, "{}", preset.name());
+        }
+        for p in BackbonePreset::ALL {
+            let v = clap::ValueEnum::to_possible_value(&p).unwrap();
+            assert_eq!(v.get_name(), p.name(), "one name per preset");
         }
         assert!("vit-x".parse::<BackbonePreset>().is_err());
         assert_eq!(

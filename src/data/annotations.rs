@@ -13,13 +13,16 @@ use crate::io::{read_to_string, write_json_atomic};
 use crate::tal::postprocess::Segment;
 
 /// A dataset split, as named in ActivityNet's `subset` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Subset {
     /// `"training"` (also read from `"train"`).
+    #[value(alias = "train")]
     Training,
     /// `"validation"` (also read from `"val"`).
+    #[value(alias = "val")]
     Validation,
     /// `"testing"` (also read from `"test"`).
+    #[value(alias = "test")]
     Testing,
 }
 

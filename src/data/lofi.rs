@@ -138,22 +138,41 @@ pub enum LoFiMode {
 }
 
 impl LoFiMode {
-    /// The sampler called `name`: `full`, `s`, `t`, `st`, `short` (the paper's c_s = 16
-    /// batches) or `long` (case-insensitive), as the CLI's `--lofi` takes it.
+    /// The sampler called `name` (a [`LoFiSampler`] name, case-insensitive), as the CLI's
+    /// `--lofi` takes it.
     pub fn from_name(name: &str) -> crate::error::Result<Self> {
-        Ok(match name.to_ascii_lowercase().as_str() {
-            "full" => Self::Full,
-            "s" => Self::Spatial,
-            "t" => Self::Temporal,
-            "st" => Self::SpatioTemporal,
-            "short" => Self::ShortCycle { batches: 16 },
-            "long" => Self::LongCycle,
-            _ => {
-                return Err(crate::error::Error::Config(format!(
-                    "unknown LoFi sampler `{name}` (expected full, s, t, st, short or long)"
-                )));
-            }
-        })
+        crate::choice::parse::<LoFiSampler>("LoFi sampler", name).map(LoFiSampler::mode)
+    }
+}
+
+/// The samplers by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoFiSampler {
+    /// Full fidelity.
+    Full,
+    /// S-LoFi: frames at 1/r_s the side (r_s 2).
+    S,
+    /// T-LoFi: snippets r_t times sparser (r_t 4).
+    T,
+    /// ST-LoFi: both (r_t 2, r_s sqrt 2).
+    St,
+    /// Short cycle S -> T -> ST every 16 steps (the paper's c_s = 16 batches).
+    Short,
+    /// Long cycle: one fidelity per epoch.
+    Long,
+}
+
+impl LoFiSampler {
+    /// The sampling mode this name stands for.
+    pub fn mode(self) -> LoFiMode {
+        match self {
+            Self::Full => LoFiMode::Full,
+            Self::S => LoFiMode::Spatial,
+            Self::T => LoFiMode::Temporal,
+            Self::St => LoFiMode::SpatioTemporal,
+            Self::Short => LoFiMode::ShortCycle { batches: 16 },
+            Self::Long => LoFiMode::LongCycle,
+        }
     }
 }
 

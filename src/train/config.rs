@@ -25,7 +25,7 @@ use crate::tal::loss::LossConfig;
 use crate::tal::postprocess::PostProcessConfig;
 
 /// Which parameters learn, and how their gradients are computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TrainMode {
     /// Backbone frozen; its clip features are extracted once (cached as `.npy`) and only the
@@ -71,14 +71,7 @@ impl fmt::Display for TrainMode {
 impl FromStr for TrainMode {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|m| m.to_string() == s.to_ascii_lowercase())
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "unknown training mode `{s}` (expected head-only, full, reversible or adapter)"
-                ))
-            })
+        crate::choice::parse("training mode", s)
     }
 }
 

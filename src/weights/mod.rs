@@ -34,23 +34,43 @@ pub enum CheckpointFamily {
     Native,
 }
 
+impl CheckpointFamily {
+    /// The families by name (Swin with torchvision's four stages).
+    const NAMED: [CheckpointFamily; 6] = [
+        Self::HfVideoMae,
+        Self::VideoMaeV2,
+        Self::TorchvisionSwin3d { stages: 4 },
+        Self::TorchvisionR3d,
+        Self::TorchvisionR2Plus1d,
+        Self::Native,
+    ];
+}
+
+/// `hf-videomae`, `videomae-v2`, `swin3d` (4 stages), `r3d`, `r2plus1d`, `native`.
+impl clap::ValueEnum for CheckpointFamily {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::NAMED
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue as V;
+        Some(match self {
+            Self::HfVideoMae => V::new("hf-videomae").alias("videomae"),
+            Self::VideoMaeV2 => V::new("videomae-v2").alias("videomaev2"),
+            Self::TorchvisionSwin3d { stages: 4 } => V::new("swin3d").alias("torchvision-swin3d"),
+            // Other stage counts are not reachable by name.
+            Self::TorchvisionSwin3d { .. } => return None,
+            Self::TorchvisionR3d => V::new("r3d").alias("r3d-18"),
+            Self::TorchvisionR2Plus1d => V::new("r2plus1d").alias("r2plus1d-18"),
+            Self::Native => V::new("native").alias("e2e-tal"),
+        })
+    }
+}
+
 impl std::str::FromStr for CheckpointFamily {
     type Err = Error;
-    /// `hf-videomae`, `videomae-v2`, `swin3d` (4 stages), `r3d`, `r2plus1d`, `native`.
     fn from_str(s: &str) -> Result<Self> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "hf-videomae" | "videomae" => Self::HfVideoMae,
-            "videomae-v2" | "videomaev2" => Self::VideoMaeV2,
-            "swin3d" | "torchvision-swin3d" => Self::TorchvisionSwin3d { stages: 4 },
-            "r3d" | "r3d-18" => Self::TorchvisionR3d,
-            "r2plus1d" | "r2plus1d-18" => Self::TorchvisionR2Plus1d,
-            "native" | "e2e-tal" => Self::Native,
-            other => {
-                return Err(Error::Config(format!(
-                    "unknown checkpoint family `{other}` (expected hf-videomae, videomae-v2, swin3d, r3d, r2plus1d or native)"
-                )));
-            }
-        })
+        crate::choice::parse("checkpoint family", s)
     }
 }
 

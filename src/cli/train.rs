@@ -1,24 +1,158 @@
-//! The `train` and `infer` subcommands: thin layers over `e2e_tal::train`.
+//! `e2e-tal train`: the main job, a thin layer over `e2e_tal::train`.
 
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Instant;
 
+use clap::ValueEnum;
+use clap::builder::PossibleValue;
 use e2e_tal::backbone::BackbonePreset;
-use e2e_tal::data::lofi::LoFiMode;
-use e2e_tal::data::source::media_dir;
-use e2e_tal::data::{GroundTruth, Predictions, Subset, SynthConfig, VideoDetections};
-use e2e_tal::eval::timeline::write_timeline;
+use e2e_tal::backend::{self, BackendKind};
+use e2e_tal::data::lofi::LoFiSampler;
+use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
-use e2e_tal::train::{
-    BackboneConfig, Checkpoint, Detector, PretrainConfig, RunOptions, TalDataset, TrainConfig,
-    TrainMode, detect_video,
-};
+use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
+use e2e_tal::train::{BackboneConfig, Checkpoint, RunOptions, TalDataset, TrainConfig, TrainMode};
 use e2e_tal::weights::CheckpointFamily;
-use e2e_tal::{Error, Result, backend};
+use e2e_tal::{Error, Result};
 
-use e2e_tal::train::workspace::{PretrainJob, load_dataset, pretrain_to, pretrained_backbone};
+use super::print_report;
 
-use super::{InferArgs, PretrainArgs, TrainArgs, print_report};
+/// `--backbone`: the small synthetic ViT the defaults are tuned for, or a published preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BackboneArg {
+    Synthetic,
+    Preset(BackbonePreset),
+}
+
+impl ValueEnum for BackboneArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: LazyLock<Vec<BackboneArg>> = LazyLock::new(|| {
+            std::iter::once(BackboneArg::Synthetic)
+                .chain(BackbonePreset::ALL.map(BackboneArg::Preset))
+                .collect()
+        });
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        match self {
+            Self::Synthetic => Some(PossibleValue::new("synthetic")),
+            Self::Preset(p) => p.to_possible_value(),
+        }
+    }
+}
+
+impl std::fmt::Display for BackboneArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Synthetic => f.write_str("synthetic"),
+            Self::Preset(p) => f.write_str(p.name()),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Dataset folder with annotations.json and frames/<video>/ or videos/<video>.mp4 (the
+    /// synthetic benchmark is generated there with default settings when annotations.json is
+    /// missing).
+    #[arg(long, default_value = "data/synth")]
+    data: PathBuf,
+    /// Run folder (checkpoints, features, predictions, metrics); default runs/<mode>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Training mode (default full).
+    #[arg(long, value_enum)]
+    mode: Option<TrainMode>,
+    /// Backbone (default synthetic, the small ViT the defaults are tuned for).
+    #[arg(long, value_enum)]
+    backbone: Option<BackboneArg>,
+    /// Backbone checkpoint to start from (.safetensors or .pth). Without it (and without
+    /// --from-scratch) the backbone starts from clip-classification pretraining on a separate
+    /// synthetic set (`e2e-tal pretrain`, run first if runs/pretrain has no weights for it).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Start the backbone from random weights instead of the pretrained ones.
+    #[arg(long, conflicts_with = "weights")]
+    from_scratch: bool,
+    /// Key map of --weights (default: the preset's family; native for e2e-tal's layout).
+    #[arg(long, value_enum)]
+    family: Option<CheckpointFamily>,
+    /// Full configuration as JSON (a run's config.json); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Peak learning rate of the head / adapters.
+    #[arg(long, allow_negative_numbers = true)]
+    lr_head: Option<f64>,
+    /// Peak learning rate of the backbone.
+    #[arg(long, allow_negative_numbers = true)]
+    lr_backbone: Option<f64>,
+    /// At most this many clips per training step (random window); 0 for whole videos.
+    #[arg(long)]
+    max_train_clips: Option<usize>,
+    /// Keep an EMA of the weights with this decay (e.g. 0.999 for long runs) and evaluate it.
+    #[arg(long, allow_negative_numbers = true)]
+    ema_decay: Option<f64>,
+    /// Evaluate every N epochs (0: only at the end).
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Low-fidelity sampling of the training steps (LoFi-E2E; default full).
+    #[arg(long, value_enum)]
+    lofi: Option<LoFiSampler>,
+    /// LoFi-E2E budget mode: measure one training step at r_t in {1,2,4} x r_s in {1, sqrt 2,
+    /// 2} on the longest training video and train at the highest fidelity whose step fits this
+    /// many bytes (e.g. 300MiB, 2GiB; a bare number is MiB). Prints the measurements.
+    #[arg(long, conflicts_with = "lofi")]
+    memory_budget: Option<String>,
+    /// Head-only / adapter: run the frozen backbone at every step instead of extracting its
+    /// outputs once (bounded memory for big datasets; head-only's memory-comparable baseline
+    /// for LoSA; allows --augment and --lofi in these modes).
+    #[arg(long)]
+    no_feature_cache: bool,
+    /// After training backbone + head (LoFi-E2E stage 2, in OUT/stage2), freeze the backbone and
+    /// train a new head at full fidelity on its features (stage 3, in OUT/stage3).
+    #[arg(long, conflicts_with = "resume")]
+    retrain_head: bool,
+    /// Augment each step's clips as the synthetic benchmark allows (random channel
+    /// permutation, roll by up to 16 pixels; the same for all clips of a step).
+    #[arg(long)]
+    augment: bool,
+    /// Run the ViT rewired into its reversible form also in modes full / head-only (mode
+    /// reversible always does).
+    #[arg(long)]
+    rewired: bool,
+    /// Mode reversible: check the reconstruction every N steps (0: never; default 10).
+    #[arg(long)]
+    drift_every: Option<usize>,
+    /// Mode reversible: relative drift at which a checked step takes its gradients from an
+    /// ordinary autodiff recompute (default 1e-4; 0 always does).
+    #[arg(long)]
+    drift_tolerance: Option<f64>,
+    /// Continue the run in --out from its checkpoint. Flags that contradict the checkpoint's
+    /// settings are an error; --epochs may change (the new length is recorded).
+    #[arg(long)]
+    resume: bool,
+    /// Start a new run in an --out folder that holds one, removing that run's outputs
+    /// (checkpoints, predictions, metrics, weights) first.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Stop after this many steps in total (a checkpoint is written; continue with --resume).
+    #[arg(long)]
+    stop_after_steps: Option<usize>,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
 
 /// Apply the configuration flags of `a` to `cfg` (a new run's starting configuration, or a
 /// checkpoint's when resuming, to see what the flags would change).
@@ -26,10 +160,10 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
     if let Some(m) = a.mode {
         cfg.mode = m;
     }
-    match a.backbone.as_deref() {
+    match a.backbone {
         None => {}
-        Some("synthetic") => cfg.backbone = BackboneConfig::synthetic_vit(),
-        Some(p) => cfg.backbone = BackboneConfig::preset(p.parse::<BackbonePreset>()?),
+        Some(BackboneArg::Synthetic) => cfg.backbone = BackboneConfig::synthetic_vit(),
+        Some(BackboneArg::Preset(p)) => cfg.backbone = BackboneConfig::preset(p),
     }
     macro_rules! set {
         ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
@@ -43,8 +177,14 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
         ema_decay,
         seed
     );
-    if let Some(l) = &a.lofi {
-        cfg.lofi.mode = LoFiMode::from_name(l)?;
+    if let Some(l) = a.lofi {
+        cfg.lofi.mode = l.mode();
+    }
+    if let Some(n) = a.drift_every {
+        cfg.drift.every = n;
+    }
+    if let Some(t) = a.drift_tolerance {
+        cfg.drift.tolerance = t;
     }
     if a.no_feature_cache {
         cfg.cache_features = false;
@@ -75,6 +215,7 @@ fn resume_conflicts(a: &TrainArgs, ck: &TrainConfig) -> Result<Vec<String>> {
             let flag = match k.as_str() {
                 "cache_features" => "--no-feature-cache".to_string(),
                 "lofi" => "--lofi".into(),
+                "drift" => "--drift-every / --drift-tolerance".into(),
                 other => format!("--{}", other.replace('_', "-")),
             };
             let short = |x: &serde_json::Value| {
@@ -109,10 +250,10 @@ fn resume_conflicts(a: &TrainArgs, ck: &TrainConfig) -> Result<Vec<String>> {
     Ok(out)
 }
 
-pub fn run_train(a: TrainArgs) -> Result<()> {
+pub fn run(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
     let default_out = |mode: TrainMode| PathBuf::from("runs").join(mode.to_string());
-    let device = backend::device(a.backend.parse()?)?;
+    let device = backend::device(a.backend)?;
     if a.resume {
         let mut out = a
             .out
@@ -153,7 +294,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     apply_flags(&a, &mut cfg)?;
     cfg.validate()?;
     let mode = cfg.mode;
-    let backbone_name = a.backbone.clone().unwrap_or_else(|| "synthetic".into());
+    let backbone_arg = a.backbone.unwrap_or(BackboneArg::Synthetic);
     let mut out = a.out.clone().unwrap_or_else(|| default_out(mode));
     // Refuse an existing run before any work; with --overwrite its outputs are removed only
     // once the data and weights have loaded (below, or in `train`).
@@ -186,10 +327,10 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         device.seed(cfg.seed);
         let mut backbone = cfg.backbone.init(&device);
         if let Some(w) = &weights {
-            let family = match (&a.family, backbone_name.parse::<BackbonePreset>()) {
-                (Some(f), _) => f.parse()?,
-                (None, Ok(p)) => p.default_family(),
-                (None, Err(_)) => CheckpointFamily::Native,
+            let family = match (a.family, backbone_arg) {
+                (Some(f), _) => f,
+                (None, BackboneArg::Preset(p)) => p.default_family(),
+                (None, BackboneArg::Synthetic) => CheckpointFamily::Native,
             };
             let r = backbone.load(w, family)?;
             outln!("backbone: {} tensors from {}", r.applied.len(), w.display())?;
@@ -212,7 +353,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         outln!(
             "training: mode {mode}, {} epochs, backbone {}, run folder {}",
             cfg.epochs,
-            backbone_name,
+            backbone_arg,
             out.display()
         )?;
         if a.retrain_head {
@@ -304,166 +445,4 @@ fn report_outcome(
     }
     outln!("total {:.1}s", start.elapsed().as_secs_f64())?;
     Ok(())
-}
-
-pub fn run_infer(a: InferArgs) -> Result<()> {
-    let device = backend::device(a.backend.parse()?)?;
-    match (&a.dataset, &a.video) {
-        (Some(json), None) => infer_dataset(&a, json, &device),
-        (None, Some(video)) => infer_video(&a, video, &device),
-        _ => Err(Error::Config(
-            "give exactly one of --dataset JSON or --video FILE|DIR".into(),
-        )),
-    }
-}
-
-/// Files of a checkpoint that an output must not replace.
-fn checkpoint_inputs(dir: &Path) -> Vec<PathBuf> {
-    ["state.json", "model.bpk", "ema.bpk"]
-        .iter()
-        .map(|f| dir.join(f))
-        .collect()
-}
-
-/// `infer --video`: one call into the library, then a table, the results JSON and a timeline.
-fn infer_video(a: &InferArgs, input: &Path, device: &burn::tensor::Device) -> Result<()> {
-    let ck_dir = e2e_tal::train::checkpoint::find(&a.checkpoint).unwrap_or(a.checkpoint.clone());
-    let mut inputs = checkpoint_inputs(&ck_dir);
-    inputs.push(input.to_path_buf());
-    let timeline = match &a.timeline {
-        Some(dir) => dir.join(format!("{}.png", e2e_tal::train::infer::video_id(input))),
-        None => a.out.with_extension("png"),
-    };
-    let check = |out: &Path, also: &[&Path]| {
-        let mut all: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
-        all.extend(also);
-        e2e_tal::io::check_output(out, &all)
-    };
-    check(&a.out, &[&timeline])?;
-    check(&timeline, &[&a.out])?;
-    let t = Instant::now();
-    let r = detect_video(&a.checkpoint, input, a.fps, device)?;
-    Predictions {
-        videos: vec![r.to_results()],
-    }
-    .write_json(&a.out)?;
-    write_timeline(
-        &timeline,
-        &[],
-        &r.detections,
-        r.duration,
-        r.classes.len(),
-        0.1,
-    )?;
-    outln!(
-        "{}: {} frames at {:.3} fps ({:.1} s), {} detections in {:.1}s",
-        r.source.display(),
-        r.frames,
-        r.fps,
-        r.duration,
-        r.detections.len(),
-        t.elapsed().as_secs_f64()
-    )?;
-    outln!("\n| start (s) | end (s) | class | score |\n|---:|---:|---|---:|")?;
-    for d in r.detections.iter().filter(|d| d.score >= a.min_score) {
-        outln!(
-            "| {:.2} | {:.2} | {} | {:.3} |",
-            d.start,
-            d.end,
-            r.classes[d.label],
-            d.score
-        )?;
-    }
-    outln!(
-        "\nresults (all {} detections) -> {}\ntimeline -> {}",
-        r.detections.len(),
-        a.out.display(),
-        timeline.display()
-    )?;
-    Ok(())
-}
-
-fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> Result<()> {
-    let ck = Checkpoint::load(&a.checkpoint)?;
-    let mut inputs = checkpoint_inputs(&ck.dir);
-    inputs.push(json.to_path_buf());
-    e2e_tal::io::check_output(
-        &a.out,
-        &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
-    )?;
-    let cfg = ck.meta.config.clone();
-    let (model, layers) = e2e_tal::train::infer::trained_model(&ck, device)?;
-    let gt = GroundTruth::from_json_file(json)?;
-    let media = a
-        .frames
-        .clone()
-        .unwrap_or_else(|| media_dir(json.parent().unwrap_or(Path::new("."))));
-    let subsets: Vec<Subset> = a.subset.0.into_iter().collect();
-    let videos = TalDataset::load(&gt, &media, &subsets, a.fps, cfg.clips.span())?.videos;
-    let det = Detector {
-        model: &model,
-        cfg: &cfg,
-        layers,
-        device: device.clone(),
-    };
-    let t = Instant::now();
-    let mut out = Vec::new();
-    for v in &videos {
-        let segs = det.detect(v)?;
-        if let Some(dir) = &a.timeline {
-            write_timeline(
-                &dir.join(format!("{}.png", v.id)),
-                &v.segments,
-                &segs,
-                v.duration,
-                ck.meta.classes.len(),
-                0.1,
-            )?;
-        }
-        out.push(VideoDetections::from_segments(
-            &v.id,
-            segs,
-            &ck.meta.classes,
-        ));
-    }
-    let preds = Predictions { videos: out };
-    preds.write_json(&a.out)?;
-    outln!(
-        "{} videos, {} detections in {:.1}s -> {}",
-        videos.len(),
-        preds.len(),
-        t.elapsed().as_secs_f64(),
-        a.out.display()
-    )?;
-    Ok(())
-}
-
-pub fn run_pretrain(a: PretrainArgs) -> Result<()> {
-    let mut cfg = match &a.config {
-        Some(p) => e2e_tal::train::config::read_config(p, &PretrainConfig::new())?,
-        None => PretrainConfig::new(),
-    };
-    macro_rules! set {
-        ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
-    }
-    set!(steps, batch_size, lr, seed);
-    if a.rewired {
-        cfg.rewired = true;
-    }
-    let device = backend::device(a.backend.parse()?)?;
-    let inputs: Vec<&Path> = a
-        .weights
-        .iter()
-        .chain(&a.config)
-        .map(PathBuf::as_path)
-        .collect();
-    e2e_tal::io::check_output(&a.out, &inputs)?;
-    let job = PretrainJob {
-        data: &a.data,
-        videos: a.videos,
-        out: &a.out,
-        init: a.weights.as_deref(),
-        quiet: a.quiet,
-    };
-    pretrain_to(&cfg, &job, &device)
 }

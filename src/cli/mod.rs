@@ -1,0 +1,128 @@
+//! The subcommands, one module each: a typed argument struct (every choice a `ValueEnum`, so
+//! `--help` lists its values) and a `run` that calls the library.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use e2e_tal::Result;
+use e2e_tal::data::Subset;
+use e2e_tal::eval::EvalReport;
+
+mod baseline;
+mod convert_thumos;
+mod eval;
+mod infer;
+mod pretrain;
+mod synth;
+mod train;
+mod weights;
+
+#[derive(Parser)]
+#[command(
+    name = "e2e-tal",
+    version,
+    about = "Memory-efficient end-to-end temporal action localization"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the synthetic untrimmed-video benchmark (frames + ActivityNet-format JSON).
+    Synth(synth::SynthArgs),
+    /// Evaluate detections against ground truth (official ActivityNet mAP).
+    Eval(eval::EvalArgs),
+    /// Convert THUMOS-14 per-class annotation files to ActivityNet JSON.
+    ConvertThumos(convert_thumos::ConvertThumosArgs),
+    /// Inspect or convert PyTorch backbone checkpoints.
+    Weights {
+        #[command(subcommand)]
+        action: weights::WeightsAction,
+    },
+    /// The main job: train a detector end to end (or in another mode) and print its validation
+    /// mAP. With no arguments: generate the synthetic benchmark into data/synth if missing,
+    /// pretrain the default backbone by clip classification on a separate synthetic set (once,
+    /// cached in runs/pretrain) and train backbone + head end to end on the CPU.
+    Train(Box<train::TrainArgs>),
+    /// Clip-classification pretraining of a backbone on trimmed action clips (the analogue of
+    /// Kinetics pretraining): by default on a second synthetic benchmark (seed 1, generated
+    /// into data/synth-pretrain if missing), so the backbone has not seen the TAL videos.
+    Pretrain(pretrain::PretrainArgs),
+    /// Detect actions with a trained run's checkpoint: ActivityNet results JSON, optional PNG
+    /// timelines (ground truth vs detections).
+    Infer(infer::InferArgs),
+    /// Noisy-oracle baseline: generate the synthetic benchmark if missing, load every
+    /// validation video through the clip pipeline, make detections from the ground truth plus
+    /// noise and print their mAP (a check of the evaluation pipeline, not a model).
+    Baseline(baseline::BaselineArgs),
+}
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Synth(a) => synth::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::ConvertThumos(a) => convert_thumos::run(a),
+        Command::Weights { action } => weights::run(action),
+        Command::Train(a) => train::run(*a),
+        Command::Pretrain(a) => pretrain::run(a),
+        Command::Infer(a) => infer::run(a),
+        Command::Baseline(a) => baseline::run(a),
+    }
+}
+
+/// A subset, or every video: the subset filter of `eval` and `infer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SubsetFilter {
+    /// Training videos.
+    #[value(alias = "train")]
+    Training,
+    /// Validation videos.
+    #[value(alias = "val")]
+    Validation,
+    /// Testing videos.
+    #[value(alias = "test")]
+    Testing,
+    /// Every video.
+    All,
+}
+
+impl SubsetFilter {
+    /// The subset, `None` for all.
+    fn subset(self) -> Option<Subset> {
+        match self {
+            Self::Training => Some(Subset::Training),
+            Self::Validation => Some(Subset::Validation),
+            Self::Testing => Some(Subset::Testing),
+            Self::All => None,
+        }
+    }
+}
+
+/// A whole number in `lo..=hi` as a flag value.
+fn count_in(lo: usize, hi: usize) -> impl Fn(&str) -> std::result::Result<usize, String> + Clone {
+    move |s| match s.trim().parse::<usize>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number in {lo}..={hi}")),
+    }
+}
+
+/// Print an evaluation report (and AP per class), noting predictions that were ignored.
+fn print_report(r: &EvalReport, per_class: bool) -> Result<()> {
+    outln!("{r}")?;
+    if per_class {
+        outln!("\n| class | AP per threshold (%) |\n|---|---|")?;
+        for (c, ap) in &r.per_class {
+            let v: Vec<String> = ap.iter().map(|x| format!("{:.2}", x * 100.0)).collect();
+            outln!("| {c} | {} |", v.join(" "))?;
+        }
+    }
+    if r.ignored_predictions > 0 {
+        e2e_tal::io::warning(format_args!(
+            "note: {} predictions have labels absent from the ground truth and were ignored",
+            r.ignored_predictions
+        ));
+    }
+    Ok(())
+}
