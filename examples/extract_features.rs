@@ -60,6 +60,7 @@ struct Args {
 }
 
 fn main() -> Result<(), e2e_tal::Report> {
+    e2e_tal::io::progress_to_stdout();
     let a = Args::parse();
     let device = backend::device(a.backend)?;
     let mut cfg = TrainConfig::new();

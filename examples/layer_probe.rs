@@ -162,6 +162,7 @@ impl Probing<'_> {
 }
 
 fn main() -> Result<(), e2e_tal::Report> {
+    e2e_tal::io::progress_to_stdout();
     let a = Args::parse();
     let device = e2e_tal::backend::cpu_device();
     let ad = device.clone().autodiff();

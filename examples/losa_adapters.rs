@@ -103,6 +103,7 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 fn main() -> Result<(), e2e_tal::Report> {
+    e2e_tal::io::progress_to_stdout();
     let a = Args::parse();
     let device = backend::device(a.backend)?;
     let base = TrainConfig::new()

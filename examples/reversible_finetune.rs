@@ -116,6 +116,7 @@ fn step_cost(
 }
 
 fn main() -> Result<(), e2e_tal::Report> {
+    e2e_tal::io::progress_to_stdout();
     let a = Args::parse();
     let device = backend::device(a.backend)?;
     let tal = TrainConfig::new();

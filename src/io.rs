@@ -86,11 +86,39 @@ pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// Write a progress line to standard output. A closed or full standard output loses the line
-/// but never stops the work whose results go to files (`train | head -1` still trains).
+/// Where progress lines go.
+type ProgressSink = Box<dyn Fn(&str) + Send + Sync>;
+
+static PROGRESS: std::sync::RwLock<Option<ProgressSink>> = std::sync::RwLock::new(None);
+
+/// Send the library's progress lines (pretraining steps, feature extraction, weights reused,
+/// ...) to `sink`. Without a sink they are dropped: the library writes nothing to standard
+/// output on its own.
+pub fn set_progress(sink: impl Fn(&str) + Send + Sync + 'static) {
+    if let Ok(mut s) = PROGRESS.write() {
+        *s = Some(Box::new(sink));
+    }
+}
+
+/// Progress lines to standard output (what the CLI and the examples install). A closed or full
+/// standard output loses the line but never stops the work whose results go to files
+/// (`train | head -1` still trains).
+pub fn progress_to_stdout() {
+    set_progress(|line| {
+        let mut out = std::io::stdout().lock();
+        let _ = out
+            .write_all(line.as_bytes())
+            .and_then(|()| out.write_all(b"\n"));
+    });
+}
+
+/// Report a progress line to the installed sink ([`set_progress`]), if any.
 pub fn progress(args: std::fmt::Arguments) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+    if let Ok(s) = PROGRESS.read()
+        && let Some(sink) = s.as_ref()
+    {
+        sink(&args.to_string());
+    }
 }
 
 /// Write a warning line to standard error; like [`progress`], a closed stream loses the line
@@ -119,6 +147,16 @@ pub fn json_error(path: &Path, e: serde_json::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_goes_to_the_installed_sink() {
+        use std::sync::{Arc, Mutex};
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        set_progress(move |line| s.lock().unwrap().push(line.to_string()));
+        progress(format_args!("step {} of {}", 3, 7));
+        assert!(seen.lock().unwrap().iter().any(|l| l == "step 3 of 7"));
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {

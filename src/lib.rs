@@ -22,7 +22,7 @@
 //! - [`memory`]: peak-memory measurement for benches.
 #![warn(missing_docs)]
 
-/// A progress line on standard output that never panics ([`io::progress`]).
+/// A progress line to the installed sink ([`io::progress`]; none by default, the CLI prints them).
 macro_rules! say {
     ($($t:tt)*) => { $crate::io::progress(format_args!($($t)*)) };
 }

@@ -21,6 +21,7 @@ mod cli;
 static ALLOC: e2e_tal::memory::CountingAllocator = e2e_tal::memory::CountingAllocator;
 
 fn main() -> ExitCode {
+    e2e_tal::io::progress_to_stdout();
     match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
