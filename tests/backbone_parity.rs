@@ -307,3 +307,72 @@ fn cli_convert_reports_a_mismatched_checkpoint() {
         "nothing is written on failure"
     );
 }
+
+/// A Hugging Face `VideoMAEForVideoClassification` checkpoint carries `fc_norm` (the LayerNorm
+/// on the mean-pooled feature). A ViT built without one must say so in the load report (its
+/// pooled features are not the checkpoint's); built with `use_fc_norm` it loads the norm and
+/// pools as the checkpoint's model does.
+#[test]
+fn classification_checkpoints_fc_norm_is_mapped_or_reported() {
+    let bytes = std::fs::read(fixture("vit.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.data().to_vec(), v.shape().to_vec()))
+        .collect();
+    let (w, b): (Vec<f32>, Vec<f32>) = (0..16)
+        .map(|i| (0.5 + 0.1 * i as f32, 0.05 * i as f32 - 0.3))
+        .unzip();
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    tensors.push(("fc_norm.weight".into(), le(&w), vec![16]));
+    tensors.push(("fc_norm.bias".into(), le(&b), vec![16]));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, d, s)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                .unwrap();
+            (k.clone(), view)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("videomae_cls.safetensors");
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+
+    let mut plain = tiny_vit().init(&cpu_device());
+    let report = load(&mut plain, &path, CheckpointFamily::HfVideoMae).unwrap();
+    assert_eq!(report.unused, ["fc_norm.bias", "fc_norm.weight"]);
+    assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+    assert!(
+        report.notes[0].contains("use_fc_norm"),
+        "{}",
+        report.notes[0]
+    );
+
+    let mut with_norm = tiny_vit().with_use_fc_norm(true).init(&cpu_device());
+    let report = load(&mut with_norm, &path, CheckpointFamily::HfVideoMae).unwrap();
+    assert!(
+        report.unused.is_empty() && report.notes.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(
+        report
+            .applied
+            .iter()
+            .filter(|k| k.starts_with("fc_norm."))
+            .count(),
+        2
+    );
+    // Its features are LayerNorm(mean of tokens) with the checkpoint's weight and bias.
+    let pooled = plain.forward(input("vit"), &[]).unwrap().features;
+    let got = with_norm.forward(input("vit"), &[]).unwrap().features;
+    let mean = pooled.clone().mean_dim(1);
+    let var = (pooled.clone() - mean.clone()).powf_scalar(2.0).mean_dim(1);
+    let eps = tiny_vit().layer_norm_eps;
+    let dev = cpu_device();
+    let want = (pooled - mean) / (var + eps).sqrt()
+        * Tensor::<1>::from_floats(w.as_slice(), &dev).unsqueeze::<2>()
+        + Tensor::<1>::from_floats(b.as_slice(), &dev).unsqueeze::<2>();
+    let err = (got - want).abs().max().into_scalar::<f32>();
+    assert!(err < 1e-4, "fc_norm pooled feature differs by {err}");
+}

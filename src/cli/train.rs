@@ -334,6 +334,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             };
             let r = backbone.load(w, family)?;
             outln!("backbone: {} tensors from {}", r.applied.len(), w.display())?;
+            for n in &r.notes {
+                e2e_tal::io::warning(format_args!("note: {}: {n}", w.display()));
+            }
         }
         if let Some(b) = &a.memory_budget {
             e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;

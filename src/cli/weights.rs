@@ -74,6 +74,9 @@ pub fn run(action: WeightsAction) -> Result<()> {
             for k in &report.unused {
                 outln!("  unused: {k}")?;
             }
+            for n in &report.notes {
+                e2e_tal::io::warning(format_args!("note: {n}"));
+            }
             backbone.save(&out)?;
             outln!("wrote {}", out.display())
         }

@@ -296,6 +296,38 @@ pub struct LoadReport {
     pub ignored: Vec<String>,
     /// Other checkpoint keys no module path took (renamed form).
     pub unused: Vec<String>,
+    /// Unused keys that change what the model computes, explained (a ViT built without the
+    /// checkpoint's final norms returns other features than the checkpoint's own model).
+    pub notes: Vec<String>,
+}
+
+/// Explanations for unused ViT norms: the checkpoint has them, the module was built without.
+fn unused_notes(family: CheckpointFamily, unused: &[String]) -> Vec<String> {
+    if !matches!(
+        family,
+        CheckpointFamily::HfVideoMae | CheckpointFamily::VideoMaeV2
+    ) {
+        return Vec::new();
+    }
+    let has = |prefix: &str| unused.iter().any(|k| k.starts_with(prefix));
+    let mut notes = Vec::new();
+    if has("fc_norm.") {
+        notes.push(
+            "the checkpoint has a LayerNorm on the mean-pooled feature (`fc_norm`, as in \
+             VideoMAE classification models) and this ViT was built without one: its pooled \
+             features are not the checkpoint's; build it with `use_fc_norm: true` to load it"
+                .to_string(),
+        );
+    }
+    if has("norm.") {
+        notes.push(
+            "the checkpoint has a final LayerNorm on the tokens (`layernorm` / `norm`) and this \
+             ViT was built without one (mean pooling): its features are not the checkpoint's; \
+             build it with `use_mean_pooling: false` to load it"
+                .to_string(),
+        );
+    }
+    notes
 }
 
 /// Split VideoMAEv2's fused `blocks.N.attn.qkv.weight` (`[3D, D]`) into the `query`, `key` and
@@ -426,10 +458,12 @@ pub fn load<M: Module + ModuleSnapshot>(
             ),
         });
     }
-    let (ignored, unused) = result.unused.into_iter().partition(|k| map.is_ignored(k));
+    let (ignored, unused): (Vec<String>, Vec<String>) =
+        result.unused.into_iter().partition(|k| map.is_ignored(k));
     Ok(LoadReport {
         applied: result.applied,
         ignored,
+        notes: unused_notes(family, &unused),
         unused,
     })
 }
