@@ -146,6 +146,17 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A tensor given to a model has the wrong shape.
+    #[error("{what}: expected a tensor of shape {expected}, got {got:?}")]
+    Shape {
+        /// Which input (`vit clips`, `head features`, ...).
+        what: String,
+        /// The shape wanted, in words (`[N, 3, F, H, W] with N > 0`).
+        expected: String,
+        /// The shape given.
+        got: Vec<usize>,
+    },
+
     /// Training produced a loss that is NaN or infinite.
     #[error(
         "non-finite loss {value} at step {step} (video `{video}`); lower the learning rate or check the input"

@@ -290,13 +290,19 @@ impl Losa {
     /// - output: `[N, C]` or `[N, output_dim]`
     pub fn forward(&self, input: LosaInput) -> Result<Tensor<2>> {
         let [n, c] = input.features.dims();
-        if input.layers.len() != self.short.len() || input.valid.dims() != [n] {
+        if input.layers.len() != self.short.len() {
             return Err(Error::Config(format!(
-                "LoSA: {} layers and a mask of {:?} given, {} layers and [{n}] expected",
+                "LoSA: {} layers given, {} expected (one per adapter)",
                 input.layers.len(),
-                input.valid.dims(),
                 self.short.len()
             )));
+        }
+        if input.valid.dims() != [n] {
+            return Err(Error::Shape {
+                what: "LoSA clip mask".into(),
+                expected: format!("[{n}] (one flag per clip)"),
+                got: input.valid.dims().to_vec(),
+            });
         }
         // No gradient may enter the backbone.
         let last = input.features.detach();

@@ -51,9 +51,11 @@ pub fn subsample_tokens(tokens: Tensor<3>, max_tokens: usize) -> Tensor<3> {
 pub(crate) fn check_input(name: &str, clips: &Tensor<5>) -> Result<[usize; 5]> {
     let dims = clips.dims();
     if dims[1] != 3 || dims[0] == 0 {
-        return Err(Error::Config(format!(
-            "{name}: expected clips [N, 3, F, H, W] with N > 0, got {dims:?}"
-        )));
+        return Err(Error::Shape {
+            what: format!("{name} clips"),
+            expected: "[N, 3, F, H, W] with N > 0".into(),
+            got: dims.to_vec(),
+        });
     }
     Ok(dims)
 }
@@ -241,6 +243,29 @@ impl Backbone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrong_clip_shapes_are_shape_errors() {
+        let device = crate::backend::cpu_device();
+        let m = vit::VitConfig::new()
+            .with_embed_dim(8)
+            .with_depth(1)
+            .with_num_heads(2)
+            .with_mlp_dim(16)
+            .with_patch_size(8)
+            .with_num_frames(4)
+            .with_image_size(16)
+            .init(&device);
+        for dims in [[1, 1, 4, 16, 16], [1, 3, 3, 16, 16]] {
+            let clips = Tensor::<5>::zeros(dims, &device);
+            match m.forward(clips, &[]) {
+                Err(Error::Shape { what, got, .. }) => {
+                    assert_eq!((what.as_str(), got.as_slice()), ("vit clips", &dims[..]))
+                }
+                other => panic!("expected a shape error, got {other:?}"),
+            }
+        }
+    }
 
     /// Parameter counts equal the references' (torchvision without the classifier head,
     /// `transformers` `VideoMAEModel`), as counted with torch.

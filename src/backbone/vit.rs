@@ -354,10 +354,14 @@ impl VisionTransformer {
         let [_, _, f, h, w] = check_input("vit", clips)?;
         let p = self.patch_size;
         if f % self.tubelet_size != 0 || h % p != 0 || w % p != 0 || f == 0 || h == 0 {
-            return Err(crate::Error::Config(format!(
-                "vit: clip of {f} frames of {h}x{w} is not a multiple of the {}x{p}x{p} tubelet",
-                self.tubelet_size
-            )));
+            return Err(crate::Error::Shape {
+                what: "vit clips".into(),
+                expected: format!(
+                    "[N, 3, F, H, W] with F, H, W positive multiples of the {}x{p}x{p} tubelet",
+                    self.tubelet_size
+                ),
+                got: clips.dims().to_vec(),
+            });
         }
         Ok(())
     }

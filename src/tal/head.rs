@@ -429,12 +429,19 @@ impl TalHead {
             .first()
             .map(|e| e.conv.weight.dims()[1])
             .unwrap_or(c);
-        if c != want || mask.dims() != [b, t] || t == 0 {
-            return Err(Error::Config(format!(
-                "head: expected features [B, T, {want}] and mask [B, T], got {:?} and {:?}",
-                [b, t, c],
-                mask.dims()
-            )));
+        if c != want || t == 0 {
+            return Err(Error::Shape {
+                what: "head features".into(),
+                expected: format!("[B, T, {want}] with T > 0"),
+                got: vec![b, t, c],
+            });
+        }
+        if mask.dims() != [b, t] {
+            return Err(Error::Shape {
+                what: "head mask".into(),
+                expected: format!("[{b}, {t}] (the features' [B, T])"),
+                got: mask.dims().to_vec(),
+            });
         }
         let tp = self.padded_len(t);
         let device = features.device();
