@@ -16,7 +16,8 @@ use burn::tensor::Device;
 
 use super::config::TrainConfig;
 use super::dataset::TalDataset;
-use super::trainer::{RunOptions, materialize, train};
+use super::model::materialize;
+use super::trainer::{RunOptions, train};
 use crate::backbone::Backbone;
 use crate::data::Subset;
 use crate::data::lofi::{Fidelity, LoFiMode};

@@ -132,7 +132,7 @@ impl TalModel {
         // The head draws its initial values first (Burn initialises lazily), so a seed gives
         // the same head with or without adapters: LoSA and head-only runs differ only by them.
         let head = hc.init(device)?;
-        super::trainer::materialize(&head);
+        materialize(&head);
         let adapter = if cfg.mode == TrainMode::Adapter {
             let mut a = cfg.adapter.clone();
             a.feature_dim = dim;
@@ -298,4 +298,15 @@ pub(crate) fn validation_report(
         },
     )?;
     Ok((preds, report))
+}
+
+/// Initialise every lazily initialised parameter of `m` now.
+pub(crate) fn materialize<M: Module>(m: &M) {
+    struct Touch;
+    impl burn::module::ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            let _ = p.val();
+        }
+    }
+    m.visit(&mut Touch);
 }

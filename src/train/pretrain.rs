@@ -243,7 +243,7 @@ pub fn pretrain_from(
     }
     let k = data.classes.len() + usize::from(cfg.background);
     // Fix lazily initialised values, then track gradients on the autodiff device.
-    super::trainer::materialize(&backbone);
+    super::model::materialize(&backbone);
     let backbone = backbone.fork(&device).train();
     let plain = device.clone().without_autodiff();
     let probe = Tensor::<5>::zeros(

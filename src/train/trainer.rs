@@ -24,7 +24,9 @@ use super::checkpoint::{self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, Tr
 use super::config::{TrainConfig, TrainMode};
 use super::dataset::TalDataset;
 use super::ema::ema_update;
-use super::model::{Detector, TalModel, VideoFeatures, adapter_layers, head_input, run_head};
+use super::model::{
+    Detector, TalModel, VideoFeatures, adapter_layers, head_input, materialize, run_head,
+};
 use super::schedule::WarmupCosine;
 use crate::backbone::{Backbone, BackboneOutput};
 use crate::data::annotations::{Predictions, Subset, VideoDetections};
@@ -284,17 +286,6 @@ fn new_optimizers(cfg: &TrainConfig) -> (ModuleOptimizer, ModuleOptimizer) {
             .init()
     };
     (adamw(), adamw())
-}
-
-/// Initialise every lazily initialised parameter of `m` now.
-pub(crate) fn materialize<M: Module>(m: &M) {
-    struct Touch;
-    impl ModuleVisitor for Touch {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            let _ = p.val();
-        }
-    }
-    m.visit(&mut Touch);
 }
 
 /// Squared L2 norm of `module`'s gradients in `grads`, as a tensor sum.
