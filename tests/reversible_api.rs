@@ -14,6 +14,7 @@ use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use e2e_tal::reversible::{ResidualBlock, RevChain, ReversibleTape};
 use mixer::Mixer;
+use std::sync::Mutex;
 
 const GRAD_TOL: f64 = 1e-5;
 
@@ -30,29 +31,71 @@ fn data(device: &Device, seed: u64) -> (Tensor<3>, Tensor<1, Int>) {
     (x, y)
 }
 
-/// Worst relative difference over every parameter gradient of `module`.
+/// Burn's initialisers and `Tensor::random` draw from one generator per device, and the tests of
+/// this file run on parallel threads: each takes this lock so its draws, and so its model and data,
+/// are the same in every run.
+static RNG: Mutex<()> = Mutex::new(());
+
+/// A mixer whose parameters are drawn now, from `seed` (Burn initialises lazily, at first use).
+fn mixer(depth: usize, seed: u64, device: &Device) -> Mixer {
+    device.seed(seed);
+    let model = Mixer::new(12, 16, 24, depth, 5, device);
+    struct Touch;
+    impl ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let _ = p.val();
+        }
+    }
+    model.visit(&mut Touch);
+    model
+}
+
+/// Largest absolute gradient over every parameter of `module` in `g`.
+struct Largest<'a> {
+    g: &'a GradientsParams,
+    max: f64,
+}
+
+impl ModuleVisitor for Largest<'_> {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if let Some(g) = self.g.get::<D>(p.id) {
+            self.max = self.max.max(g.abs().max().into_scalar::<f64>());
+        }
+    }
+}
+
+/// Worst relative difference over every parameter gradient of a module. Each tensor's error is
+/// taken against its own largest gradient, but never against less than `FLOOR` of the model's
+/// largest: a gradient that is nearly 0 (the token-mixing output bias sits right before a
+/// LayerNorm that removes most of it) is float noise on both sides, and its own scale would turn
+/// 5e-9 of noise into a 5e-4 "relative" error. Over 60 initialisations the floored error stayed
+/// below 3.8e-6 (unfloored it reached 5.3e-4 on that bias alone).
 struct Compare<'a> {
     a: &'a GradientsParams,
     b: &'a GradientsParams,
+    floor: f64,
     worst: f64,
     count: usize,
 }
+
+const FLOOR: f64 = 1e-2;
 
 impl ModuleVisitor for Compare<'_> {
     fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
         let (a, b) = (self.a.get::<D>(p.id), self.b.get::<D>(p.id));
         let (a, b) = (a.expect("gradient in a"), b.expect("gradient in b"));
-        let scale = b.clone().abs().max().into_scalar::<f64>().max(1e-30);
+        let scale = b.clone().abs().max().into_scalar::<f64>().max(self.floor);
         let diff = (a - b).abs().max().into_scalar::<f64>();
         self.worst = self.worst.max(diff / scale);
         self.count += 1;
     }
 }
 
-fn compare<M: Module>(m: &M, a: &GradientsParams, b: &GradientsParams) -> (usize, f64) {
+fn compare<M: Module>(m: &M, a: &GradientsParams, b: &GradientsParams, floor: f64) -> (usize, f64) {
     let mut c = Compare {
         a,
         b,
+        floor,
         worst: 0.0,
         count: 0,
     };
@@ -62,8 +105,9 @@ fn compare<M: Module>(m: &M, a: &GradientsParams, b: &GradientsParams) -> (usize
 
 #[test]
 fn mixer_gradients_equal_autodiff_through_the_rewired_network() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = device();
-    let model = Mixer::new(12, 16, 24, 8, 5, &device);
+    let model = mixer(8, 0, &device);
     let ce = CrossEntropyLossConfig::new().init(&device);
     let (x, y) = data(&device, 1);
 
@@ -80,12 +124,18 @@ fn mixer_gradients_equal_autodiff_through_the_rewired_network() {
     let head = grads.params(&model.head);
     let blocks = grads.params(&model.blocks);
     assert!(grads.params(&model).is_empty(), "gradients move out once");
+    let mut largest = Largest {
+        g: &reference,
+        max: 0.0,
+    };
+    model.visit(&mut largest);
+    let floor = FLOOR * largest.max;
     for (name, n, worst, expected) in [
-        ("stem", compare(&model.stem, &stem, &reference), 2),
-        ("head", compare(&model.head, &head, &reference), 2),
+        ("stem", compare(&model.stem, &stem, &reference, floor), 2),
+        ("head", compare(&model.head, &head, &reference, floor), 2),
         (
             "blocks",
-            compare(&model.blocks, &blocks, &reference),
+            compare(&model.blocks, &blocks, &reference, floor),
             8 * 12,
         ),
     ]
@@ -99,8 +149,9 @@ fn mixer_gradients_equal_autodiff_through_the_rewired_network() {
 
 #[test]
 fn mixer_trained_reversibly_follows_the_autodiff_run() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = device();
-    let init = Mixer::new(12, 16, 24, 6, 5, &device);
+    let init = mixer(6, 0, &device);
     let ce = CrossEntropyLossConfig::new().init(&device);
     let (x, y) = data(&device, 3);
     let steps = 6;
@@ -154,7 +205,9 @@ impl ResidualBlock<2> for NoisyBlock {
 
 #[test]
 fn a_branch_with_fresh_randomness_is_caught_by_the_drift_monitor() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = device();
+    device.seed(0);
     let blocks: Vec<NoisyBlock> = (0..4)
         .map(|_| NoisyBlock {
             fc: LinearConfig::new(16, 16).init(&device),
