@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use e2e_tal::backbone::BackbonePreset;
+use e2e_tal::backbone::{BackbonePreset, Network};
 use e2e_tal::backend::BackendKind;
 use e2e_tal::data::npy::FeatureSequence;
 use e2e_tal::data::{Subset, SynthConfig};
-use e2e_tal::train::model::extract_features;
+use e2e_tal::train::model::{Extraction, extract_features};
 use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::train::{BackboneConfig, TrainConfig};
 use e2e_tal::weights::CheckpointFamily;
@@ -99,9 +99,14 @@ fn main() -> Result<(), e2e_tal::Report> {
             &backbone,
             &v.frames,
             &cfg.clips,
-            Default::default(),
-            a.chunk.max(1),
-            a.rewired,
+            Extraction {
+                network: if a.rewired {
+                    Network::Rewired
+                } else {
+                    Network::Plain
+                },
+                ..Extraction::features(a.chunk)
+            },
             &device,
         )?;
         let seq = FeatureSequence::from_tensor(f.features);

@@ -28,7 +28,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
 use e2e_tal::backbone::LayerTaps;
 use e2e_tal::data::{Subset, SynthConfig};
-use e2e_tal::train::model::extract_features;
+use e2e_tal::train::model::{Extraction, extract_features};
 use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::train::{BackboneConfig, TrainConfig};
 use e2e_tal::weights::CheckpointFamily;
@@ -188,11 +188,14 @@ fn main() -> Result<(), e2e_tal::Report> {
     let mut labels: [Vec<i64>; 2] = Default::default();
     for v in &data.videos {
         let split = usize::from(v.subset != Subset::Training);
-        let taps = LayerTaps {
-            layers: &blocks,
-            max_tokens: 0,
+        let how = Extraction {
+            taps: LayerTaps {
+                layers: &blocks,
+                max_tokens: 0,
+            },
+            ..Extraction::features(64)
         };
-        let f = extract_features(&backbone, &v.frames, &cfg.clips, taps, 64, false, &device)?;
+        let f = extract_features(&backbone, &v.frames, &cfg.clips, how, &device)?;
         let segs = v.grid_segments(&cfg.clips);
         for i in 0..f.features.dims()[0] {
             let x = i as f64;

@@ -25,7 +25,6 @@ use clap::Parser;
 use e2e_tal::backend::BackendKind;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, mib};
-use e2e_tal::train::model::adapter_layers;
 use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::train::{Detector, RunOptions, TrainConfig, TrainMode, train};
 use e2e_tal::weights::CheckpointFamily;
@@ -172,21 +171,13 @@ fn main() -> Result<(), e2e_tal::Report> {
             // Ablation: the trained model with its gates closed (fused features = last layer's).
             let mut closed = o.model.valid();
             closed.adapter = closed.adapter.map(|l| l.with_gates(0.0));
-            let det = Detector {
-                model: &closed,
-                cfg: &cfg_used,
-                layers: adapter_layers(&cfg_used, &closed.backbone)?,
-                device: device.clone(),
-            };
+            let det = Detector::new(&closed, &cfg_used, &device)?;
             let (_, r) = det.evaluate(&data)?;
             // How much the adapters change the head's input, against the last layer's own
             // variation over time (per channel), on the validation videos.
             let (mut delta, mut spread) = (0.0f64, 0.0f64);
             let open = o.model.valid();
-            let det_open = Detector {
-                model: &open,
-                ..det
-            };
+            let det_open = Detector::new(&open, &cfg_used, &device)?;
             for i in data.indices(e2e_tal::data::Subset::Validation) {
                 let f = det_open.features(&data.videos[i])?;
                 let last = f.features.clone();

@@ -40,6 +40,7 @@ pub mod fastmath;
 pub mod io;
 pub mod memory;
 pub mod reversible;
+mod seed;
 pub mod tal;
 pub mod train;
 pub mod weights;

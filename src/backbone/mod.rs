@@ -20,6 +20,16 @@ pub struct BackboneOutput {
 }
 
 /// Check a clip batch is `[N, 3, F, H, W]` with `N > 0`.
+/// Which network a backbone's blocks form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// The backbone as loaded: residual blocks.
+    #[default]
+    Plain,
+    /// Re2TAL's rewiring of the same parameters into a reversible network (ViT, Swin).
+    Rewired,
+}
+
 /// Which intermediate layers a forward keeps, and how many tokens per clip of each.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LayerTaps<'a> {

@@ -152,7 +152,7 @@ fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> R
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
     let cfg = ck.meta.config.clone();
-    let (model, layers) = e2e_tal::train::infer::trained_model(&ck, device)?;
+    let model = e2e_tal::train::infer::trained_model(&ck, device)?;
     let gt = GroundTruth::from_json_file(json)?;
     let media = a
         .frames
@@ -160,12 +160,7 @@ fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> R
         .unwrap_or_else(|| media_dir(json.parent().unwrap_or(Path::new("."))));
     let subsets: Vec<Subset> = a.subset.subset().into_iter().collect();
     let videos = TalDataset::load(&gt, &media, &subsets, a.fps, cfg.clips.span())?.videos;
-    let det = Detector {
-        model: &model,
-        cfg: &cfg,
-        layers,
-        device: device.clone(),
-    };
+    let det = Detector::new(&model, &cfg, device)?;
     let t = Instant::now();
     let mut out = Vec::new();
     for v in &videos {

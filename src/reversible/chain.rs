@@ -105,7 +105,7 @@ impl<'a, C: ?Sized> RevChain<'a, C> {
     }
 
     fn key(&self, i: usize) -> u64 {
-        self.drop_path_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64
+        crate::seed::mix(self.drop_path_seed, i as u64)
     }
 
     /// Branch `i` under this step's drop-path key.

@@ -16,7 +16,7 @@ use crate::error::Result;
 
 /// Stochastic-depth key of stage `i` (each stage's chain replays its own draws).
 fn stage_seed(seed: u64, i: usize) -> u64 {
-    seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    crate::seed::mix(seed, i as u64)
 }
 
 impl VideoSwin {

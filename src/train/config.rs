@@ -285,23 +285,6 @@ impl TrainConfig {
                 self.clip_grad_norm
             ));
         }
-        let cached = self.caches_features();
-        if cached && self.lofi.mode != LoFiMode::Full {
-            return bad(format!(
-                "LoFi sampling needs a mode that runs the backbone every step; {} trains on \
-                 features extracted once at full fidelity (cache_features false, \
-                 --no-feature-cache, runs it per step)",
-                self.mode
-            ));
-        }
-        if cached && self.augment != AugmentConfig::new() {
-            return bad(format!(
-                "augmentation needs a mode that runs the backbone every step; {} trains on \
-                 features extracted once (cache_features false, --no-feature-cache, runs it \
-                 per step)",
-                self.mode
-            ));
-        }
         let fixed = match self.lofi.mode {
             LoFiMode::Fixed { fidelity } => Some(fidelity),
             _ => None,
@@ -346,19 +329,8 @@ impl TrainConfig {
         if self.max_train_clips != 0 && self.max_train_clips < 2 {
             return bad("max_train_clips must be 0 (whole video) or at least 2".into());
         }
-        if self.uses_rewired_backbone() && self.mode == TrainMode::Adapter {
-            return bad(
-                "the adapter mode reads the ordinary backbone's layers; drop `rewired`".into(),
-            );
-        }
-        if self.uses_rewired_backbone() && matches!(self.backbone, BackboneConfig::ResNet(_)) {
-            return bad(
-                "rewired (reversible) training of whole models is implemented for ViT and Swin \
-                 backbones; for ResNet chains (frozen BatchNorm) use `reversible::RevChain` \
-                 directly (docs/reversible.md)"
-                    .into(),
-            );
-        }
+        // Settings that must go together: the plan is the one place that checks them.
+        super::plan::TrainPlan::from_config(self)?;
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use burn::tensor::Device;
 
 use super::checkpoint::Checkpoint;
 use super::dataset::TalVideo;
-use super::model::{Detector, TalModel, adapter_layers};
+use super::model::{Detector, TalModel};
 use super::trainer::load_model;
 use crate::data::annotations::VideoDetections;
 use crate::data::source::open_source;
@@ -52,17 +52,12 @@ pub fn video_id(path: &Path) -> String {
         .unwrap_or_else(|| "video".into())
 }
 
-/// The model of checkpoint `ck` with its inference weights (the EMA where the run keeps one),
-/// and the backbone layers its adapters read (none without adapters): what a [`Detector`]
-/// needs.
-pub fn trained_model(ck: &Checkpoint, device: &Device) -> Result<(TalModel, Vec<usize>)> {
+/// The model of checkpoint `ck` with its inference weights (the EMA where the run keeps one):
+/// what a [`Detector`] runs.
+pub fn trained_model(ck: &Checkpoint, device: &Device) -> Result<TalModel> {
     let mut model = load_model(ck, device)?;
     ck.load_inference_weights(&mut model)?;
-    let layers = match model.adapter {
-        Some(_) => adapter_layers(&ck.meta.config, &model.backbone)?,
-        None => Vec::new(),
-    };
-    Ok((model, layers))
+    Ok(model)
 }
 
 /// Run the detector of the run (or checkpoint folder) `checkpoint` on the video at `input`: a
@@ -106,13 +101,8 @@ pub fn detect_video(
     let (h, w) = ck.meta.frame_size;
     let frames = src.read_all(Some((h, w)))?;
     let video = TalVideo::unannotated(frames, fps)?;
-    let (model, layers) = trained_model(&ck, device)?;
-    let det = Detector {
-        model: &model,
-        cfg,
-        layers,
-        device: device.clone(),
-    };
+    let model = trained_model(&ck, device)?;
+    let det = Detector::new(&model, cfg, device)?;
     let detections = det.detect(&video)?;
     Ok(VideoInference {
         id: video.id.clone(),

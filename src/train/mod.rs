@@ -9,9 +9,11 @@ pub mod dataset;
 pub mod ema;
 pub mod infer;
 pub mod model;
+pub mod plan;
 pub mod pretrain;
 pub mod schedule;
 pub mod stages;
+mod step;
 pub mod trainer;
 pub mod workspace;
 
@@ -20,6 +22,7 @@ pub use config::{BackboneConfig, TrainConfig, TrainMode};
 pub use dataset::{TalDataset, TalVideo};
 pub use infer::{VideoInference, detect_video};
 pub use model::{Detector, TalModel};
+pub use plan::TrainPlan;
 pub use pretrain::{PretrainConfig, PretrainOutcome, pretrain};
 pub use trainer::{
     ResumeChanges, RunOptions, TrainOutcome, load_model, prepare_run_folder, resume, resume_with,

@@ -6,7 +6,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::config::{TrainConfig, TrainMode};
 use crate::adapter::losa::{Losa, LosaInput};
-use crate::backbone::{Backbone, LayerTaps};
+use crate::backbone::{Backbone, BackboneOutput, LayerTaps, Network};
 use crate::data::clips::{ClipSamplingConfig, clip_range};
 use crate::data::frames::Frames;
 use crate::error::{Error, Result};
@@ -149,38 +149,66 @@ impl TalModel {
     }
 }
 
-/// Run `backbone` without a graph over every clip of `frames`, `chunk` clips at a time.
+/// How a frozen backbone runs: which network, which layers it also returns, how many clips per
+/// call.
+#[derive(Debug, Clone, Copy)]
+pub struct Extraction<'a> {
+    /// The backbone's network (rewired: as trained in mode `reversible`; no layer taps).
+    pub network: Network,
+    /// Intermediate layers kept (LoSA's inputs).
+    pub taps: LayerTaps<'a>,
+    /// Clips per backbone call.
+    pub chunk: usize,
+}
+
+impl Extraction<'_> {
+    /// The plain network's last-layer features, `chunk` clips per call.
+    pub fn features(chunk: usize) -> Self {
+        Extraction {
+            network: Network::Plain,
+            taps: LayerTaps::default(),
+            chunk,
+        }
+    }
+
+    /// `backbone`'s outputs for one batch of clips (no graph when `clips` has none).
+    pub(crate) fn outputs(&self, backbone: &Backbone, clips: Tensor<5>) -> Result<VideoFeatures> {
+        let out = match self.network {
+            Network::Rewired => BackboneOutput {
+                features: backbone.forward_rewired_inference(clips)?,
+                intermediates: Vec::new(),
+            },
+            Network::Plain => {
+                backbone.forward_tapped(clips, self.taps.layers, self.taps.max_tokens)?
+            }
+        };
+        Ok(VideoFeatures {
+            features: out.features,
+            layers: out.intermediates,
+        })
+    }
+}
+
+/// Run `backbone` without a graph over every clip of `frames`, `how.chunk` clips at a time.
 ///
 /// # Shapes
 /// - output `features`: `[T, C]`, `layers[i]`: `[T, L_i, C_i]`
-///
-/// `rewired`: run a ViT in its reversible (rewired) form, as trained in mode `reversible`.
 pub fn extract_features(
     backbone: &Backbone,
     frames: &Frames,
     clips: &ClipSamplingConfig,
-    taps: LayerTaps<'_>,
-    chunk: usize,
-    rewired: bool,
+    how: Extraction<'_>,
     device: &Device,
 ) -> Result<VideoFeatures> {
     let device = device.clone().without_autodiff();
     let n = clips.num_clips(&frames.video, frames.len)?;
-    let (mut feats, mut inter) = (Vec::new(), vec![Vec::new(); taps.layers.len()]);
+    let (mut feats, mut inter) = (Vec::new(), vec![Vec::new(); how.taps.layers.len()]);
     let mut start = 0;
     while start < n {
-        let count = chunk.min(n - start);
-        let x = clip_range(frames, clips, start, count, &device)?;
-        let out = if rewired {
-            crate::backbone::BackboneOutput {
-                features: backbone.forward_rewired_inference(x)?,
-                intermediates: Vec::new(),
-            }
-        } else {
-            backbone.forward_tapped(x, taps.layers, taps.max_tokens)?
-        };
+        let count = how.chunk.max(1).min(n - start);
+        let out = how.outputs(backbone, clip_range(frames, clips, start, count, &device)?)?;
         feats.push(out.features);
-        for (acc, t) in inter.iter_mut().zip(out.intermediates) {
+        for (acc, t) in inter.iter_mut().zip(out.layers) {
             acc.push(t);
         }
         start += count;
@@ -221,30 +249,54 @@ pub fn run_head(head: &TalHead, features: Tensor<2>) -> Result<HeadOutput> {
 
 /// Turns videos into detections with a trained model, without a graph.
 pub struct Detector<'a> {
-    /// The model (any device; run on its inner, non-autodiff backend).
-    pub model: &'a TalModel,
-    /// The run's settings (clips, head pyramid, post-processing).
-    pub cfg: &'a TrainConfig,
+    model: &'a TalModel,
+    cfg: &'a TrainConfig,
     /// Backbone layers the adapters read (empty without adapters).
-    pub layers: Vec<usize>,
-    /// Device the clips are built on.
-    pub device: Device,
+    layers: Vec<usize>,
+    device: Device,
 }
 
-impl Detector<'_> {
+impl<'a> Detector<'a> {
+    /// A detector of `model` trained with `cfg` (clips, head pyramid, post-processing, the
+    /// layers its adapters read), building clips on `device`; the model may sit on any device
+    /// and runs on its inner, non-autodiff backend.
+    pub fn new(model: &'a TalModel, cfg: &'a TrainConfig, device: &Device) -> Result<Self> {
+        let layers = match model.adapter {
+            Some(_) => adapter_layers(cfg, &model.backbone)?,
+            None => Vec::new(),
+        };
+        Ok(Detector {
+            model,
+            cfg,
+            layers,
+            device: device.clone(),
+        })
+    }
+
+    /// The backbone layers the adapters read (empty without adapters).
+    pub fn layers(&self) -> &[usize] {
+        &self.layers
+    }
+
+    /// How this detector runs the backbone.
+    pub fn extraction(&self) -> Extraction<'_> {
+        Extraction {
+            network: network_of(self.cfg),
+            taps: LayerTaps {
+                layers: &self.layers,
+                max_tokens: self.model.adapter.as_ref().map_or(0, |a| a.max_tokens),
+            },
+            chunk: self.cfg.inference_chunk,
+        }
+    }
+
     /// Backbone outputs of one video.
     pub fn features(&self, video: &TalVideo) -> Result<VideoFeatures> {
-        let taps = LayerTaps {
-            layers: &self.layers,
-            max_tokens: self.model.adapter.as_ref().map_or(0, |a| a.max_tokens),
-        };
         extract_features(
             &self.model.backbone,
             &video.frames,
             &self.cfg.clips,
-            taps,
-            self.cfg.inference_chunk,
-            self.cfg.uses_rewired_backbone(),
+            self.extraction(),
             &self.device,
         )
     }
@@ -280,6 +332,15 @@ impl Detector<'_> {
             video.duration,
             &self.cfg.post,
         )
+    }
+}
+
+/// The network a run with `cfg` trains and infers with (mode `reversible`, or `rewired` set).
+pub(crate) fn network_of(cfg: &TrainConfig) -> Network {
+    if cfg.uses_rewired_backbone() {
+        Network::Rewired
+    } else {
+        Network::Plain
     }
 }
 

@@ -297,7 +297,7 @@ pub fn pretrain_from(
             // Rewired: Re2TAL's reversible step (blocks recomputed from their outputs in the
             // backward pass, no cached activations); gradients equal autodiff's.
             b if cfg.rewired => {
-                let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9);
+                let seed = crate::seed::mix(cfg.seed, step as u64);
                 let mut tape = ReversibleTape::new();
                 let logits = model.fc.forward(b.forward_reversible(x, seed, &mut tape)?);
                 let loss = ce.forward(logits.clone(), y.clone());

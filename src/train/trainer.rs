@@ -12,33 +12,33 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState};
-use super::config::{TrainConfig, TrainMode};
+use super::config::TrainConfig;
 use super::dataset::TalDataset;
 use super::ema::ema_update;
-use super::model::{
-    Detector, TalModel, VideoFeatures, adapter_layers, head_input, materialize, run_head,
-};
+use super::model::{Detector, TalModel, VideoFeatures, adapter_layers, materialize};
+use super::plan::TrainPlan;
 use super::schedule::WarmupCosine;
-use crate::backbone::{Backbone, BackboneOutput};
+use super::step::{self, Computed, ModeStep, Objective, Window};
+use crate::backbone::Backbone;
 use crate::data::annotations::{Predictions, Subset, VideoDetections};
-use crate::data::clips::clip_range;
 use crate::data::frames::Frames;
 use crate::data::lofi::{Fidelity, LoFiMode};
 use crate::data::npy::FeatureSequence;
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
 use crate::reversible::SegmentDrift;
+use crate::seed::mix;
 use crate::tal::assign::{GtSegment, assign};
-use crate::tal::loss::{LossNormalizer, video_loss};
+use crate::tal::loss::LossNormalizer;
 
 /// How a run is driven (not part of the model's configuration).
 #[derive(Debug, Clone, Default)]
@@ -116,16 +116,6 @@ pub struct TrainOutcome {
     pub evaluation: Option<(Predictions, EvalReport)>,
     /// Peak bytes allocated during one training step (counting allocator installed only).
     pub peak_step_bytes: Option<usize>,
-}
-
-/// Deterministic 64-bit mix of a seed and a counter (splitmix64).
-fn mix(seed: u64, n: u64) -> u64 {
-    let mut z = seed
-        ^ n.wrapping_add(0x9E37_79B9_7F4A_7C15)
-            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Start a new run: build the model around `backbone` (fresh or with loaded weights) and train.
@@ -288,104 +278,16 @@ fn new_optimizers(cfg: &TrainConfig) -> (ModuleOptimizer, ModuleOptimizer) {
     (adamw(), adamw())
 }
 
-/// Squared L2 norm of `module`'s gradients in `grads`, as a tensor sum.
-struct SquaredNorm<'a> {
-    grads: &'a GradientsParams,
-    sum: Option<Tensor<1>>,
-}
-
-impl ModuleVisitor for SquaredNorm<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.get::<D>(param.id) {
-            let s = g.square().sum();
-            self.sum = Some(match self.sum.take() {
-                Some(acc) => acc + s,
-                None => s,
-            });
-        }
-    }
-}
-
-struct Scale<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl ModuleVisitor for Scale<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g * self.factor);
-        }
-    }
-}
-
-/// The gradients of one step, per optimised part.
-struct StepGrads {
-    backbone: Option<GradientsParams>,
-    adapter: Option<GradientsParams>,
-    head: GradientsParams,
-}
-
-impl StepGrads {
-    /// Clip the global norm over all parts to `max` (ActionFormer's `clip_grad_l2norm`);
-    /// returns the norm before clipping.
-    fn clip(&mut self, model: &TalModel, max: f64) -> f64 {
-        let mut total: Option<Tensor<1>> = None;
-        let mut add = |s: Option<Tensor<1>>| {
-            if let Some(s) = s {
-                total = Some(match total.take() {
-                    Some(t) => t + s,
-                    None => s,
-                });
-            }
-        };
-        let mut v = SquaredNorm {
-            grads: &self.head,
-            sum: None,
-        };
-        model.head.visit(&mut v);
-        add(v.sum);
-        if let (Some(g), Some(a)) = (&self.adapter, &model.adapter) {
-            let mut v = SquaredNorm {
-                grads: g,
-                sum: None,
-            };
-            a.visit(&mut v);
-            add(v.sum);
-        }
-        if let Some(g) = &self.backbone {
-            let mut v = SquaredNorm {
-                grads: g,
-                sum: None,
-            };
-            model.backbone.visit(&mut v);
-            add(v.sum);
-        }
-        let norm = total.map_or(0.0, |t| t.into_scalar::<f64>().sqrt());
-        if max > 0.0 && norm > max {
-            let factor = max / (norm + 1e-6);
-            model.head.visit(&mut Scale {
-                grads: &mut self.head,
-                factor,
-            });
-            if let (Some(g), Some(a)) = (&mut self.adapter, &model.adapter) {
-                a.visit(&mut Scale { grads: g, factor });
-            }
-            if let Some(g) = &mut self.backbone {
-                model.backbone.visit(&mut Scale { grads: g, factor });
-            }
-        }
-        norm
-    }
-}
-
 /// Everything fixed during a run.
 struct Ctx<'a> {
     cfg: &'a TrainConfig,
+    /// The run's mode with its settings.
+    plan: TrainPlan,
+    /// The mode's step.
+    step: Box<dyn ModeStep>,
     data: &'a TalDataset,
     train_idx: Vec<usize>,
     val_idx: Vec<usize>,
-    layers: Vec<usize>,
     device: Device,
     /// Frozen-backbone modes with `cache_features`: every video's backbone outputs (head-only:
     /// the last layer, `[T, C]`; adapter: also the tapped layers), extracted once, no graph.
@@ -435,17 +337,18 @@ fn run(
     let steps_per_epoch = train_idx.len();
     let total = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
-    let layers = if cfg.mode == TrainMode::Adapter {
-        adapter_layers(&cfg, &model.backbone)?
-    } else {
-        Vec::new()
+    let plan = TrainPlan::from_config(&cfg)?;
+    let layers = match model.adapter {
+        Some(_) => adapter_layers(&cfg, &model.backbone)?,
+        None => Vec::new(),
     };
     let mut ctx = Ctx {
         cfg: &cfg,
+        step: step::for_plan(&plan, layers),
+        plan,
         data,
         train_idx,
         val_idx: data.indices(Subset::Validation),
-        layers,
         device: device.clone(),
         cached: vec![None; data.videos.len()],
         lofi_frames: HashMap::new(),
@@ -462,7 +365,7 @@ fn run(
             total,
         },
     };
-    if cfg.caches_features() {
+    if ctx.plan.caches_features() {
         cache_features(&mut ctx, &model, &opts.out_dir, opts.quiet)?;
     }
     resize_for_lofi(&mut ctx, frame_size(data)?);
@@ -509,7 +412,9 @@ fn run(
                 break;
             }
             let v = order[meta.state.step_in_epoch];
-            let fidelity = cfg.lofi.fidelity(epoch, meta.state.step_in_epoch);
+            let fidelity = ctx.plan.sampling().map_or(Fidelity::full(), |s| {
+                s.fidelity(epoch, meta.state.step_in_epoch)
+            });
             let t0 = Instant::now();
             let (result, bytes) = crate::memory::measure_on(&ctx.device, || {
                 train_step(
@@ -625,7 +530,9 @@ fn run(
 
 /// Resize the training videos once for every reduced frame size `cfg.lofi` can ask for.
 fn resize_for_lofi(ctx: &mut Ctx, (h, w): (usize, usize)) {
-    let lofi = &ctx.cfg.lofi;
+    let Some(lofi) = ctx.plan.sampling().map(|s| s.lofi.clone()) else {
+        return;
+    };
     let used = match lofi.mode {
         LoFiMode::Full | LoFiMode::Temporal => vec![],
         LoFiMode::Spatial => vec![lofi.spatial],
@@ -653,16 +560,12 @@ fn resize_for_lofi(ctx: &mut Ctx, (h, w): (usize, usize)) {
 /// adapter: the tapped layers too, `clips x layers x max_tokens x width` floats per video).
 fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
-    let det = Detector {
-        model: &model.valid(),
-        cfg: ctx.cfg,
-        layers: ctx.layers.clone(),
-        device: ctx.device.clone(),
-    };
+    let valid = model.valid();
+    let det = Detector::new(&valid, ctx.cfg, &ctx.device)?;
     let mut floats = 0usize;
     for (i, v) in ctx.data.videos.iter().enumerate() {
         let f = det.features(v)?;
-        if ctx.layers.is_empty() {
+        if det.layers().is_empty() {
             FeatureSequence::from_tensor(f.features.clone())
                 .write(&run.join("features").join(format!("{}.npy", v.id)))?;
         }
@@ -670,7 +573,7 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
         ctx.cached[i] = Some(f);
     }
     if !quiet {
-        let written = if ctx.layers.is_empty() {
+        let written = if det.layers().is_empty() {
             format!(" -> {}", run.join("features").display())
         } else {
             String::new()
@@ -722,10 +625,9 @@ fn train_step(
             None => f,
         }
     };
-    let device = &ctx.device;
     let step_seed = mix(cfg.seed ^ 0x5EED, step as u64);
     // Burn's own randomness (stochastic depth outside the reversible chain) replays on resume.
-    device.seed(step_seed);
+    ctx.device.seed(step_seed);
     let mut rng = ChaCha8Rng::seed_from_u64(step_seed);
     let n = clip_cfg.num_clips(&video.id, frames.len)?;
     let (start, count) = ctx.window(n, &mut rng);
@@ -741,143 +643,32 @@ fn train_step(
     let points = cfg.head.pyramid.points(model.head.padded_len(count));
     let targets = assign(&points, &gts, ctx.data.classes.len(), &cfg.assign);
     let positives = targets.positive.iter().filter(|&&p| p).count();
-    let norm = normalizer.update(positives);
-    let loss_of = |features: Tensor<2>, head| -> Result<Tensor<1>> {
-        let out = run_head(head, features)?;
-        video_loss(&out, &targets, norm, &cfg.loss)
+    let objective = Objective {
+        targets,
+        norm: normalizer.update(positives),
+        cfg: &cfg.loss,
+        video: &video.id,
+        step,
     };
-    let check = |loss: &Tensor<1>| -> Result<f64> {
-        let value = loss.clone().into_scalar::<f64>();
-        if value.is_finite() {
-            Ok(value)
-        } else {
-            Err(Error::NonFiniteLoss {
-                video: video.id.clone(),
-                step,
-                value,
-            })
-        }
+    let window = Window {
+        frames,
+        clips: clip_cfg,
+        start,
+        count,
+        cached: ctx.cached[v].as_ref(),
+        augment: ctx
+            .plan
+            .sampling()
+            .map(|s| &s.augment)
+            .filter(|a| !a.is_identity()),
+        seed: step_seed,
+        device: &ctx.device,
     };
-    // Drawn after the window, from the step's own generator: resume replays it.
-    let aug_rng = || ChaCha8Rng::seed_from_u64(mix(step_seed, 0xA06));
-    let clips = || -> Result<Tensor<5>> {
-        let x = clip_range(frames, &clip_cfg, start, count, device)?;
-        Ok(cfg.augment.apply(x, &mut aug_rng()))
-    };
-    // The frozen backbone without a graph (head-only without a feature cache, LoSA).
-    let frozen_forward = |layers: &[usize]| -> Result<BackboneOutput> {
-        let x = clip_range(
-            frames,
-            &clip_cfg,
-            start,
-            count,
-            &device.clone().without_autodiff(),
-        )?;
-        let x = cfg.augment.apply(x, &mut aug_rng());
-        let frozen = model.backbone.valid();
-        if cfg.uses_rewired_backbone() && layers.is_empty() {
-            Ok(BackboneOutput {
-                features: frozen.forward_rewired_inference(x)?,
-                intermediates: Vec::new(),
-            })
-        } else {
-            // LoSA's token budget applies as each layer is produced (bounded memory).
-            let max_tokens = model.adapter.as_ref().map_or(0, |a| a.max_tokens);
-            frozen.forward_tapped(x, layers, max_tokens)
-        }
-    };
-    let mut drift = None;
-    let (value, mut grads) = match cfg.mode {
-        TrainMode::HeadOnly => {
-            let f = match &ctx.cached[v] {
-                Some(f) => f.features.clone().narrow(0, start, count),
-                None => frozen_forward(&[])?.features,
-            };
-            let loss = loss_of(f.autodiff(), &model.head)?;
-            let value = check(&loss)?;
-            let mut g = loss.backward();
-            let head = GradientsParams::from_module(&mut g, &model.head);
-            (
-                value,
-                StepGrads {
-                    backbone: None,
-                    adapter: None,
-                    head,
-                },
-            )
-        }
-        TrainMode::Full => {
-            let f = if cfg.rewired {
-                model.backbone.forward_rewired(clips()?, step_seed)?
-            } else {
-                model.backbone.forward(clips()?, &[])?.features
-            };
-            let loss = loss_of(f, &model.head)?;
-            let value = check(&loss)?;
-            let mut g = loss.backward();
-            let backbone = GradientsParams::from_module(&mut g, &model.backbone);
-            let head = GradientsParams::from_module(&mut g, &model.head);
-            (
-                value,
-                StepGrads {
-                    backbone: Some(backbone),
-                    adapter: None,
-                    head,
-                },
-            )
-        }
-        TrainMode::Reversible => {
-            let mut tape = cfg.drift.tape(step);
-            let f = model
-                .backbone
-                .forward_reversible(clips()?, step_seed, &mut tape)?;
-            let loss = loss_of(f, &model.head)?;
-            let value = check(&loss)?;
-            let mut g = tape.backward(loss)?;
-            drift = g.worst_drift();
-            (
-                value,
-                StepGrads {
-                    backbone: Some(g.params(&model.backbone)),
-                    adapter: None,
-                    head: g.params(&model.head),
-                },
-            )
-        }
-        TrainMode::Adapter => {
-            let f = match &ctx.cached[v] {
-                Some(f) => f.clone().narrow(start, count),
-                None => {
-                    let out = frozen_forward(&ctx.layers)?;
-                    VideoFeatures {
-                        features: out.features,
-                        layers: out.intermediates,
-                    }
-                }
-            };
-            let f = VideoFeatures {
-                features: f.features.autodiff(),
-                layers: f.layers.into_iter().map(|t| t.autodiff()).collect(),
-            };
-            let adapter = model
-                .adapter
-                .as_ref()
-                .expect("adapter mode builds adapters");
-            let loss = loss_of(head_input(Some(adapter), f)?, &model.head)?;
-            let value = check(&loss)?;
-            let mut g = loss.backward();
-            let a = GradientsParams::from_module(&mut g, adapter);
-            let head = GradientsParams::from_module(&mut g, &model.head);
-            (
-                value,
-                StepGrads {
-                    backbone: None,
-                    adapter: Some(a),
-                    head,
-                },
-            )
-        }
-    };
+    let Computed {
+        loss,
+        mut grads,
+        drift,
+    } = ctx.step.compute(&model, &window, &objective)?;
     grads.clip(&model, cfg.clip_grad_norm);
     let (lr_h, lr_b) = (ctx.sched_head.at(step), ctx.sched_backbone.at(step));
     let TalModel {
@@ -898,7 +689,7 @@ fn train_step(
             adapter,
             head,
         },
-        StepReport { loss: value, drift },
+        StepReport { loss, drift },
     ))
 }
 
@@ -912,12 +703,7 @@ struct StepReport {
 /// Detect on every validation video and compute mAP at THUMOS thresholds.
 fn evaluate_model(ctx: &Ctx, model: &TalModel) -> Result<(Predictions, EvalReport)> {
     let valid = model.valid();
-    let det = Detector {
-        model: &valid,
-        cfg: ctx.cfg,
-        layers: ctx.layers.clone(),
-        device: ctx.device.clone(),
-    };
+    let det = Detector::new(&valid, ctx.cfg, &ctx.device)?;
     let mut videos = Vec::new();
     for &i in &ctx.val_idx {
         let v = &ctx.data.videos[i];

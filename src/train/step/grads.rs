@@ -1,0 +1,88 @@
+//! The gradients of one step, per optimised part, and the global-norm clipping over them.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+use crate::train::model::TalModel;
+
+/// The gradients of one step, per optimised part (each part has its own optimizer and
+/// schedule: the backbone's, and the head's that the adapters share).
+pub(crate) struct StepGrads {
+    /// Backbone (modes that fine-tune it).
+    pub backbone: Option<GradientsParams>,
+    /// LoSA adapters (mode `adapter`).
+    pub adapter: Option<GradientsParams>,
+    /// Head (every mode).
+    pub head: GradientsParams,
+}
+
+/// Squared L2 norm of `module`'s gradients in `grads`, as a tensor sum.
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            let s = g.square().sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+    }
+}
+
+fn squared_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
+    let mut v = SquaredNorm { grads, sum: None };
+    module.visit(&mut v);
+    v.sum
+}
+
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            self.grads.register(param.id, g * self.factor);
+        }
+    }
+}
+
+impl StepGrads {
+    /// Clip the global norm over all parts to `max` (ActionFormer's `clip_grad_l2norm`; 0: no
+    /// clipping); returns the norm before clipping.
+    pub fn clip(&mut self, model: &TalModel, max: f64) -> f64 {
+        let parts = [
+            squared_norm(&model.head, &self.head),
+            self.adapter
+                .as_ref()
+                .zip(model.adapter.as_ref())
+                .and_then(|(g, a)| squared_norm(a, g)),
+            self.backbone
+                .as_ref()
+                .and_then(|g| squared_norm(&model.backbone, g)),
+        ];
+        let total = parts.into_iter().flatten().reduce(|a, b| a + b);
+        let norm = total.map_or(0.0, |t| t.into_scalar::<f64>().sqrt());
+        if max > 0.0 && norm > max {
+            let factor = max / (norm + 1e-6);
+            model.head.visit(&mut Scale {
+                grads: &mut self.head,
+                factor,
+            });
+            if let (Some(g), Some(a)) = (&mut self.adapter, &model.adapter) {
+                a.visit(&mut Scale { grads: g, factor });
+            }
+            if let Some(g) = &mut self.backbone {
+                model.backbone.visit(&mut Scale { grads: g, factor });
+            }
+        }
+        norm
+    }
+}

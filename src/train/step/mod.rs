@@ -1,0 +1,136 @@
+//! One optimisation step, per training mode, behind one interface: the loop in
+//! [`trainer`](super::trainer) picks a window of a video, builds its [`Objective`], asks the
+//! mode's [`ModeStep`] for the loss and the gradients of the parts it trains, then clips them
+//! and steps the optimizers. This is where the three papers compose: a step reads its clips at
+//! the fidelity the LoFi sampler chose ([`Window`]), and the mode decides how the backbone runs
+//! (frozen with LoSA adapters, plain autodiff, or the reversible pass).
+
+mod grads;
+mod modes;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+pub(crate) use grads::StepGrads;
+pub(crate) use modes::for_plan;
+
+use super::model::{Extraction, TalModel, VideoFeatures, run_head};
+use crate::data::ClipSamplingConfig;
+use crate::data::augment::AugmentConfig;
+use crate::data::clips::clip_range;
+use crate::data::frames::Frames;
+use crate::error::{Error, Result};
+use crate::reversible::SegmentDrift;
+use crate::seed::mix;
+use crate::tal::assign::Targets;
+use crate::tal::head::TalHead;
+use crate::tal::loss::{LossConfig, video_loss};
+
+/// The clips one step trains on: `count` consecutive clips of one video from `start`, at the
+/// step's fidelity.
+pub(crate) struct Window<'a> {
+    /// The video's frames at the step's frame size.
+    pub frames: &'a Frames,
+    /// Clip sampling at the step's temporal fidelity.
+    pub clips: ClipSamplingConfig,
+    /// First clip.
+    pub start: usize,
+    /// Number of clips.
+    pub count: usize,
+    /// The frozen backbone's outputs for the whole video, when the run cached them.
+    pub cached: Option<&'a VideoFeatures>,
+    /// Clip augmentation, when the run augments.
+    pub augment: Option<&'a AugmentConfig>,
+    /// The step's seed: stochastic depth of the rewired network and the augmentation draws
+    /// derive from it, so a resumed run replays them.
+    pub seed: u64,
+    /// The step's device (autodiff).
+    pub device: &'a Device,
+}
+
+impl Window<'_> {
+    /// The window's clips on `device`, augmented when the run augments.
+    ///
+    /// # Shapes
+    /// - output: `[count, 3, F, H, W]`
+    pub fn clips_on(&self, device: &Device) -> Result<Tensor<5>> {
+        let x = clip_range(self.frames, &self.clips, self.start, self.count, device)?;
+        Ok(match self.augment {
+            // Drawn from the step's own generator: resume replays it.
+            Some(a) => a.apply(x, &mut ChaCha8Rng::seed_from_u64(mix(self.seed, 0xA06))),
+            None => x,
+        })
+    }
+
+    /// The window's clips on the step's (autodiff) device.
+    pub fn clips(&self) -> Result<Tensor<5>> {
+        self.clips_on(self.device)
+    }
+
+    /// The frozen backbone's outputs for the window: the cached ones, or a forward without a
+    /// graph now.
+    pub fn frozen(&self, model: &TalModel, how: Extraction<'_>) -> Result<VideoFeatures> {
+        if let Some(f) = self.cached {
+            return Ok(f.clone().narrow(self.start, self.count));
+        }
+        let x = self.clips_on(&self.device.clone().without_autodiff())?;
+        how.outputs(&model.backbone.valid(), x)
+    }
+}
+
+/// The loss of a step: the head on the window's features against its targets, with the loss
+/// normaliser's value of this step. A non-finite loss is an error naming the video and step.
+pub(crate) struct Objective<'a> {
+    /// Targets for every point of the head's pyramid over the window.
+    pub targets: Targets,
+    /// The loss normaliser's value.
+    pub norm: f64,
+    /// Loss settings.
+    pub cfg: &'a LossConfig,
+    /// Video id (for errors).
+    pub video: &'a str,
+    /// Global step (for errors).
+    pub step: usize,
+}
+
+impl Objective<'_> {
+    /// The loss of `head` on `features` (`[T, C]`) and its value, checked finite.
+    pub fn loss(&self, head: &TalHead, features: Tensor<2>) -> Result<(Tensor<1>, f64)> {
+        let out = run_head(head, features)?;
+        let loss = video_loss(&out, &self.targets, self.norm, self.cfg)?;
+        let value = loss.clone().into_scalar::<f64>();
+        if value.is_finite() {
+            Ok((loss, value))
+        } else {
+            Err(Error::NonFiniteLoss {
+                video: self.video.to_string(),
+                step: self.step,
+                value,
+            })
+        }
+    }
+}
+
+/// What a mode's step computed.
+pub(crate) struct Computed {
+    /// The loss value.
+    pub loss: f64,
+    /// The gradients of the parts the mode trains.
+    pub grads: StepGrads,
+    /// The drift monitor's worst reading, on checked reversible steps.
+    pub drift: Option<SegmentDrift>,
+}
+
+/// How one training mode turns a window into a loss and gradients. The loop around it (data
+/// order, schedules, clipping, optimizers, checkpoints, resume) is the same for every mode.
+pub(crate) trait ModeStep {
+    /// The loss of `model` on `window` under `objective`, and its gradients.
+    fn compute(
+        &self,
+        model: &TalModel,
+        window: &Window<'_>,
+        objective: &Objective<'_>,
+    ) -> Result<Computed>;
+}
