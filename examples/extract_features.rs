@@ -100,11 +100,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             &v.frames,
             &cfg.clips,
             Extraction {
-                network: if a.rewired {
-                    Network::Rewired
-                } else {
-                    Network::Plain
-                },
+                network: Network::rewired_if(a.rewired),
                 ..Extraction::features(a.chunk)
             },
             &device,

@@ -30,6 +30,17 @@ pub enum Network {
     Rewired,
 }
 
+impl Network {
+    /// `Rewired` when `rewired`, else `Plain` (the configs' `rewired` flag).
+    pub fn rewired_if(rewired: bool) -> Self {
+        if rewired {
+            Network::Rewired
+        } else {
+            Network::Plain
+        }
+    }
+}
+
 /// Which intermediate layers a forward keeps, and how many tokens per clip of each.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LayerTaps<'a> {

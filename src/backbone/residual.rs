@@ -60,6 +60,20 @@ thread_local! {
     static DROP_PATH_KEY: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
 }
 
+/// Stochastic-depth probabilities of `n` blocks: rising linearly from 0 at the first block to
+/// `rate` at the last (the schedule VideoMAE, Video Swin and timm use).
+pub fn drop_path_schedule(rate: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| {
+            if n > 1 {
+                rate * i as f64 / (n - 1) as f64
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// Run `f` with stochastic depth replayable under `key`: inside, every [`drop_path`] call is
 /// active and draws its per-sample mask from a host RNG seeded with `key`, so calling a branch
 /// twice under the same key drops the same samples. Reversible training wraps each branch call,

@@ -10,7 +10,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig3d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::residual::{ResidualBranch, drop_path};
+use super::residual::{ResidualBranch, drop_path, drop_path_schedule};
 use super::{BackboneOutput, check_input, check_layers};
 use crate::error::Result;
 
@@ -55,33 +55,53 @@ pub struct ConvBn {
     pub bn: BatchNorm,
 }
 
-impl ConvBn {
-    fn new(
-        cin: usize,
-        cout: usize,
-        k: [usize; 3],
-        stride: [usize; 3],
-        pad: [usize; 3],
-        norm_eval: bool,
-        device: &Device,
-    ) -> Self {
-        let mut bn = BatchNormConfig::new(cout)
-            .with_epsilon(1e-5)
-            .with_momentum(0.1)
-            .init(device);
-        if norm_eval {
-            bn.training = bn.training.with_value(false);
-        }
-        Self {
-            conv: Conv3dConfig::new([cin, cout], k)
-                .with_stride(stride)
-                .with_padding(PaddingConfig3d::Explicit(pad[0], pad[1], pad[2]))
+/// A BatchNorm over `channels` (PyTorch's eps and momentum); `norm_eval` freezes it (running
+/// statistics, no update), as detection fine-tuning of these backbones does.
+fn batch_norm(channels: usize, norm_eval: bool, device: &Device) -> BatchNorm {
+    let mut bn = BatchNormConfig::new(channels)
+        .with_epsilon(1e-5)
+        .with_momentum(0.1)
+        .init(device);
+    if norm_eval {
+        bn.training = bn.training.with_value(false);
+    }
+    bn
+}
+
+/// [`ConvBn`]: a bias-free 3-D convolution and its BatchNorm.
+#[derive(Config, Debug)]
+pub struct ConvBnConfig {
+    /// Input and output channels.
+    pub channels: [usize; 2],
+    /// Kernel, `[t, h, w]`.
+    pub kernel: [usize; 3],
+    /// Stride. Default 1.
+    #[config(default = "[1, 1, 1]")]
+    pub stride: [usize; 3],
+    /// Zero padding on each side. Default none.
+    #[config(default = "[0, 0, 0]")]
+    pub padding: [usize; 3],
+    /// Frozen BatchNorm. Default false.
+    #[config(default = false)]
+    pub norm_eval: bool,
+}
+
+impl ConvBnConfig {
+    /// Build the layer.
+    pub fn init(&self, device: &Device) -> ConvBn {
+        let [t, h, w] = self.padding;
+        ConvBn {
+            conv: Conv3dConfig::new(self.channels, self.kernel)
+                .with_stride(self.stride)
+                .with_padding(PaddingConfig3d::Explicit(t, h, w))
                 .with_bias(false)
                 .init(device),
-            bn,
+            bn: batch_norm(self.channels[1], self.norm_eval, device),
         }
     }
+}
 
+impl ConvBn {
     /// # Shapes
     /// - x: `[N, C_in, T, H, W]` -> `[N, C_out, T', H', W']`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
@@ -101,19 +121,30 @@ pub struct ConvUnit {
     pub bn: BatchNorm,
 }
 
-impl ConvUnit {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        kind: ResNetKind,
-        cin: usize,
-        cout: usize,
-        mid: usize,
-        stride: usize,
-        norm_eval: bool,
-        device: &Device,
-    ) -> Self {
+/// [`ConvUnit`]: a 3x3x3 convolution (R3D) or its (2+1)-D factorisation with `mid` channels in
+/// between (R(2+1)D), stride on every axis, BatchNorm after.
+#[derive(Config, Debug)]
+pub struct ConvUnitConfig {
+    /// Which factorisation.
+    pub kind: ResNetKind,
+    /// Input and output channels.
+    pub channels: [usize; 2],
+    /// Channels between the spatial and temporal convolutions (R(2+1)D only).
+    pub mid: usize,
+    /// Stride on every axis. Default 1.
+    #[config(default = 1)]
+    pub stride: usize,
+    /// Frozen BatchNorm. Default false.
+    #[config(default = false)]
+    pub norm_eval: bool,
+}
+
+impl ConvUnitConfig {
+    /// Build the layer.
+    pub fn init(&self, device: &Device) -> ConvUnit {
+        let ([cin, cout], mid, stride) = (self.channels, self.mid, self.stride);
         let pad = |a, b, c| PaddingConfig3d::Explicit(a, b, c);
-        let (spatial, conv) = match kind {
+        let (spatial, conv) = match self.kind {
             ResNetKind::R3d => (
                 None,
                 Conv3dConfig::new([cin, cout], [3, 3, 3])
@@ -123,15 +154,13 @@ impl ConvUnit {
                     .init(device),
             ),
             ResNetKind::R2Plus1d => (
-                Some(ConvBn::new(
-                    cin,
-                    mid,
-                    [1, 3, 3],
-                    [1, stride, stride],
-                    [0, 1, 1],
-                    norm_eval,
-                    device,
-                )),
+                Some(
+                    ConvBnConfig::new([cin, mid], [1, 3, 3])
+                        .with_stride([1, stride, stride])
+                        .with_padding([0, 1, 1])
+                        .with_norm_eval(self.norm_eval)
+                        .init(device),
+                ),
                 Conv3dConfig::new([mid, cout], [3, 1, 1])
                     .with_stride([stride, 1, 1])
                     .with_padding(pad(1, 0, 0))
@@ -139,13 +168,15 @@ impl ConvUnit {
                     .init(device),
             ),
         };
-        let mut bn = BatchNormConfig::new(cout).with_epsilon(1e-5).init(device);
-        if norm_eval {
-            bn.training = bn.training.with_value(false);
+        ConvUnit {
+            spatial,
+            conv,
+            bn: batch_norm(cout, self.norm_eval, device),
         }
-        Self { spatial, conv, bn }
     }
+}
 
+impl ConvUnit {
     /// # Shapes
     /// - x: `[N, C_in, T, H, W]` -> `[N, C_out, T', H', W']`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
@@ -216,25 +247,29 @@ impl ResNet3dConfig {
         let ne = self.norm_eval;
         let w0 = self.widths[0];
         let stem = match self.kind {
-            ResNetKind::R3d => vec![ConvBn::new(
-                3,
-                w0,
-                [3, 7, 7],
-                [1, 2, 2],
-                [1, 3, 3],
-                ne,
-                device,
-            )],
+            ResNetKind::R3d => vec![
+                ConvBnConfig::new([3, w0], [3, 7, 7])
+                    .with_stride([1, 2, 2])
+                    .with_padding([1, 3, 3])
+                    .with_norm_eval(ne)
+                    .init(device),
+            ],
             ResNetKind::R2Plus1d => {
                 let mid = self.stem_mid;
                 vec![
-                    ConvBn::new(3, mid, [1, 7, 7], [1, 2, 2], [0, 3, 3], ne, device),
-                    ConvBn::new(mid, w0, [3, 1, 1], [1, 1, 1], [1, 0, 0], ne, device),
+                    ConvBnConfig::new([3, mid], [1, 7, 7])
+                        .with_stride([1, 2, 2])
+                        .with_padding([0, 3, 3])
+                        .with_norm_eval(ne)
+                        .init(device),
+                    ConvBnConfig::new([mid, w0], [3, 1, 1])
+                        .with_padding([1, 0, 0])
+                        .with_norm_eval(ne)
+                        .init(device),
                 ]
             }
         };
-        let total: usize = self.layers.iter().sum();
-        let mut idx = 0;
+        let mut dps = drop_path_schedule(self.drop_path_rate, self.layers.iter().sum()).into_iter();
         let mut cin = w0;
         let stages = self
             .layers
@@ -248,19 +283,22 @@ impl ResNet3dConfig {
                         let (bin, bout) = (if i == 0 { cin } else { w }, w);
                         // torchvision: both convolutions of a block share one mid width.
                         let mid = (bin * bout * 27) / (bin * 9 + 3 * bout);
-                        let dp = if total > 1 {
-                            self.drop_path_rate * idx as f64 / (total - 1) as f64
-                        } else {
-                            0.0
-                        };
-                        idx += 1;
+                        let dp = dps.next().expect("one probability per block");
                         let downsample = (stride != 1 || bin != bout).then(|| {
-                            ConvBn::new(bin, bout, [1, 1, 1], [stride; 3], [0, 0, 0], ne, device)
+                            ConvBnConfig::new([bin, bout], [1, 1, 1])
+                                .with_stride([stride; 3])
+                                .with_norm_eval(ne)
+                                .init(device)
                         });
                         BasicBlock {
                             branch: BasicBranch {
-                                conv1: ConvUnit::new(self.kind, bin, bout, mid, stride, ne, device),
-                                conv2: ConvUnit::new(self.kind, bout, bout, mid, 1, ne, device),
+                                conv1: ConvUnitConfig::new(self.kind, [bin, bout], mid)
+                                    .with_stride(stride)
+                                    .with_norm_eval(ne)
+                                    .init(device),
+                                conv2: ConvUnitConfig::new(self.kind, [bout, bout], mid)
+                                    .with_norm_eval(ne)
+                                    .init(device),
                                 drop_path: dp,
                             },
                             downsample,

@@ -10,7 +10,7 @@ use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::residual::{MlpBranch, ResidualBranch, TransformerBlock, drop_path};
+use super::residual::{MlpBranch, ResidualBranch, TransformerBlock, drop_path, drop_path_schedule};
 use super::{BackboneOutput, check_input, check_layers};
 use crate::error::Result;
 
@@ -74,8 +74,7 @@ impl SwinConfig {
                 .with_epsilon(self.layer_norm_eps)
                 .init(device)
         };
-        let total: usize = self.depths.iter().sum();
-        let mut idx = 0;
+        let mut dps = drop_path_schedule(self.drop_path_rate, self.depths.iter().sum()).into_iter();
         let n_stages = self.depths.len();
         let [wt, wh, ww] = self.window_size;
         let table_len = (2 * wt - 1) * (2 * wh - 1) * (2 * ww - 1);
@@ -89,12 +88,7 @@ impl SwinConfig {
                 let hidden = (dim as f64 * self.mlp_ratio) as usize;
                 let blocks = (0..depth)
                     .map(|i| {
-                        let dp = if total > 1 {
-                            self.drop_path_rate * idx as f64 / (total - 1) as f64
-                        } else {
-                            0.0
-                        };
-                        idx += 1;
+                        let dp = dps.next().expect("one probability per block");
                         let shift = if i % 2 == 0 {
                             [0; 3]
                         } else {

@@ -10,7 +10,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 pub use super::residual::MlpBranch;
-use super::residual::{ResidualBranch, TransformerBlock, drop_path};
+use super::residual::{ResidualBranch, TransformerBlock, drop_path, drop_path_schedule};
 use super::{BackboneOutput, check_input};
 use crate::error::Result;
 
@@ -103,30 +103,24 @@ impl VitConfig {
                 .init(device)
         };
         let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
-        let blocks = (0..self.depth)
-            .map(|i| {
-                let dp = if self.depth > 1 {
-                    self.drop_path_rate * i as f64 / (self.depth - 1) as f64
-                } else {
-                    0.0
-                };
-                VitBlock {
-                    attn: AttentionBranch {
-                        norm: ln(),
-                        query: lin(d, d, self.qkv_bias),
-                        key: lin(d, d, false),
-                        value: lin(d, d, self.qkv_bias),
-                        proj: lin(d, d, true),
-                        num_heads: self.num_heads,
-                        drop_path: dp,
-                    },
-                    mlp: MlpBranch {
-                        norm: ln(),
-                        fc1: lin(d, self.mlp_dim, true),
-                        fc2: lin(self.mlp_dim, d, true),
-                        drop_path: dp,
-                    },
-                }
+        let blocks = drop_path_schedule(self.drop_path_rate, self.depth)
+            .into_iter()
+            .map(|dp| VitBlock {
+                attn: AttentionBranch {
+                    norm: ln(),
+                    query: lin(d, d, self.qkv_bias),
+                    key: lin(d, d, false),
+                    value: lin(d, d, self.qkv_bias),
+                    proj: lin(d, d, true),
+                    num_heads: self.num_heads,
+                    drop_path: dp,
+                },
+                mlp: MlpBranch {
+                    norm: ln(),
+                    fc1: lin(d, self.mlp_dim, true),
+                    fc2: lin(self.mlp_dim, d, true),
+                    drop_path: dp,
+                },
             })
             .collect();
         VisionTransformer {

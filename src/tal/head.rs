@@ -74,27 +74,42 @@ pub struct MaskedConv1d {
     pub stride: usize,
 }
 
-impl MaskedConv1d {
-    fn new(
-        cin: usize,
-        cout: usize,
-        kernel: usize,
-        stride: usize,
-        groups: usize,
-        bias: bool,
-        device: &Device,
-    ) -> Self {
-        Self {
-            conv: Conv1dConfig::new(cin, cout, kernel)
-                .with_stride(stride)
-                .with_padding(PaddingConfig1d::Explicit(kernel / 2, kernel / 2))
-                .with_groups(groups)
-                .with_bias(bias)
+/// [`MaskedConv1d`]: a 1-D convolution with `kernel / 2` zero padding.
+#[derive(Config, Debug)]
+pub struct MaskedConv1dConfig {
+    /// Input and output channels.
+    pub channels: [usize; 2],
+    /// Kernel size.
+    pub kernel: usize,
+    /// Stride. Default 1.
+    #[config(default = 1)]
+    pub stride: usize,
+    /// Groups (the channel count: depthwise). Default 1.
+    #[config(default = 1)]
+    pub groups: usize,
+    /// Whether the convolution has a bias. Default true.
+    #[config(default = true)]
+    pub bias: bool,
+}
+
+impl MaskedConv1dConfig {
+    /// Build the layer.
+    pub fn init(&self, device: &Device) -> MaskedConv1d {
+        let [cin, cout] = self.channels;
+        let k = self.kernel;
+        MaskedConv1d {
+            conv: Conv1dConfig::new(cin, cout, k)
+                .with_stride(self.stride)
+                .with_padding(PaddingConfig1d::Explicit(k / 2, k / 2))
+                .with_groups(self.groups)
+                .with_bias(self.bias)
                 .init(device),
-            stride,
+            stride: self.stride,
         }
     }
+}
 
+impl MaskedConv1d {
     /// # Shapes
     /// - x: `[B, C, T]`, mask `[B, T]` -> `[B, C', T / stride]`, `[B, T / stride]`
     pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
@@ -223,7 +238,13 @@ impl HeadBlock {
         let d = cfg.embed_dim;
         let ln = || LayerNormConfig::new(d).init(device);
         let k = if stride > 1 { stride + 1 } else { 3 };
-        let dw = || MaskedConv1d::new(d, d, k, stride, d, false, device);
+        let dw = || {
+            MaskedConv1dConfig::new([d, d], k)
+                .with_stride(stride)
+                .with_groups(d)
+                .with_bias(false)
+                .init(device)
+        };
         let pw = |i, o| Conv1dConfig::new(i, o, 1).init(device);
         Self {
             ln1: ln(),
@@ -295,12 +316,16 @@ impl PredictionHead {
         let k = cfg.head_kernel;
         Self {
             convs: (0..cfg.head_layers)
-                .map(|_| MaskedConv1d::new(d, d, k, 1, 1, false, device))
+                .map(|_| {
+                    MaskedConv1dConfig::new([d, d], k)
+                        .with_bias(false)
+                        .init(device)
+                })
                 .collect(),
             norms: (0..cfg.head_layers)
                 .map(|_| LayerNormConfig::new(d).init(device))
                 .collect(),
-            out: MaskedConv1d::new(d, outputs, k, 1, 1, true, device),
+            out: MaskedConv1dConfig::new([d, outputs], k).init(device),
         }
     }
 
@@ -377,15 +402,10 @@ impl HeadConfig {
         Ok(TalHead {
             embed: (0..self.embed_convs)
                 .map(|i| {
-                    MaskedConv1d::new(
-                        if i == 0 { self.input_dim } else { d },
-                        d,
-                        3,
-                        1,
-                        1,
-                        false,
-                        device,
-                    )
+                    let cin = if i == 0 { self.input_dim } else { d };
+                    MaskedConv1dConfig::new([cin, d], 3)
+                        .with_bias(false)
+                        .init(device)
                 })
                 .collect(),
             embed_norms: (0..self.embed_convs)

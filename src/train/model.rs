@@ -337,11 +337,7 @@ impl<'a> Detector<'a> {
 
 /// The network a run with `cfg` trains and infers with (mode `reversible`, or `rewired` set).
 pub(crate) fn network_of(cfg: &TrainConfig) -> Network {
-    if cfg.uses_rewired_backbone() {
-        Network::Rewired
-    } else {
-        Network::Plain
-    }
+    Network::rewired_if(cfg.uses_rewired_backbone())
 }
 
 /// `videos` as predictions and their mAP on `data`'s validation subset at THUMOS thresholds.

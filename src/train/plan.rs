@@ -5,7 +5,7 @@
 //! reads only the plan.
 
 use super::config::{BackboneConfig, TrainConfig, TrainMode};
-pub use crate::backbone::Network;
+use crate::backbone::Network;
 use crate::data::augment::AugmentConfig;
 use crate::data::lofi::{Fidelity, LoFiConfig, LoFiMode};
 use crate::error::{Error, Result};
@@ -80,11 +80,7 @@ impl TrainPlan {
             lofi: cfg.lofi.clone(),
             augment: cfg.augment.clone(),
         };
-        let network = if cfg.rewired {
-            Network::Rewired
-        } else {
-            Network::Plain
-        };
+        let network = Network::rewired_if(cfg.rewired);
         let frozen = || -> Result<FrozenFeatures> {
             if !cfg.cache_features {
                 return Ok(FrozenFeatures::PerStep(sampling.clone()));

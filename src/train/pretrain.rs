@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use super::config::BackboneConfig;
 use super::dataset::TalDataset;
 use super::schedule::WarmupCosine;
-use crate::backbone::Backbone;
+use crate::backbone::{Backbone, Network};
 use crate::data::annotations::Subset;
 use crate::data::augment::AugmentConfig;
 use crate::data::clips::{ClipSamplingConfig, clip_range};
@@ -154,28 +154,16 @@ pub struct ClipClassifier {
     pub fc: Linear,
 }
 
-/// How [`ClipClassifier::forward`] runs the backbone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackbonePass {
-    /// The ordinary network.
-    Ordinary,
-    /// The backbone rewired into its reversible form (ViT, Swin) under ordinary autodiff,
-    /// training (stochastic depth keyed by the seed): the reference of the reversible step.
-    RewiredTrain(u64),
-    /// The backbone rewired into its reversible form, inference (no graph wanted, no drop path).
-    RewiredInference,
-}
-
 impl ClipClassifier {
-    /// Class logits of a batch of clips.
+    /// Class logits of a batch of clips through `network` (rewired: the reversible form in
+    /// inference, without stochastic depth; training it goes through the reversible tape).
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, K]`
-    pub fn forward(&self, clips: Tensor<5>, pass: BackbonePass) -> Result<Tensor<2>> {
-        let features = match pass {
-            BackbonePass::Ordinary => self.backbone.forward(clips, &[])?.features,
-            BackbonePass::RewiredTrain(seed) => self.backbone.forward_rewired(clips, seed)?,
-            BackbonePass::RewiredInference => self.backbone.forward_rewired_inference(clips)?,
+    pub fn forward(&self, clips: Tensor<5>, network: Network) -> Result<Tensor<2>> {
+        let features = match network {
+            Network::Plain => self.backbone.forward(clips, &[])?.features,
+            Network::Rewired => self.backbone.forward_rewired_inference(clips)?,
         };
         Ok(self.fc.forward(features))
     }
@@ -305,7 +293,7 @@ pub fn pretrain_from(
                 (logits, l, tape.backward(loss)?.params(&model))
             }
             _ => {
-                let logits = model.forward(x, BackbonePass::Ordinary)?;
+                let logits = model.forward(x, Network::Plain)?;
                 let loss = ce.forward(logits.clone(), y.clone());
                 let l = finite(&loss)?;
                 (
@@ -340,11 +328,7 @@ pub fn pretrain_from(
     let val_accuracy = if val_clips.is_empty() {
         None
     } else {
-        let pass = if cfg.rewired {
-            BackbonePass::RewiredInference
-        } else {
-            BackbonePass::Ordinary
-        };
+        let pass = Network::rewired_if(cfg.rewired);
         Some(accuracy(
             &model.valid(),
             data,
@@ -370,13 +354,13 @@ pub fn accuracy(
     data: &TalDataset,
     clips_cfg: &ClipSamplingConfig,
     clips: &[TrimmedClip],
-    pass: BackbonePass,
+    network: Network,
     device: &Device,
 ) -> Result<f64> {
     let mut right = 0;
     for chunk in clips.chunks(32) {
         let (x, y) = batch_tensors(data, clips_cfg, chunk, device)?;
-        right += correct(model.forward(x, pass)?, y);
+        right += correct(model.forward(x, network)?, y);
     }
     Ok(right as f64 / clips.len().max(1) as f64)
 }
