@@ -65,7 +65,7 @@ fn check(model: &str, out: BackboneOutput, last: Option<Tensor<5>>, tokens: Opti
     );
     assert_close(
         &format!("{model} intermediate"),
-        out.intermediates[0].clone(),
+        out.layers[0].clone(),
         model,
         "intermediate",
     );
@@ -102,7 +102,7 @@ fn vit_matches_transformers_videomae() {
             report.unused
         );
         let out = m.forward(input("vit"), &[0]).unwrap();
-        let tokens = m.forward_tokens(input("vit")).unwrap();
+        let tokens = m.forward_unpooled(input("vit")).unwrap();
         check("vit", out, None, Some(tokens));
     }
 }
@@ -129,7 +129,7 @@ fn swin_matches_torchvision_swin3d() {
             .any(|k| k.contains("relative_position_index"))
     );
     let out = m.forward(input("swin"), &[0]).unwrap();
-    let map = m.forward_map(input("swin")).unwrap();
+    let map = m.forward_unpooled(input("swin")).unwrap();
     check("swin", out, Some(map), None);
 }
 
@@ -165,7 +165,7 @@ fn resnets_match_torchvision_video_resnets() {
                 .any(|k| k.ends_with("num_batches_tracked"))
         );
         let out = m.forward(input(name), &[1]).unwrap();
-        let map = m.forward_map(input(name)).unwrap();
+        let map = m.forward_unpooled(input(name)).unwrap();
         check(name, out, Some(map), None);
     }
 }
@@ -253,7 +253,7 @@ fn pytorch_pickle_and_native_round_trip_load_the_same_weights() {
     )
     .unwrap();
     let want: Vec<f32> = reference
-        .forward_tokens(input("vit"))
+        .forward_unpooled(input("vit"))
         .unwrap()
         .into_data()
         .convert::<f32>()
@@ -265,7 +265,7 @@ fn pytorch_pickle_and_native_round_trip_load_the_same_weights() {
     assert!(report.unused.is_empty(), "{:?}", report.unused);
     assert_close(
         "vit from .pth",
-        m.forward_tokens(input("vit")).unwrap(),
+        m.forward_unpooled(input("vit")).unwrap(),
         "vit",
         "output",
     );
@@ -277,7 +277,7 @@ fn pytorch_pickle_and_native_round_trip_load_the_same_weights() {
     let report = load(&mut m, &native, CheckpointFamily::Native).unwrap();
     assert!(report.unused.is_empty(), "{:?}", report.unused);
     let got: Vec<f32> = m
-        .forward_tokens(input("vit"))
+        .forward_unpooled(input("vit"))
         .unwrap()
         .into_data()
         .convert::<f32>()

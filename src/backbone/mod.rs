@@ -10,13 +10,38 @@ use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
 
-/// What a backbone returns for a batch of clips.
+/// What a backbone returns for a batch of clips (or for a whole video, its clips in order along
+/// the first axis).
 #[derive(Debug, Clone)]
 pub struct BackboneOutput {
     /// One feature vector per clip, `[N, C]`.
     pub features: Tensor<2>,
-    /// Outputs of the requested layers, as token sequences `[N, L, C_l]`.
-    pub intermediates: Vec<Tensor<3>>,
+    /// Outputs of the tapped layers ([`LayerTaps`]), as token sequences `[N, L, C_l]`.
+    pub layers: Vec<Tensor<3>>,
+}
+
+impl BackboneOutput {
+    /// Clips `start..start + count` of every tensor.
+    pub fn narrow(self, start: usize, count: usize) -> Self {
+        Self {
+            features: self.features.narrow(0, start, count),
+            layers: self
+                .layers
+                .into_iter()
+                .map(|t| t.narrow(0, start, count))
+                .collect(),
+        }
+    }
+
+    /// Number of floats held.
+    pub fn num_floats(&self) -> usize {
+        self.features.shape().num_elements()
+            + self
+                .layers
+                .iter()
+                .map(|t| t.shape().num_elements())
+                .sum::<usize>()
+    }
 }
 
 /// Check a clip batch is `[N, 3, F, H, W]` with `N > 0`.
@@ -349,7 +374,7 @@ mod tests {
             let kept = m.forward_tapped(x, &layers, 5).unwrap();
             let d: f32 = (kept.features - all.features).abs().max().into_scalar();
             assert_eq!(d, 0.0, "{name}: features");
-            for (k, a) in kept.intermediates.into_iter().zip(all.intermediates) {
+            for (k, a) in kept.layers.into_iter().zip(all.layers) {
                 assert!(a.dims()[1] > 5, "{name}: layer has few tokens");
                 assert_eq!(k.dims()[1], 5, "{name}");
                 let d: f32 = (k - subsample_tokens(a, 5)).abs().max().into_scalar();

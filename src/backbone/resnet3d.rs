@@ -314,11 +314,11 @@ impl ResNet3dConfig {
 }
 
 impl ResNet3d {
-    /// Feature map after the last stage.
+    /// The last layer before pooling: the feature map after the last stage.
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, C, F', H', W']`
-    pub fn forward_map(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
+    pub fn forward_unpooled(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
         Ok(self.run(clips, &[], 0)?.0)
     }
 
@@ -353,7 +353,7 @@ impl ResNet3d {
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]`
-    /// - output `features`: `[N, C]`, `intermediates[i]`: `[N, T'H'W', C_i]`
+    /// - output `features`: `[N, C]`, `layers[i]`: `[N, T'H'W', C_i]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
         self.forward_tapped(clips, layers, 0)
     }
@@ -366,12 +366,12 @@ impl ResNet3d {
         layers: &[usize],
         max_tokens: usize,
     ) -> Result<BackboneOutput> {
-        let (x, intermediates) = self.run(clips, layers, max_tokens)?;
+        let (x, kept) = self.run(clips, layers, max_tokens)?;
         let [n, c, t, h, w] = x.dims();
         let features = x.reshape([n, c, t * h * w]).mean_dim(2).reshape([n, c]);
         Ok(BackboneOutput {
             features,
-            intermediates,
+            layers: kept,
         })
     }
 }
@@ -432,8 +432,8 @@ mod tests {
                 .forward(Tensor::zeros([2, 3, 8, 32, 32], &device), &[0, 3])
                 .unwrap();
             assert_eq!(out.features.dims(), [2, 16]);
-            assert_eq!(out.intermediates[0].dims(), [2, 8 * 16 * 16, 4]);
-            assert_eq!(out.intermediates[1].dims(), [2, 4, 16]);
+            assert_eq!(out.layers[0].dims(), [2, 8 * 16 * 16, 4]);
+            assert_eq!(out.layers[1].dims(), [2, 4, 16]);
         }
     }
 }

@@ -446,11 +446,11 @@ pub struct VideoSwin {
 }
 
 impl VideoSwin {
-    /// Final token map after the last stage and norm.
+    /// The last layer before pooling: the token map after the last stage and norm.
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, T', H', W', C]`
-    pub fn forward_map(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
+    pub fn forward_unpooled(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
         Ok(self.run(clips, &[], 0)?.0)
     }
 
@@ -485,7 +485,7 @@ impl VideoSwin {
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]`
-    /// - output `features`: `[N, C]`, `intermediates[i]`: `[N, T'H_iW_i, C_i]`
+    /// - output `features`: `[N, C]`, `layers[i]`: `[N, T'H_iW_i, C_i]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
         self.forward_tapped(clips, layers, 0)
     }
@@ -498,10 +498,10 @@ impl VideoSwin {
         layers: &[usize],
         max_tokens: usize,
     ) -> Result<BackboneOutput> {
-        let (x, intermediates) = self.run(clips, layers, max_tokens)?;
+        let (x, kept) = self.run(clips, layers, max_tokens)?;
         Ok(BackboneOutput {
             features: Self::mean_tokens(x),
-            intermediates,
+            layers: kept,
         })
     }
 
@@ -559,7 +559,7 @@ mod tests {
         let out = m.forward(x, &[0, 1]).unwrap();
         assert_eq!(out.features.dims(), [2, 16]);
         // 30x26 -> patches 8x7 -> merged 4x4.
-        assert_eq!(out.intermediates[0].dims(), [2, 2 * 8 * 7, 8]);
-        assert_eq!(out.intermediates[1].dims(), [2, 2 * 4 * 4, 16]);
+        assert_eq!(out.layers[0].dims(), [2, 2 * 8 * 7, 8]);
+        assert_eq!(out.layers[1].dims(), [2, 2 * 4 * 4, 16]);
     }
 }

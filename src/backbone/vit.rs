@@ -291,11 +291,12 @@ impl VisionTransformer {
         self.patch_embed.weight.val().device()
     }
 
-    /// Final tokens (after the last block, and the final norm when configured).
+    /// The last layer before pooling: the tokens after the last block (and the final norm when
+    /// configured).
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, L, D]`
-    pub fn forward_tokens(&self, clips: Tensor<5>) -> Result<Tensor<3>> {
+    pub fn forward_unpooled(&self, clips: Tensor<5>) -> Result<Tensor<3>> {
         Ok(self.forward_with(clips, &[], 0)?.tokens)
     }
 
@@ -303,7 +304,7 @@ impl VisionTransformer {
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]`
-    /// - output `features`: `[N, D]`, `intermediates[i]`: `[N, L, D]`
+    /// - output `features`: `[N, D]`, `layers[i]`: `[N, L, D]`
     pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
         self.forward_tapped(clips, layers, 0)
     }
@@ -319,7 +320,7 @@ impl VisionTransformer {
         let out = self.forward_with(clips, layers, max_tokens)?;
         Ok(BackboneOutput {
             features: self.pool_tokens(out.tokens),
-            intermediates: out.intermediates,
+            layers: out.layers,
         })
     }
 
@@ -369,11 +370,11 @@ impl VisionTransformer {
         self.check_clips(&clips)?;
         super::check_layers("vit", layers, self.blocks.len())?;
         let mut x = self.embed(clips);
-        let mut intermediates = Vec::new();
+        let mut kept = Vec::new();
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward(x);
             if layers.contains(&i) {
-                intermediates.push(super::subsample_tokens(x.clone(), max_tokens));
+                kept.push(super::subsample_tokens(x.clone(), max_tokens));
             }
         }
         if let Some(n) = &self.norm {
@@ -381,14 +382,14 @@ impl VisionTransformer {
         }
         Ok(TokenOutput {
             tokens: x,
-            intermediates,
+            layers: kept,
         })
     }
 }
 
 struct TokenOutput {
     tokens: Tensor<3>,
-    intermediates: Vec<Tensor<3>>,
+    layers: Vec<Tensor<3>>,
 }
 
 #[cfg(test)]
@@ -432,8 +433,8 @@ mod tests {
         );
         let out = m.forward(x, &[0, 1]).unwrap();
         assert_eq!(out.features.dims(), [3, 16]);
-        assert_eq!(out.intermediates.len(), 2);
-        assert_eq!(out.intermediates[0].dims(), [3, 2 * 4 * 4, 16]);
+        assert_eq!(out.layers.len(), 2);
+        assert_eq!(out.layers[0].dims(), [3, 2 * 4 * 4, 16]);
         // Another frame count and resolution: the position table is resized.
         let x = Tensor::<5>::zeros([1, 3, 8, 48, 48], &device);
         assert_eq!(m.forward(x, &[]).unwrap().features.dims(), [1, 16]);

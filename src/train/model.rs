@@ -29,39 +29,6 @@ pub struct TalModel {
     pub head: TalHead,
 }
 
-/// Per-clip backbone outputs of one video, without a graph.
-#[derive(Debug, Clone)]
-pub struct VideoFeatures {
-    /// Last layer, `[T, C]`.
-    pub features: Tensor<2>,
-    /// Requested intermediate layers, `[T, L, C_l]` each.
-    pub layers: Vec<Tensor<3>>,
-}
-
-impl VideoFeatures {
-    /// Clips `start..start + count` of every tensor.
-    pub fn narrow(self, start: usize, count: usize) -> Self {
-        Self {
-            features: self.features.narrow(0, start, count),
-            layers: self
-                .layers
-                .into_iter()
-                .map(|t| t.narrow(0, start, count))
-                .collect(),
-        }
-    }
-
-    /// Number of floats held.
-    pub fn num_floats(&self) -> usize {
-        self.features.shape().num_elements()
-            + self
-                .layers
-                .iter()
-                .map(|t| t.shape().num_elements())
-                .sum::<usize>()
-    }
-}
-
 impl Backbone {
     /// Frame height and width must be multiples of this (the ViT's patch size; the Swin's
     /// patch size; 1 for ResNets).
@@ -136,7 +103,7 @@ impl TalModel {
         let adapter = if cfg.mode == TrainMode::Adapter {
             let mut a = cfg.adapter.clone();
             a.feature_dim = dim;
-            a.layer_dims = out.intermediates.iter().map(|t| t.dims()[2]).collect();
+            a.layer_dims = out.layers.iter().map(|t| t.dims()[2]).collect();
             Some(a.init(device)?)
         } else {
             None
@@ -172,19 +139,19 @@ impl Extraction<'_> {
     }
 
     /// `backbone`'s outputs for one batch of clips (no graph when `clips` has none).
-    pub(crate) fn outputs(&self, backbone: &Backbone, clips: Tensor<5>) -> Result<VideoFeatures> {
+    pub(crate) fn outputs(&self, backbone: &Backbone, clips: Tensor<5>) -> Result<BackboneOutput> {
         let out = match self.network {
             Network::Rewired => BackboneOutput {
                 features: backbone.forward_rewired_inference(clips)?,
-                intermediates: Vec::new(),
+                layers: Vec::new(),
             },
             Network::Plain => {
                 backbone.forward_tapped(clips, self.taps.layers, self.taps.max_tokens)?
             }
         };
-        Ok(VideoFeatures {
+        Ok(BackboneOutput {
             features: out.features,
-            layers: out.intermediates,
+            layers: out.layers,
         })
     }
 }
@@ -199,7 +166,7 @@ pub fn extract_features(
     clips: &ClipSamplingConfig,
     how: Extraction<'_>,
     device: &Device,
-) -> Result<VideoFeatures> {
+) -> Result<BackboneOutput> {
     let device = device.clone().without_autodiff();
     let n = clips.num_clips(&frames.video, frames.len)?;
     let (mut feats, mut inter) = (Vec::new(), vec![Vec::new(); how.taps.layers.len()]);
@@ -213,7 +180,7 @@ pub fn extract_features(
         }
         start += count;
     }
-    Ok(VideoFeatures {
+    Ok(BackboneOutput {
         features: Tensor::cat(feats, 0),
         layers: inter.into_iter().map(|v| Tensor::cat(v, 0)).collect(),
     })
@@ -223,7 +190,7 @@ pub fn extract_features(
 ///
 /// # Shapes
 /// - output: `[T, C_head]`
-pub fn head_input(adapter: Option<&Losa>, f: VideoFeatures) -> Result<Tensor<2>> {
+pub fn head_input(adapter: Option<&Losa>, f: BackboneOutput) -> Result<Tensor<2>> {
     match adapter {
         None => Ok(f.features),
         Some(a) => {
@@ -291,7 +258,7 @@ impl<'a> Detector<'a> {
     }
 
     /// Backbone outputs of one video.
-    pub fn features(&self, video: &TalVideo) -> Result<VideoFeatures> {
+    pub fn features(&self, video: &TalVideo) -> Result<BackboneOutput> {
         extract_features(
             &self.model.backbone,
             &video.frames,
@@ -319,7 +286,11 @@ impl<'a> Detector<'a> {
     }
 
     /// [`Detector::detect`] from already extracted backbone outputs.
-    pub fn detect_from_features(&self, video: &TalVideo, f: VideoFeatures) -> Result<Vec<Segment>> {
+    pub fn detect_from_features(
+        &self,
+        video: &TalVideo,
+        f: BackboneOutput,
+    ) -> Result<Vec<Segment>> {
         let x = head_input(self.model.adapter.as_ref(), f)?;
         let t = x.dims()[0];
         let out = run_head(&self.model.head, x)?;

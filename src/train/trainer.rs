@@ -24,11 +24,11 @@ use super::checkpoint::{self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, Tr
 use super::config::TrainConfig;
 use super::dataset::TalDataset;
 use super::ema::ema_update;
-use super::model::{Detector, TalModel, VideoFeatures, adapter_layers, materialize};
+use super::model::{Detector, TalModel, adapter_layers, materialize};
 use super::plan::TrainPlan;
 use super::schedule::WarmupCosine;
 use super::step::{self, Computed, ModeStep, Objective, Window};
-use crate::backbone::Backbone;
+use crate::backbone::{Backbone, BackboneOutput};
 use crate::data::annotations::{Predictions, Subset, VideoDetections};
 use crate::data::frames::Frames;
 use crate::data::lofi::{Fidelity, LoFiMode};
@@ -291,7 +291,7 @@ struct Ctx<'a> {
     device: Device,
     /// Frozen-backbone modes with `cache_features`: every video's backbone outputs (head-only:
     /// the last layer, `[T, C]`; adapter: also the tapped layers), extracted once, no graph.
-    cached: Vec<Option<VideoFeatures>>,
+    cached: Vec<Option<BackboneOutput>>,
     /// LoFi: the videos' frames at each reduced frame size the sampler uses (training videos
     /// only; other entries empty), resized once.
     lofi_frames: HashMap<(usize, usize), Vec<Option<Frames>>>,

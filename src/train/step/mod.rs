@@ -16,7 +16,8 @@ use rand_chacha::ChaCha8Rng;
 pub(crate) use grads::StepGrads;
 pub(crate) use modes::for_plan;
 
-use super::model::{Extraction, TalModel, VideoFeatures, run_head};
+use super::model::{Extraction, TalModel, run_head};
+use crate::backbone::BackboneOutput;
 use crate::data::ClipSamplingConfig;
 use crate::data::augment::AugmentConfig;
 use crate::data::clips::clip_range;
@@ -40,7 +41,7 @@ pub(crate) struct Window<'a> {
     /// Number of clips.
     pub count: usize,
     /// The frozen backbone's outputs for the whole video, when the run cached them.
-    pub cached: Option<&'a VideoFeatures>,
+    pub cached: Option<&'a BackboneOutput>,
     /// Clip augmentation, when the run augments.
     pub augment: Option<&'a AugmentConfig>,
     /// The step's seed: stochastic depth of the rewired network and the augmentation draws
@@ -71,7 +72,7 @@ impl Window<'_> {
 
     /// The frozen backbone's outputs for the window: the cached ones, or a forward without a
     /// graph now.
-    pub fn frozen(&self, model: &TalModel, how: Extraction<'_>) -> Result<VideoFeatures> {
+    pub fn frozen(&self, model: &TalModel, how: Extraction<'_>) -> Result<BackboneOutput> {
         if let Some(f) = self.cached {
             return Ok(f.clone().narrow(self.start, self.count));
         }

@@ -3,10 +3,11 @@
 use burn::optim::GradientsParams;
 
 use super::{Computed, ModeStep, Objective, StepGrads, Window};
+use crate::backbone::BackboneOutput;
 use crate::backbone::{LayerTaps, Network};
 use crate::error::Result;
 use crate::reversible::DriftMonitor;
-use crate::train::model::{Extraction, TalModel, VideoFeatures, head_input};
+use crate::train::model::{Extraction, TalModel, head_input};
 use crate::train::plan::TrainPlan;
 
 /// The step of `plan`; `layers`: the backbone layers the adapters read (mode `adapter`).
@@ -122,7 +123,7 @@ impl ModeStep for Adapter {
             chunk: w.count,
         };
         let f = w.frozen(model, how)?;
-        let f = VideoFeatures {
+        let f = BackboneOutput {
             features: f.features.autodiff(),
             layers: f.layers.into_iter().map(|t| t.autodiff()).collect(),
         };
