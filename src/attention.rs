@@ -40,7 +40,7 @@ pub const TILE_ELEMENTS: usize = 1 << 20;
 const MIN_TILE: usize = 64;
 
 /// Largest query tile: beyond it the tile's scores fall out of cache and the step gets slower
-/// (`cargo bench --bench block_ops`: 128 rows fastest at 1568 tokens, 256 1.8x slower).
+/// (the tile sweep is in `docs/performance.md`).
 const MAX_TILE: usize = 128;
 
 /// Attention as a backend extension: one custom autodiff operation on `Autodiff<B>`, Burn's fused

@@ -26,8 +26,8 @@
 //! (every token of every clip attends to every clip; `clips x clips x heads` for the long
 //! range), and their gradients and AdamW moments, three times their parameters (two adapters of
 //! ~`3 x width x adapter_dim + (4 + 2 x mlp_ratio) x adapter_dim^2`): linear in layers and
-//! tokens, quadratic in clips. On ViT-S (width 384, adapter width 96, 16 clips, 64 tokens) the
-//! optimizer part is ~4.3 MiB of the ~6.3 MiB per layer (`docs/results.md`).
+//! tokens, quadratic in clips; with a small adapter width the optimizer state dominates
+//! (measured sizes: `docs/results.md`).
 
 use crate::fastmath::gelu;
 use burn::config::Config;
@@ -42,7 +42,8 @@ use super::cross_attention::{CrossAttention, CrossAttentionConfig};
 use crate::backbone::residual::MlpBranch;
 use crate::error::{Error, Result};
 
-/// LoSA settings (the paper leaves widths and heads open; these defaults follow DESIGN §3).
+/// LoSA settings. The paper leaves widths and heads open: the defaults are a quarter of the
+/// backbone width for the adapters and 8 heads.
 #[derive(Config, Debug)]
 pub struct LosaConfig {
     /// Width of the last layer's per-clip features (the backbone width).
@@ -56,9 +57,8 @@ pub struct LosaConfig {
     #[config(default = 8)]
     pub num_heads: usize,
     /// Hidden width of each adapter's MLP branch, in multiples of the adapter width (0: no
-    /// MLP branch). Default 2: on ViT-S at depth 24 a 4x MLP takes LoSA's step to 1.33x the
-    /// memory of per-step head-only training, 2x to 1.23x, at the same mean avg mAP on the
-    /// 160-video synthetic benchmark (`docs/results.md`).
+    /// MLP branch). Default 2, half the transformer's usual 4: less step memory at the same
+    /// accuracy on the synthetic benchmark (`docs/results.md`).
     #[config(default = 2)]
     pub mlp_ratio: usize,
     /// Most tokens per clip the short-range adapters read (uniformly subsampled beyond).
@@ -71,9 +71,8 @@ pub struct LosaConfig {
     pub gate_init: f64,
     /// Start each adapter's output projection at zero (LoRA / ControlNet style; default). With
     /// `false`, use `gate_init` 0 to start at the head-only model (Flamingo-style closed
-    /// gates): then no adapter parameter gets a gradient until a gate moves, and on the
-    /// synthetic benchmark the gates stay within +-0.005 of zero over a 360-step run, so the
-    /// adapters never start (`docs/results.md`).
+    /// gates): then no adapter parameter gets a gradient until a gate moves, and in practice
+    /// the gates barely move, so the adapters never start (`docs/results.md`).
     #[config(default = true)]
     pub zero_init_output: bool,
     /// Width of the fused output; `None` keeps `feature_dim` with no projection, so fused
