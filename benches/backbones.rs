@@ -10,7 +10,7 @@ use burn::tensor::{Distribution, Tensor};
 use e2e_tal::backbone::resnet3d::{ResNet3dConfig, ResNetKind};
 use e2e_tal::backbone::swin::SwinConfig;
 use e2e_tal::backbone::vit::VitConfig;
-use e2e_tal::backbone::{Backbone, BackbonePreset};
+use e2e_tal::backbone::{Backbone, BackbonePreset, VideoBackbone};
 use e2e_tal::memory::{self, CountingAllocator, mib};
 
 #[global_allocator]

@@ -20,11 +20,11 @@ use burn::nn::LinearConfig;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use clap::Parser;
-use e2e_tal::backbone::Backbone;
+use e2e_tal::backbone::{Backbone, VideoBackbone};
 use e2e_tal::backend::BackendKind;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, measure_on, mib};
-use e2e_tal::reversible::ReversibleTape;
+use e2e_tal::reversible::{ReversibleTape, RewiredBackbone};
 use e2e_tal::train::pretrain::pretrain_from;
 use e2e_tal::train::workspace::{
     PRETRAIN_SYNTH_SEED, PRETRAIN_VIDEOS, load_dataset, pretrained_backbone, rewired_recipe,
@@ -97,7 +97,7 @@ fn step_cost(
     let (grads, peak) = measure_on(&ad, || -> Result<usize> {
         if reversible {
             let mut tape = ReversibleTape::new();
-            let features = vit.forward_reversible(x, 0, &mut tape)?;
+            let features = vit.forward_reversible(x, &mut tape)?;
             let loss = ce.forward(fc.forward(features), y);
             let mut grads = tape.backward(loss)?;
             Ok(grads.params(&vit).len() + grads.params(&fc).len())

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
 use e2e_tal::Error;
-use e2e_tal::backbone::BackboneOutput;
 use e2e_tal::backbone::resnet3d::{ResNet3dConfig, ResNetKind};
 use e2e_tal::backbone::swin::SwinConfig;
 use e2e_tal::backbone::vit::VitConfig;
+use e2e_tal::backbone::{BackboneOutput, VideoBackbone};
 use e2e_tal::backend::cpu_device;
 use e2e_tal::weights::{CheckpointFamily, load};
 

@@ -9,7 +9,7 @@ use e2e_tal::backbone::Backbone;
 use e2e_tal::backbone::resnet3d::{BasicBlock, ResNet3dConfig};
 use e2e_tal::backbone::swin::{SwinBlock, SwinConfig};
 use e2e_tal::backbone::vit::{VitBlock, VitConfig};
-use e2e_tal::reversible::{ResidualChain, RevChain, ReversibleTape};
+use e2e_tal::reversible::{ResidualChain, RevChain, ReversibleTape, RewiredBackbone};
 
 const GRAD_TOL: f64 = 1e-4;
 
@@ -295,8 +295,8 @@ fn whole_model_step(backbone: &Backbone, width: usize, clips: Tensor<5>) -> (usi
     e2e_tal::reversible::merge_grads(&head, &mut head_ref, &mut reference);
 
     // Reversible step: the blocks on a tape, one backward for the whole model.
-    let mut tape = ReversibleTape::new();
-    let loss = loss_of(backbone.forward_reversible(clips, 9, &mut tape).unwrap());
+    let mut tape = ReversibleTape::new().with_seed(9);
+    let loss = loss_of(backbone.forward_reversible(clips, &mut tape).unwrap());
     let mut grads = tape.backward(loss).unwrap();
     let mut reversible = grads.params(backbone);
     let mut head_rev = grads.params(&head);

@@ -236,36 +236,46 @@ pub enum Backbone {
     ResNet(resnet3d::ResNet3d),
 }
 
-impl Backbone {
-    /// Per-clip features and the requested intermediate layers (blocks for ViT, stages for
-    /// Swin and ResNets).
+/// What every video backbone computes: one feature vector per clip and, for the tapped layers,
+/// their tokens. A new backbone implements [`VideoBackbone::forward_tapped`]; `forward` and
+/// the [`Backbone`] enum's dispatch come with it.
+pub trait VideoBackbone {
+    /// Per-clip features and, for each index in `taps.layers` (blocks for ViT, stages for Swin
+    /// and ResNets), that layer's output as tokens, keeping at most `taps.max_tokens` per clip
+    /// (uniformly subsampled as the layer is produced, [`subsample_tokens`]; `0` keeps all), so
+    /// the layers kept for LoSA cost `clips x layers x max_tokens x width`, not every token.
     ///
     /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, intermediates `[N, L, C_l]`
-    pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
-        self.forward_tapped(clips, layers, 0)
-    }
+    /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`,
+    ///   layers `[N, min(L_i, max_tokens), C_i]`
+    fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput>;
 
-    /// [`Backbone::forward`] keeping at most `max_tokens` tokens per clip of each intermediate
-    /// layer (uniformly subsampled, [`subsample_tokens`]) as the layer is produced, so the
-    /// layers kept for LoSA cost `clips x layers x max_tokens x width`, not every token;
-    /// `0` keeps all.
+    /// [`VideoBackbone::forward_tapped`] keeping every token of `layers`.
     ///
     /// # Shapes
-    /// - output `intermediates[i]`: `[N, min(L_i, max_tokens), C_i]`
-    pub fn forward_tapped(
-        &self,
-        clips: Tensor<5>,
-        layers: &[usize],
-        max_tokens: usize,
-    ) -> Result<BackboneOutput> {
+    /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, layers `[N, L_i, C_i]`
+    fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
+        self.forward_tapped(
+            clips,
+            LayerTaps {
+                layers,
+                max_tokens: 0,
+            },
+        )
+    }
+}
+
+impl VideoBackbone for Backbone {
+    fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
         match self {
-            Backbone::Vit(m) => m.forward_tapped(clips, layers, max_tokens),
-            Backbone::Swin(m) => m.forward_tapped(clips, layers, max_tokens),
-            Backbone::ResNet(m) => m.forward_tapped(clips, layers, max_tokens),
+            Backbone::Vit(m) => m.forward_tapped(clips, taps),
+            Backbone::Swin(m) => m.forward_tapped(clips, taps),
+            Backbone::ResNet(m) => m.forward_tapped(clips, taps),
         }
     }
+}
 
+impl Backbone {
     /// Load a checkpoint into the backbone.
     pub fn load(&mut self, path: &Path, family: CheckpointFamily) -> Result<LoadReport> {
         match self {
@@ -371,7 +381,11 @@ mod tests {
                 &device,
             );
             let all = m.forward(x.clone(), &layers).unwrap();
-            let kept = m.forward_tapped(x, &layers, 5).unwrap();
+            let taps = LayerTaps {
+                layers: &layers,
+                max_tokens: 5,
+            };
+            let kept = m.forward_tapped(x, taps).unwrap();
             let d: f32 = (kept.features - all.features).abs().max().into_scalar();
             assert_eq!(d, 0.0, "{name}: features");
             for (k, a) in kept.layers.into_iter().zip(all.layers) {

@@ -11,7 +11,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::residual::{ResidualBranch, drop_path, drop_path_schedule};
-use super::{BackboneOutput, check_input, check_layers};
+use super::{BackboneOutput, LayerTaps, VideoBackbone, check_input, check_layers};
 use crate::error::Result;
 
 /// Which convolution the residual blocks use.
@@ -347,26 +347,15 @@ impl ResNet3d {
         }
         Ok((x, inter))
     }
+}
 
-    /// Per-clip features (global average pool) and, for each stage index in `layers`, that
-    /// stage's output as tokens.
+impl VideoBackbone for ResNet3d {
+    /// Per-clip features (global average pool) and the tapped stages' outputs as tokens.
     ///
     /// # Shapes
-    /// - clips: `[N, 3, F, H, W]`
-    /// - output `features`: `[N, C]`, `layers[i]`: `[N, T'H'W', C_i]`
-    pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
-        self.forward_tapped(clips, layers, 0)
-    }
-
-    /// [`Self::forward`] keeping at most `max_tokens` tokens per intermediate layer
-    /// ([`super::Backbone::forward_tapped`]).
-    pub fn forward_tapped(
-        &self,
-        clips: Tensor<5>,
-        layers: &[usize],
-        max_tokens: usize,
-    ) -> Result<BackboneOutput> {
-        let (x, kept) = self.run(clips, layers, max_tokens)?;
+    /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, layers `[N, T'H'W', C_i]`
+    fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
+        let (x, kept) = self.run(clips, taps.layers, taps.max_tokens)?;
         let [n, c, t, h, w] = x.dims();
         let features = x.reshape([n, c, t * h * w]).mean_dim(2).reshape([n, c]);
         Ok(BackboneOutput {

@@ -11,7 +11,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::residual::{MlpBranch, ResidualBranch, TransformerBlock, drop_path, drop_path_schedule};
-use super::{BackboneOutput, check_input, check_layers};
+use super::{BackboneOutput, LayerTaps, VideoBackbone, check_input, check_layers};
 use crate::error::Result;
 
 /// Published Video Swin sizes.
@@ -480,31 +480,6 @@ impl VideoSwin {
         Ok((self.norm.forward(x), inter))
     }
 
-    /// Per-clip features (mean over the final token map) and, for each stage index in
-    /// `layers`, that stage's output (before merging) as tokens.
-    ///
-    /// # Shapes
-    /// - clips: `[N, 3, F, H, W]`
-    /// - output `features`: `[N, C]`, `layers[i]`: `[N, T'H_iW_i, C_i]`
-    pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
-        self.forward_tapped(clips, layers, 0)
-    }
-
-    /// [`Self::forward`] keeping at most `max_tokens` tokens per intermediate layer
-    /// ([`crate::backbone::Backbone::forward_tapped`]).
-    pub fn forward_tapped(
-        &self,
-        clips: Tensor<5>,
-        layers: &[usize],
-        max_tokens: usize,
-    ) -> Result<BackboneOutput> {
-        let (x, kept) = self.run(clips, layers, max_tokens)?;
-        Ok(BackboneOutput {
-            features: Self::mean_tokens(x),
-            layers: kept,
-        })
-    }
-
     /// Per-clip features from the last stage's token map: final norm, then the mean over tokens.
     ///
     /// # Shapes
@@ -516,6 +491,21 @@ impl VideoSwin {
     fn mean_tokens(x: Tensor<5>) -> Tensor<2> {
         let [n, t, h, w, c] = x.dims();
         x.reshape([n, t * h * w, c]).mean_dim(1).reshape([n, c])
+    }
+}
+
+impl VideoBackbone for VideoSwin {
+    /// Per-clip features (mean over the final token map) and the tapped stages' outputs (before
+    /// merging) as tokens.
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, layers `[N, T'H_iW_i, C_i]`
+    fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
+        let (x, kept) = self.run(clips, taps.layers, taps.max_tokens)?;
+        Ok(BackboneOutput {
+            features: Self::mean_tokens(x),
+            layers: kept,
+        })
     }
 }
 

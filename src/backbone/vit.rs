@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 pub use super::residual::MlpBranch;
 use super::residual::{ResidualBranch, TransformerBlock, drop_path, drop_path_schedule};
-use super::{BackboneOutput, check_input};
+use super::{BackboneOutput, LayerTaps, VideoBackbone, check_input};
 use crate::error::Result;
 
 /// Published VideoMAE / VideoMAEv2 sizes.
@@ -300,30 +300,6 @@ impl VisionTransformer {
         Ok(self.forward_with(clips, &[], 0)?.tokens)
     }
 
-    /// Per-clip features and, for each index in `layers`, that block's output tokens.
-    ///
-    /// # Shapes
-    /// - clips: `[N, 3, F, H, W]`
-    /// - output `features`: `[N, D]`, `layers[i]`: `[N, L, D]`
-    pub fn forward(&self, clips: Tensor<5>, layers: &[usize]) -> Result<BackboneOutput> {
-        self.forward_tapped(clips, layers, 0)
-    }
-
-    /// [`Self::forward`] keeping at most `max_tokens` tokens per intermediate layer
-    /// ([`super::Backbone::forward_tapped`]).
-    pub fn forward_tapped(
-        &self,
-        clips: Tensor<5>,
-        layers: &[usize],
-        max_tokens: usize,
-    ) -> Result<BackboneOutput> {
-        let out = self.forward_with(clips, layers, max_tokens)?;
-        Ok(BackboneOutput {
-            features: self.pool_tokens(out.tokens),
-            layers: out.layers,
-        })
-    }
-
     /// Final norm (if any), mean over tokens, `fc_norm` (if any): block output to features.
     ///
     /// # Shapes
@@ -390,6 +366,20 @@ impl VisionTransformer {
 struct TokenOutput {
     tokens: Tensor<3>,
     layers: Vec<Tensor<3>>,
+}
+
+impl VideoBackbone for VisionTransformer {
+    /// Per-clip features and the tapped blocks' output tokens.
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> features `[N, D]`, layers `[N, L, D]`
+    fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
+        let out = self.forward_with(clips, taps.layers, taps.max_tokens)?;
+        Ok(BackboneOutput {
+            features: self.pool_tokens(out.tokens),
+            layers: out.layers,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -15,31 +15,39 @@ fn unsupported(what: &str) -> Error {
     ))
 }
 
-impl Backbone {
-    /// The reversible training forward ([`crate::backbone::vit::VisionTransformer::forward_reversible`]
-    /// / [`crate::backbone::swin::VideoSwin::forward_reversible`]): per-clip features, with the
-    /// blocks recorded on `tape`; finish with `tape.backward(loss)`.
+/// A backbone whose residual chains run as Re2TAL's rewired network: the same parameters, three
+/// passes. The parts between chains (stem, patch merging, norm, pooling) keep ordinary autodiff.
+pub trait RewiredBackbone {
+    /// Per-clip features of the rewired network with ordinary autodiff (every activation
+    /// cached), stochastic depth keyed by `seed`: the reference the reversible pass equals.
     ///
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, C]`
-    pub fn forward_reversible<'a>(
+    fn forward_rewired(&self, clips: Tensor<5>, seed: u64) -> Result<Tensor<2>>;
+
+    /// Per-clip features of the rewired network for inference: no stochastic depth, no graph
+    /// wanted (run it on a device without autodiff, e.g. `model.valid()`).
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> `[N, C]`
+    fn forward_rewired_inference(&self, clips: Tensor<5>) -> Result<Tensor<2>>;
+
+    /// The reversible training forward: each chain recorded on `tape` as one segment without
+    /// its activations, stochastic depth keyed by [`ReversibleTape::seed`] exactly as
+    /// [`RewiredBackbone::forward_rewired`] keys it. Build the loss from the features, then
+    /// `tape.backward(loss)`.
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> `[N, C]`
+    fn forward_reversible<'a>(
         &'a self,
         clips: Tensor<5>,
-        seed: u64,
         tape: &mut ReversibleTape<'a>,
-    ) -> Result<Tensor<2>> {
-        match self {
-            Backbone::Vit(m) => m.forward_reversible(clips, seed, tape),
-            Backbone::Swin(m) => m.forward_reversible(clips, seed, tape),
-            Backbone::ResNet(_) => Err(unsupported("reversible training")),
-        }
-    }
+    ) -> Result<Tensor<2>>;
+}
 
-    /// Per-clip features of the rewired network with ordinary autodiff (the reference).
-    ///
-    /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> `[N, C]`
-    pub fn forward_rewired(&self, clips: Tensor<5>, seed: u64) -> Result<Tensor<2>> {
+impl RewiredBackbone for Backbone {
+    fn forward_rewired(&self, clips: Tensor<5>, seed: u64) -> Result<Tensor<2>> {
         match self {
             Backbone::Vit(m) => m.forward_rewired(clips, seed),
             Backbone::Swin(m) => m.forward_rewired(clips, seed),
@@ -47,15 +55,23 @@ impl Backbone {
         }
     }
 
-    /// Per-clip features of the rewired network for inference (no graph wanted).
-    ///
-    /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> `[N, C]`
-    pub fn forward_rewired_inference(&self, clips: Tensor<5>) -> Result<Tensor<2>> {
+    fn forward_rewired_inference(&self, clips: Tensor<5>) -> Result<Tensor<2>> {
         match self {
             Backbone::Vit(m) => m.forward_rewired_inference(clips),
             Backbone::Swin(m) => m.forward_rewired_inference(clips),
             Backbone::ResNet(_) => Err(unsupported("the rewired network")),
+        }
+    }
+
+    fn forward_reversible<'a>(
+        &'a self,
+        clips: Tensor<5>,
+        tape: &mut ReversibleTape<'a>,
+    ) -> Result<Tensor<2>> {
+        match self {
+            Backbone::Vit(m) => m.forward_reversible(clips, tape),
+            Backbone::Swin(m) => m.forward_reversible(clips, tape),
+            Backbone::ResNet(_) => Err(unsupported("reversible training")),
         }
     }
 }

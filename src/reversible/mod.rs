@@ -28,6 +28,7 @@ mod swin;
 mod tape;
 mod vit;
 
+pub use backbone::RewiredBackbone;
 pub use block::ResidualBlock;
 pub use chain::{CheckedBackward, Drift, ResidualChain, RevChain, RevState};
 pub use grads::merge_grads;

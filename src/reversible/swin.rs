@@ -8,6 +8,7 @@
 
 use burn::tensor::Tensor;
 
+use super::backbone::RewiredBackbone;
 use super::chain::RevChain;
 use super::tape::ReversibleTape;
 use crate::backbone::check_input;
@@ -37,13 +38,11 @@ impl VideoSwin {
         }
         Ok(self.pool_map(x))
     }
+}
 
-    /// Per-clip features of the *rewired* network with ordinary autodiff (every activation
-    /// cached), drop path keyed by `seed`: the reference the reversible step equals.
-    ///
-    /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> `[N, C]`
-    pub fn forward_rewired(&self, clips: Tensor<5>, seed: u64) -> Result<Tensor<2>> {
+/// Each stage's blocks are one chain, keyed by its own seed.
+impl RewiredBackbone for VideoSwin {
+    fn forward_rewired(&self, clips: Tensor<5>, seed: u64) -> Result<Tensor<2>> {
         self.through_rewired_stages(clips, |i, blocks, x| {
             RevChain::new(blocks)
                 .with_drop_path_seed(stage_seed(seed, i))
@@ -51,29 +50,18 @@ impl VideoSwin {
         })
     }
 
-    /// Per-clip features of the rewired network for inference (no stochastic depth; run it on
-    /// a device without autodiff, e.g. `swin.valid()`).
-    ///
-    /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> `[N, C]`
-    pub fn forward_rewired_inference(&self, clips: Tensor<5>) -> Result<Tensor<2>> {
+    fn forward_rewired_inference(&self, clips: Tensor<5>) -> Result<Tensor<2>> {
         self.through_rewired_stages(clips, |_, blocks, x| {
             RevChain::new(blocks).forward_inference(x)
         })
     }
 
-    /// The reversible training forward: patch embedding and merging with autodiff, every
-    /// stage's blocks recorded on `tape` as one segment each. Build the loss from the features,
-    /// then `tape.backward(loss)`. Use a new `seed` every step (it keys stochastic depth).
-    ///
-    /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> `[N, C]`
-    pub fn forward_reversible<'a>(
+    fn forward_reversible<'a>(
         &'a self,
         clips: Tensor<5>,
-        seed: u64,
         tape: &mut ReversibleTape<'a>,
     ) -> Result<Tensor<2>> {
+        let seed = tape.seed();
         self.through_rewired_stages(clips, |i, blocks, x| {
             tape.forward(
                 RevChain::new(blocks).with_drop_path_seed(stage_seed(seed, i)),

@@ -135,6 +135,7 @@ impl<C: ResidualChain<D> + ?Sized, const D: usize> PendingSegment for Segment<'_
 pub struct ReversibleTape<'a> {
     segments: Vec<Box<dyn PendingSegment + 'a>>,
     tolerance: Option<f64>,
+    seed: u64,
 }
 
 impl Default for ReversibleTape<'_> {
@@ -149,6 +150,7 @@ impl<'a> ReversibleTape<'a> {
         Self {
             segments: Vec::new(),
             tolerance: None,
+            seed: 0,
         }
     }
 
@@ -158,7 +160,21 @@ impl<'a> ReversibleTape<'a> {
         Self {
             segments: Vec::new(),
             tolerance: Some(tolerance),
+            seed: 0,
         }
+    }
+
+    /// This step's seed (default 0): whole-backbone reversible passes key their chains'
+    /// stochastic depth by it ([`RevChain::with_drop_path_seed`]), as the rewired autodiff pass
+    /// does with the same seed. Use a new one every step.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// This step's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// Run `chain` on `x` without recording its activations and return its output, an autodiff

@@ -6,10 +6,11 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::config::{TrainConfig, TrainMode};
 use crate::adapter::losa::{Losa, LosaInput};
-use crate::backbone::{Backbone, BackboneOutput, LayerTaps, Network};
+use crate::backbone::{Backbone, BackboneOutput, LayerTaps, Network, VideoBackbone};
 use crate::data::clips::{ClipSamplingConfig, clip_range};
 use crate::data::frames::Frames;
 use crate::error::{Error, Result};
+use crate::reversible::RewiredBackbone;
 use crate::tal::decode::decode_video;
 use crate::tal::head::{HeadOutput, TalHead};
 use crate::tal::postprocess::Segment;
@@ -145,9 +146,7 @@ impl Extraction<'_> {
                 features: backbone.forward_rewired_inference(clips)?,
                 layers: Vec::new(),
             },
-            Network::Plain => {
-                backbone.forward_tapped(clips, self.taps.layers, self.taps.max_tokens)?
-            }
+            Network::Plain => backbone.forward_tapped(clips, self.taps)?,
         };
         Ok(BackboneOutput {
             features: out.features,

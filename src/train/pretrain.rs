@@ -18,12 +18,12 @@ use rand_chacha::ChaCha8Rng;
 use super::config::BackboneConfig;
 use super::dataset::TalDataset;
 use super::schedule::WarmupCosine;
-use crate::backbone::{Backbone, Network};
+use crate::backbone::{Backbone, Network, VideoBackbone};
 use crate::data::annotations::Subset;
 use crate::data::augment::AugmentConfig;
 use crate::data::clips::{ClipSamplingConfig, clip_range};
 use crate::error::{Error, Result};
-use crate::reversible::ReversibleTape;
+use crate::reversible::{ReversibleTape, RewiredBackbone};
 
 /// Settings of clip-classification pretraining.
 #[derive(Config, Debug)]
@@ -286,8 +286,8 @@ pub fn pretrain_from(
             // backward pass, no cached activations); gradients equal autodiff's.
             b if cfg.rewired => {
                 let seed = crate::seed::mix(cfg.seed, step as u64);
-                let mut tape = ReversibleTape::new();
-                let logits = model.fc.forward(b.forward_reversible(x, seed, &mut tape)?);
+                let mut tape = ReversibleTape::new().with_seed(seed);
+                let logits = model.fc.forward(b.forward_reversible(x, &mut tape)?);
                 let loss = ce.forward(logits.clone(), y.clone());
                 let l = finite(&loss)?;
                 (logits, l, tape.backward(loss)?.params(&model))

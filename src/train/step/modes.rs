@@ -3,10 +3,9 @@
 use burn::optim::GradientsParams;
 
 use super::{Computed, ModeStep, Objective, StepGrads, Window};
-use crate::backbone::BackboneOutput;
-use crate::backbone::{LayerTaps, Network};
+use crate::backbone::{BackboneOutput, LayerTaps, Network, VideoBackbone};
 use crate::error::Result;
-use crate::reversible::DriftMonitor;
+use crate::reversible::{DriftMonitor, RewiredBackbone};
 use crate::train::model::{Extraction, TalModel, head_input};
 use crate::train::plan::TrainPlan;
 
@@ -83,10 +82,8 @@ struct Reversible {
 
 impl ModeStep for Reversible {
     fn compute(&self, model: &TalModel, w: &Window<'_>, obj: &Objective<'_>) -> Result<Computed> {
-        let mut tape = self.drift.tape(obj.step);
-        let f = model
-            .backbone
-            .forward_reversible(w.clips()?, w.seed, &mut tape)?;
+        let mut tape = self.drift.tape(obj.step).with_seed(w.seed);
+        let f = model.backbone.forward_reversible(w.clips()?, &mut tape)?;
         let (loss, value) = obj.loss(&model.head, f)?;
         let mut g = tape.backward(loss)?;
         Ok(Computed {
