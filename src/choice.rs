@@ -2,6 +2,8 @@
 //! implementing clap's `ValueEnum`, so the command line lists exactly the values it accepts, and
 //! its `FromStr` (configuration files, library callers) goes through the same names.
 
+use std::fmt;
+
 use clap::ValueEnum;
 
 use crate::error::{Error, Result};
@@ -27,6 +29,15 @@ pub fn parse<T: ValueEnum>(what: &str, s: &str) -> Result<T> {
         .map_err(|_| Error::Config(format!("unknown {what} `{s}` (expected {})", names::<T>())))
 }
 
+/// Write `v`'s command-line name: the `Display` of every named choice, so printing a value and
+/// parsing it back agree.
+pub fn write_name<T: ValueEnum>(v: &T, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match v.to_possible_value() {
+        Some(p) => f.write_str(p.get_name()),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +55,8 @@ mod tests {
             parse::<TrainMode>("training mode", " Head-Only").unwrap(),
             TrainMode::HeadOnly
         );
+        for m in TrainMode::ALL {
+            assert_eq!(parse::<TrainMode>("mode", &m.to_string()).unwrap(), m);
+        }
     }
 }

@@ -319,15 +319,11 @@ impl ResNet3d {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, C, F', H', W']`
     pub fn forward_unpooled(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
-        Ok(self.run(clips, &[], 0)?.0)
+        Ok(self.run(clips, LayerTaps::default())?.0)
     }
 
-    fn run(
-        &self,
-        clips: Tensor<5>,
-        layers: &[usize],
-        max_tokens: usize,
-    ) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
+    fn run(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
+        let LayerTaps { layers, max_tokens } = taps;
         check_input("resnet3d", &clips)?;
         check_layers("resnet3d", layers, self.stages.len())?;
         let mut x = clips;
@@ -355,7 +351,7 @@ impl VideoBackbone for ResNet3d {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, layers `[N, T'H'W', C_i]`
     fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
-        let (x, kept) = self.run(clips, taps.layers, taps.max_tokens)?;
+        let (x, kept) = self.run(clips, taps)?;
         let [n, c, t, h, w] = x.dims();
         let features = x.reshape([n, c, t * h * w]).mean_dim(2).reshape([n, c]);
         Ok(BackboneOutput {

@@ -451,15 +451,11 @@ impl VideoSwin {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, T', H', W', C]`
     pub fn forward_unpooled(&self, clips: Tensor<5>) -> Result<Tensor<5>> {
-        Ok(self.run(clips, &[], 0)?.0)
+        Ok(self.run(clips, LayerTaps::default())?.0)
     }
 
-    fn run(
-        &self,
-        clips: Tensor<5>,
-        layers: &[usize],
-        max_tokens: usize,
-    ) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
+    fn run(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
+        let LayerTaps { layers, max_tokens } = taps;
         check_input("swin", &clips)?;
         check_layers("swin", layers, self.stages.len())?;
         let mut x = self.patch_embed.forward(clips);
@@ -501,7 +497,7 @@ impl VideoBackbone for VideoSwin {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, layers `[N, T'H_iW_i, C_i]`
     fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
-        let (x, kept) = self.run(clips, taps.layers, taps.max_tokens)?;
+        let (x, kept) = self.run(clips, taps)?;
         Ok(BackboneOutput {
             features: Self::mean_tokens(x),
             layers: kept,

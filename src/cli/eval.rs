@@ -17,7 +17,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pred: PathBuf,
     /// Subset to evaluate.
-    #[arg(long, value_enum, default_value_t = SubsetFilter::Validation)]
+    #[arg(long, value_enum, default_value_t = SubsetFilter::VALIDATION)]
     subset: SubsetFilter,
     /// tIoU thresholds: anet (0.5:0.05:0.95), thumos (0.3:0.1:0.7) or a list like 0.3,0.5
     /// (each in (0, 1]).
@@ -37,7 +37,7 @@ fn thresholds(s: &str) -> std::result::Result<ThresholdSet, String> {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let opts = EvalOptions {
-        subset: a.subset.subset(),
+        subset: a.subset.0,
         thresholds: a.thresholds.values(),
     };
     let gt = GroundTruth::from_json_file(&a.gt)?;

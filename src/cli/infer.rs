@@ -25,7 +25,7 @@ pub struct InferArgs {
     #[arg(long)]
     frames: Option<PathBuf>,
     /// Subset of --dataset to run on.
-    #[arg(long, value_enum, default_value_t = SubsetFilter::Validation)]
+    #[arg(long, value_enum, default_value_t = SubsetFilter::VALIDATION)]
     subset: SubsetFilter,
     /// A single video: a video file (mp4, mkv, webm, avi, mov; needs FFmpeg) or a folder of
     /// frames. Prints a table of detections and writes --out and a PNG timeline.
@@ -158,7 +158,7 @@ fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> R
         .frames
         .clone()
         .unwrap_or_else(|| media_dir(json.parent().unwrap_or(Path::new("."))));
-    let subsets: Vec<Subset> = a.subset.subset().into_iter().collect();
+    let subsets: Vec<Subset> = a.subset.0.into_iter().collect();
     let videos = TalDataset::load(&gt, &media, &subsets, a.fps, cfg.clips.span())?.videos;
     let det = Detector::new(&model, &cfg, device)?;
     let t = Instant::now();

@@ -1,6 +1,9 @@
 //! The subcommands, one module each: a typed argument struct (every choice a `ValueEnum`, so
 //! `--help` lists its values) and a `run` that calls the library.
 
+use std::sync::LazyLock;
+
+use clap::builder::PossibleValue;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use e2e_tal::Result;
@@ -72,31 +75,37 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// A subset, or every video: the subset filter of `eval` and `infer`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SubsetFilter {
-    /// Training videos.
-    #[value(alias = "train")]
-    Training,
-    /// Validation videos.
-    #[value(alias = "val")]
-    Validation,
-    /// Testing videos.
-    #[value(alias = "test")]
-    Testing,
-    /// Every video.
-    All,
-}
+/// A subset, or every video (`all`): the subset filter of `eval` and `infer`. Its values are
+/// [`Subset`]'s own (aliases included) and `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SubsetFilter(Option<Subset>);
 
 impl SubsetFilter {
-    /// The subset, `None` for all.
-    fn subset(self) -> Option<Subset> {
-        match self {
-            Self::Training => Some(Subset::Training),
-            Self::Validation => Some(Subset::Validation),
-            Self::Testing => Some(Subset::Testing),
-            Self::All => None,
-        }
+    const VALIDATION: Self = SubsetFilter(Some(Subset::Validation));
+}
+
+impl ValueEnum for SubsetFilter {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: LazyLock<Vec<SubsetFilter>> = LazyLock::new(|| {
+            let one = Subset::value_variants()
+                .iter()
+                .map(|&s| SubsetFilter(Some(s)));
+            one.chain([SubsetFilter(None)]).collect()
+        });
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        self.0.map_or_else(
+            || Some(PossibleValue::new("all").help("Every video")),
+            |s| s.to_possible_value(),
+        )
+    }
+}
+
+impl std::fmt::Display for SubsetFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.map_or("all", Subset::as_str))
     }
 }
 

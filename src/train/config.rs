@@ -59,12 +59,7 @@ impl TrainMode {
 
 impl fmt::Display for TrainMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TrainMode::HeadOnly => "head-only",
-            TrainMode::Full => "full",
-            TrainMode::Reversible => "reversible",
-            TrainMode::Adapter => "adapter",
-        })
+        crate::choice::write_name(self, f)
     }
 }
 

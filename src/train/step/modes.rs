@@ -1,6 +1,7 @@
 //! The four training modes' steps.
 
 use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
 
 use super::{Computed, ModeStep, Objective, StepGrads, Window};
 use crate::backbone::{BackboneOutput, LayerTaps, Network, VideoBackbone};
@@ -35,16 +36,7 @@ impl ModeStep for HeadOnly {
         };
         let f = w.frozen(model, how)?.features.autodiff();
         let (loss, value) = obj.loss(&model.head, f)?;
-        let mut g = loss.backward();
-        Ok(Computed {
-            loss: value,
-            grads: StepGrads {
-                backbone: None,
-                adapter: None,
-                head: GradientsParams::from_module(&mut g, &model.head),
-            },
-            drift: None,
-        })
+        Ok(backward(loss, value, model, Trains::Head))
     }
 }
 
@@ -61,16 +53,7 @@ impl ModeStep for Full {
             Network::Plain => model.backbone.forward(w.clips()?, &[])?.features,
         };
         let (loss, value) = obj.loss(&model.head, f)?;
-        let mut g = loss.backward();
-        Ok(Computed {
-            loss: value,
-            grads: StepGrads {
-                backbone: Some(GradientsParams::from_module(&mut g, &model.backbone)),
-                adapter: None,
-                head: GradientsParams::from_module(&mut g, &model.head),
-            },
-            drift: None,
-        })
+        Ok(backward(loss, value, model, Trains::Backbone))
     }
 }
 
@@ -125,15 +108,34 @@ impl ModeStep for Adapter {
             layers: f.layers.into_iter().map(|t| t.autodiff()).collect(),
         };
         let (loss, value) = obj.loss(&model.head, head_input(Some(adapter), f)?)?;
-        let mut g = loss.backward();
-        Ok(Computed {
-            loss: value,
-            grads: StepGrads {
-                backbone: None,
-                adapter: Some(GradientsParams::from_module(&mut g, adapter)),
-                head: GradientsParams::from_module(&mut g, &model.head),
-            },
-            drift: None,
-        })
+        Ok(backward(loss, value, model, Trains::Adapter))
+    }
+}
+
+/// What an autodiff step trains besides the head.
+enum Trains {
+    Head,
+    Backbone,
+    Adapter,
+}
+
+/// Ordinary autodiff from `loss` (of value `value`), collecting the gradients of the head and
+/// of the part `trains` names.
+fn backward(loss: Tensor<1>, value: f64, model: &TalModel, trains: Trains) -> Computed {
+    let mut g = loss.backward();
+    let backbone = matches!(trains, Trains::Backbone)
+        .then(|| GradientsParams::from_module(&mut g, &model.backbone));
+    let adapter = match (trains, &model.adapter) {
+        (Trains::Adapter, Some(a)) => Some(GradientsParams::from_module(&mut g, a)),
+        _ => None,
+    };
+    Computed {
+        loss: value,
+        grads: StepGrads {
+            backbone,
+            adapter,
+            head: GradientsParams::from_module(&mut g, &model.head),
+        },
+        drift: None,
     }
 }
