@@ -23,9 +23,9 @@ use e2e_tal::backend::BackendKind;
 use e2e_tal::data::npy::FeatureSequence;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::train::model::{Extraction, extract_features};
-use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::train::{BackboneConfig, TrainConfig};
 use e2e_tal::weights::CheckpointFamily;
+use e2e_tal::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::{Result, backend};
 
 #[derive(Parser)]

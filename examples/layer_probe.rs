@@ -29,9 +29,9 @@ use clap::Parser;
 use e2e_tal::backbone::LayerTaps;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::train::model::{Extraction, extract_features};
-use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::train::{BackboneConfig, TrainConfig};
 use e2e_tal::weights::CheckpointFamily;
+use e2e_tal::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::{Error, Result};
 
 #[derive(Parser)]

@@ -21,9 +21,9 @@ use e2e_tal::data::lofi::LoFiSampler;
 use e2e_tal::memory::{CountingAllocator, mib};
 use e2e_tal::train::budget::{candidate_fidelities, choose_fidelity, parse_bytes};
 use e2e_tal::train::stages::end_to_end_then_head;
-use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::train::{RunOptions, TrainConfig, TrainMode, TrainOutcome, train};
 use e2e_tal::weights::CheckpointFamily;
+use e2e_tal::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::{Result, backend};
 
 #[global_allocator]

@@ -25,9 +25,9 @@ use clap::Parser;
 use e2e_tal::backend::BackendKind;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, mib};
-use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::train::{Detector, RunOptions, TrainConfig, TrainMode, train};
 use e2e_tal::weights::CheckpointFamily;
+use e2e_tal::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::{Result, backend};
 
 #[global_allocator]

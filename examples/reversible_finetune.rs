@@ -26,11 +26,11 @@ use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, measure_on, mib};
 use e2e_tal::reversible::{ReversibleTape, RewiredBackbone};
 use e2e_tal::train::pretrain::pretrain_from;
-use e2e_tal::train::workspace::{
-    PRETRAIN_SYNTH_SEED, PRETRAIN_VIDEOS, load_dataset, pretrained_backbone, rewired_recipe,
-};
 use e2e_tal::train::{BackboneConfig, PretrainConfig, TrainConfig};
 use e2e_tal::weights::CheckpointFamily;
+use e2e_tal::workspace::{
+    PRETRAIN_SYNTH_SEED, PRETRAIN_VIDEOS, load_dataset, pretrained_backbone, rewired_recipe,
+};
 use e2e_tal::{Error, Result, backend};
 
 #[global_allocator]

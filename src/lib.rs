@@ -19,7 +19,9 @@
 //! - [`train`]: the training loop (head-only, full, reversible, adapter), checkpoints and
 //!   resume, evaluation and inference of the whole detector;
 //! - [`backend`]: device selection (Flex CPU by default, wgpu and CUDA as features);
-//! - [`memory`]: peak-memory measurement for benches.
+//! - [`memory`]: peak-memory measurement for benches;
+//! - [`workspace`]: the built-in benchmark's folders (`data/`, `runs/`): datasets generated
+//!   when missing, pretrained backbones cached and reused.
 #![warn(missing_docs)]
 
 /// A progress line to the installed sink ([`io::progress`]; none by default, the CLI prints them).
@@ -44,5 +46,6 @@ mod seed;
 pub mod tal;
 pub mod train;
 pub mod weights;
+pub mod workspace;
 
 pub use error::{Error, Report, Result};

@@ -5,7 +5,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::data::lofi::LoFiMode;
-use e2e_tal::data::synth::FRAMES_DIR;
+use e2e_tal::data::source::FRAMES_DIR;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::reversible::DriftMonitor;
 use e2e_tal::tal::head::HeadConfig;

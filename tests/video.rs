@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use e2e_tal::backbone::vit::VitConfig;
+use e2e_tal::data::source::{FRAMES_DIR, VIDEOS_DIR};
 use e2e_tal::data::source::{FrameSource, open_source};
-use e2e_tal::data::synth::{FRAMES_DIR, FrameFormat, VIDEOS_DIR};
+use e2e_tal::data::synth::FrameFormat;
 use e2e_tal::data::video::VideoFile;
 use e2e_tal::data::{ClipSamplingConfig, GroundTruth, SynthConfig, sample_clips};
 use e2e_tal::tal::head::HeadConfig;

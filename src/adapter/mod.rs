@@ -1,6 +1,8 @@
-//! Adapters on a frozen backbone: LoSA's long-short range adapters ([`losa`]).
+//! Adapters on a frozen backbone: LoSA's long-short range adapters ([`Losa`]) and the
+//! cross-attention they are built from.
 
-pub mod cross_attention;
-pub mod losa;
+mod cross_attention;
+mod losa;
 
-pub use losa::{Losa, LosaConfig, LosaInput};
+pub use cross_attention::{CrossAttention, CrossAttentionConfig};
+pub use losa::{Losa, LosaConfig, LosaInput, RangeAdapter};

@@ -9,7 +9,7 @@ use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
-pub use super::residual::MlpBranch;
+use super::residual::MlpBranch;
 use super::residual::{ResidualBranch, TransformerBlock, drop_path, drop_path_schedule};
 use super::{BackboneOutput, LayerTaps, VideoBackbone, check_input};
 use crate::error::Result;

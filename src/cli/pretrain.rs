@@ -6,7 +6,7 @@ use e2e_tal::Result;
 use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::data::synth::MAX_VIDEOS;
 use e2e_tal::train::PretrainConfig;
-use e2e_tal::train::workspace::{PRETRAIN_VIDEOS, PRETRAINED, PretrainJob, pretrain_to};
+use e2e_tal::workspace::{PRETRAIN_VIDEOS, PRETRAINED, PretrainJob, pretrain_to};
 
 use super::count_in;
 

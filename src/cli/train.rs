@@ -4,16 +4,17 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use burn::tensor::Device;
 use clap::ValueEnum;
 use clap::builder::PossibleValue;
-use e2e_tal::backbone::BackbonePreset;
+use e2e_tal::backbone::{Backbone, BackbonePreset};
 use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::data::lofi::LoFiSampler;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
-use e2e_tal::train::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::train::{BackboneConfig, Checkpoint, RunOptions, TalDataset, TrainConfig, TrainMode};
 use e2e_tal::weights::CheckpointFamily;
+use e2e_tal::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::{Error, Result};
 
 use super::print_report;
@@ -250,42 +251,16 @@ fn resume_conflicts(a: &TrainArgs, ck: &TrainConfig) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The run folder of `mode` when `--out` is not given.
+fn default_out(mode: TrainMode) -> PathBuf {
+    PathBuf::from("runs").join(mode.to_string())
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
-    let default_out = |mode: TrainMode| PathBuf::from("runs").join(mode.to_string());
     let device = backend::device(a.backend)?;
     if a.resume {
-        let mut out = a
-            .out
-            .clone()
-            .unwrap_or_else(|| default_out(a.mode.unwrap_or_default()));
-        let ck = Checkpoint::load(&out)?;
-        let conflicts = resume_conflicts(&a, &ck.meta.config)?;
-        if !conflicts.is_empty() {
-            return Err(Error::ResumeConflict {
-                path: out,
-                conflicts: conflicts.join("; "),
-            });
-        }
-        let data = load_dataset(&a.data, &SynthConfig::new(), ck.meta.config.clips.span())?;
-        outln!(
-            "resuming {} at epoch {}, step {}",
-            out.display(),
-            ck.meta.state.epoch + 1,
-            ck.meta.state.global_step
-        )?;
-        let opts = RunOptions {
-            out_dir: out.clone(),
-            quiet: a.quiet,
-            stop_after_steps: a.stop_after_steps,
-            overwrite: false,
-        };
-        let changes = e2e_tal::train::ResumeChanges { epochs: a.epochs };
-        let mut cfg = ck.meta.config.clone();
-        let outcome = e2e_tal::train::resume_with(ck, &data, &opts, &changes, &device)?;
-        cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
-        out.clone_from(&opts.out_dir);
-        return report_outcome(&outcome, &data, &cfg, &out, start);
+        return resume(&a, &device, start);
     }
     let mut cfg = match &a.config {
         Some(p) => e2e_tal::train::config::read_config(p, &TrainConfig::new())?,
@@ -294,8 +269,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     apply_flags(&a, &mut cfg)?;
     cfg.validate()?;
     let mode = cfg.mode;
-    let backbone_arg = a.backbone.unwrap_or(BackboneArg::Synthetic);
-    let mut out = a.out.clone().unwrap_or_else(|| default_out(mode));
+    let out = a.out.clone().unwrap_or_else(|| default_out(mode));
     // Refuse an existing run before any work; with --overwrite its outputs are removed only
     // once the data and weights have loaded (below, or in `train`).
     if !a.overwrite {
@@ -307,86 +281,127 @@ pub fn run(a: TrainArgs) -> Result<()> {
         stop_after_steps: a.stop_after_steps,
         overwrite: a.overwrite,
     };
-    let (outcome, data, cfg) = {
-        let t = Instant::now();
-        let data = load_dataset(&a.data, &SynthConfig::new(), cfg.clips.span())?;
-        let n_train = data.indices(Subset::Training).len();
-        outln!(
-            "dataset: {} ({} training, {} validation videos, {} classes) loaded in {:.1}s",
-            a.data.display(),
-            n_train,
-            data.indices(Subset::Validation).len(),
-            data.classes.len(),
-            t.elapsed().as_secs_f64()
+    let data = dataset(&a.data, cfg.clips.span())?;
+    let backbone = start_backbone(&a, &cfg, &device)?;
+    if let Some(b) = &a.memory_budget {
+        e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
+        let choice = e2e_tal::train::budget::choose_fidelity(
+            &cfg,
+            &data,
+            &backbone,
+            e2e_tal::train::budget::parse_bytes(b)?,
+            &e2e_tal::train::budget::candidate_fidelities(),
+            &out.join("budget-probes"),
+            &device,
         )?;
-        let weights = match (&a.weights, a.from_scratch) {
-            (Some(w), _) => Some(w.clone()),
-            (None, false) => Some(pretrained_backbone(&cfg, a.quiet, &device)?),
-            (None, true) => None,
-        };
-        device.seed(cfg.seed);
-        let mut backbone = cfg.backbone.init(&device);
-        if let Some(w) = &weights {
-            let family = match (a.family, backbone_arg) {
-                (Some(f), _) => f,
-                (None, BackboneArg::Preset(p)) => p.default_family(),
-                (None, BackboneArg::Synthetic) => CheckpointFamily::Native,
-            };
-            let r = backbone.load(w, family)?;
-            outln!("backbone: {} tensors from {}", r.applied.len(), w.display())?;
-            for n in &r.notes {
-                e2e_tal::io::warning(format_args!("note: {}: {n}", w.display()));
-            }
-        }
-        if let Some(b) = &a.memory_budget {
-            e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
-            let budget = e2e_tal::train::budget::parse_bytes(b)?;
-            let choice = e2e_tal::train::budget::choose_fidelity(
-                &cfg,
-                &data,
-                &backbone,
-                budget,
-                &e2e_tal::train::budget::candidate_fidelities(),
-                &out.join("budget-probes"),
-                &device,
-            )?;
-            outln!("{choice}")?;
-            cfg.lofi.mode = choice.mode();
-        }
+        outln!("{choice}")?;
+        cfg.lofi.mode = choice.mode();
+    }
+    outln!(
+        "training: mode {mode}, {} epochs, backbone {}, run folder {}",
+        cfg.epochs,
+        a.backbone.unwrap_or(BackboneArg::Synthetic),
+        out.display()
+    )?;
+    if !a.retrain_head {
+        let outcome = e2e_tal::train::train(cfg.clone(), &data, backbone, &opts, &device)?;
+        return report_outcome(&outcome, &data, &cfg, &out, start);
+    }
+    e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
+    // LoFi-E2E stages 2 and 3: report stage 2, then continue with stage 3's run.
+    let st = e2e_tal::train::stages::end_to_end_then_head(
+        cfg.clone(),
+        cfg.epochs,
+        &data,
+        backbone,
+        &opts,
+        &device,
+    )?;
+    if let Some((_, r)) = &st.end_to_end.evaluation {
         outln!(
-            "training: mode {mode}, {} epochs, backbone {}, run folder {}",
-            cfg.epochs,
-            backbone_arg,
-            out.display()
+            "stage 2 ({mode}, end to end) validation avg mAP {:.2}% -> {}",
+            100.0 * r.average_map,
+            out.join("stage2").display()
         )?;
-        if a.retrain_head {
-            e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
-            // LoFi-E2E stages 2 and 3: report stage 2, then continue with stage 3's run.
-            let st = e2e_tal::train::stages::end_to_end_then_head(
-                cfg.clone(),
-                cfg.epochs,
-                &data,
-                backbone,
-                &opts,
-                &device,
-            )?;
-            if let Some((_, r)) = &st.end_to_end.evaluation {
-                outln!(
-                    "stage 2 ({mode}, end to end) validation avg mAP {:.2}% -> {}",
-                    100.0 * r.average_map,
-                    out.join("stage2").display()
-                )?;
-            }
-            out = out.join("stage3");
-            let c = cfg.clone().with_mode(TrainMode::HeadOnly);
-            outln!("stage 3: head retrained at full fidelity on the frozen stage-2 backbone")?;
-            (st.head, data, c)
-        } else {
-            let outcome = e2e_tal::train::train(cfg.clone(), &data, backbone, &opts, &device)?;
-            (outcome, data, cfg)
-        }
+    }
+    outln!("stage 3: head retrained at full fidelity on the frozen stage-2 backbone")?;
+    let head_cfg = cfg.with_mode(TrainMode::HeadOnly);
+    report_outcome(&st.head, &data, &head_cfg, &out.join("stage3"), start)
+}
+
+/// `train --resume`: continue the run in `--out` (or the mode's default folder) where its last
+/// checkpoint stopped, refusing flags that contradict its configuration.
+fn resume(a: &TrainArgs, device: &Device, start: Instant) -> Result<()> {
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(a.mode.unwrap_or_default()));
+    let ck = Checkpoint::load(&out)?;
+    let conflicts = resume_conflicts(a, &ck.meta.config)?;
+    if !conflicts.is_empty() {
+        return Err(Error::ResumeConflict {
+            path: out,
+            conflicts: conflicts.join("; "),
+        });
+    }
+    let data = load_dataset(&a.data, &SynthConfig::new(), ck.meta.config.clips.span())?;
+    outln!(
+        "resuming {} at epoch {}, step {}",
+        out.display(),
+        ck.meta.state.epoch + 1,
+        ck.meta.state.global_step
+    )?;
+    let opts = RunOptions {
+        out_dir: out.clone(),
+        quiet: a.quiet,
+        stop_after_steps: a.stop_after_steps,
+        overwrite: false,
     };
+    let changes = e2e_tal::train::ResumeChanges { epochs: a.epochs };
+    let mut cfg = ck.meta.config.clone();
+    let outcome = e2e_tal::train::resume_with(ck, &data, &opts, &changes, device)?;
+    cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
     report_outcome(&outcome, &data, &cfg, &out, start)
+}
+
+/// The dataset in `dir` (the synthetic benchmark generated there when missing), announced.
+fn dataset(dir: &Path, min_frames: usize) -> Result<TalDataset> {
+    let t = Instant::now();
+    let data = load_dataset(dir, &SynthConfig::new(), min_frames)?;
+    outln!(
+        "dataset: {} ({} training, {} validation videos, {} classes) loaded in {:.1}s",
+        dir.display(),
+        data.indices(Subset::Training).len(),
+        data.indices(Subset::Validation).len(),
+        data.classes.len(),
+        t.elapsed().as_secs_f64()
+    )?;
+    Ok(data)
+}
+
+/// The backbone a new run starts from: `--weights`, the cached pretrained backbone (made first
+/// when missing), or random weights with `--from-scratch`.
+fn start_backbone(a: &TrainArgs, cfg: &TrainConfig, device: &Device) -> Result<Backbone> {
+    let weights = match (&a.weights, a.from_scratch) {
+        (Some(w), _) => Some(w.clone()),
+        (None, false) => Some(pretrained_backbone(cfg, a.quiet, device)?),
+        (None, true) => None,
+    };
+    device.seed(cfg.seed);
+    let mut backbone = cfg.backbone.init(device);
+    if let Some(w) = &weights {
+        let family = match (a.family, a.backbone.unwrap_or(BackboneArg::Synthetic)) {
+            (Some(f), _) => f,
+            (None, BackboneArg::Preset(p)) => p.default_family(),
+            (None, BackboneArg::Synthetic) => CheckpointFamily::Native,
+        };
+        let r = backbone.load(w, family)?;
+        outln!("backbone: {} tensors from {}", r.applied.len(), w.display())?;
+        for n in &r.notes {
+            e2e_tal::io::warning(format_args!("note: {}: {n}", w.display()));
+        }
+    }
+    Ok(backbone)
 }
 
 /// Print what a finished (or stopped) run produced and save a trained backbone's weights.

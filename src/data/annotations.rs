@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde_json::{Map, Value, json};
 
 use super::json::{Ctx, parse};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::{read_to_string, write_json_atomic};
 use crate::tal::postprocess::Segment;
 
@@ -414,14 +414,10 @@ impl FastResults {
     }
 }
 
-/// Turn a `FromStr` error into a configuration error (used by the CLI).
-pub fn parse_subset(s: &str) -> Result<Subset> {
-    s.parse().map_err(Error::Config)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     const P: &str = "gt.json";
 

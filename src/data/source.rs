@@ -17,7 +17,7 @@ pub const FRAMES_DIR: &str = "frames";
 pub const VIDEOS_DIR: &str = "videos";
 
 /// Whether `path` ends in one of [`VIDEO_EXTENSIONS`].
-pub fn has_video_extension(path: &Path) -> bool {
+pub(crate) fn has_video_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))

@@ -20,7 +20,7 @@ use crate::io::write_json_atomic;
 
 /// File name of the ground truth inside a dataset folder.
 pub const ANNOTATIONS_FILE: &str = "annotations.json";
-pub use super::source::{FRAMES_DIR, VIDEOS_DIR};
+use super::source::{FRAMES_DIR, VIDEOS_DIR};
 
 /// Largest frame side [`SynthConfig`] accepts (a 2048 x 2048 RGB frame is 12 MiB to render).
 pub const MAX_SIDE: usize = 2048;

@@ -136,14 +136,14 @@ fn fail(path: &Path, reason: impl std::fmt::Display) -> Error {
 }
 
 /// Serialise a module to burnpack bytes (parameter ids included).
-pub fn module_bytes<M: Module + ModuleSnapshot>(m: &M, path: &Path) -> Result<Bytes> {
+pub(crate) fn module_bytes<M: Module + ModuleSnapshot>(m: &M, path: &Path) -> Result<Bytes> {
     let mut store = BurnpackStore::from_bytes(None);
     m.save_into(&mut store).map_err(|e| fail(path, e))?;
     store.get_bytes().map_err(|e| fail(path, e))
 }
 
 /// Load burnpack bytes into `m`; every tensor must be present with the right shape.
-pub fn load_module_bytes<M: Module + ModuleSnapshot>(
+pub(crate) fn load_module_bytes<M: Module + ModuleSnapshot>(
     m: &mut M,
     bytes: Bytes,
     path: &Path,
@@ -163,7 +163,7 @@ pub fn load_module_bytes<M: Module + ModuleSnapshot>(
 }
 
 /// Name of the manifest of a checkpoint folder: file name -> SHA-256 (hex).
-pub const CHECKSUMS: &str = "checksums.json";
+pub(crate) const CHECKSUMS: &str = "checksums.json";
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -174,7 +174,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Verify the files of checkpoint folder `dir` against its manifest. A folder written before
 /// checksums existed (no manifest) passes as it is.
-pub fn verify(dir: &Path) -> Result<()> {
+pub(crate) fn verify(dir: &Path) -> Result<()> {
     let manifest = dir.join(CHECKSUMS);
     if !manifest.is_file() {
         return Ok(());
@@ -256,7 +256,7 @@ pub fn save(
 }
 
 /// The complete checkpoint folders of a run, newest first (`run` itself when it is one).
-pub fn candidates(run: &Path) -> Vec<PathBuf> {
+pub(crate) fn candidates(run: &Path) -> Vec<PathBuf> {
     [
         run.to_path_buf(),
         run.join("checkpoint"),

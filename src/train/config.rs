@@ -9,7 +9,7 @@ use burn::config::Config;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::losa::LosaConfig;
+use crate::adapter::LosaConfig;
 use crate::backbone::resnet3d::ResNet3dConfig;
 use crate::backbone::swin::SwinConfig;
 use crate::backbone::vit::VitConfig;
@@ -333,7 +333,7 @@ impl TrainConfig {
 /// `value` with every field it lacks taken from `default` (recursively), so configurations
 /// written by an older version of the crate (before a field existed) still load. An object
 /// with a key `default` does not have (another enum variant, another shape) is kept as it is.
-pub fn with_defaults<C: serde::Serialize>(
+pub(crate) fn with_defaults<C: serde::Serialize>(
     default: &C,
     value: serde_json::Value,
 ) -> serde_json::Value {

@@ -45,7 +45,7 @@ impl TalVideo {
 }
 
 /// Inverse of [`GridToTime::seconds`].
-pub fn seconds_to_grid(grid: &GridToTime, t: f64) -> f64 {
+pub(crate) fn seconds_to_grid(grid: &GridToTime, t: f64) -> f64 {
     (t * grid.fps - 0.5 * grid.span_frames) / grid.stride_frames
 }
 

@@ -39,7 +39,7 @@ impl ModuleMapper for Blend {
 /// One EMA update of `ema` (an inference copy of `model`, made by `model.valid()` so the ids
 /// match) towards `model`'s current weights. Only parameters are averaged: running statistics
 /// (BatchNorm) are not, which is why the trainer refuses EMA for ResNet backbones that train.
-pub fn ema_update<M: Module>(ema: M, model: &M, decay: f64) -> M {
+pub(crate) fn ema_update<M: Module>(ema: M, model: &M, decay: f64) -> M {
     let mut c = Collect(HashMap::new());
     model.valid().visit(&mut c);
     ema.map(&mut Blend {

@@ -6,16 +6,15 @@ pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod dataset;
-pub mod ema;
+mod ema;
 pub mod infer;
 pub mod model;
 pub mod plan;
 pub mod pretrain;
-pub mod schedule;
+mod schedule;
 pub mod stages;
 mod step;
 pub mod trainer;
-pub mod workspace;
 
 pub use checkpoint::{Checkpoint, EpochLog, TrainState};
 pub use config::{BackboneConfig, TrainConfig, TrainMode};

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::config::{TrainConfig, TrainMode};
-use crate::adapter::losa::{Losa, LosaInput};
+use crate::adapter::{Losa, LosaInput};
 use crate::backbone::{Backbone, BackboneOutput, LayerTaps, Network, VideoBackbone};
 use crate::data::clips::{ClipSamplingConfig, clip_range};
 use crate::data::frames::Frames;
@@ -52,7 +52,7 @@ impl Backbone {
 }
 
 /// Layers the adapters read: `cfg.adapter_layers`, or every layer but the last.
-pub fn adapter_layers(cfg: &TrainConfig, backbone: &Backbone) -> Result<Vec<usize>> {
+pub(crate) fn adapter_layers(cfg: &TrainConfig, backbone: &Backbone) -> Result<Vec<usize>> {
     let n = backbone.num_layers();
     if cfg.adapter_layers.is_empty() {
         if n < 2 {

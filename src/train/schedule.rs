@@ -3,7 +3,7 @@
 
 /// Warm-up + cosine schedule over `total` steps.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct WarmupCosine {
+pub(crate) struct WarmupCosine {
     /// Peak learning rate.
     pub peak: f64,
     /// Warm-up steps (linear from `peak / warmup` at step 0 to `peak`).

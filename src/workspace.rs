@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use super::{PretrainConfig, TalDataset, TrainConfig};
 use crate::data::source::media_dir;
 use crate::data::synth::load_or_generate;
 use crate::data::{GroundTruth, SynthConfig};
 use crate::error::{Error, Result};
+use crate::train::{PretrainConfig, TalDataset, TrainConfig};
 use crate::weights::CheckpointFamily;
 
 /// Load the dataset in `data`, generating the synthetic benchmark `synth` there first when it
