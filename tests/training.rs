@@ -13,7 +13,7 @@ use e2e_tal::train::pretrain::pretrain_from;
 use e2e_tal::train::stages::end_to_end_then_head;
 use e2e_tal::train::{
     BackboneConfig, Checkpoint, PretrainConfig, RunOptions, TalDataset, TrainConfig, TrainMode,
-    TrainOutcome, pretrain, resume, train,
+    TrainOutcome, TrainPlan, pretrain, resume, train,
 };
 
 /// Budget mode measures training steps with it (the trainer reports a step's peak through it).
@@ -386,7 +386,7 @@ fn adapter_training_on_extracted_layers_equals_the_per_step_backbone() {
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(&dir.path().join("data"));
     let cfg = tiny_config(TrainMode::Adapter, 1);
-    assert!(cfg.caches_features());
+    assert!(TrainPlan::from_config(&cfg).unwrap().caches_features());
     let cached = run(cfg.clone(), &data, &dir.path().join("cached"), Some(4));
     let live = run(
         cfg.clone().with_cache_features(false),

@@ -238,12 +238,6 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// Whether training reads backbone outputs extracted once (frozen-backbone modes with
-    /// `cache_features`).
-    pub fn caches_features(&self) -> bool {
-        self.cache_features && matches!(self.mode, TrainMode::HeadOnly | TrainMode::Adapter)
-    }
-
     /// Whether the backbone runs rewired (mode `reversible`, or `rewired` set).
     pub fn uses_rewired_backbone(&self) -> bool {
         self.rewired || self.mode == TrainMode::Reversible
