@@ -24,10 +24,10 @@ use std::ops::Range;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, OpsPrep};
 use burn::backend::ops::AttentionModuleOptions;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Slice, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Slice, TensorMetadata};
 use burn::tensor::Tensor;
 
 use crate::fastmath::FastMath;
@@ -43,55 +43,86 @@ const MIN_TILE: usize = 64;
 /// (the tile sweep is in `docs/performance.md`).
 const MAX_TILE: usize = 128;
 
-/// Attention as a backend extension: one custom autodiff operation on `Autodiff<B>`, Burn's fused
-/// kernel on the inner backends.
-#[backend_extension(
-    Flex: cfg(feature = "flex"),
-    NdArray: cfg(feature = "ndarray"),
-    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
-    Autodiff
-)]
-pub trait AttentionBackend: Backend {
-    /// `softmax(q k^T * scale) v`.
-    ///
-    /// # Shapes
-    /// - q `[B, H, Nq, D]`, k `[B, H, Nk, D]`, v `[B, H, Nk, Dv]` -> `[B, H, Nq, Dv]`
-    fn memory_efficient_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
-        tile: usize,
-    ) -> FloatTensor<Self> {
-        let _ = tile;
-        Self::attention(q, k, v, None, None, fused_options(scale))
-    }
-
-    /// `softmax(q k^T * scale + bias) v` with `bias` broadcast over batch and heads.
-    ///
-    /// # Shapes
-    /// - q `[B, H, Nq, D]`, k `[B, H, Nk, D]`, v `[B, H, Nk, Dv]`,
-    ///   bias `[B | 1, H | 1, Nq, Nk]` -> `[B, H, Nq, Dv]`
-    fn memory_efficient_attention_bias(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        scale: f64,
-        tile: usize,
-    ) -> FloatTensor<Self> {
-        let _ = tile;
-        Self::attention(q, k, v, None, Some(bias), fused_options(scale))
+backend_extension! {
+    /// Attention as a backend extension: one custom autodiff operation on `Autodiff<B>`, Burn's
+    /// fused kernel on the inner backends.
+    pub trait AttentionBackend: Backend {
+        /// `softmax(q k^T * scale + bias) v`, with the optional additive `bias` broadcast over
+        /// batch and heads.
+        ///
+        /// # Shapes
+        /// - q `[B, H, Nq, D]`, k `[B, H, Nk, D]`, v `[B, H, Nk, Dv]`,
+        ///   bias `[B | 1, H | 1, Nq, Nk]` -> `[B, H, Nq, Dv]`
+        fn memory_efficient_attention(
+            #[extension_type] inputs: AttentionInputs<Self>,
+        ) -> FloatTensor<Self> {
+            let i = inputs;
+            fused::<Self>(i.q, i.k, i.v, i.bias.into_option(), i.scale)
+        }
     }
 }
 
-/// Options of Burn's fused kernel: the scale given, nothing else.
-fn fused_options(scale: f64) -> AttentionModuleOptions {
-    AttentionModuleOptions {
+/// One attention call's operands.
+///
+/// # Shapes
+/// - q `[B, H, Nq, D]`, k `[B, H, Nk, D]`, v `[B, H, Nk, Dv]`, bias `[B | 1, H | 1, Nq, Nk]`
+#[derive(ExtensionType, Clone, Debug)]
+pub struct AttentionInputs<B: Backend> {
+    /// Queries.
+    pub q: FloatTensor<B>,
+    /// Keys.
+    pub k: FloatTensor<B>,
+    /// Values.
+    pub v: FloatTensor<B>,
+    /// The additive bias, if any.
+    #[extension_type]
+    pub bias: Bias<B>,
+    /// Multiplies the scores before the bias is added.
+    pub scale: f64,
+    /// Query rows per tile of the tiled pass.
+    pub tile: usize,
+}
+
+/// An attention's additive bias, when it has one (an `Option` that crosses the dispatch
+/// boundary, which plain options do not).
+#[derive(ExtensionType, Clone, Debug)]
+pub enum Bias<B: Backend> {
+    /// No bias.
+    None,
+    /// Added to the scaled scores before the softmax.
+    Additive(FloatTensor<B>),
+}
+
+impl<B: Backend> Bias<B> {
+    /// The bias as an option.
+    pub fn into_option(self) -> Option<FloatTensor<B>> {
+        match self {
+            Bias::None => None,
+            Bias::Additive(b) => Some(b),
+        }
+    }
+}
+
+impl<B: Backend> From<Option<FloatTensor<B>>> for Bias<B> {
+    fn from(bias: Option<FloatTensor<B>>) -> Self {
+        bias.map_or(Bias::None, Bias::Additive)
+    }
+}
+
+/// Burn's fused kernel (no tiles, no state for a backward pass) with the scale given.
+fn fused<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let options = AttentionModuleOptions {
         scale: Some(scale),
         softcap: None,
         is_causal: false,
-    }
+    };
+    B::attention(q, k, v, None, bias, options)
 }
 
 #[cfg(feature = "flex")]
@@ -105,15 +136,13 @@ impl AttentionBackend for burn::backend::NdArray {}
 // through the tiled forward, whose broadcasting is tested on every CPU backend.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl AttentionBackend for burn::backend::Cube {
-    fn memory_efficient_attention_bias(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        scale: f64,
-        tile: usize,
-    ) -> FloatTensor<Self> {
-        tiled_forward::<Self>(&q, &k, &v, Some(&bias), scale, tile).0
+    fn memory_efficient_attention(i: AttentionInputs<Self>) -> FloatTensor<Self> {
+        match i.bias {
+            Bias::None => fused::<Self>(i.q, i.k, i.v, None, i.scale),
+            Bias::Additive(bias) => {
+                tiled_forward::<Self>(&i.q, &i.k, &i.v, Some(&bias), i.scale, i.tile).0
+            }
+        }
     }
 }
 
@@ -130,97 +159,58 @@ struct Saved<B: Backend> {
     tile: usize,
 }
 
+/// The attention operation with `N` parents: q, k, v and, when there is one, the bias.
 #[derive(Debug)]
-struct AttentionQkv;
+struct AttentionOp;
 
-#[derive(Debug)]
-struct AttentionQkvBias;
-
-impl<B: Backend + FastMath> Backward<B, 3> for AttentionQkv {
+impl<B: Backend + FastMath, const N: usize> Backward<B, N> for AttentionOp {
     type State = Saved<B>;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad_out = grads.consume::<B>(&ops.node);
-        let g = tiled_backward::<B>(&ops.state, grad_out, false);
-        for (node, grad) in ops.parents.into_iter().zip([g.q, g.k, g.v]) {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
-    }
-}
-
-impl<B: Backend + FastMath> Backward<B, 4> for AttentionQkvBias {
-    type State = Saved<B>;
-
-    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad_out = grads.consume::<B>(&ops.node);
-        let want_bias = ops.parents[3].is_some();
+        let want_bias = N == 4 && ops.parents[N - 1].is_some();
         let g = tiled_backward::<B>(&ops.state, grad_out, want_bias);
-        let [nq, nk, nv, nb] = ops.parents;
-        for (node, grad) in [nq, nk, nv].into_iter().zip([g.q, g.k, g.v]) {
-            if let Some(node) = node {
+        let parent_grads = [Some(g.q), Some(g.k), Some(g.v), g.bias];
+        for (node, grad) in ops.parents.into_iter().zip(parent_grads) {
+            if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<B>(node.id, grad);
             }
-        }
-        if let (Some(node), Some(grad)) = (nb, g.bias) {
-            grads.register::<B>(node.id, grad);
         }
     }
 }
 
 impl<B: Backend + FastMath, C: CheckpointStrategy> AttentionBackend for Autodiff<B, C> {
-    fn memory_efficient_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f64,
-        tile: usize,
-    ) -> FloatTensor<Self> {
-        let prep = AttentionQkv
-            .prepare::<C>([q.node(), k.node(), v.node()])
-            .compute_bound()
-            .stateful();
-        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let (state, out) = Saved::forward(q, k, v, None, scale, tile);
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::attention(q, k, v, None, None, fused_options(scale)))
+    fn memory_efficient_attention(inputs: AttentionInputs<Self>) -> FloatTensor<Self> {
+        let qkv = [inputs.q.node(), inputs.k.node(), inputs.v.node()];
+        match &inputs.bias {
+            Bias::None => record(AttentionOp.prepare::<C>(qkv), inputs),
+            Bias::Additive(bias) => {
+                let [q, k, v] = qkv;
+                record(AttentionOp.prepare::<C>([q, k, v, bias.node()]), inputs)
             }
         }
     }
+}
 
-    fn memory_efficient_attention_bias(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        scale: f64,
-        tile: usize,
-    ) -> FloatTensor<Self> {
-        let prep = AttentionQkvBias
-            .prepare::<C>([q.node(), k.node(), v.node(), bias.node()])
-            .compute_bound()
-            .stateful();
-        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
-        let bias = bias.into_primitive();
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let (state, out) = Saved::forward(q, k, v, Some(bias), scale, tile);
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::attention(
-                q,
-                k,
-                v,
-                None,
-                Some(bias),
-                fused_options(scale),
-            )),
+/// Runs the attention for a prepared operation: tiled (keeping the backward's state) when a
+/// parent is tracked, Burn's fused kernel otherwise.
+fn record<B: Backend + FastMath, C: CheckpointStrategy, const N: usize>(
+    prep: OpsPrep<AttentionOp, B, Saved<B>, C, N>,
+    inputs: AttentionInputs<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (q, k, v) = (
+        inputs.q.into_primitive(),
+        inputs.k.into_primitive(),
+        inputs.v.into_primitive(),
+    );
+    let bias = inputs.bias.into_option().map(|b| b.into_primitive());
+    let (scale, tile) = (inputs.scale, inputs.tile);
+    match prep.compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (state, out) = Saved::forward(q, k, v, bias, scale, tile);
+            prep.finish(state, out)
         }
+        OpsKind::UnTracked(prep) => prep.finish(fused::<B>(q, k, v, bias, scale)),
     }
 }
 
@@ -413,38 +403,17 @@ pub fn attention_tiled(
     scale: f64,
     tile: usize,
 ) -> Tensor<4> {
-    let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
-    Tensor::from_dispatch(match bias {
-        None => <Dispatch as AttentionBackend>::memory_efficient_attention(q, k, v, scale, tile),
-        Some(bias) => <Dispatch as AttentionBackend>::memory_efficient_attention_bias(
-            q,
-            k,
-            v,
-            bias.into_dispatch(),
-            scale,
-            tile,
-        ),
-    })
-}
-
-/// The ordinary formula, `softmax(q k^T * scale + bias) v`, kept as the reference the tests
-/// compare with.
-///
-/// # Shapes
-/// - as [`attention`]
-pub fn attention_naive(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    bias: Option<Tensor<4>>,
-    scale: f64,
-) -> Tensor<4> {
-    let s = (q * scale).matmul(k.swap_dims(2, 3));
-    let s = match bias {
-        Some(b) => s + b,
-        None => s,
+    let inputs = AttentionInputs {
+        q: q.into_dispatch(),
+        k: k.into_dispatch(),
+        v: v.into_dispatch(),
+        bias: bias.map(Tensor::into_dispatch).into(),
+        scale,
+        tile,
     };
-    burn::tensor::activation::softmax(s, 3).matmul(v)
+    Tensor::from_dispatch(<Dispatch as AttentionBackend>::memory_efficient_attention(
+        inputs,
+    ))
 }
 
 #[cfg(test)]
@@ -452,6 +421,26 @@ mod tests {
     use burn::tensor::{Distribution, TensorData};
 
     use super::*;
+
+    /// The ordinary formula, `softmax(q k^T * scale + bias) v`, kept as the reference the tests
+    /// compare with.
+    ///
+    /// # Shapes
+    /// - as [`attention`]
+    fn attention_naive(
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        bias: Option<Tensor<4>>,
+        scale: f64,
+    ) -> Tensor<4> {
+        let s = (q * scale).matmul(k.swap_dims(2, 3));
+        let s = match bias {
+            Some(b) => s + b,
+            None => s,
+        };
+        burn::tensor::activation::softmax(s, 3).matmul(v)
+    }
 
     fn device() -> burn::tensor::Device {
         crate::backend::cpu_device().autodiff()

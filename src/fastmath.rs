@@ -24,39 +24,35 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, backend_extension};
+use burn::backend::{Autodiff, Backend, Dispatch};
 use burn::tensor::Tensor;
 
-/// `exp` and GELU as a backend extension: vectorised on Flex, the backend's own elsewhere.
-#[backend_extension(
-    Flex: cfg(feature = "flex"),
-    NdArray: cfg(feature = "ndarray"),
-    Cube: cfg(any(feature = "wgpu", feature = "cuda")),
-    Autodiff
-)]
-pub trait FastMath: Backend {
-    /// Element-wise `e^x`.
-    ///
-    /// # Shapes
-    /// - any -> same
-    fn fast_exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::float_exp(x)
-    }
+backend_extension! {
+    /// `exp` and GELU as a backend extension: vectorised on Flex, the backend's own elsewhere.
+    pub trait FastMath: Backend {
+        /// Element-wise `e^x`.
+        ///
+        /// # Shapes
+        /// - any -> same
+        fn fast_exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::float_exp(x)
+        }
 
-    /// Element-wise GELU, `x Phi(x)`.
-    ///
-    /// # Shapes
-    /// - any -> same
-    fn fast_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::gelu(x)
-    }
+        /// Element-wise GELU, `x Phi(x)`.
+        ///
+        /// # Shapes
+        /// - any -> same
+        fn fast_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::gelu(x)
+        }
 
-    /// `grad * GELU'(x)`.
-    ///
-    /// # Shapes
-    /// - x, grad: same shape -> same
-    fn fast_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::gelu_backward(x, grad)
+        /// `grad * GELU'(x)`.
+        ///
+        /// # Shapes
+        /// - x, grad: same shape -> same
+        fn fast_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            Self::gelu_backward(x, grad)
+        }
     }
 }
 

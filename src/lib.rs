@@ -29,6 +29,20 @@ macro_rules! say {
     ($($t:tt)*) => { $crate::io::progress(format_args!($($t)*)) };
 }
 
+/// A backend extension trait over every backend this crate builds for (Flex, NdArray, CubeCL
+/// for wgpu and CUDA) plus autodiff: one list for every extension in the crate.
+macro_rules! backend_extension {
+    ($item:item) => {
+        #[burn::backend::backend_extension(
+                            Flex: cfg(feature = "flex"),
+                            NdArray: cfg(feature = "ndarray"),
+                            Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+                            Autodiff
+                        )]
+        $item
+    };
+}
+
 pub mod adapter;
 pub mod attention;
 pub mod backbone;
