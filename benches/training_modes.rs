@@ -14,8 +14,8 @@
 use std::path::Path;
 
 use e2e_tal::backbone::vit::VitConfig;
-use e2e_tal::data::lofi::LoFiMode;
-use e2e_tal::data::source::FRAMES_DIR;
+use e2e_tal::data::FRAMES_DIR;
+use e2e_tal::data::LoFiMode;
 use e2e_tal::data::{ClipSamplingConfig, SynthConfig};
 use e2e_tal::memory::{CountingAllocator, mib};
 use e2e_tal::train::{BackboneConfig, RunOptions, TalDataset, TrainConfig, TrainMode, train};

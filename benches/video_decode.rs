@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use e2e_tal::data::source::FrameSource;
-use e2e_tal::data::video::VideoFile;
+use e2e_tal::data::FrameSource;
+use e2e_tal::data::VideoFile;
 
 /// Best of `n` runs of `f`, seconds.
 fn best(n: usize, mut f: impl FnMut()) -> f64 {

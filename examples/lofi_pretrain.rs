@@ -16,12 +16,12 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use e2e_tal::backend::BackendKind;
+use e2e_tal::data::LoFiSampler;
 use e2e_tal::data::SynthConfig;
-use e2e_tal::data::lofi::LoFiSampler;
 use e2e_tal::memory::{CountingAllocator, mib};
-use e2e_tal::train::budget::{candidate_fidelities, choose_fidelity, parse_bytes};
-use e2e_tal::train::stages::end_to_end_then_head;
+use e2e_tal::train::end_to_end_then_head;
 use e2e_tal::train::{RunOptions, TrainConfig, TrainMode, TrainOutcome, train};
+use e2e_tal::train::{candidate_fidelities, choose_fidelity, parse_bytes};
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::workspace::{load_dataset, pretrained_backbone};
 use e2e_tal::{Result, backend};
@@ -112,7 +112,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             .clone()
             .with_mode(TrainMode::HeadOnly)
             .with_epochs(a.head_epochs)
-            .with_lofi(e2e_tal::data::lofi::LoFiConfig::new());
+            .with_lofi(e2e_tal::data::LoFiConfig::new());
         let opts = RunOptions {
             out_dir: a.out.join("acp"),
             quiet: true,

@@ -181,7 +181,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             for i in data.indices(e2e_tal::data::Subset::Validation) {
                 let f = det_open.features(&data.videos[i])?;
                 let last = f.features.clone();
-                let fused = e2e_tal::train::model::head_input(open.adapter.as_ref(), f)?;
+                let fused = e2e_tal::train::head_input(open.adapter.as_ref(), f)?;
                 let centred = last.clone() - last.clone().mean_dim(0);
                 delta += (fused - last).square().sum().into_scalar::<f64>();
                 spread += centred.square().sum().into_scalar::<f64>();

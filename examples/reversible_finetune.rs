@@ -25,7 +25,7 @@ use e2e_tal::backend::BackendKind;
 use e2e_tal::data::SynthConfig;
 use e2e_tal::memory::{CountingAllocator, measure_on, mib};
 use e2e_tal::reversible::{ReversibleTape, RewiredBackbone};
-use e2e_tal::train::pretrain::pretrain_from;
+use e2e_tal::train::pretrain_from;
 use e2e_tal::train::{BackboneConfig, PretrainConfig, TrainConfig};
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::workspace::{
@@ -158,8 +158,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             .with_videos(PRETRAIN_VIDEOS),
         base.clips.span(),
     )?;
-    let probe =
-        e2e_tal::data::clips::clip_range(&data.videos[0].frames, &base.clips, 0, 4, &device)?;
+    let probe = e2e_tal::data::clip_range(&data.videos[0].frames, &base.clips, 0, 4, &device)?;
     let plain = vit.forward(probe.clone(), &[])?.features;
     let rewired = vit.forward_rewired_inference(probe)?;
     let change = (rewired - plain.clone()).abs().max().into_scalar::<f32>()

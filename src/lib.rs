@@ -34,11 +34,11 @@ macro_rules! say {
 macro_rules! backend_extension {
     ($item:item) => {
         #[burn::backend::backend_extension(
-                            Flex: cfg(feature = "flex"),
-                            NdArray: cfg(feature = "ndarray"),
-                            Cube: cfg(any(feature = "wgpu", feature = "cuda")),
-                            Autodiff
-                        )]
+                                            Flex: cfg(feature = "flex"),
+                                            NdArray: cfg(feature = "ndarray"),
+                                            Cube: cfg(any(feature = "wgpu", feature = "cuda")),
+                                            Autodiff
+                                        )]
         $item
     };
 }

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::data::source::media_dir;
-use crate::data::synth::load_or_generate;
+use crate::data::{ANNOTATIONS_FILE, media_dir};
 use crate::data::{GroundTruth, SynthConfig};
 use crate::error::{Error, Result};
 use crate::train::{PretrainConfig, TalDataset, TrainConfig};
@@ -17,7 +16,7 @@ use crate::weights::CheckpointFamily;
 /// Load the dataset in `data`, generating the synthetic benchmark `synth` there first when it
 /// has no annotations; every video must hold at least `min_frames` frames.
 pub fn load_dataset(data: &Path, synth: &SynthConfig, min_frames: usize) -> Result<TalDataset> {
-    let ann = data.join("annotations.json");
+    let ann = data.join(ANNOTATIONS_FILE);
     let gt = if ann.is_file() {
         GroundTruth::from_json_file(&ann)?
     } else {
@@ -30,7 +29,7 @@ pub fn load_dataset(data: &Path, synth: &SynthConfig, min_frames: usize) -> Resu
                 synth.videos
             );
         }
-        load_or_generate(data, synth)?.ground_truth
+        synth.load_or_generate(data)?.ground_truth
     };
     TalDataset::load(&gt, &media_dir(data), &[], None, min_frames)
 }
@@ -70,7 +69,7 @@ pub fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> 
         backbone.load(w, CheckpointFamily::Native)?;
         say!("starting from {}", w.display());
     }
-    let out = crate::train::pretrain::pretrain_from(cfg, &data, backbone, job.quiet, device)?;
+    let out = crate::train::pretrain_from(cfg, &data, backbone, job.quiet, device)?;
     say!(
         "pretrained on {} clips ({} validation) in {:.0}s: train accuracy (last 10% of steps) {:.1}%{}",
         out.clips.0,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use e2e_tal::data::npy::FeatureSequence;
+use e2e_tal::data::FeatureSequence;
 use e2e_tal::data::{
     Annotation, Detection, GroundTruth, Predictions, Subset, ThumosSource, VideoAnnotations,
     VideoDetections, load_thumos,

@@ -4,13 +4,13 @@
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use e2e_tal::backbone::vit::VitConfig;
-use e2e_tal::data::lofi::LoFiMode;
-use e2e_tal::data::source::FRAMES_DIR;
+use e2e_tal::data::FRAMES_DIR;
+use e2e_tal::data::LoFiMode;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::reversible::DriftMonitor;
 use e2e_tal::tal::head::HeadConfig;
-use e2e_tal::train::pretrain::pretrain_from;
-use e2e_tal::train::stages::end_to_end_then_head;
+use e2e_tal::train::end_to_end_then_head;
+use e2e_tal::train::pretrain_from;
 use e2e_tal::train::{
     BackboneConfig, Checkpoint, PretrainConfig, RunOptions, TalDataset, TrainConfig, TrainMode,
     TrainOutcome, TrainPlan, pretrain, resume, train,
@@ -402,7 +402,7 @@ fn adapter_training_on_extracted_layers_equals_the_per_step_backbone() {
         "cached vs per-step adapter training differ by {max}"
     );
     // Augmentation and LoFi need the per-step backbone.
-    let aug = e2e_tal::data::augment::AugmentConfig::synthetic();
+    let aug = e2e_tal::data::AugmentConfig::synthetic();
     let err = cfg
         .clone()
         .with_augment(aug.clone())
@@ -580,8 +580,8 @@ fn stages_two_and_three_freeze_the_adapted_backbone() {
 /// naming the cheapest candidate; head-only is refused. Probe folders are removed.
 #[test]
 fn budget_mode_measures_each_fidelity_and_chooses_what_fits() {
-    use e2e_tal::data::lofi::Fidelity;
-    use e2e_tal::train::budget::{candidate_fidelities, choose_fidelity};
+    use e2e_tal::data::Fidelity;
+    use e2e_tal::train::{candidate_fidelities, choose_fidelity};
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(&dir.path().join("data"));
@@ -644,7 +644,7 @@ fn head_only_without_a_feature_cache_trains_like_with_one() {
     if e2e_tal::backend::kind_from_env().unwrap() == e2e_tal::backend::BackendKind::Cpu {
         assert!(live.peak_step_bytes.unwrap() > cached.peak_step_bytes.unwrap());
     }
-    let aug = e2e_tal::data::augment::AugmentConfig::synthetic();
+    let aug = e2e_tal::data::AugmentConfig::synthetic();
     let err = cfg.with_augment(aug.clone()).validate().err().unwrap();
     assert!(err.to_string().contains("augmentation"), "{err}");
     live_cfg.with_augment(aug).validate().unwrap();

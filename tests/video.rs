@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use e2e_tal::backbone::vit::VitConfig;
-use e2e_tal::data::source::{FRAMES_DIR, VIDEOS_DIR};
-use e2e_tal::data::source::{FrameSource, open_source};
-use e2e_tal::data::synth::FrameFormat;
-use e2e_tal::data::video::VideoFile;
+use e2e_tal::data::FrameFormat;
+use e2e_tal::data::VideoFile;
 use e2e_tal::data::{ClipSamplingConfig, GroundTruth, SynthConfig, sample_clips};
+use e2e_tal::data::{FRAMES_DIR, VIDEOS_DIR};
+use e2e_tal::data::{FrameSource, open_source};
 use e2e_tal::tal::head::HeadConfig;
 use e2e_tal::train::{BackboneConfig, TalDataset, TrainConfig};
 
@@ -549,7 +549,7 @@ fn train_and_infer_on_video_files() {
     );
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            e2e_tal::train::checkpoint::find(&d.join("run"))
+            e2e_tal::train::find_checkpoint(&d.join("run"))
                 .unwrap()
                 .join("state.json"),
         )

@@ -5,9 +5,8 @@ use std::time::Instant;
 
 use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::baseline::{NoisyOracleConfig, noisy_oracle};
-use e2e_tal::data::source::{locate, media_dir};
-use e2e_tal::data::synth::load_or_generate;
 use e2e_tal::data::{ClipSamplingConfig, Subset, SynthConfig, open_source, sample_clips};
+use e2e_tal::data::{locate_video, media_dir};
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 use e2e_tal::tal::postprocess::PostProcessConfig;
 use e2e_tal::{Error, Result};
@@ -31,7 +30,7 @@ pub fn run(a: BaselineArgs) -> Result<()> {
     let start = Instant::now();
     let device = backend::device(a.backend)?;
     let data = &a.data;
-    let ds = load_or_generate(data, &SynthConfig::new())?;
+    let ds = SynthConfig::new().load_or_generate(data)?;
     outln!(
         "dataset: {} ({} videos, {} classes) ready in {:.1}s",
         data.display(),
@@ -42,7 +41,7 @@ pub fn run(a: BaselineArgs) -> Result<()> {
     let validation = Some(Subset::Validation);
     if ds.ground_truth.subset(validation).next().is_none() {
         return Err(Error::EmptyInput {
-            path: data.join(e2e_tal::data::synth::ANNOTATIONS_FILE),
+            path: data.join(e2e_tal::data::ANNOTATIONS_FILE),
             reason: "no video in subset `validation` to run the baseline on".into(),
         });
     }
@@ -52,7 +51,7 @@ pub fn run(a: BaselineArgs) -> Result<()> {
     let t = Instant::now();
     let (mut videos, mut clips) = (0, 0);
     for v in ds.ground_truth.subset(validation) {
-        let src = open_source(&locate(&media_dir(data), &v.id)?, &v.id, None)?;
+        let src = open_source(&locate_video(&media_dir(data), &v.id)?, &v.id, None)?;
         if let Some(n) = v.num_frames {
             src.check_count(n)?;
         }

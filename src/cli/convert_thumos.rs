@@ -42,7 +42,7 @@ pub fn run(a: ConvertThumosArgs) -> Result<()> {
         subset: a.subset,
         durations: None,
     })?;
-    let inputs = e2e_tal::data::thumos::annotation_files(&a.dir, split)?;
+    let inputs = e2e_tal::data::thumos_annotation_files(&a.dir, split)?;
     let inputs: Vec<&Path> = inputs.iter().map(|(_, p)| p.as_path()).collect();
     e2e_tal::io::check_output(&a.out, &inputs)?;
     gt.write_json(&a.out)?;

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use e2e_tal::backend::{self, BackendKind};
-use e2e_tal::data::source::media_dir;
+use e2e_tal::data::media_dir;
 use e2e_tal::data::{GroundTruth, Predictions, Subset, VideoDetections};
-use e2e_tal::eval::timeline::write_timeline;
+use e2e_tal::eval::write_timeline;
 use e2e_tal::train::{Checkpoint, Detector, TalDataset, detect_video};
 use e2e_tal::{Error, Result};
 
@@ -87,11 +87,11 @@ fn checkpoint_inputs(dir: &Path) -> Vec<PathBuf> {
 
 /// `infer --video`: one call into the library, then a table, the results JSON and a timeline.
 fn infer_video(a: &InferArgs, input: &Path, device: &burn::tensor::Device) -> Result<()> {
-    let ck_dir = e2e_tal::train::checkpoint::find(&a.checkpoint).unwrap_or(a.checkpoint.clone());
+    let ck_dir = e2e_tal::train::find_checkpoint(&a.checkpoint).unwrap_or(a.checkpoint.clone());
     let mut inputs = checkpoint_inputs(&ck_dir);
     inputs.push(input.to_path_buf());
     let timeline = match &a.timeline {
-        Some(dir) => dir.join(format!("{}.png", e2e_tal::train::infer::video_id(input))),
+        Some(dir) => dir.join(format!("{}.png", e2e_tal::train::video_id(input))),
         None => a.out.with_extension("png"),
     };
     let check = |out: &Path, also: &[&Path]| {
@@ -152,7 +152,7 @@ fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> R
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
     let cfg = ck.meta.config.clone();
-    let model = e2e_tal::train::infer::trained_model(&ck, device)?;
+    let model = e2e_tal::train::trained_model(&ck, device)?;
     let gt = GroundTruth::from_json_file(json)?;
     let media = a
         .frames

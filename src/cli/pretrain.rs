@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use e2e_tal::Result;
 use e2e_tal::backend::{self, BackendKind};
-use e2e_tal::data::synth::MAX_VIDEOS;
+use e2e_tal::data::SynthConfig;
 use e2e_tal::train::PretrainConfig;
 use e2e_tal::workspace::{PRETRAIN_VIDEOS, PRETRAINED, PretrainJob, pretrain_to};
 
@@ -17,7 +17,7 @@ pub struct PretrainArgs {
     #[arg(long, default_value = "data/synth-pretrain")]
     data: PathBuf,
     /// Videos of a generated pretraining set.
-    #[arg(long, default_value_t = PRETRAIN_VIDEOS, value_parser = count_in(1, MAX_VIDEOS))]
+    #[arg(long, default_value_t = PRETRAIN_VIDEOS, value_parser = count_in(1, SynthConfig::MAX_VIDEOS))]
     videos: usize,
     /// Output backbone weights (safetensors, e2e-tal layout; `train --weights` loads them).
     #[arg(long, default_value = PRETRAINED)]
@@ -54,7 +54,7 @@ pub struct PretrainArgs {
 
 pub fn run(a: PretrainArgs) -> Result<()> {
     let mut cfg = match &a.config {
-        Some(p) => e2e_tal::train::config::read_config(p, &PretrainConfig::new())?,
+        Some(p) => e2e_tal::train::read_config(p, &PretrainConfig::new())?,
         None => PretrainConfig::new(),
     };
     macro_rules! set {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use e2e_tal::Result;
+use e2e_tal::data::FrameFormat;
 use e2e_tal::data::SynthConfig;
-use e2e_tal::data::synth::{FrameFormat, MAX_SIDE, MAX_VIDEOS};
 
 use super::count_in;
 
@@ -15,13 +15,13 @@ pub struct SynthArgs {
     #[arg(long)]
     out: PathBuf,
     /// Number of videos.
-    #[arg(long, default_value_t = 40, value_parser = count_in(1, MAX_VIDEOS))]
+    #[arg(long, default_value_t = 40, value_parser = count_in(1, SynthConfig::MAX_VIDEOS))]
     videos: usize,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Frame height and width in pixels (16-2048).
-    #[arg(long, default_value_t = 64, value_parser = count_in(16, MAX_SIDE))]
+    #[arg(long, default_value_t = 64, value_parser = count_in(16, SynthConfig::MAX_SIDE))]
     size: usize,
     /// Number of action classes (1-8).
     #[arg(long, default_value_t = 8, value_parser = count_in(1, 8))]

@@ -9,7 +9,7 @@ use clap::ValueEnum;
 use clap::builder::PossibleValue;
 use e2e_tal::backbone::{Backbone, BackbonePreset};
 use e2e_tal::backend::{self, BackendKind};
-use e2e_tal::data::lofi::LoFiSampler;
+use e2e_tal::data::LoFiSampler;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 use e2e_tal::train::{BackboneConfig, Checkpoint, RunOptions, TalDataset, TrainConfig, TrainMode};
@@ -191,7 +191,7 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
         cfg.cache_features = false;
     }
     if a.augment {
-        cfg.augment = e2e_tal::data::augment::AugmentConfig::synthetic();
+        cfg.augment = e2e_tal::data::AugmentConfig::synthetic();
     }
     if a.rewired {
         cfg.rewired = true;
@@ -263,7 +263,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         return resume(&a, &device, start);
     }
     let mut cfg = match &a.config {
-        Some(p) => e2e_tal::train::config::read_config(p, &TrainConfig::new())?,
+        Some(p) => e2e_tal::train::read_config(p, &TrainConfig::new())?,
         None => TrainConfig::new(),
     };
     apply_flags(&a, &mut cfg)?;
@@ -285,12 +285,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let backbone = start_backbone(&a, &cfg, &device)?;
     if let Some(b) = &a.memory_budget {
         e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
-        let choice = e2e_tal::train::budget::choose_fidelity(
+        let choice = e2e_tal::train::choose_fidelity(
             &cfg,
             &data,
             &backbone,
-            e2e_tal::train::budget::parse_bytes(b)?,
-            &e2e_tal::train::budget::candidate_fidelities(),
+            e2e_tal::train::parse_bytes(b)?,
+            &e2e_tal::train::candidate_fidelities(),
             &out.join("budget-probes"),
             &device,
         )?;
@@ -309,7 +309,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
     // LoFi-E2E stages 2 and 3: report stage 2, then continue with stage 3's run.
-    let st = e2e_tal::train::stages::end_to_end_then_head(
+    let st = e2e_tal::train::end_to_end_then_head(
         cfg.clone(),
         cfg.epochs,
         &data,

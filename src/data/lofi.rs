@@ -130,7 +130,7 @@ pub enum LoFiMode {
     /// C-LoFi, switching S -> T -> ST every epoch.
     LongCycle,
     /// One fidelity for every batch, e.g. the one budget mode chose
-    /// ([`crate::train::budget::choose_fidelity`]).
+    /// ([`crate::train::choose_fidelity`]).
     Fixed {
         /// Its factors.
         fidelity: Fidelity,

@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 /// File extensions recognised as video files (compared case-insensitively).
 pub const VIDEO_EXTENSIONS: &[&str] = &["mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg"];
 
+/// File name of the ground truth inside a dataset folder.
+pub const ANNOTATIONS_FILE: &str = "annotations.json";
 /// Folder of per-video frame folders inside a dataset folder (`frames/<id>/img_00001.jpg`).
 pub const FRAMES_DIR: &str = "frames";
 /// Folder of video files inside a dataset folder (`videos/<id>.mp4`).
@@ -147,7 +149,7 @@ fn open_video_file(path: &Path, _video: &str, _fps: Option<f64>) -> Result<Box<d
 /// Where video `id`'s frames are in `media`: the frame folder `media/<id>/`, else a video file
 /// `media/<id>.<ext>` with one of [`VIDEO_EXTENSIONS`]. An error names both places looked at,
 /// or the two files when one video has several.
-pub fn locate(media: &Path, id: &str) -> Result<PathBuf> {
+pub fn locate_video(media: &Path, id: &str) -> Result<PathBuf> {
     let folder = media.join(id);
     if folder.is_dir() {
         return Ok(folder);
@@ -209,15 +211,18 @@ mod tests {
     #[test]
     fn locate_prefers_folders_and_names_what_is_missing() {
         let d = tempfile::tempdir().unwrap();
-        let e = locate(d.path(), "v1").unwrap_err().to_string();
+        let e = locate_video(d.path(), "v1").unwrap_err().to_string();
         assert!(e.contains("`v1/`") && e.contains("v1.<mp4"), "{e}");
         std::fs::write(d.path().join("v1.mkv"), b"x").unwrap();
-        assert_eq!(locate(d.path(), "v1").unwrap(), d.path().join("v1.mkv"));
+        assert_eq!(
+            locate_video(d.path(), "v1").unwrap(),
+            d.path().join("v1.mkv")
+        );
         std::fs::write(d.path().join("v1.mp4"), b"x").unwrap();
-        let e = locate(d.path(), "v1").unwrap_err().to_string();
+        let e = locate_video(d.path(), "v1").unwrap_err().to_string();
         assert!(e.contains("several video files"), "{e}");
         std::fs::create_dir(d.path().join("v1")).unwrap();
-        assert_eq!(locate(d.path(), "v1").unwrap(), d.path().join("v1"));
+        assert_eq!(locate_video(d.path(), "v1").unwrap(), d.path().join("v1"));
         assert_eq!(media_dir(d.path()), d.path().join(FRAMES_DIR));
         std::fs::create_dir(d.path().join(VIDEOS_DIR)).unwrap();
         assert_eq!(media_dir(d.path()), d.path().join(VIDEOS_DIR));

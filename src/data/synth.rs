@@ -18,19 +18,11 @@ use super::annotations::{Annotation, GroundTruth, Subset, VideoAnnotations};
 use crate::error::{Error, Result};
 use crate::io::write_json_atomic;
 
-/// File name of the ground truth inside a dataset folder.
-pub const ANNOTATIONS_FILE: &str = "annotations.json";
-use super::source::{FRAMES_DIR, VIDEOS_DIR};
-
-/// Largest frame side [`SynthConfig`] accepts (a 2048 x 2048 RGB frame is 12 MiB to render).
-pub const MAX_SIDE: usize = 2048;
-
-/// Most videos [`SynthConfig`] accepts (planned in memory before any is written).
-pub const MAX_VIDEOS: usize = 100_000;
+use super::source::{ANNOTATIONS_FILE, FRAMES_DIR, VIDEOS_DIR};
 
 /// Name of the configuration a generated dataset records (written before its frames, so an
 /// interrupted generation can be recognised and redone).
-pub const CONFIG_FILE: &str = "synth_config.json";
+const CONFIG_FILE: &str = "synth_config.json";
 
 /// How the videos are written: frame images, or video files.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -159,6 +151,11 @@ impl SynthClass {
         Self::ALL[i ^ 1]
     }
 
+    /// Names of the first `k` classes, in index order.
+    pub fn names(k: usize) -> Vec<String> {
+        Self::ALL[..k].iter().map(|c| c.name().to_owned()).collect()
+    }
+
     fn shape(self) -> Shape {
         match self {
             SynthClass::MoveRight | SynthClass::MoveLeft => Shape::Square,
@@ -167,14 +164,6 @@ impl SynthClass {
             SynthClass::Blink | SynthClass::MoveDown => Shape::Cross,
         }
     }
-}
-
-/// Names of the first `k` classes, in index order.
-pub fn class_names(k: usize) -> Vec<String> {
-    SynthClass::ALL[..k]
-        .iter()
-        .map(|c| c.name().to_owned())
-        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -354,6 +343,41 @@ pub struct SynthDataset {
 }
 
 impl SynthConfig {
+    /// Load the synthetic dataset at `root`, generating it with this configuration first if its annotations are
+    /// missing and the folder is new or empty (a folder with other content, such as a real
+    /// dataset without its annotations, is an error, never filled with synthetic videos).
+    pub fn load_or_generate(&self, root: &Path) -> Result<SynthDataset> {
+        let ann = root.join(ANNOTATIONS_FILE);
+        if !ann.exists() && !self.can_generate_into(root) {
+            return Err(Error::EmptyInput {
+                path: ann,
+                reason: format!(
+                    "not found, and {} holds other files, so no synthetic benchmark is generated \
+                     there (a dataset needs annotations.json beside frames/ or videos/)",
+                    root.display()
+                ),
+            });
+        }
+        if ann.exists() {
+            let ground_truth = GroundTruth::from_json_file(&ann)?;
+            let mut classes = ground_truth.classes(None);
+            let order = |c: &String| SynthClass::ALL.iter().position(|s| s.name() == c);
+            classes.sort_by_key(|c| (order(c), c.clone()));
+            return Ok(SynthDataset {
+                root: root.to_path_buf(),
+                ground_truth,
+                classes,
+            });
+        }
+        self.generate(root)
+    }
+
+    /// Largest frame side accepted (a 2048 x 2048 RGB frame is 12 MiB to render).
+    pub const MAX_SIDE: usize = 2048;
+
+    /// Most videos accepted (planned in memory before any is written).
+    pub const MAX_VIDEOS: usize = 100_000;
+
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.num_classes == 0 || self.num_classes > SynthClass::ALL.len() {
@@ -362,17 +386,17 @@ impl SynthConfig {
                 self.num_classes
             ));
         }
-        if self.videos == 0 || self.videos > MAX_VIDEOS {
+        if self.videos == 0 || self.videos > Self::MAX_VIDEOS {
             return Err(Error::InvalidValue {
                 name: "videos".into(),
-                reason: format!("must be 1..={MAX_VIDEOS}, got {}", self.videos),
+                reason: format!("must be 1..={}, got {}", Self::MAX_VIDEOS, self.videos),
             });
         }
         for (name, side) in [("height", self.height), ("width", self.width)] {
-            if !(16..=MAX_SIDE).contains(&side) {
+            if !(16..=Self::MAX_SIDE).contains(&side) {
                 return Err(Error::InvalidValue {
                     name: name.into(),
-                    reason: format!("frames must be 16..={MAX_SIDE} pixels, got {side}"),
+                    reason: format!("frames must be 16..={} pixels, got {side}", Self::MAX_SIDE),
                 });
             }
         }
@@ -610,7 +634,7 @@ impl SynthConfig {
         Ok(SynthDataset {
             root: root.to_path_buf(),
             ground_truth,
-            classes: class_names(self.num_classes),
+            classes: SynthClass::names(self.num_classes),
         })
     }
 
@@ -719,35 +743,6 @@ pub(crate) fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
 }
 
-/// Load the synthetic dataset at `root`, generating it with `cfg` first if its annotations are
-/// missing and the folder is new or empty (a folder with other content, such as a real
-/// dataset without its annotations, is an error, never filled with synthetic videos).
-pub fn load_or_generate(root: &Path, cfg: &SynthConfig) -> Result<SynthDataset> {
-    let ann = root.join(ANNOTATIONS_FILE);
-    if !ann.exists() && !cfg.can_generate_into(root) {
-        return Err(Error::EmptyInput {
-            path: ann,
-            reason: format!(
-                "not found, and {} holds other files, so no synthetic benchmark is generated \
-                 there (a dataset needs annotations.json beside frames/ or videos/)",
-                root.display()
-            ),
-        });
-    }
-    if ann.exists() {
-        let ground_truth = GroundTruth::from_json_file(&ann)?;
-        let mut classes = ground_truth.classes(None);
-        let order = |c: &String| SynthClass::ALL.iter().position(|s| s.name() == c);
-        classes.sort_by_key(|c| (order(c), c.clone()));
-        return Ok(SynthDataset {
-            root: root.to_path_buf(),
-            ground_truth,
-            classes,
-        });
-    }
-    cfg.generate(root)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,7 +765,7 @@ mod tests {
         let other = d.path().join("other");
         std::fs::create_dir_all(&other).unwrap();
         std::fs::write(other.join("notes.txt"), "x").unwrap();
-        let e = load_or_generate(&other, &cfg).unwrap_err().to_string();
+        let e = cfg.load_or_generate(&other).unwrap_err().to_string();
         assert!(e.contains("annotations.json") && e.contains("other"), "{e}");
         assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
         assert!(
@@ -780,7 +775,7 @@ mod tests {
                 .is_err()
         );
         assert!(
-            cfg.with_videos(MAX_VIDEOS + 1)
+            cfg.with_videos(SynthConfig::MAX_VIDEOS + 1)
                 .generate(&d.path().join("many"))
                 .is_err()
         );

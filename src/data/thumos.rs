@@ -28,7 +28,10 @@ const SKIPPED_CLASSES: &[&str] = &["Ambiguous"];
 
 /// The `<Class>_<split>.txt` files of `dir` as `(class, path)`, sorted by class (the skipped
 /// classes left out). No such file is an error naming the folder.
-pub fn annotation_files(dir: &Path, split: &str) -> Result<Vec<(String, std::path::PathBuf)>> {
+pub fn thumos_annotation_files(
+    dir: &Path,
+    split: &str,
+) -> Result<Vec<(String, std::path::PathBuf)>> {
     let suffix = format!("_{split}.txt");
     let mut files: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
@@ -53,7 +56,7 @@ pub fn annotation_files(dir: &Path, split: &str) -> Result<Vec<(String, std::pat
 /// Read all `<Class>_<split>.txt` files of `src.dir` (classes sorted by file name, videos in order
 /// of first appearance).
 pub fn load_thumos(src: &ThumosSource<'_>) -> Result<GroundTruth> {
-    let files = annotation_files(src.dir, src.split)?;
+    let files = thumos_annotation_files(src.dir, src.split)?;
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut videos: Vec<VideoAnnotations> = Vec::new();
     for (class, path) in &files {

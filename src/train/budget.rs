@@ -193,7 +193,7 @@ pub fn choose_fidelity(
         });
     }
     let _ = std::fs::remove_dir(scratch);
-    let Some(chosen) = select(&probes, budget_bytes) else {
+    let Some(chosen) = select_fidelity(&probes, budget_bytes) else {
         let cheapest = probes
             .iter()
             .min_by_key(|p| p.peak_bytes)
@@ -217,7 +217,7 @@ pub fn choose_fidelity(
 }
 
 /// The probe with the most pixels among those within `budget_bytes` (lower memory on ties).
-pub fn select(probes: &[BudgetProbe], budget_bytes: usize) -> Option<Fidelity> {
+pub fn select_fidelity(probes: &[BudgetProbe], budget_bytes: usize) -> Option<Fidelity> {
     probes
         .iter()
         .filter(|p| p.peak_bytes <= budget_bytes)
@@ -289,7 +289,7 @@ mod tests {
             probe(2, 1.0, 800, 50),
             probe(1, 1.0, 1600, 90),
         ];
-        let pick = |b| select(&probes, b).map(|f| (f.temporal, f.spatial));
+        let pick = |b| select_fidelity(&probes, b).map(|f| (f.temporal, f.spatial));
         assert_eq!(pick(1000), Some((1, 1.0)));
         assert_eq!(pick(89), Some((2, 1.0)));
         // Equal pixels: the one with less memory.

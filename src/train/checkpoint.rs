@@ -205,7 +205,7 @@ pub(crate) fn verify(dir: &Path) -> Result<()> {
 }
 
 /// Write a checkpoint into `run/checkpoint/` (see the module docs for the crash safety).
-pub fn save(
+pub(crate) fn save(
     run: &Path,
     meta: &CheckpointMeta,
     model: &TalModel,
@@ -268,7 +268,7 @@ pub(crate) fn candidates(run: &Path) -> Vec<PathBuf> {
 }
 
 /// The newest complete checkpoint folder of a run (or `run` itself when it is one).
-pub fn find(run: &Path) -> Option<PathBuf> {
+pub fn find_checkpoint(run: &Path) -> Option<PathBuf> {
     candidates(run).into_iter().next()
 }
 

@@ -351,7 +351,8 @@ pub(crate) fn with_defaults<C: serde::Serialize>(
 }
 
 /// Read a configuration file (a `TrainConfig` or `PretrainConfig` as JSON), filling fields it
-/// lacks with those of `default` ([`with_defaults`]). A syntax error names the line and column;
+/// lacks with those of `default` (recursively, so files written before a field existed still
+/// load). A syntax error names the line and column;
 /// a value of the wrong type or an unknown variant names the field (`backbone.depth`).
 pub fn read_config<C>(path: &std::path::Path, default: &C) -> Result<C>
 where
@@ -380,7 +381,7 @@ where
 
 impl TrainConfig {
     /// Parse a configuration from JSON, filling fields it lacks with their defaults
-    /// ([`with_defaults`]).
+    /// (recursively, as [`read_config`] does).
     pub fn from_json(text: &str) -> serde_json::Result<Self> {
         let value: serde_json::Value = serde_json::from_str(text)?;
         serde_json::from_value(with_defaults(&TrainConfig::new(), value))

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::data::annotations::{GroundTruth, Subset, VideoAnnotations};
 use crate::data::clips::ClipSamplingConfig;
 use crate::data::frames::Frames;
-use crate::data::source::{locate, open_source};
+use crate::data::source::{locate_video, open_source};
 use crate::error::{Error, Result};
 use crate::tal::assign::GtSegment;
 use crate::tal::postprocess::GridToTime;
@@ -94,7 +94,7 @@ impl TalVideo {
 impl TalDataset {
     /// Decode every video of `gt` (the subsets in `subsets`, all when empty) from `media`:
     /// the frame folder `media/<id>/` or the video file `media/<id>.<ext>`
-    /// ([`locate`]). `fps` overrides the frame rate (video files are resampled to it by
+    /// ([`locate_video`]). `fps` overrides the frame rate (video files are resampled to it by
     /// timestamp); otherwise a video file's own rate is used, and a frame folder's comes from
     /// the annotations, or is the frame count over the duration. Every video must have at
     /// least `min_frames` frames (one clip's span).
@@ -111,7 +111,7 @@ impl TalDataset {
             if !subsets.is_empty() && !subsets.contains(&v.subset) {
                 continue;
             }
-            let src = open_source(&locate(media, &v.id)?, &v.id, fps)?;
+            let src = open_source(&locate_video(media, &v.id)?, &v.id, fps)?;
             if let Some(n) = v.num_frames {
                 src.check_count(n)?;
             }

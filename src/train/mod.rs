@@ -1,29 +1,38 @@
 //! Training and inference of the whole detector: modes `head-only`, `full`, `reversible`
 //! (Re2TAL) and `adapter` (LoSA) over one loop, checkpoints with exact resume, evaluation.
 //! See `docs/training.md`.
+//!
+//! The submodules are private to the crate: every item has one public path, `e2e_tal::train::Item`.
 
-pub mod budget;
-pub mod checkpoint;
-pub mod config;
-pub mod dataset;
+mod budget;
+mod checkpoint;
+mod config;
+mod dataset;
 mod ema;
-pub mod infer;
-pub mod model;
-pub mod plan;
-pub mod pretrain;
+mod infer;
+mod model;
+mod plan;
+mod pretrain;
 mod schedule;
-pub mod stages;
+mod stages;
 mod step;
-pub mod trainer;
+mod trainer;
 
-pub use checkpoint::{Checkpoint, EpochLog, TrainState};
-pub use config::{BackboneConfig, TrainConfig, TrainMode};
+pub use budget::{
+    BudgetChoice, BudgetProbe, candidate_fidelities, choose_fidelity, parse_bytes, select_fidelity,
+};
+pub use checkpoint::{Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState, find_checkpoint};
+pub use config::{BackboneConfig, TrainConfig, TrainMode, read_config};
 pub use dataset::{TalDataset, TalVideo};
-pub use infer::{VideoInference, detect_video};
-pub use model::{Detector, TalModel};
-pub use plan::TrainPlan;
-pub use pretrain::{PretrainConfig, PretrainOutcome, pretrain};
+pub use infer::{VideoInference, detect_video, trained_model, video_id};
+pub use model::{Detector, Extraction, TalModel, extract_features, head_input, run_head};
+pub use plan::{FrozenFeatures, Sampling, TrainPlan};
+pub use pretrain::{
+    ClipClassifier, PretrainConfig, PretrainOutcome, TrimmedClip, clip_accuracy, pretrain,
+    pretrain_from, trimmed_clips,
+};
+pub use stages::{StagesOutcome, end_to_end_then_head};
 pub use trainer::{
-    ResumeChanges, RunOptions, TrainOutcome, load_model, prepare_run_folder, resume, resume_with,
-    train,
+    RUN_OUTPUTS, ResumeChanges, RunOptions, TrainOutcome, load_model, prepare_run_folder, resume,
+    resume_with, train,
 };

@@ -9,7 +9,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::IndexedRandom;
 use rand::{SeedableRng, seq::SliceRandom};
@@ -18,12 +18,13 @@ use rand_chacha::ChaCha8Rng;
 use super::config::BackboneConfig;
 use super::dataset::TalDataset;
 use super::schedule::WarmupCosine;
+use super::step::{BackboneRun, finite_loss};
 use crate::backbone::{Backbone, Network, VideoBackbone};
 use crate::data::annotations::Subset;
 use crate::data::augment::AugmentConfig;
 use crate::data::clips::{ClipSamplingConfig, clip_range};
 use crate::error::{Error, Result};
-use crate::reversible::{ReversibleTape, RewiredBackbone};
+use crate::reversible::{DriftMonitor, RewiredBackbone};
 
 /// Settings of clip-classification pretraining.
 #[derive(Config, Debug)]
@@ -262,6 +263,13 @@ pub fn pretrain_from(
     let log_every = (cfg.steps / 20).max(1);
     let (mut losses, mut acc_loss, mut acc_n) = (Vec::new(), 0f32, 0usize);
     let (mut late_right, mut late_total) = (0usize, 0usize);
+    // Rewired: Re2TAL's reversible step (blocks recomputed from their outputs in the backward
+    // pass, no cached activations); gradients equal autodiff's.
+    let run = if cfg.rewired {
+        BackboneRun::Reversible(DriftMonitor::new().with_every(0))
+    } else {
+        BackboneRun::Autodiff(Network::Plain)
+    };
     let start = Instant::now();
     for step in 0..cfg.steps {
         let batch: Vec<TrimmedClip> = (0..cfg.batch_size)
@@ -269,46 +277,19 @@ pub fn pretrain_from(
             .collect();
         let (x, y) = batch_tensors(data, &cfg.clips, &batch, &device)?;
         let x = cfg.augment.apply_per_clip(x, &mut rng);
-        let finite = |loss: &Tensor<1>| {
-            let l = loss.clone().into_scalar::<f32>();
-            if l.is_finite() {
-                Ok(l)
-            } else {
-                Err(Error::NonFiniteLoss {
-                    video: "pretraining batch".into(),
-                    step,
-                    value: f64::from(l),
-                })
+        let seed = crate::seed::mix(cfg.seed, step as u64);
+        let late = step * 10 >= cfg.steps * 9;
+        let (l, mut g) = run.step(&model.backbone, x, seed, step, |f| {
+            let logits = model.fc.forward(f);
+            if late {
+                late_right += correct(logits.clone(), y.clone());
+                late_total += batch.len();
             }
-        };
-        let (logits, l, grads) = match &model.backbone {
-            // Rewired: Re2TAL's reversible step (blocks recomputed from their outputs in the
-            // backward pass, no cached activations); gradients equal autodiff's.
-            b if cfg.rewired => {
-                let seed = crate::seed::mix(cfg.seed, step as u64);
-                let mut tape = ReversibleTape::new().with_seed(seed);
-                let logits = model.fc.forward(b.forward_reversible(x, &mut tape)?);
-                let loss = ce.forward(logits.clone(), y.clone());
-                let l = finite(&loss)?;
-                (logits, l, tape.backward(loss)?.params(&model))
-            }
-            _ => {
-                let logits = model.forward(x, Network::Plain)?;
-                let loss = ce.forward(logits.clone(), y.clone());
-                let l = finite(&loss)?;
-                (
-                    logits,
-                    l,
-                    GradientsParams::from_grads(loss.backward(), &model),
-                )
-            }
-        };
-        if step * 10 >= cfg.steps * 9 {
-            late_right += correct(logits, y);
-            late_total += batch.len();
-        }
+            finite_loss(ce.forward(logits, y), "pretraining batch", step)
+        })?;
+        let grads = g.params(&model);
         model = optim.step(sched.at(step), model, grads);
-        acc_loss += l;
+        acc_loss += l as f32;
         acc_n += 1;
         if acc_n == log_every || step + 1 == cfg.steps {
             losses.push(acc_loss / acc_n as f32);
@@ -329,7 +310,7 @@ pub fn pretrain_from(
         None
     } else {
         let pass = Network::rewired_if(cfg.rewired);
-        Some(accuracy(
+        Some(clip_accuracy(
             &model.valid(),
             data,
             &cfg.clips,
@@ -349,7 +330,7 @@ pub fn pretrain_from(
 }
 
 /// Clip accuracy of `model` on `clips` (no graph), 32 clips at a time.
-pub fn accuracy(
+pub fn clip_accuracy(
     model: &ClipClassifier,
     data: &TalDataset,
     clips_cfg: &ClipSamplingConfig,

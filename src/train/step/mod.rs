@@ -5,6 +5,7 @@
 //! the fidelity the LoFi sampler chose ([`Window`]), and the mode decides how the backbone runs
 //! (frozen with LoSA adapters, plain autodiff, or the reversible pass).
 
+mod fine_tune;
 mod grads;
 mod modes;
 
@@ -13,6 +14,7 @@ use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub(crate) use fine_tune::BackboneRun;
 pub(crate) use grads::StepGrads;
 pub(crate) use modes::for_plan;
 
@@ -101,16 +103,22 @@ impl Objective<'_> {
     pub fn loss(&self, head: &TalHead, features: Tensor<2>) -> Result<(Tensor<1>, f64)> {
         let out = run_head(head, features)?;
         let loss = video_loss(&out, &self.targets, self.norm, self.cfg)?;
-        let value = loss.clone().into_scalar::<f64>();
-        if value.is_finite() {
-            Ok((loss, value))
-        } else {
-            Err(Error::NonFiniteLoss {
-                video: self.video.to_string(),
-                step: self.step,
-                value,
-            })
-        }
+        finite_loss(loss, self.video, self.step)
+    }
+}
+
+/// `loss` and its value when finite; otherwise an error naming `what` was trained on and the
+/// step.
+pub(crate) fn finite_loss(loss: Tensor<1>, what: &str, step: usize) -> Result<(Tensor<1>, f64)> {
+    let value = loss.clone().into_scalar::<f64>();
+    if value.is_finite() {
+        Ok((loss, value))
+    } else {
+        Err(Error::NonFiniteLoss {
+            video: what.to_string(),
+            step,
+            value,
+        })
     }
 }
 

@@ -1,12 +1,9 @@
 //! The four training modes' steps.
 
-use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
-
+use super::fine_tune::{BackboneRun, LeftGrads};
 use super::{Computed, ModeStep, Objective, StepGrads, Window};
-use crate::backbone::{BackboneOutput, LayerTaps, Network, VideoBackbone};
+use crate::backbone::{BackboneOutput, LayerTaps, Network};
 use crate::error::Result;
-use crate::reversible::{DriftMonitor, RewiredBackbone};
 use crate::train::model::{Extraction, TalModel, head_input};
 use crate::train::plan::TrainPlan;
 
@@ -14,9 +11,11 @@ use crate::train::plan::TrainPlan;
 pub(crate) fn for_plan(plan: &TrainPlan, layers: Vec<usize>) -> Box<dyn ModeStep> {
     match plan {
         TrainPlan::HeadOnly { network, .. } => Box::new(HeadOnly { network: *network }),
-        TrainPlan::Full { network, .. } => Box::new(Full { network: *network }),
-        TrainPlan::Reversible { drift, .. } => Box::new(Reversible {
-            drift: drift.clone(),
+        TrainPlan::Full { network, .. } => Box::new(FineTune {
+            run: BackboneRun::Autodiff(*network),
+        }),
+        TrainPlan::Reversible { drift, .. } => Box::new(FineTune {
+            run: BackboneRun::Reversible(drift.clone()),
         }),
         TrainPlan::Adapter { .. } => Box::new(Adapter { layers }),
     }
@@ -36,48 +35,29 @@ impl ModeStep for HeadOnly {
         };
         let f = w.frozen(model, how)?.features.autodiff();
         let (loss, value) = obj.loss(&model.head, f)?;
-        Ok(backward(loss, value, model, Trains::Head))
+        Ok(computed(
+            value,
+            LeftGrads::Autodiff(loss.backward()),
+            model,
+            Trains::Head,
+        ))
     }
 }
 
-/// Full fine-tuning with ordinary autodiff (every activation kept); on the rewired network,
-/// the reference the reversible pass must match.
-struct Full {
-    network: Network,
+/// Full fine-tuning (`full`, ordinary autodiff) or Re2TAL (`reversible`): the backbone learns
+/// with the head.
+struct FineTune {
+    run: BackboneRun,
 }
 
-impl ModeStep for Full {
+impl ModeStep for FineTune {
     fn compute(&self, model: &TalModel, w: &Window<'_>, obj: &Objective<'_>) -> Result<Computed> {
-        let f = match self.network {
-            Network::Rewired => model.backbone.forward_rewired(w.clips()?, w.seed)?,
-            Network::Plain => model.backbone.forward(w.clips()?, &[])?.features,
-        };
-        let (loss, value) = obj.loss(&model.head, f)?;
-        Ok(backward(loss, value, model, Trains::Backbone))
-    }
-}
-
-/// Re2TAL: the rewired backbone on a reversible tape (no block activations kept; the backward
-/// pass reconstructs them), checked by the drift monitor on its steps.
-struct Reversible {
-    drift: DriftMonitor,
-}
-
-impl ModeStep for Reversible {
-    fn compute(&self, model: &TalModel, w: &Window<'_>, obj: &Objective<'_>) -> Result<Computed> {
-        let mut tape = self.drift.tape(obj.step).with_seed(w.seed);
-        let f = model.backbone.forward_reversible(w.clips()?, &mut tape)?;
-        let (loss, value) = obj.loss(&model.head, f)?;
-        let mut g = tape.backward(loss)?;
-        Ok(Computed {
-            loss: value,
-            drift: g.worst_drift(),
-            grads: StepGrads {
-                backbone: Some(g.params(&model.backbone)),
-                adapter: None,
-                head: g.params(&model.head),
-            },
-        })
+        let (value, g) = self
+            .run
+            .step(&model.backbone, w.clips()?, w.seed, obj.step, |f| {
+                obj.loss(&model.head, f)
+            })?;
+        Ok(computed(value, g, model, Trains::Backbone))
     }
 }
 
@@ -108,7 +88,12 @@ impl ModeStep for Adapter {
             layers: f.layers.into_iter().map(|t| t.autodiff()).collect(),
         };
         let (loss, value) = obj.loss(&model.head, head_input(Some(adapter), f)?)?;
-        Ok(backward(loss, value, model, Trains::Adapter))
+        Ok(computed(
+            value,
+            LeftGrads::Autodiff(loss.backward()),
+            model,
+            Trains::Adapter,
+        ))
     }
 }
 
@@ -119,23 +104,21 @@ enum Trains {
     Adapter,
 }
 
-/// Ordinary autodiff from `loss` (of value `value`), collecting the gradients of the head and
-/// of the part `trains` names.
-fn backward(loss: Tensor<1>, value: f64, model: &TalModel, trains: Trains) -> Computed {
-    let mut g = loss.backward();
-    let backbone = matches!(trains, Trains::Backbone)
-        .then(|| GradientsParams::from_module(&mut g, &model.backbone));
+/// The step's result from the gradients it left: the head's and those of the part `trains`
+/// names.
+fn computed(value: f64, mut g: LeftGrads, model: &TalModel, trains: Trains) -> Computed {
+    let backbone = matches!(trains, Trains::Backbone).then(|| g.params(&model.backbone));
     let adapter = match (trains, &model.adapter) {
-        (Trains::Adapter, Some(a)) => Some(GradientsParams::from_module(&mut g, a)),
+        (Trains::Adapter, Some(a)) => Some(g.params(a)),
         _ => None,
     };
     Computed {
         loss: value,
+        drift: g.drift(),
         grads: StepGrads {
             backbone,
             adapter,
-            head: GradientsParams::from_module(&mut g, &model.head),
+            head: g.params(&model.head),
         },
-        drift: None,
     }
 }
