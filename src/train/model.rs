@@ -141,17 +141,13 @@ impl Extraction<'_> {
 
     /// `backbone`'s outputs for one batch of clips (no graph when `clips` has none).
     pub(crate) fn outputs(&self, backbone: &Backbone, clips: Tensor<5>) -> Result<BackboneOutput> {
-        let out = match self.network {
-            Network::Rewired => BackboneOutput {
+        match self.network {
+            Network::Rewired => Ok(BackboneOutput {
                 features: backbone.forward_rewired_inference(clips)?,
                 layers: Vec::new(),
-            },
-            Network::Plain => backbone.forward_tapped(clips, self.taps)?,
-        };
-        Ok(BackboneOutput {
-            features: out.features,
-            layers: out.layers,
-        })
+            }),
+            Network::Plain => backbone.forward_tapped(clips, self.taps),
+        }
     }
 }
 
