@@ -27,7 +27,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, OpsPrep};
 use burn::backend::ops::AttentionModuleOptions;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Slice, TensorMetadata};
+use burn::backend::{Autodiff, Backend, DType, Dispatch, ExtensionType, Slice, TensorMetadata};
 use burn::tensor::Tensor;
 
 use crate::fastmath::FastMath;
@@ -46,7 +46,7 @@ const MAX_TILE: usize = 128;
 backend_extension! {
     /// Attention as a backend extension: one custom autodiff operation on `Autodiff<B>`, Burn's
     /// fused kernel on the inner backends.
-    pub trait AttentionBackend: Backend {
+    pub trait AttentionBackend: Backend + FastMath {
         /// `softmax(q k^T * scale + bias) v`, with the optional additive `bias` broadcast over
         /// batch and heads.
         ///
@@ -57,7 +57,7 @@ backend_extension! {
             #[extension_type] inputs: AttentionInputs<Self>,
         ) -> FloatTensor<Self> {
             let i = inputs;
-            fused::<Self>(i.q, i.k, i.v, i.bias.into_option(), i.scale)
+            fused::<Self>(i.q, i.k, i.v, i.bias.into_option(), i.scale, i.tile)
         }
     }
 }
@@ -109,14 +109,20 @@ impl<B: Backend> From<Option<FloatTensor<B>>> for Bias<B> {
     }
 }
 
-/// Burn's fused kernel (no tiles, no state for a backward pass) with the scale given.
-fn fused<B: Backend>(
+/// Attention without a graph: Burn's fused kernel in f32; in a low precision the tiled forward,
+/// whose softmax runs in f32, so the reversible pass's recompute (which runs it under autodiff)
+/// repeats the forward bit for bit.
+fn fused<B: Backend + FastMath>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     v: FloatTensor<B>,
     bias: Option<FloatTensor<B>>,
     scale: f64,
+    tile: usize,
 ) -> FloatTensor<B> {
+    if q.dtype() != DType::F32 {
+        return tiled_forward::<B>(&q, &k, &v, bias.as_ref(), scale, tile).0;
+    }
     let options = AttentionModuleOptions {
         scale: Some(scale),
         softcap: None,
@@ -138,7 +144,7 @@ impl AttentionBackend for burn::backend::NdArray {}
 impl AttentionBackend for burn::backend::Cube {
     fn memory_efficient_attention(i: AttentionInputs<Self>) -> FloatTensor<Self> {
         match i.bias {
-            Bias::None => fused::<Self>(i.q, i.k, i.v, None, i.scale),
+            Bias::None => fused::<Self>(i.q, i.k, i.v, None, i.scale, i.tile),
             Bias::Additive(bias) => {
                 tiled_forward::<Self>(&i.q, &i.k, &i.v, Some(&bias), i.scale, i.tile).0
             }
@@ -210,7 +216,7 @@ fn record<B: Backend + FastMath, C: CheckpointStrategy, const N: usize>(
             let (state, out) = Saved::forward(q, k, v, bias, scale, tile);
             prep.finish(state, out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(fused::<B>(q, k, v, bias, scale)),
+        OpsKind::UnTracked(prep) => prep.finish(fused::<B>(q, k, v, bias, scale, tile)),
     }
 }
 
@@ -252,6 +258,16 @@ fn rows<B: Backend>(t: &FloatTensor<B>, r: &Range<usize>) -> FloatTensor<B> {
     B::float_slice(t.clone(), &slices)
 }
 
+/// `t` as `dtype` (unchanged when it is). Mixed precision keeps scores, softmax and the
+/// log-sum-exp in f32 with q, k, v and the products in the low precision.
+fn to<B: Backend>(t: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        B::float_cast(t, dtype.into())
+    }
+}
+
 /// `a + b`, with `None` as zero.
 fn accumulate<B: Backend>(acc: Option<FloatTensor<B>>, t: FloatTensor<B>) -> FloatTensor<B> {
     match acc {
@@ -267,11 +283,14 @@ fn tile_scores<B: Backend>(
     bias: Option<&FloatTensor<B>>,
     r: &Range<usize>,
 ) -> FloatTensor<B> {
-    let s = B::float_matmul(qs_r.clone(), B::float_transpose(k.clone()));
+    let s = to::<B>(
+        B::float_matmul(qs_r.clone(), B::float_transpose(k.clone())),
+        DType::F32,
+    );
     match bias {
         // A bias broadcast over the queries (axis 2 of size 1) is the same for every tile.
-        Some(bias) if bias.shape()[2] == 1 => B::float_add(s, bias.clone()),
-        Some(bias) => B::float_add(s, rows::<B>(bias, r)),
+        Some(bias) if bias.shape()[2] == 1 => B::float_add(s, to::<B>(bias.clone(), DType::F32)),
+        Some(bias) => B::float_add(s, to::<B>(rows::<B>(bias, r), DType::F32)),
         None => s,
     }
 }
@@ -293,7 +312,11 @@ fn tiled_forward<B: Backend + FastMath>(
         let m = B::float_max_dim(s.clone(), 3);
         let p = B::fast_exp(B::float_sub(s, m.clone()));
         let l = B::float_sum_dim(p.clone(), 3);
-        outs.push(B::float_div(B::float_matmul(p, v.clone()), l.clone()));
+        let pv = to::<B>(
+            B::float_matmul(to::<B>(p, v.dtype()), v.clone()),
+            DType::F32,
+        );
+        outs.push(to::<B>(B::float_div(pv, l.clone()), v.dtype()));
         lses.push(B::float_add(m, B::float_log(l)));
     }
     (B::float_cat(outs, 2), B::float_cat(lses, 2))
@@ -316,7 +339,15 @@ fn tiled_backward<B: Backend + FastMath>(
     let qs = B::float_mul_scalar(s.q.clone(), s.scale.into());
     let nq = s.q.shape()[2];
     // rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's diagonal term.
-    let delta = B::float_sum_dim(B::float_mul(grad_out.clone(), s.out.clone()), 3);
+    let delta = B::float_sum_dim(
+        B::float_mul(
+            to::<B>(grad_out.clone(), DType::F32),
+            to::<B>(s.out.clone(), DType::F32),
+        ),
+        3,
+    );
+    let low = |t: FloatTensor<B>| to::<B>(t, s.q.dtype());
+    let f32 = |t: FloatTensor<B>| to::<B>(t, DType::F32);
     let (mut dq, mut dk, mut dv, mut db) = (Vec::new(), None, None, Vec::new());
     for r in tiles(nq, s.tile) {
         let qs_r = rows::<B>(&qs, &r);
@@ -325,14 +356,18 @@ fn tiled_backward<B: Backend + FastMath>(
         let p = B::fast_exp(B::float_sub(scores, rows::<B>(&s.lse, &r)));
         dv = Some(accumulate::<B>(
             dv,
-            B::float_matmul(B::float_transpose(p.clone()), go_r.clone()),
+            f32(B::float_matmul(
+                B::float_transpose(low(p.clone())),
+                go_r.clone(),
+            )),
         ));
-        let dp = B::float_matmul(go_r, B::float_transpose(s.v.clone()));
+        let dp = f32(B::float_matmul(go_r, B::float_transpose(s.v.clone())));
         let ds = B::float_mul(p, B::float_sub(dp, rows::<B>(&delta, &r)));
-        dq.push(B::float_matmul(ds.clone(), s.k.clone()));
+        let ds_low = low(ds.clone());
+        dq.push(f32(B::float_matmul(ds_low.clone(), s.k.clone())));
         dk = Some(accumulate::<B>(
             dk,
-            B::float_matmul(B::float_transpose(ds.clone()), qs_r),
+            f32(B::float_matmul(B::float_transpose(ds_low), qs_r)),
         ));
         if want_bias && let Some(bias) = &s.bias {
             // Sum over the axes the bias broadcasts along (size 1 in the bias, not in the
@@ -347,17 +382,20 @@ fn tiled_backward<B: Backend + FastMath>(
         }
     }
     let dq = B::float_mul_scalar(B::float_cat(dq, 2), s.scale.into());
+    let bias = match &s.bias {
+        // Broadcast over the queries: every tile's part adds up; otherwise they stack.
+        Some(b) if b.shape()[2] == 1 && !db.is_empty() => {
+            db.into_iter().reduce(|a, g| B::float_add(a, g))
+        }
+        _ => (!db.is_empty()).then(|| B::float_cat(db, 2)),
+    };
     Grads {
-        q: dq,
-        k: dk.expect("attention over zero queries"),
-        v: dv.expect("attention over zero queries"),
-        bias: match &s.bias {
-            // Broadcast over the queries: every tile's part adds up; otherwise they stack.
-            Some(b) if b.shape()[2] == 1 && !db.is_empty() => {
-                db.into_iter().reduce(|a, g| B::float_add(a, g))
-            }
-            _ => (!db.is_empty()).then(|| B::float_cat(db, 2)),
-        },
+        q: low(dq),
+        k: to::<B>(dk.expect("attention over zero queries"), s.k.dtype()),
+        v: to::<B>(dv.expect("attention over zero queries"), s.v.dtype()),
+        bias: bias
+            .zip(s.bias.as_ref())
+            .map(|(g, b)| to::<B>(g, b.dtype())),
     }
 }
 

@@ -5,6 +5,7 @@
 //! chains. Reversible rewiring (Re2TAL) wraps exactly these chains without touching parameters.
 
 use crate::fastmath::gelu;
+use crate::precision::{down, linear, up};
 use crate::reversible::ResidualBlock;
 use burn::module::{Module, ModuleDisplay};
 use burn::nn::{LayerNorm, Linear};
@@ -135,9 +136,8 @@ impl<const D: usize> ResidualBranch<D> for MlpBranch {
     /// # Shapes
     /// - x: `[..., C]` -> same
     fn branch(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.norm.forward(x))));
-        drop_path(y, self.drop_path)
+        // Norm in f32, the rest in the autocast precision, the output back in f32.
+        let h = gelu(linear(&self.fc1, down(self.norm.forward(x))));
+        up(drop_path(linear(&self.fc2, h), self.drop_path))
     }
 }

@@ -4,6 +4,7 @@
 //! inputs smaller than a window.
 
 use crate::attention::attention;
+use crate::precision::{down, linear, up};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
@@ -324,7 +325,8 @@ impl ResidualBranch<5> for WindowAttentionBranch {
             w.div_ceil(ww) * ww,
         ];
         let [tp, hp, wp] = padded;
-        let mut x = pad_thw(self.norm.forward(x), padded);
+        // Norm in f32, the rest in the autocast precision, the output back in f32.
+        let mut x = down(pad_thw(self.norm.forward(x), padded));
         let shifted = shift.iter().sum::<usize>() > 0;
         if shifted {
             x = x.roll(
@@ -343,9 +345,7 @@ impl ResidualBranch<5> for WindowAttentionBranch {
             .reshape([b * nwin, vol, c]);
         let heads = self.num_heads;
         let hd = c / heads;
-        let qkv = self
-            .qkv
-            .forward(windows)
+        let qkv = linear(&self.qkv, windows)
             .reshape([b * nwin, vol, 3, heads, hd])
             .permute([2, 0, 3, 1, 4]);
         let part = |i: usize| {
@@ -373,7 +373,7 @@ impl ResidualBranch<5> for WindowAttentionBranch {
             attention(q, k, v, Some(bias), scale)
         };
         let out = out.swap_dims(1, 2).reshape([b * nwin, vol, c]);
-        let out = self.proj.forward(out);
+        let out = linear(&self.proj, out);
         let mut y = out
             .reshape([b * nt, nh, nw, wt, wh, ww * c])
             .permute([0, 3, 1, 4, 2, 5])
@@ -385,7 +385,7 @@ impl ResidualBranch<5> for WindowAttentionBranch {
             );
         }
         let y = y.slice([0..b, 0..t, 0..h, 0..w, 0..c]);
-        drop_path(y, self.drop_path)
+        up(drop_path(y, self.drop_path))
     }
 }
 

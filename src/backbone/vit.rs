@@ -3,6 +3,7 @@
 //! residual branches. Numerics follow Hugging Face `transformers`' `VideoMAEModel`.
 
 use crate::attention::attention;
+use crate::precision::{down, linear, up};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
@@ -170,16 +171,17 @@ impl ResidualBranch<3> for AttentionBranch {
     fn branch(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, l, d] = x.dims();
         let h = self.num_heads;
-        let x = self.norm.forward(x);
+        // Norm in f32, the rest in the autocast precision, the output back in f32.
+        let x = down(self.norm.forward(x));
         let heads = |t: Tensor<3>| t.reshape([b, l, h, d / h]).swap_dims(1, 2);
-        let q = heads(self.query.forward(x.clone()));
-        let k = heads(self.key.forward(x.clone()));
-        let v = heads(self.value.forward(x));
+        let q = heads(linear(&self.query, x.clone()));
+        let k = heads(linear(&self.key, x.clone()));
+        let v = heads(linear(&self.value, x));
         let scale = ((d / h) as f64).powf(-0.5);
         let out = attention(q, k, v, None, scale)
             .swap_dims(1, 2)
             .reshape([b, l, d]);
-        drop_path(self.proj.forward(out), self.drop_path)
+        up(drop_path(linear(&self.proj, out), self.drop_path))
     }
 }
 

@@ -6,6 +6,60 @@ use burn::tensor::{Gradients, Tensor};
 
 use super::grads::merge_grads;
 use crate::backbone::residual::with_drop_path_key;
+use crate::precision::{self, Precision};
+
+/// Branch outputs join an exact stream on multiples of this (2^-32).
+const GRID: f64 = 4_294_967_296.0;
+
+/// The two streams of a rewired chain. In f32 they are f32. Under mixed precision a branch
+/// is a step function of its input (its input is rounded to 8 or 11 bits), so an f32 stream's
+/// last-bit reconstruction error flips roundings and grows with depth; there the streams are
+/// f64 and branch outputs are rounded to a 2^-32 grid before they join (straight through for
+/// gradients), so every addition is exact below 2^21 and the inverse's subtraction returns the
+/// input bit for bit. The forward runs each branch through the same autodiff code path as the
+/// backward's recompute (its graph dropped with its output), because a backend's kernels may
+/// round differently with and without autodiff. Backends without f64 keep f32 streams.
+#[derive(Clone, Copy)]
+struct Streams {
+    exact: bool,
+}
+
+impl Streams {
+    fn for_input<const D: usize>(x: &Tensor<D>) -> Self {
+        let f64 = burn::tensor::DType::F64;
+        Self {
+            exact: precision::compute() != Precision::F32 && x.device().supports_dtype(f64),
+        }
+    }
+
+    /// The chain's input as a stream value.
+    fn enter<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        if self.exact {
+            x.cast(burn::tensor::DType::F64)
+        } else {
+            x
+        }
+    }
+
+    /// A stream value as a branch input, or as the chain's output.
+    fn leave<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        precision::up(x)
+    }
+
+    /// A branch output as the amount it adds to a stream.
+    fn join<const D: usize>(self, f: Tensor<D>) -> Tensor<D> {
+        if !self.exact {
+            return f;
+        }
+        let f = f.cast(burn::tensor::DType::F64);
+        let on_grid = (f.clone() * GRID).round() / GRID;
+        if f.device().is_autodiff() {
+            f.clone() + (on_grid - f).detach()
+        } else {
+            on_grid
+        }
+    }
+}
 
 /// A chain of residual branches `F_1 .. F_N` that can be rewired.
 pub trait ResidualChain<const D: usize> {
@@ -127,13 +181,15 @@ impl<C: ?Sized> RevChain<'_, C> {
     where
         C: ResidualChain<D>,
     {
+        let s = Streams::for_input(&x);
+        let x = s.enter(x);
         let (mut a, mut b) = (x.clone(), x);
         for i in 0..self.chain.num_branches() {
-            let next = a + self.call(i, b.clone());
+            let next = a + s.join(self.call(i, s.leave(b.clone())));
             a = b;
             b = next;
         }
-        (a + b) / 2.0
+        s.leave((a + b) / 2.0)
     }
 
     /// The rewired forward for inference: stochastic depth off (outside a keyed scope and on a
@@ -145,13 +201,15 @@ impl<C: ?Sized> RevChain<'_, C> {
     where
         C: ResidualChain<D>,
     {
+        let s = Streams::for_input(&x);
+        let x = s.enter(x);
         let (mut a, mut b) = (x.clone(), x);
         for i in 0..self.chain.num_branches() {
-            let next = a + self.chain.branch(i, b.clone());
+            let next = a + s.join(self.chain.branch(i, s.leave(b.clone())));
             a = b;
             b = next;
         }
-        (a + b) / 2.0
+        s.leave((a + b) / 2.0)
     }
 
     /// The rewired forward without recording a graph. Returns the stage output as a fresh
@@ -166,14 +224,26 @@ impl<C: ?Sized> RevChain<'_, C> {
         C: ResidualChain<D>,
     {
         let x = x.without_autodiff();
+        let s = Streams::for_input(&x);
+        let x = s.enter(x);
         let (mut a, mut b) = (x.clone(), x);
         for i in 0..self.chain.num_branches() {
-            let f = with_drop_path_key(self.key(i), || self.chain.branch_no_graph(i, b.clone()));
-            let next = a + f;
+            let input = s.leave(b.clone());
+            let f = if s.exact {
+                // The same (autodiff) code path as the backward's recompute, so it repeats
+                // bit for bit; the branch's graph is dropped with its output, as it is there.
+                self.call(i, input.autodiff()).without_autodiff()
+            } else {
+                with_drop_path_key(self.key(i), || self.chain.branch_no_graph(i, input))
+            };
+            let next = a + s.join(f);
             a = b;
             b = next;
         }
-        let out = ((a.clone() + b.clone()) / 2.0).autodiff().require_grad();
+        let out = s
+            .leave((a.clone() + b.clone()) / 2.0)
+            .autodiff()
+            .require_grad();
         (out, RevState { prev: a, last: b })
     }
 
@@ -196,18 +266,19 @@ impl<C: ?Sized> RevChain<'_, C> {
         // (y_{i-1}, y_i) and their gradients; the output (y_{N-1} + y_N) / 2 sends half of its
         // gradient to each.
         let (mut ym1, mut yi) = (state.prev, state.last);
+        let s = Streams::for_input(&yi);
         let half = grad_out.without_autodiff() / 2.0;
         let (mut gm1, mut gi) = (half.clone(), half);
         for i in (0..n).rev() {
             // Local graph: z = y_{i-1} as a fresh leaf, f = F_i(z).
-            let z = ym1.clone().autodiff().require_grad();
+            let z = s.leave(ym1.clone()).autodiff().require_grad();
             let f = self.call(i, z.clone());
             // Vector-Jacobian product with the gradient arriving at y_i.
             let mut grads = (f.clone() * gi.clone().autodiff()).sum().backward();
             let gz = z.grad(&grads).expect("branch input gradient");
             self.chain.branch_grads(i, &mut grads, &mut params);
             // Inverse: y_{i-2} = y_i - F_i(y_{i-1}).
-            let ym2 = yi - f.without_autodiff();
+            let ym2 = yi - s.join(f.without_autodiff());
             // y_i = y_{i-2} + F_i(y_{i-1}): the skip passes g_i to y_{i-2}; F_i passes J^T g_i.
             let gm2 = gi;
             gi = gm1 + gz;
@@ -216,7 +287,7 @@ impl<C: ?Sized> RevChain<'_, C> {
             ym1 = ym2;
         }
         // Now (ym1, yi) = (y_{-1}, y_0), both the input x.
-        (gm1 + gi, params, yi)
+        (gm1 + gi, params, s.leave(yi))
     }
 
     /// The stage's gradients by ordinary autodiff from its true input (every activation of the

@@ -1,0 +1,162 @@
+//! Mixed precision: parameters (and optimizer state) stay f32, the backbone's residual branches
+//! compute in bf16 or f16.
+//!
+//! Burn has no autocast, so the crate casts at module boundaries, the way PyTorch's autocast
+//! does for its op lists: inside [`autocast`], a residual branch takes its f32 input, runs its
+//! layer norm in f32, casts the normalised tokens down ([`down`]), runs its projections
+//! ([`linear`], weights cast to the compute type; the cast's gradient arrives at the f32 weight in
+//! f32), attention (scores, softmax and log-sum-exp in f32, see [`crate::attention`]) and GELU
+//! in the low precision, and returns its output cast back to f32. The residual streams, and so
+//! the additions and subtractions of the reversible pass, stay f32: reconstruction is as exact
+//! as in f32 because the recomputed branch is deterministic. Everything outside the branches
+//! (patch embedding, final norms, the head, the losses, gradient clipping) runs in f32.
+//!
+//! The setting is a thread-local scope, like PyTorch's `torch.autocast` context: modules read
+//! it, nothing stores it.
+
+use std::cell::Cell;
+use std::fmt;
+use std::str::FromStr;
+
+use burn::nn::Linear;
+use burn::tensor::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The precision the backbone's residual branches compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bfloat16 branches (8-bit exponent: no loss scaling needed).
+    Bf16,
+    /// float16 branches (5-bit exponent: training scales the loss, see `LossScale`).
+    F16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        crate::choice::write_name(self, f)
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        crate::choice::parse("precision", s)
+    }
+}
+
+impl Precision {
+    /// The tensor element type.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+
+    /// An error unless `device`'s backend computes in this precision.
+    pub fn check(self, device: &Device) -> Result<()> {
+        if device.supports_dtype(self.dtype()) {
+            Ok(())
+        } else {
+            Err(Error::Backend {
+                backend: format!("{device:?}"),
+                reason: format!("does not compute in {self} (try --precision f32)"),
+            })
+        }
+    }
+}
+
+thread_local! {
+    static COMPUTE: Cell<Precision> = const { Cell::new(Precision::F32) };
+}
+
+/// Run `f` with the residual branches computing in `precision` (on this thread), restoring the
+/// previous setting afterwards.
+pub fn autocast<T>(precision: Precision, f: impl FnOnce() -> T) -> T {
+    struct Restore(Precision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPUTE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPUTE.with(|c| c.replace(precision)));
+    f()
+}
+
+/// The precision of the current [`autocast`] scope (f32 outside any).
+pub fn compute() -> Precision {
+    COMPUTE.with(Cell::get)
+}
+
+/// `x` in the scope's compute precision (unchanged at f32).
+pub fn down<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let dtype = compute().dtype();
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
+/// `x` in f32 (unchanged when it is).
+pub fn up<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        x.cast(DType::F32)
+    }
+}
+
+/// `linear` applied in `x`'s precision: its f32 weight and bias are cast to it (their
+/// gradients come back in f32).
+///
+/// # Shapes
+/// - x: `[..., in]` -> `[..., out]`
+pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let dtype = x.dtype();
+    if dtype == DType::F32 {
+        return linear.forward(x);
+    }
+    let w = linear.weight.val().cast(dtype);
+    let b = linear.bias.as_ref().map(|b| b.val().cast(dtype));
+    burn::tensor::module::linear(x, w, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+
+    #[test]
+    fn scope_restores_and_casts() {
+        let device = crate::backend::cpu_device();
+        let x = Tensor::<2>::ones([2, 3], &device);
+        assert_eq!(compute(), Precision::F32);
+        autocast(Precision::Bf16, || {
+            assert_eq!(down(x.clone()).dtype(), DType::BF16);
+            assert_eq!(up(down(x.clone())).dtype(), DType::F32);
+            autocast(Precision::F16, || assert_eq!(compute(), Precision::F16));
+            assert_eq!(compute(), Precision::Bf16);
+        });
+        assert_eq!(down(x).dtype(), DType::F32);
+        assert_eq!(compute(), Precision::F32);
+    }
+
+    #[test]
+    fn linear_in_low_precision_matches_f32() {
+        let device = crate::backend::cpu_device();
+        let l = LinearConfig::new(8, 4).init(&device);
+        let x = Tensor::<2>::random([5, 8], burn::tensor::Distribution::Default, &device);
+        let want = l.forward(x.clone());
+        for p in [Precision::Bf16, Precision::F16] {
+            let got = up(linear(&l, x.clone().cast(p.dtype())));
+            let err = (got - want.clone()).abs().max().into_scalar::<f32>();
+            // 8 products of values below 1: a few units of the low precision's rounding.
+            assert!(err < 3e-2, "{p}: {err}");
+        }
+        assert_eq!(linear(&l, x.clone()).into_data(), l.forward(x).into_data());
+    }
+}
