@@ -7,13 +7,14 @@ use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::data::FRAMES_DIR;
 use e2e_tal::data::LoFiMode;
 use e2e_tal::data::{Subset, SynthConfig};
+use e2e_tal::precision::Precision;
 use e2e_tal::reversible::DriftMonitor;
 use e2e_tal::tal::head::HeadConfig;
 use e2e_tal::train::end_to_end_then_head;
 use e2e_tal::train::pretrain_from;
 use e2e_tal::train::{
-    BackboneConfig, Checkpoint, PretrainConfig, RunOptions, TalDataset, TrainConfig, TrainMode,
-    TrainOutcome, TrainPlan, pretrain, resume, train,
+    BackboneConfig, Checkpoint, LossScaleConfig, PretrainConfig, RunOptions, TalDataset,
+    TrainConfig, TrainMode, TrainOutcome, TrainPlan, pretrain, resume, train,
 };
 
 /// Budget mode measures training steps with it (the trainer reports a step's peak through it).
@@ -671,4 +672,45 @@ fn adapters_do_not_change_the_initial_head() {
         })
         .collect();
     assert_eq!(heads[0], heads[1]);
+}
+
+#[test]
+fn f16_loss_scaling_skips_overflowing_steps_and_resumes_exactly() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    // A first scale of 2^28 overflows the f16 branches' gradients: those steps are skipped,
+    // each halving the scale, until they fit; the scale doubles after 3 clean steps and may
+    // overflow again.
+    let scaling = LossScaleConfig::new()
+        .with_init(2f64.powi(28))
+        .with_growth_interval(3);
+    let cfg = tiny_config(TrainMode::Reversible, 2)
+        .with_precision(Precision::F16)
+        .with_loss_scale(scaling);
+    let whole = run(cfg.clone(), &data, &dir.path().join("whole"), None);
+    let s = whole.state.loss_scale.expect("f16 runs keep a scaler");
+    let logged = whole.state.history.last().unwrap().loss_scale.unwrap();
+    eprintln!("loss scale: {s:?}");
+    assert_eq!((logged.skipped, logged.scale), (s.skipped, s.scale));
+    assert!(
+        s.skipped >= 1 && s.skipped < 12,
+        "skipped {} of 12",
+        s.skipped
+    );
+    assert!(s.scale < 2f64.powi(28), "scale {}", s.scale);
+    // Interrupted after 4 steps and resumed: the same scaler, weights and losses.
+    run(cfg, &data, &dir.path().join("part"), Some(4));
+    let opts = quiet_run(dir.path().join("part"), None);
+    let resumed = resume(&data, &opts, &test_device()).unwrap();
+    assert_eq!(resumed.state.loss_scale, whole.state.loss_scale);
+    assert_eq!(values(&resumed.model), values(&whole.model));
+    let losses =
+        |o: &TrainOutcome| -> Vec<f64> { o.state.history.iter().map(|e| e.mean_loss).collect() };
+    assert_eq!(losses(&resumed), losses(&whole));
+    // bf16 keeps f32's exponent range: no scaler.
+    let bf16 = tiny_config(TrainMode::Full, 1).with_precision(Precision::Bf16);
+    let out = run(bf16, &data, &dir.path().join("bf16"), None);
+    assert!(out.state.loss_scale.is_none());
+    assert!(out.state.history[0].mean_loss.is_finite());
 }

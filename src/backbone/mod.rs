@@ -33,14 +33,11 @@ impl BackboneOutput {
         }
     }
 
-    /// Number of floats held.
-    pub fn num_floats(&self) -> usize {
-        self.features.shape().num_elements()
-            + self
-                .layers
-                .iter()
-                .map(|t| t.shape().num_elements())
-                .sum::<usize>()
+    /// Bytes held (the layers may be in a low precision).
+    pub fn num_bytes(&self) -> usize {
+        let bytes = |t: &Tensor<3>| t.shape().num_elements() * t.dtype().size();
+        self.features.shape().num_elements() * self.features.dtype().size()
+            + self.layers.iter().map(bytes).sum::<usize>()
     }
 }
 

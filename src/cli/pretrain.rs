@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use e2e_tal::Result;
 use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::data::SynthConfig;
+use e2e_tal::precision::Precision;
 use e2e_tal::train::PretrainConfig;
 use e2e_tal::workspace::{PRETRAIN_VIDEOS, PRETRAINED, PretrainJob, pretrain_to};
 
@@ -32,6 +33,9 @@ pub struct PretrainArgs {
     /// use with --weights of the ordinary pretrained backbone).
     #[arg(long)]
     rewired: bool,
+    /// Precision of the backbone's residual branches: f32 or bf16 (f32 master weights).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Optimisation steps.
     #[arg(long)]
     steps: Option<usize>,
@@ -60,7 +64,7 @@ pub fn run(a: PretrainArgs) -> Result<()> {
     macro_rules! set {
         ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
     }
-    set!(steps, batch_size, lr, seed);
+    set!(steps, batch_size, lr, precision, seed);
     if a.rewired {
         cfg.rewired = true;
     }

@@ -12,6 +12,7 @@ use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::data::LoFiSampler;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
+use e2e_tal::precision::Precision;
 use e2e_tal::train::{BackboneConfig, Checkpoint, RunOptions, TalDataset, TrainConfig, TrainMode};
 use e2e_tal::weights::CheckpointFamily;
 use e2e_tal::workspace::{load_dataset, pretrained_backbone};
@@ -129,6 +130,10 @@ pub struct TrainArgs {
     /// reversible always does).
     #[arg(long)]
     rewired: bool,
+    /// Precision of the backbone's residual branches (f32 master weights either way; f16
+    /// scales the loss dynamically).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Mode reversible: check the reconstruction every N steps (0: never; default 10).
     #[arg(long)]
     drift_every: Option<usize>,
@@ -176,6 +181,7 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
         max_train_clips,
         eval_every,
         ema_decay,
+        precision,
         seed
     );
     if let Some(l) = a.lofi {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::config::TrainConfig;
+use super::loss_scale::LossScale;
 use super::model::TalModel;
 use crate::error::{Error, Result};
 use crate::io::{read_to_string, write_atomic, write_json_atomic};
@@ -40,6 +41,19 @@ pub struct EpochLog {
     /// drift monitor on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftLog>,
+    /// f16 runs: steps skipped this epoch for non-finite gradients, and the loss scale at its
+    /// end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<ScaleLog>,
+}
+
+/// The loss scaler over one epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScaleLog {
+    /// Steps skipped this epoch.
+    pub skipped: usize,
+    /// The scale at the end of the epoch.
+    pub scale: f64,
 }
 
 /// Drift monitor readings over some steps.
@@ -93,6 +107,9 @@ pub struct TrainState {
     /// Drift readings of the current epoch so far.
     #[serde(default)]
     pub epoch_drift: Option<DriftLog>,
+    /// The f16 loss scaler (f16 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
     /// Finished epochs.
     pub history: Vec<EpochLog>,
 }

@@ -9,6 +9,7 @@ use burn::config::Config;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::loss_scale::LossScaleConfig;
 use crate::adapter::LosaConfig;
 use crate::backbone::resnet3d::ResNet3dConfig;
 use crate::backbone::swin::SwinConfig;
@@ -18,6 +19,7 @@ use crate::data::ClipSamplingConfig;
 use crate::data::augment::AugmentConfig;
 use crate::data::lofi::{LoFiConfig, LoFiMode};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use crate::reversible::DriftMonitor;
 use crate::tal::assign::AssignConfig;
 use crate::tal::head::HeadConfig;
@@ -178,6 +180,14 @@ pub struct TrainConfig {
     /// ordinary autodiff recompute. Readings per epoch in `metrics.json` (`drift`).
     #[config(default = "DriftMonitor::new()")]
     pub drift: DriftMonitor,
+    /// Precision of the backbone's residual branches (`precision` module): f32, or bf16 / f16
+    /// with f32 master weights, optimizer state, norms, softmax, head and losses. Halves the
+    /// branches' activations; mixed-precision reversible training reconstructs exactly.
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
+    /// Dynamic loss scaling of f16 runs.
+    #[config(default = "LossScaleConfig::new()")]
+    pub loss_scale: LossScaleConfig,
     /// Label assignment.
     #[config(default = "AssignConfig::new()")]
     pub assign: AssignConfig,

@@ -10,6 +10,7 @@ mod config;
 mod dataset;
 mod ema;
 mod infer;
+mod loss_scale;
 mod model;
 mod plan;
 mod pretrain;
@@ -25,6 +26,7 @@ pub use checkpoint::{Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState,
 pub use config::{BackboneConfig, TrainConfig, TrainMode, read_config};
 pub use dataset::{TalDataset, TalVideo};
 pub use infer::{VideoInference, detect_video, trained_model, video_id};
+pub use loss_scale::{LossScale, LossScaleConfig};
 pub use model::{Detector, Extraction, TalModel, extract_features, head_input, run_head};
 pub use plan::{FrozenFeatures, Sampling, TrainPlan};
 pub use pretrain::{

@@ -252,15 +252,17 @@ impl<'a> Detector<'a> {
         }
     }
 
-    /// Backbone outputs of one video.
+    /// Backbone outputs of one video, the branches in the run's precision.
     pub fn features(&self, video: &TalVideo) -> Result<BackboneOutput> {
-        extract_features(
-            &self.model.backbone,
-            &video.frames,
-            &self.cfg.clips,
-            self.extraction(),
-            &self.device,
-        )
+        crate::precision::autocast(self.cfg.precision, || {
+            extract_features(
+                &self.model.backbone,
+                &video.frames,
+                &self.cfg.clips,
+                self.extraction(),
+                &self.device,
+            )
+        })
     }
 
     /// Detections of one video, in seconds, post-processed.

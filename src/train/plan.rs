@@ -9,6 +9,7 @@ use crate::backbone::Network;
 use crate::data::augment::AugmentConfig;
 use crate::data::lofi::{Fidelity, LoFiConfig, LoFiMode};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use crate::reversible::DriftMonitor;
 
 /// What the data side does at every step where the backbone runs: LoFi-E2E's sampler (the
@@ -122,6 +123,13 @@ impl TrainPlan {
                 features: frozen()?,
             },
         };
+        if cfg.precision != Precision::F32 && matches!(cfg.backbone, BackboneConfig::ResNet(_)) {
+            return bad(format!(
+                "precision {} is implemented for the transformer backbones (ViT, Swin); the \
+                 ResNet's convolution branches compute in f32 (precision f32)",
+                cfg.precision
+            ));
+        }
         if plan.network() == Network::Rewired && matches!(cfg.backbone, BackboneConfig::ResNet(_)) {
             return bad(
                 "rewired (reversible) training of whole models is implemented for ViT and Swin \
@@ -214,6 +222,12 @@ mod tests {
                 cfg(TrainMode::Reversible)
                     .with_backbone(BackboneConfig::ResNet(ResNet3dConfig::new())),
                 "ViT and Swin",
+            ),
+            (
+                cfg(TrainMode::Full)
+                    .with_backbone(BackboneConfig::ResNet(ResNet3dConfig::new()))
+                    .with_precision(crate::precision::Precision::Bf16),
+                "transformer backbones",
             ),
         ];
         for (c, why) in cases {

@@ -24,6 +24,7 @@ use crate::data::annotations::Subset;
 use crate::data::augment::AugmentConfig;
 use crate::data::clips::{ClipSamplingConfig, clip_range};
 use crate::error::{Error, Result};
+use crate::precision::{Precision, autocast};
 use crate::reversible::{DriftMonitor, RewiredBackbone};
 
 /// Settings of clip-classification pretraining.
@@ -53,6 +54,9 @@ pub struct PretrainConfig {
     /// pretrained network, then fine-tune it on the classification task before TAL).
     #[config(default = false)]
     pub rewired: bool,
+    /// Precision of the backbone's residual branches: f32 or bf16 (f32 master weights).
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
     /// Clips per optimisation step.
     #[config(default = 16)]
     pub batch_size: usize,
@@ -201,6 +205,31 @@ pub fn pretrain(
 /// [`pretrain`] starting from `backbone` (e.g. loaded weights to fine-tune, or to rewire with
 /// `cfg.rewired`); the classifier is new.
 pub fn pretrain_from(
+    cfg: &PretrainConfig,
+    data: &TalDataset,
+    backbone: Backbone,
+    quiet: bool,
+    device: &Device,
+) -> Result<PretrainOutcome> {
+    match cfg.precision {
+        Precision::F16 => {
+            return Err(Error::Config(
+                "f16 pretraining would need loss scaling, which only `train` does; use bf16".into(),
+            ));
+        }
+        Precision::Bf16 if matches!(backbone, Backbone::ResNet(_)) => {
+            return Err(Error::Config(
+                "precision bf16 is implemented for the transformer backbones (ViT, Swin)".into(),
+            ));
+        }
+        p => p.check(device)?,
+    }
+    autocast(cfg.precision, || {
+        pretrain_scoped(cfg, data, backbone, quiet, device)
+    })
+}
+
+fn pretrain_scoped(
     cfg: &PretrainConfig,
     data: &TalDataset,
     backbone: Backbone,

@@ -20,10 +20,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoint::{self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState};
+use super::checkpoint::{
+    self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, ScaleLog, TrainState,
+};
 use super::config::TrainConfig;
 use super::dataset::TalDataset;
 use super::ema::ema_update;
+use super::loss_scale::LossScale;
 use super::model::{Detector, TalModel, adapter_layers, materialize};
 use super::plan::TrainPlan;
 use super::schedule::WarmupCosine;
@@ -35,6 +38,7 @@ use crate::data::lofi::{Fidelity, LoFiMode};
 use crate::data::npy::FeatureSequence;
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
+use crate::precision::{Precision, autocast};
 use crate::reversible::SegmentDrift;
 use crate::seed::mix;
 use crate::tal::assign::{GtSegment, assign};
@@ -152,6 +156,7 @@ pub fn train(
             epoch_loss_sum: 0.0,
             epoch_seconds: 0.0,
             epoch_drift: None,
+            loss_scale: (cfg.precision == Precision::F16).then(|| LossScale::new(&cfg.loss_scale)),
             history: Vec::new(),
         },
         config: cfg,
@@ -320,7 +325,24 @@ impl Ctx<'_> {
     }
 }
 
+/// The run, with the backbone's branches in the configured precision.
 fn run(
+    meta: CheckpointMeta,
+    model: TalModel,
+    ema: Option<TalModel>,
+    optims: (ModuleOptimizer, ModuleOptimizer),
+    data: &TalDataset,
+    opts: &RunOptions,
+    device: &Device,
+) -> Result<TrainOutcome> {
+    let precision = meta.config.precision;
+    precision.check(device)?;
+    autocast(precision, || {
+        run_scoped(meta, model, ema, optims, data, opts, device)
+    })
+}
+
+fn run_scoped(
     mut meta: CheckpointMeta,
     mut model: TalModel,
     mut ema: Option<TalModel>,
@@ -416,19 +438,15 @@ fn run(
                 s.fidelity(epoch, meta.state.step_in_epoch)
             });
             let t0 = Instant::now();
+            let at = StepAt {
+                video: v,
+                fidelity,
+                step: meta.state.global_step,
+            };
+            let scaler = &mut meta.state.loss_scale;
             let (result, bytes) = crate::memory::measure_on(&ctx.device, || {
-                train_step(
-                    &ctx,
-                    model,
-                    &mut opt_backbone,
-                    &mut opt_head,
-                    &mut normalizer,
-                    StepAt {
-                        video: v,
-                        fidelity,
-                        step: meta.state.global_step,
-                    },
-                )
+                let optims = (&mut opt_backbone, &mut opt_head);
+                train_step(&ctx, model, optims, &mut normalizer, scaler, at)
             });
             let (m, report) = result?;
             model = m;
@@ -468,6 +486,10 @@ fn run(
             seconds: st.epoch_seconds,
             val_average_map: None,
             drift: st.epoch_drift.take(),
+            loss_scale: st.loss_scale.map(|s| ScaleLog {
+                skipped: s.skipped,
+                scale: s.scale,
+            }),
         };
         let last = epoch + 1 == cfg.epochs;
         if !last
@@ -562,14 +584,17 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
     let t0 = Instant::now();
     let valid = model.valid();
     let det = Detector::new(&valid, ctx.cfg, &ctx.device)?;
-    let mut floats = 0usize;
+    let mut bytes = 0usize;
     for (i, v) in ctx.data.videos.iter().enumerate() {
-        let f = det.features(v)?;
+        let mut f = det.features(v)?;
         if det.layers().is_empty() {
             FeatureSequence::from_tensor(f.features.clone())
                 .write(&run.join("features").join(format!("{}.npy", v.id)))?;
         }
-        floats += f.num_floats();
+        // Mixed precision: the adapters' layers are held in the branches' precision (half
+        // the memory) and read back in f32.
+        f.layers = f.layers.into_iter().map(crate::precision::down).collect();
+        bytes += f.num_bytes();
         ctx.cached[i] = Some(f);
     }
     if !quiet {
@@ -583,7 +608,7 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
             ctx.cfg.mode,
             ctx.data.videos.len(),
             t0.elapsed().as_secs_f64(),
-            (floats * 4) as f64 / (1u64 << 20) as f64,
+            bytes as f64 / (1u64 << 20) as f64,
         );
     }
     Ok(())
@@ -603,9 +628,9 @@ struct StepAt {
 fn train_step(
     ctx: &Ctx,
     model: TalModel,
-    opt_backbone: &mut ModuleOptimizer,
-    opt_head: &mut ModuleOptimizer,
+    (opt_backbone, opt_head): (&mut ModuleOptimizer, &mut ModuleOptimizer),
     normalizer: &mut LossNormalizer,
+    scaler: &mut Option<LossScale>,
     at: StepAt,
 ) -> Result<(TalModel, StepReport)> {
     let StepAt {
@@ -649,6 +674,7 @@ fn train_step(
         cfg: &cfg.loss,
         video: &video.id,
         step,
+        scale: scaler.map_or(1.0, |s| s.scale),
     };
     let window = Window {
         frames,
@@ -669,6 +695,14 @@ fn train_step(
         mut grads,
         drift,
     } = ctx.step.compute(&model, &window, &objective)?;
+    if let Some(s) = scaler {
+        grads.scale(&model, 1.0 / s.scale);
+        let finite = grads.norm(&model).is_finite();
+        if !s.update(finite, &cfg.loss_scale) {
+            // Overflow in f16: no parameter moves, the next step tries half the scale.
+            return Ok((model, StepReport { loss, drift }));
+        }
+    }
     grads.clip(&model, cfg.clip_grad_norm);
     let (lr_h, lr_b) = (ctx.sched_head.at(step), ctx.sched_backbone.at(step));
     let TalModel {

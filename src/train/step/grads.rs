@@ -55,9 +55,8 @@ impl ModuleVisitor for Scale<'_> {
 }
 
 impl StepGrads {
-    /// Clip the global norm over all parts to `max` (ActionFormer's `clip_grad_l2norm`; 0: no
-    /// clipping); returns the norm before clipping.
-    pub fn clip(&mut self, model: &TalModel, max: f64) -> f64 {
+    /// The global L2 norm over all parts.
+    pub fn norm(&self, model: &TalModel) -> f64 {
         let parts = [
             squared_norm(&model.head, &self.head),
             self.adapter
@@ -69,19 +68,29 @@ impl StepGrads {
                 .and_then(|g| squared_norm(&model.backbone, g)),
         ];
         let total = parts.into_iter().flatten().reduce(|a, b| a + b);
-        let norm = total.map_or(0.0, |t| t.into_scalar::<f64>().sqrt());
+        total.map_or(0.0, |t| t.into_scalar::<f64>().sqrt())
+    }
+
+    /// Multiply every gradient by `factor`.
+    pub fn scale(&mut self, model: &TalModel, factor: f64) {
+        model.head.visit(&mut Scale {
+            grads: &mut self.head,
+            factor,
+        });
+        if let (Some(g), Some(a)) = (&mut self.adapter, &model.adapter) {
+            a.visit(&mut Scale { grads: g, factor });
+        }
+        if let Some(g) = &mut self.backbone {
+            model.backbone.visit(&mut Scale { grads: g, factor });
+        }
+    }
+
+    /// Clip the global norm over all parts to `max` (ActionFormer's `clip_grad_l2norm`; 0: no
+    /// clipping); returns the norm before clipping.
+    pub fn clip(&mut self, model: &TalModel, max: f64) -> f64 {
+        let norm = self.norm(model);
         if max > 0.0 && norm > max {
-            let factor = max / (norm + 1e-6);
-            model.head.visit(&mut Scale {
-                grads: &mut self.head,
-                factor,
-            });
-            if let (Some(g), Some(a)) = (&mut self.adapter, &model.adapter) {
-                a.visit(&mut Scale { grads: g, factor });
-            }
-            if let Some(g) = &mut self.backbone {
-                model.backbone.visit(&mut Scale { grads: g, factor });
-            }
+            self.scale(model, max / (norm + 1e-6));
         }
         norm
     }

@@ -76,7 +76,11 @@ impl Window<'_> {
     /// graph now.
     pub fn frozen(&self, model: &TalModel, how: Extraction<'_>) -> Result<BackboneOutput> {
         if let Some(f) = self.cached {
-            return Ok(f.clone().narrow(self.start, self.count));
+            let f = f.clone().narrow(self.start, self.count);
+            return Ok(BackboneOutput {
+                layers: f.layers.into_iter().map(crate::precision::up).collect(),
+                ..f
+            });
         }
         let x = self.clips_on(&self.device.clone().without_autodiff())?;
         how.outputs(&model.backbone.valid(), x)
@@ -96,14 +100,21 @@ pub(crate) struct Objective<'a> {
     pub video: &'a str,
     /// Global step (for errors).
     pub step: usize,
+    /// The f16 loss scale the backward pass starts from (1 otherwise).
+    pub scale: f64,
 }
 
 impl Objective<'_> {
-    /// The loss of `head` on `features` (`[T, C]`) and its value, checked finite.
+    /// The loss of `head` on `features` (`[T, C]`), times the loss scale, and its (unscaled)
+    /// value, checked finite.
     pub fn loss(&self, head: &TalHead, features: Tensor<2>) -> Result<(Tensor<1>, f64)> {
         let out = run_head(head, features)?;
         let loss = video_loss(&out, &self.targets, self.norm, self.cfg)?;
-        finite_loss(loss, self.video, self.step)
+        let (loss, value) = finite_loss(loss, self.video, self.step)?;
+        Ok(match self.scale {
+            1.0 => (loss, value),
+            s => (loss * s, value),
+        })
     }
 }
 
