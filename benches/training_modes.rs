@@ -9,7 +9,9 @@
 //! `cargo bench --bench training_modes` (several minutes on 2 cores);
 //! `-- --quick`: 64x64 frames, depth 12 only; `-- --only LoSA,head-only`: only the rows whose
 //! label contains one of these (ratios to a row left out print as `-`); `-- --mlp-ratio N`: the
-//! LoSA adapters' MLP width (default 2).
+//! LoSA adapters' MLP width (default 2); `-- --precision bf16,f16`: also the full, reversible
+//! and LoSA rows with the backbone's branches in these precisions, with their ratio to the
+//! same row in f32.
 
 use std::path::Path;
 
@@ -18,6 +20,7 @@ use e2e_tal::data::FRAMES_DIR;
 use e2e_tal::data::LoFiMode;
 use e2e_tal::data::{ClipSamplingConfig, SynthConfig};
 use e2e_tal::memory::{CountingAllocator, mib};
+use e2e_tal::precision::Precision;
 use e2e_tal::train::{BackboneConfig, RunOptions, TalDataset, TrainConfig, TrainMode, train};
 
 #[global_allocator]
@@ -100,6 +103,12 @@ fn main() {
         .map(|v| v.split(',').map(str::to_string).collect())
         .unwrap_or_default();
     let mlp_ratio: Option<usize> = value("--mlp-ratio").map(|v| v.parse().expect("--mlp-ratio N"));
+    let precisions: Vec<Precision> = value("--precision").map_or(Vec::new(), |v| {
+        v.split(',')
+            .map(|p| p.parse().expect("--precision bf16,f16"))
+            .filter(|&p| p != Precision::F32)
+            .collect()
+    });
     let (size, depths): (usize, &[usize]) = if quick { (64, &[12]) } else { (112, &[12, 24]) };
     let clips = ClipSamplingConfig::new()
         .with_clip_frames(16)
@@ -108,11 +117,11 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dataset(&dir.path().join("data"), size, &clips);
     println!(
-        "one training step on one video of {CLIPS} clips (16 frames of {size}x{size}), ViT-S, f32, {}",
+        "one training step on one video of {CLIPS} clips (16 frames of {size}x{size}), ViT-S, {}",
         e2e_tal::backend::kind_from_args().map_or("?".into(), |k| k.to_string())
     );
     // (label, mode, sampler, frozen-backbone feature cache)
-    let variants: Vec<(&str, TrainMode, LoFiMode, bool)> = vec![
+    let mut variants: Vec<(String, TrainMode, LoFiMode, bool, Precision)> = vec![
         (
             "head-only (cached features)",
             TrainMode::HeadOnly,
@@ -152,23 +161,37 @@ fn main() {
             LoFiMode::SpatioTemporal,
             true,
         ),
-    ];
+    ]
+    .into_iter()
+    .map(|(l, m, s, c)| (l.to_string(), m, s, c, Precision::F32))
+    .collect();
+    let mixed: Vec<_> = variants
+        .iter()
+        .filter(|v| v.2 == LoFiMode::Full && v.3 && v.1 != TrainMode::HeadOnly)
+        .flat_map(|v| {
+            precisions
+                .iter()
+                .map(move |&p| (format!("{}, {p}", v.0), v.1, v.2, v.3, p))
+        })
+        .collect();
+    variants.extend(mixed);
     for &depth in depths {
         let mut rows = Vec::new();
-        for (i, (label, mode, lofi, cache)) in variants.iter().enumerate() {
+        for (i, (label, mode, lofi, cache, precision)) in variants.iter().enumerate() {
             if !only.is_empty() && !only.iter().any(|o| label.contains(o.as_str())) {
                 continue;
             }
             let mut cfg = config(depth, size, &clips)
                 .with_mode(*mode)
-                .with_cache_features(*cache);
+                .with_cache_features(*cache)
+                .with_precision(*precision);
             cfg.lofi.mode = *lofi;
             if let Some(r) = mlp_ratio {
                 cfg.adapter.mlp_ratio = r;
             }
             let (peak, seconds) = step(cfg, &data, &dir.path().join(format!("run{depth}_{i}")));
             rows.push(Row {
-                label: label.to_string(),
+                label: label.clone(),
                 peak,
                 seconds,
             });
@@ -186,18 +209,26 @@ fn main() {
         };
         println!("\nViT-S depth {depth}");
         println!(
-            "| mode | peak step memory (MiB) | x head-only (cached) | x head-only (per step) | x full | step time (s) |"
+            "| mode | peak step memory (MiB) | x head-only (cached) | x head-only (per step) | x full | x same row in f32 | step time (s) | time x f32 |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|");
         for r in &rows {
+            // The f32 row of a mixed-precision one: its label without the precision suffix.
+            let f32_row = r
+                .label
+                .rsplit_once(", ")
+                .filter(|(_, p)| p.parse::<Precision>().is_ok())
+                .and_then(|(base, _)| rows.iter().find(|b| b.label == base));
             println!(
-                "| {} | {} | {} | {} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} |",
                 r.label,
                 mib(r.peak),
                 ratio(r.peak, cached),
                 ratio(r.peak, per_step),
                 ratio(r.peak, full),
-                r.seconds
+                ratio(r.peak, f32_row.map(|b| b.peak.max(1) as f64)),
+                r.seconds,
+                f32_row.map_or("-".into(), |b| format!("{:.2}", r.seconds / b.seconds)),
             );
         }
     }

@@ -1,12 +1,13 @@
-//! Mixed precision (bf16 / f16 residual branches, f32 streams and master weights): gradients
+//! Mixed precision (bf16 / f16 residual branches, exact streams, f32 master weights): gradients
 //! against f32, the reversible pass against autodiff in the same precision, and reconstruction.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Distribution, Tensor};
-use e2e_tal::backbone::vit::{VisionTransformer, VitBlock, VitConfig};
+use e2e_tal::backbone::swin::SwinConfig;
+use e2e_tal::backbone::vit::{VisionTransformer, VitConfig};
 use e2e_tal::precision::{Precision, autocast};
-use e2e_tal::reversible::RevChain;
+use e2e_tal::reversible::{ResidualBlock, RevChain};
 
 const SEEDS: u64 = 6;
 
@@ -64,16 +65,18 @@ fn vit(depth: usize) -> VisionTransformer {
 
 /// Gradients of `sum(chain(x) * w)` through the rewired chain: ordinary autodiff, then the
 /// reversible backward; returns them with the reconstructed input.
-fn rewired_grads(
-    m: &VisionTransformer,
-    x0: Tensor<3>,
-    w: Tensor<3>,
-) -> (GradientsParams, GradientsParams, Tensor<3>) {
-    let blocks: &[VitBlock] = &m.blocks;
-    let rev = RevChain::new(blocks).with_drop_path_seed(7);
+fn rewired_grads<const D: usize, M>(
+    blocks: &Vec<M>,
+    x0: Tensor<D>,
+    w: Tensor<D>,
+) -> (GradientsParams, GradientsParams, Tensor<D>)
+where
+    M: ResidualBlock<D> + Module,
+{
+    let rev = RevChain::new(blocks.as_slice()).with_drop_path_seed(7);
     let y = rev.forward(x0.clone().autodiff().require_grad());
     let mut g = (y * w.clone().autodiff()).sum().backward();
-    let autodiff = GradientsParams::from_module(&mut g, &m.blocks);
+    let autodiff = GradientsParams::from_module(&mut g, blocks);
     let (out, state) = rev.forward_no_graph(x0);
     let g = (out.clone() * w.autodiff()).sum().backward();
     let (_, reversible, x_rec) = rev.backward(state, out.grad(&g).unwrap());
@@ -101,10 +104,10 @@ fn reversible_mixed_precision_equals_its_autodiff_and_reconstructs_exactly() {
         let m = vit(24);
         let x = Tensor::<3>::random([2, 49, 64], Distribution::Normal(0.0, 1.0), &device());
         let w = Tensor::<3>::random([2, 49, 64], Distribution::Normal(0.0, 1.0), &device());
-        let (f32_ref, _, _) = rewired_grads(&m, x.clone(), w.clone());
+        let (f32_ref, _, _) = rewired_grads(&m.blocks, x.clone(), w.clone());
         for p in [Precision::Bf16, Precision::F16] {
             let (autodiff, reversible, x_rec) =
-                autocast(p, || rewired_grads(&m, x.clone(), w.clone()));
+                autocast(p, || rewired_grads(&m.blocks, x.clone(), w.clone()));
             let grads = rel_l2(&m.blocks, &autodiff, &reversible);
             let drift = rel_max(x_rec, x.clone());
             let vs_f32 = rel_l2(&m.blocks, &f32_ref, &autodiff);
@@ -126,5 +129,39 @@ fn reversible_mixed_precision_equals_its_autodiff_and_reconstructs_exactly() {
             // 1.5-1.7u (relative L2 over all 24 blocks' gradients).
             assert!(vs_f32 <= 3.0 * u, "{p}: mixed precision vs f32 {vs_f32:e}");
         }
+    }
+}
+
+#[test]
+fn swin_windows_reconstruct_exactly_in_mixed_precision() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    device().seed(1);
+    let m = SwinConfig::new()
+        .with_embed_dim(16)
+        .with_depths(vec![8])
+        .with_num_heads(vec![2])
+        .with_window_size([2, 2, 2])
+        .with_drop_path_rate(0.2)
+        .init(&device().autodiff());
+    // [B, T, H, W, C] with padding (W = 3) and shifted windows (relative-position bias and
+    // shift masks in f32, added to the f32 scores).
+    let shape = [2, 2, 4, 3, 16];
+    let x = Tensor::<5>::random(shape, Distribution::Normal(0.0, 1.0), &device());
+    let w = Tensor::<5>::random(shape, Distribution::Normal(0.0, 1.0), &device());
+    let blocks = &m.stages[0].blocks;
+    let (f32_ref, _, _) = rewired_grads(blocks, x.clone(), w.clone());
+    for p in [Precision::Bf16, Precision::F16] {
+        let (autodiff, reversible, x_rec) =
+            autocast(p, || rewired_grads(blocks, x.clone(), w.clone()));
+        let u = unit(p);
+        let grads = rel_l2(blocks, &autodiff, &reversible);
+        let vs_f32 = rel_l2(blocks, &f32_ref, &autodiff);
+        let drift = rel_max(x_rec, x.clone());
+        println!(
+            "swin {p}: reversible vs autodiff {:.2}u, drift {drift:.1e}, vs f32 {:.2}u",
+            grads / u,
+            vs_f32 / u
+        );
+        assert!(grads <= 2.0 * u && vs_f32 <= 3.0 * u && drift <= 1e-5);
     }
 }

@@ -60,6 +60,14 @@ impl<const D: usize, M: ResidualBlock<D>> ResidualChain<D> for [M] {
         b.valid().branch(k, x)
     }
 
+    fn branch_untracked(&self, i: usize, x: Tensor<D>) -> Tensor<D> {
+        let (b, k) = locate(self, i);
+        b.clone()
+            .no_grad()
+            .branch(k, x.autodiff())
+            .without_autodiff()
+    }
+
     fn branch_grads(&self, i: usize, grads: &mut Gradients, into: &mut GradientsParams) {
         // Only branch k's parameters took part in the local graph; the block's others have no
         // gradient there and are skipped.

@@ -16,9 +16,10 @@ const GRID: f64 = 4_294_967_296.0;
 /// last-bit reconstruction error flips roundings and grows with depth; there the streams are
 /// f64 and branch outputs are rounded to a 2^-32 grid before they join (straight through for
 /// gradients), so every addition is exact below 2^21 and the inverse's subtraction returns the
-/// input bit for bit. The forward runs each branch through the same autodiff code path as the
-/// backward's recompute (its graph dropped with its output), because a backend's kernels may
-/// round differently with and without autodiff. Backends without f64 keep f32 streams.
+/// input bit for bit. The forward runs each branch through the autodiff backend untracked
+/// ([`ResidualChain::branch_untracked`]), the code path of the backward's recompute, because a
+/// backend's kernels may round differently with and without autodiff. Backends without f64
+/// keep f32 streams.
 #[derive(Clone, Copy)]
 struct Streams {
     exact: bool,
@@ -73,6 +74,14 @@ pub trait ResidualChain<const D: usize> {
     /// (non-autodiff) values (`Module::valid`), same ids. Mixing autodiff parameters with a
     /// plain input would still record a graph.
     fn branch_no_graph(&self, i: usize, x: Tensor<D>) -> Tensor<D>;
+
+    /// `F_i(x)` through the autodiff backend's code path without recording a graph (same
+    /// values as [`ResidualChain::branch`] to the bit, which mixed-precision reconstruction
+    /// needs); `x` is not on the autodiff device. Defaults to
+    /// [`ResidualChain::branch_no_graph`].
+    fn branch_untracked(&self, i: usize, x: Tensor<D>) -> Tensor<D> {
+        self.branch_no_graph(i, x)
+    }
 
     /// Move branch `i`'s parameter gradients from a finished backward pass into `into`
     /// (adding to gradients already there).
@@ -229,13 +238,13 @@ impl<C: ?Sized> RevChain<'_, C> {
         let (mut a, mut b) = (x.clone(), x);
         for i in 0..self.chain.num_branches() {
             let input = s.leave(b.clone());
-            let f = if s.exact {
-                // The same (autodiff) code path as the backward's recompute, so it repeats
-                // bit for bit; the branch's graph is dropped with its output, as it is there.
-                self.call(i, input.autodiff()).without_autodiff()
-            } else {
-                with_drop_path_key(self.key(i), || self.chain.branch_no_graph(i, input))
-            };
+            let f = with_drop_path_key(self.key(i), || {
+                if s.exact {
+                    self.chain.branch_untracked(i, input)
+                } else {
+                    self.chain.branch_no_graph(i, input)
+                }
+            });
             let next = a + s.join(f);
             a = b;
             b = next;
