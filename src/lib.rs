@@ -55,6 +55,7 @@ pub mod eval;
 pub mod fastmath;
 pub mod io;
 pub mod memory;
+pub mod norm;
 pub mod precision;
 pub mod reversible;
 mod seed;

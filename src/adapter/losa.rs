@@ -32,9 +32,8 @@
 use crate::fastmath::gelu;
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{
-    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
-};
+use crate::norm::{LayerNorm, LayerNormConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::module::{layer_norm, linear};
 use burn::tensor::{Bool, Device, Tensor};
 
@@ -115,11 +114,11 @@ const NORM_EPS: f64 = 1e-5;
 /// `lin(norm(x))` on the last dimension, computed as `x_hat (gamma W) + (beta W + b)` with
 /// `x_hat` the plain normalisation of `x`: the same function, but autodiff keeps only `x_hat`
 /// for the weights' gradients, not also `x_hat gamma + beta`, and for inputs without a graph
-/// (the backbone's tokens) `x_hat` is computed without one. `norm` must use [`NORM_EPS`].
+/// (the backbone's tokens) `x_hat` is computed without one.
 fn norm_linear(norm: &LayerNorm, lin: &Linear, x: Tensor<3>) -> Tensor<3> {
     let c = x.dims()[2];
     let ones = Tensor::ones([c], &x.device());
-    let x_hat = layer_norm(x, ones, None, NORM_EPS);
+    let x_hat = layer_norm(x, ones, None, norm.epsilon);
     let w = lin.weight.val(); // [C_in, C_out]
     let mut bias = lin.bias.as_ref().map(|b| b.val());
     if let Some(beta) = &norm.beta {

@@ -5,10 +5,11 @@
 //! chains. Reversible rewiring (Re2TAL) wraps exactly these chains without touching parameters.
 
 use crate::fastmath::gelu;
+use crate::norm::LayerNorm;
 use crate::precision::{down, linear, up};
 use crate::reversible::ResidualBlock;
 use burn::module::{Module, ModuleDisplay};
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::Tensor;
 
 /// A residual branch `F`: the block computes `x + F(x)` (before any post-activation).

@@ -4,11 +4,12 @@
 //! inputs smaller than a window.
 
 use crate::attention::attention;
+use crate::norm::{LayerNorm, LayerNormConfig};
 use crate::precision::{down, linear, up};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::residual::{MlpBranch, ResidualBranch, TransformerBlock, drop_path, drop_path_schedule};

@@ -3,11 +3,12 @@
 //! residual branches. Numerics follow Hugging Face `transformers`' `VideoMAEModel`.
 
 use crate::attention::attention;
+use crate::norm::{LayerNorm, LayerNormConfig};
 use crate::precision::{down, linear, up};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::residual::MlpBranch;

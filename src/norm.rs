@@ -1,0 +1,259 @@
+//! Layer norm over the last axis with a fused backward: under autodiff one operation that keeps
+//! its input, the row mean and the reciprocal standard deviation (Burn records layer norm as
+//! about eight element-wise operations keeping about five tensors of the input's size, which
+//! dominate a transformer branch's saved activations). The forward is the backend's own
+//! `layer_norm` with and without autodiff, so tracked and untracked calls agree to the bit.
+//!
+//! Same fields and record keys (`gamma`, `beta`) as `burn::nn::LayerNorm`, so checkpoints and
+//! key maps are unchanged; the epsilon is public.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Shape, TensorMetadata};
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::tensor::{DType, Device, Tensor};
+
+backend_extension! {
+    /// Layer norm with a fused backward as a backend extension: the custom autodiff operation
+    /// on `Autodiff<B>`, the backend's `layer_norm` on the inner backends.
+    pub trait NormBackend: Backend {
+        /// `(x - mean) / sqrt(var + epsilon) * gamma + beta` over the last axis.
+        ///
+        /// # Shapes
+        /// - x `[..., C]`, gamma and beta `[C]` -> `[..., C]`
+        fn fused_layer_norm(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            epsilon: f64,
+        ) -> FloatTensor<Self> {
+            Self::layer_norm(x, gamma, Some(beta), epsilon)
+        }
+    }
+}
+
+#[cfg(feature = "flex")]
+impl NormBackend for burn::backend::Flex {}
+
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)]
+impl NormBackend for burn::backend::NdArray {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl NormBackend for burn::backend::Cube {}
+
+/// What the backward keeps.
+#[derive(Clone, Debug)]
+struct Saved<B: Backend> {
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+}
+
+#[derive(Debug)]
+struct LayerNormOp;
+
+impl<B: Backend> Backward<B, 3> for LayerNormOp {
+    type State = Saved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<B>(&ops.node);
+        let s = ops.state;
+        let shape = s.x.shape();
+        let last = shape.num_dims() - 1;
+        let c = shape[last];
+        let rows = shape.num_elements() / c;
+        let xhat = B::float_mul(B::float_sub(s.x, s.mean), s.rstd.clone());
+        let [nx, ng, nb] = ops.parents;
+        // Parameter gradients: sums over every row.
+        let over_rows = |t: FloatTensor<B>| {
+            let t = B::float_reshape(t, Shape::new([rows, c]));
+            B::float_reshape(B::float_sum_dim(t, 0), Shape::new([c]))
+        };
+        if let Some(node) = nb {
+            grads.register::<B>(node.id, over_rows(g.clone()));
+        }
+        if let Some(node) = ng {
+            grads.register::<B>(node.id, over_rows(B::float_mul(g.clone(), xhat.clone())));
+        }
+        if let Some(node) = nx {
+            // dx = rstd (gy - mean(gy) - xhat mean(gy xhat)), gy = g gamma.
+            let mut bshape = vec![1; shape.num_dims()];
+            bshape[last] = c;
+            let gamma = B::float_reshape(s.gamma, Shape::from(bshape));
+            let gy = B::float_mul(g, gamma);
+            let m1 = B::float_mean_dim(gy.clone(), last);
+            let m2 = B::float_mean_dim(B::float_mul(gy.clone(), xhat.clone()), last);
+            let centred = B::float_sub(B::float_sub(gy, m1), B::float_mul(xhat, m2));
+            grads.register::<B>(node.id, B::float_mul(centred, s.rstd));
+        }
+    }
+}
+
+impl<B: Backend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let prep = LayerNormOp
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful();
+        let (x, gamma, beta) = (
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+        );
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let last = x.shape().num_dims() - 1;
+                let mean = B::float_mean_dim(x.clone(), last);
+                let centred = B::float_sub(x.clone(), mean.clone());
+                let var = B::float_mean_dim(B::float_mul(centred.clone(), centred), last);
+                let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, epsilon.into())));
+                // The backend's own forward: the same values as an untracked call.
+                let out = B::layer_norm(x.clone(), gamma.clone(), Some(beta), epsilon);
+                let state = Saved {
+                    x,
+                    gamma,
+                    mean,
+                    rstd,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::layer_norm(x, gamma, Some(beta), epsilon)),
+        }
+    }
+}
+
+/// Configuration of a [`LayerNorm`].
+#[derive(Config, Debug)]
+pub struct LayerNormConfig {
+    /// Width of the normalised (last) axis.
+    pub d_model: usize,
+    /// Added to the variance. Default: 1e-5.
+    #[config(default = 1e-5)]
+    pub epsilon: f64,
+}
+
+impl LayerNormConfig {
+    /// A layer norm with `gamma` ones and `beta` zeros.
+    pub fn init(&self, device: &Device) -> LayerNorm {
+        LayerNorm {
+            gamma: Initializer::Ones.init([self.d_model], device),
+            beta: Some(Initializer::Zeros.init([self.d_model], device)),
+            epsilon: self.epsilon,
+        }
+    }
+}
+
+/// Layer norm over the last axis, `(x - mean) / sqrt(var + epsilon) * gamma + beta`.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    /// Scale.
+    pub gamma: Param<Tensor<1>>,
+    /// Shift (`None`: no shift).
+    pub beta: Option<Param<Tensor<1>>>,
+    /// Added to the variance.
+    pub epsilon: f64,
+}
+
+impl LayerNorm {
+    /// Normalise the last axis; f32 inputs with a shift take the fused operation.
+    ///
+    /// # Shapes
+    /// - x: `[..., C]` -> same
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let gamma = self.gamma.val();
+        match &self.beta {
+            Some(beta) if x.dtype() == DType::F32 => {
+                Tensor::from_dispatch(<Dispatch as NormBackend>::fused_layer_norm(
+                    x.into_dispatch(),
+                    gamma.into_dispatch(),
+                    beta.val().into_dispatch(),
+                    self.epsilon,
+                ))
+            }
+            beta => burn::tensor::module::layer_norm(
+                x,
+                gamma,
+                beta.as_ref().map(|b| b.val()),
+                self.epsilon,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::ModuleVisitor;
+    use burn::tensor::Distribution;
+
+    fn rel(a: Tensor<3>, b: Tensor<3>) -> f64 {
+        let scale = b.clone().abs().max().into_scalar::<f64>();
+        (a - b).abs().max().into_scalar::<f64>() / scale.max(1e-30)
+    }
+
+    struct Grads<'a>(&'a burn::tensor::Gradients, Vec<Tensor<1>>);
+
+    impl ModuleVisitor for Grads<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let g = p.val().grad(self.0).unwrap();
+            self.1.push(g.reshape([-1]).without_autodiff());
+        }
+    }
+
+    #[test]
+    fn fused_backward_equals_autodiff_of_the_formula() {
+        let device = crate::backend::cpu_device().autodiff();
+        let mut ln = LayerNormConfig::new(24).with_epsilon(1e-6).init(&device);
+        ln.gamma = Param::from_tensor(Tensor::random(
+            [24],
+            Distribution::Normal(1.0, 0.5),
+            &device,
+        ));
+        ln.beta = Some(Param::from_tensor(Tensor::random(
+            [24],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        )));
+        let x = Tensor::<3>::random([3, 7, 24], Distribution::Normal(2.0, 3.0), &device);
+        let w = Tensor::<3>::random([3, 7, 24], Distribution::Normal(0.0, 1.0), &device);
+        let reference = |x: Tensor<3>| {
+            burn::tensor::module::layer_norm(
+                x,
+                ln.gamma.val(),
+                ln.beta.as_ref().map(|b| b.val()),
+                1e-6,
+            )
+        };
+        let (xa, xb) = (x.clone().require_grad(), x.clone().require_grad());
+        let (ya, yb) = (ln.forward(xa.clone()), reference(xb.clone()));
+        let untracked = ln.forward(x.clone());
+        assert_eq!(
+            untracked.into_data(),
+            ya.clone().into_data(),
+            "tracked and untracked differ"
+        );
+        let (ga, gb) = ((ya * w.clone()).sum().backward(), (yb * w).sum().backward());
+        let dx = rel(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
+        let (mut pa, mut pb) = (Grads(&ga, vec![]), Grads(&gb, vec![]));
+        ln.visit(&mut pa);
+        ln.visit(&mut pb);
+        for (a, b) in pa.1.into_iter().zip(pb.1) {
+            let e = (a - b.clone()).abs().max().into_scalar::<f64>()
+                / b.abs().max().into_scalar::<f64>();
+            assert!(e < 1e-5, "parameter gradient {e}");
+        }
+        assert!(dx < 1e-5, "input gradient {dx}");
+    }
+}
