@@ -56,8 +56,7 @@ backend_extension! {
         fn memory_efficient_attention(
             #[extension_type] inputs: AttentionInputs<Self>,
         ) -> FloatTensor<Self> {
-            let i = inputs;
-            fused::<Self>(i.q, i.k, i.v, i.bias.into_option(), i.scale, i.tile)
+            fused::<Self>(inputs)
         }
     }
 }
@@ -112,23 +111,17 @@ impl<B: Backend> From<Option<FloatTensor<B>>> for Bias<B> {
 /// Attention without a graph: Burn's fused kernel in f32; in a low precision the tiled forward,
 /// whose softmax runs in f32, so the reversible pass's recompute (which runs it under autodiff)
 /// repeats the forward bit for bit.
-fn fused<B: Backend + FastMath>(
-    q: FloatTensor<B>,
-    k: FloatTensor<B>,
-    v: FloatTensor<B>,
-    bias: Option<FloatTensor<B>>,
-    scale: f64,
-    tile: usize,
-) -> FloatTensor<B> {
-    if q.dtype() != DType::F32 {
-        return tiled_forward::<B>(&q, &k, &v, bias.as_ref(), scale, tile).0;
+fn fused<B: Backend + FastMath>(i: AttentionInputs<B>) -> FloatTensor<B> {
+    let bias = i.bias.into_option();
+    if i.q.dtype() != DType::F32 {
+        return tiled_forward::<B>(&i.q, &i.k, &i.v, bias.as_ref(), i.scale, i.tile).0;
     }
     let options = AttentionModuleOptions {
-        scale: Some(scale),
+        scale: Some(i.scale),
         softcap: None,
         is_causal: false,
     };
-    B::attention(q, k, v, None, bias, options)
+    B::attention(i.q, i.k, i.v, None, bias, options)
 }
 
 #[cfg(feature = "flex")]
@@ -143,12 +136,11 @@ impl AttentionBackend for burn::backend::NdArray {}
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 impl AttentionBackend for burn::backend::Cube {
     fn memory_efficient_attention(i: AttentionInputs<Self>) -> FloatTensor<Self> {
-        match i.bias {
-            Bias::None => fused::<Self>(i.q, i.k, i.v, None, i.scale, i.tile),
-            Bias::Additive(bias) => {
-                tiled_forward::<Self>(&i.q, &i.k, &i.v, Some(&bias), i.scale, i.tile).0
-            }
+        if matches!(i.bias, Bias::None) {
+            return fused::<Self>(i);
         }
+        let bias = i.bias.into_option();
+        tiled_forward::<Self>(&i.q, &i.k, &i.v, bias.as_ref(), i.scale, i.tile).0
     }
 }
 
@@ -204,42 +196,37 @@ fn record<B: Backend + FastMath, C: CheckpointStrategy, const N: usize>(
     prep: OpsPrep<AttentionOp, B, Saved<B>, C, N>,
     inputs: AttentionInputs<Autodiff<B, C>>,
 ) -> FloatTensor<Autodiff<B, C>> {
-    let (q, k, v) = (
-        inputs.q.into_primitive(),
-        inputs.k.into_primitive(),
-        inputs.v.into_primitive(),
-    );
-    let bias = inputs.bias.into_option().map(|b| b.into_primitive());
-    let (scale, tile) = (inputs.scale, inputs.tile);
+    let inner = AttentionInputs {
+        q: inputs.q.into_primitive(),
+        k: inputs.k.into_primitive(),
+        v: inputs.v.into_primitive(),
+        bias: inputs.bias.into_option().map(|b| b.into_primitive()).into(),
+        scale: inputs.scale,
+        tile: inputs.tile,
+    };
     match prep.compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let (state, out) = Saved::forward(q, k, v, bias, scale, tile);
+            let (state, out) = Saved::forward(inner);
             prep.finish(state, out)
         }
-        OpsKind::UnTracked(prep) => prep.finish(fused::<B>(q, k, v, bias, scale, tile)),
+        OpsKind::UnTracked(prep) => prep.finish(fused::<B>(inner)),
     }
 }
 
 impl<B: Backend + FastMath> Saved<B> {
     /// The tiled forward, keeping what the backward needs.
-    fn forward(
-        q: FloatTensor<B>,
-        k: FloatTensor<B>,
-        v: FloatTensor<B>,
-        bias: Option<FloatTensor<B>>,
-        scale: f64,
-        tile: usize,
-    ) -> (Self, FloatTensor<B>) {
-        let (out, lse) = tiled_forward::<B>(&q, &k, &v, bias.as_ref(), scale, tile);
+    fn forward(i: AttentionInputs<B>) -> (Self, FloatTensor<B>) {
+        let bias = i.bias.into_option();
+        let (out, lse) = tiled_forward::<B>(&i.q, &i.k, &i.v, bias.as_ref(), i.scale, i.tile);
         let saved = Saved {
-            q,
-            k,
-            v,
+            q: i.q,
+            k: i.k,
+            v: i.v,
             bias,
             out: out.clone(),
             lse,
-            scale,
-            tile,
+            scale: i.scale,
+            tile: i.tile,
         };
         (saved, out)
     }

@@ -12,7 +12,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Shape, TensorMetadata};
+use burn::backend::{Autodiff, Backend, Dispatch, ExtensionType, Shape, TensorMetadata};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -26,15 +26,26 @@ backend_extension! {
         ///
         /// # Shapes
         /// - x `[..., C]`, gamma and beta `[C]` -> `[..., C]`
-        fn fused_layer_norm(
-            x: FloatTensor<Self>,
-            gamma: FloatTensor<Self>,
-            beta: FloatTensor<Self>,
-            epsilon: f64,
-        ) -> FloatTensor<Self> {
-            Self::layer_norm(x, gamma, Some(beta), epsilon)
+        fn fused_layer_norm(#[extension_type] i: LayerNormInputs<Self>) -> FloatTensor<Self> {
+            Self::layer_norm(i.x, i.gamma, Some(i.beta), i.epsilon)
         }
     }
+}
+
+/// One layer norm call's operands.
+///
+/// # Shapes
+/// - x `[..., C]`, gamma and beta `[C]`
+#[derive(ExtensionType, Clone, Debug)]
+pub struct LayerNormInputs<B: Backend> {
+    /// Input.
+    pub x: FloatTensor<B>,
+    /// Scale.
+    pub gamma: FloatTensor<B>,
+    /// Shift.
+    pub beta: FloatTensor<B>,
+    /// Added to the variance.
+    pub epsilon: f64,
 }
 
 #[cfg(feature = "flex")]
@@ -97,21 +108,13 @@ impl<B: Backend> Backward<B, 3> for LayerNormOp {
 }
 
 impl<B: Backend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
-    fn fused_layer_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        epsilon: f64,
-    ) -> FloatTensor<Self> {
+    fn fused_layer_norm(i: LayerNormInputs<Self>) -> FloatTensor<Self> {
         let prep = LayerNormOp
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .prepare::<C>([i.x.node(), i.gamma.node(), i.beta.node()])
             .compute_bound()
             .stateful();
-        let (x, gamma, beta) = (
-            x.into_primitive(),
-            gamma.into_primitive(),
-            beta.into_primitive(),
-        );
+        let (x, gamma) = (i.x.into_primitive(), i.gamma.into_primitive());
+        let (beta, epsilon) = (i.beta.into_primitive(), i.epsilon);
         match prep {
             OpsKind::Tracked(prep) => {
                 let last = x.shape().num_dims() - 1;
@@ -175,12 +178,13 @@ impl LayerNorm {
         let gamma = self.gamma.val();
         match &self.beta {
             Some(beta) if x.dtype() == DType::F32 => {
-                Tensor::from_dispatch(<Dispatch as NormBackend>::fused_layer_norm(
-                    x.into_dispatch(),
-                    gamma.into_dispatch(),
-                    beta.val().into_dispatch(),
-                    self.epsilon,
-                ))
+                let inputs = LayerNormInputs {
+                    x: x.into_dispatch(),
+                    gamma: gamma.into_dispatch(),
+                    beta: beta.val().into_dispatch(),
+                    epsilon: self.epsilon,
+                };
+                Tensor::from_dispatch(<Dispatch as NormBackend>::fused_layer_norm(inputs))
             }
             beta => burn::tensor::module::layer_norm(
                 x,

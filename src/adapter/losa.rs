@@ -30,9 +30,9 @@
 //! (measured sizes: `docs/results.md`).
 
 use crate::fastmath::gelu;
+use crate::norm::{LayerNorm, LayerNormConfig};
 use burn::config::Config;
 use burn::module::{Module, Param};
-use crate::norm::{LayerNorm, LayerNormConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::module::{layer_norm, linear};
 use burn::tensor::{Bool, Device, Tensor};

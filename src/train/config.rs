@@ -253,8 +253,9 @@ impl TrainConfig {
         self.rewired || self.mode == TrainMode::Reversible
     }
 
-    /// Check ranges that would otherwise fail deep inside a step.
-    pub fn validate(&self) -> Result<()> {
+    /// Check ranges that would otherwise fail deep inside a step (the rest of
+    /// [`TrainConfig::validate`]).
+    pub(crate) fn check_ranges(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
@@ -328,8 +329,6 @@ impl TrainConfig {
         if self.max_train_clips != 0 && self.max_train_clips < 2 {
             return bad("max_train_clips must be 0 (whole video) or at least 2".into());
         }
-        // Settings that must go together: the plan is the one place that checks them.
-        super::plan::TrainPlan::from_config(self)?;
         Ok(())
     }
 }

@@ -70,6 +70,15 @@ pub enum TrainPlan {
     },
 }
 
+impl TrainConfig {
+    /// Check the configuration: value ranges, then the settings that must go together (the
+    /// plan is the one place that checks those).
+    pub fn validate(&self) -> Result<()> {
+        self.check_ranges()?;
+        TrainPlan::from_config(self).map(|_| ())
+    }
+}
+
 impl TrainPlan {
     /// The plan `cfg` describes, or [`Error::Config`] naming the settings that do not go
     /// together.
