@@ -111,10 +111,15 @@ pub fn video_loss(
 ) -> Result<Tensor<1>> {
     let [b, p, c] = out.cls_logits.dims();
     if b != 1 || targets.positive.len() != p || targets.cls.len() != p * c {
-        return Err(Error::Config(format!(
-            "loss: head output [{b}, {p}, {c}] does not match targets for {} points",
-            targets.positive.len()
-        )));
+        return Err(Error::Shape {
+            what: "loss head output".into(),
+            expected: format!(
+                "[1, P, C] matching targets for {} points and {} class scores",
+                targets.positive.len(),
+                targets.cls.len()
+            ),
+            got: vec![b, p, c],
+        });
     }
     let device = out.cls_logits.device();
     let mask = super::bool_values(out.mask.clone().reshape([p]));
