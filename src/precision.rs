@@ -95,19 +95,19 @@ pub fn compute() -> Precision {
     COMPUTE.with(Cell::get)
 }
 
+/// `x` as `dtype`, unchanged (no cast recorded) when it already is.
+pub fn cast<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
 /// `x` in the scope's compute precision (unchanged at f32).
 pub fn down<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let dtype = compute().dtype();
-    if x.dtype() == dtype { x } else { x.cast(dtype) }
+    cast(x, compute().dtype())
 }
 
 /// `x` in f32 (unchanged when it is).
 pub fn up<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if x.dtype() == DType::F32 {
-        x
-    } else {
-        x.cast(DType::F32)
-    }
+    cast(x, DType::F32)
 }
 
 /// `linear` applied in `x`'s precision: its f32 weight and bias are cast to it (their

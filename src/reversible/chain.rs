@@ -36,7 +36,7 @@ impl Streams {
     /// The chain's input as a stream value.
     fn enter<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         if self.exact {
-            x.cast(burn::tensor::DType::F64)
+            precision::cast(x, burn::tensor::DType::F64)
         } else {
             x
         }
@@ -52,7 +52,7 @@ impl Streams {
         if !self.exact {
             return f;
         }
-        let f = f.cast(burn::tensor::DType::F64);
+        let f = precision::cast(f, burn::tensor::DType::F64);
         let on_grid = (f.clone() * GRID).round() / GRID;
         if f.device().is_autodiff() {
             f.clone() + (on_grid - f).detach()
