@@ -8,7 +8,10 @@
 //! cores); `-- --quick`: 392 tokens (8x7x7) only; `-- --drift-only`: only the drift table;
 //! `-- --no-drift`: skip the drift table; step times are the median of 3 steps;
 //! `-- --peer PYTHON`: also run the same workload in PyTorch (`scripts/peer_bench.py`: SDPA,
-//! `torch.utils.checkpoint`, revlib) with that interpreter, and print the ratios.
+//! `torch.utils.checkpoint`, revlib) with that interpreter, and print the ratios;
+//! `-- --precision bf16,f16`: also every mode with the blocks' branches in these precisions
+//! (mixed precision: f32 parameters and residual streams, `e2e_tal::precision`), with their
+//! memory and time relative to the same mode and depth in f32.
 
 use std::time::Instant;
 
@@ -17,6 +20,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use e2e_tal::backbone::vit::{VisionTransformer, VitBlock, VitConfig};
 use e2e_tal::memory::{self, CountingAllocator, mib};
+use e2e_tal::precision::{Precision, autocast};
 use e2e_tal::reversible::{Drift, RevChain};
 
 #[global_allocator]
@@ -153,6 +157,17 @@ fn main() {
         .iter()
         .position(|a| a == "--peer")
         .map(|i| args.get(i + 1).cloned().expect("--peer PYTHON"));
+    let precisions: Vec<Precision> = std::iter::once(Precision::F32)
+        .chain(
+            args.iter()
+                .position(|a| a == "--precision")
+                .map(|i| args.get(i + 1).expect("--precision bf16,f16"))
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .map(|p| p.parse::<Precision>().expect("--precision bf16,f16"))
+                .filter(|p| *p != Precision::F32),
+        )
+        .collect();
     let token_counts: &[usize] = if quick {
         &[8 * 7 * 7]
     } else {
@@ -175,13 +190,16 @@ fn main() {
             break;
         }
         println!(
-            "\nOne training step through ViT-S blocks, {tokens} tokens, batch 1, f32, {backend}, \
-             {} threads\n",
+            "\nOne training step through ViT-S blocks, {tokens} tokens, batch 1, f32 parameters, \
+             {backend}, {} threads\n",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
         let mut rows = Vec::new();
         for &depth in depths {
-            for mode in [Mode::Plain, Mode::Checkpointing, Mode::Reversible] {
+            for (precision, mode) in precisions
+                .iter()
+                .flat_map(|&p| [Mode::Plain, Mode::Checkpointing, Mode::Reversible].map(|m| (p, m)))
+            {
                 let device = match mode {
                     Mode::Checkpointing => e2e_tal::backend::device_from_args()
                         .expect("--backend")
@@ -199,28 +217,44 @@ fn main() {
                     Tensor::<3>::random([1, tokens, 384], Distribution::Normal(0.0, 1.0), &device);
                 // Burn initialises parameters lazily: materialise them outside the measurement.
                 let _ = model.blocks.valid();
+                // The branches in `precision`; parameters and streams stay f32.
+                let run = |blocks: &[VitBlock]| autocast(precision, || step(mode, blocks, &x, &w));
                 // Warm-up (thread pools, caches), untimed.
-                let _ = step(mode, &model.blocks[..1], &x, &w);
-                let ((first, n), peak) =
-                    memory::measure_on(&device, || step(mode, &model.blocks, &x, &w));
+                let _ = run(&model.blocks[..1]);
+                let ((first, n), peak) = memory::measure_on(&device, || run(&model.blocks));
                 assert_eq!(n, 15 * depth, "one gradient per block parameter tensor");
                 // Time: median of 3 steps (the measured one and two more), as the peer does.
                 let mut times = vec![first];
-                times.extend((0..2).map(|_| step(mode, &model.blocks, &x, &w).0));
+                times.extend((0..2).map(|_| run(&model.blocks).0));
                 times.sort_by(f64::total_cmp);
                 let secs = times[1];
                 let act = peak.unwrap_or(0).saturating_sub(param_bytes);
-                rows.push((depth, mode, secs, param_bytes, act));
+                rows.push((depth, precision, mode, secs, act));
             }
         }
         let peer_rows = peer.as_deref().and_then(|p| run_peer(p, tokens));
         println!(
-            "| depth | mode | step (s) | PyTorch step (s) | ratio | activations (MiB) | \
-             PyTorch activations (MiB) | ratio |"
+            "| depth | mode | precision | step (s) | PyTorch step (s) | ratio | x f32 | \
+             activations (MiB) | PyTorch activations (MiB) | ratio | x f32 |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
-        for (depth, mode, secs, _, act) in rows {
-            let theirs = peer_rows.as_ref().and_then(|rows| {
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        // The same depth and mode in f32, for the mixed-precision rows' ratios.
+        let f32_row = |depth: usize, mode: Mode| {
+            rows.iter()
+                .find(|r| r.0 == depth && r.1 == Precision::F32 && r.2 == mode)
+                .map(|r| (r.3, r.4))
+        };
+        for &(depth, precision, mode, secs, act) in &rows {
+            let (time_x, act_x) = match f32_row(depth, mode) {
+                Some((s, a)) if precision != Precision::F32 => (
+                    format!("{:.2}x", secs / s),
+                    format!("{:.2}x", act as f64 / a.max(1) as f64),
+                ),
+                _ => ("-".into(), "-".into()),
+            };
+            // The PyTorch peer runs f32 only.
+            let peer_rows = peer_rows.as_ref().filter(|_| precision == Precision::F32);
+            let theirs = peer_rows.and_then(|rows| {
                 rows.iter()
                     .find(|(k, _)| k.0 == peer_variant(mode) && k.1 == depth)
                     .map(|(_, r)| r.clone())
@@ -243,7 +277,8 @@ fn main() {
                 _ => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
             println!(
-                "| {depth} | {} | {secs:.2} | {pt_step} | {r_step} | {} | {pt_act} | {r_act} |",
+                "| {depth} | {} | {precision} | {secs:.2} | {pt_step} | {r_step} | {time_x} | {} | \
+                 {pt_act} | {r_act} | {act_x} |",
                 mode.name(),
                 mib(act),
             );
