@@ -30,6 +30,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, DType, Dispatch, ExtensionType, Slice, TensorMetadata};
 use burn::tensor::Tensor;
 
+pub use crate::extension::Bias;
+use crate::extension::to;
 use crate::fastmath::FastMath;
 
 /// Scores per tile the tiled passes aim for at most (4 MiB in f32): small against the full
@@ -80,32 +82,6 @@ pub struct AttentionInputs<B: Backend> {
     pub scale: f64,
     /// Query rows per tile of the tiled pass.
     pub tile: usize,
-}
-
-/// An attention's additive bias, when it has one (an `Option` that crosses the dispatch
-/// boundary, which plain options do not).
-#[derive(ExtensionType, Clone, Debug)]
-pub enum Bias<B: Backend> {
-    /// No bias.
-    None,
-    /// Added to the scaled scores before the softmax.
-    Additive(FloatTensor<B>),
-}
-
-impl<B: Backend> Bias<B> {
-    /// The bias as an option.
-    pub fn into_option(self) -> Option<FloatTensor<B>> {
-        match self {
-            Bias::None => None,
-            Bias::Additive(b) => Some(b),
-        }
-    }
-}
-
-impl<B: Backend> From<Option<FloatTensor<B>>> for Bias<B> {
-    fn from(bias: Option<FloatTensor<B>>) -> Self {
-        bias.map_or(Bias::None, Bias::Additive)
-    }
 }
 
 /// Attention without a graph: Burn's fused kernel in f32; in a low precision the tiled forward,
@@ -243,16 +219,6 @@ fn rows<B: Backend>(t: &FloatTensor<B>, r: &Range<usize>) -> FloatTensor<B> {
     let mut slices = [Slice::full(); 4];
     slices[2] = Slice::new(r.start as isize, Some(r.end as isize), 1);
     B::float_slice(t.clone(), &slices)
-}
-
-/// `t` as `dtype` (unchanged when it is). Mixed precision keeps scores, softmax and the
-/// log-sum-exp in f32 with q, k, v and the products in the low precision.
-fn to<B: Backend>(t: FloatTensor<B>, dtype: DType) -> FloatTensor<B> {
-    if t.dtype() == dtype {
-        t
-    } else {
-        B::float_cast(t, dtype.into())
-    }
 }
 
 /// `a + b`, with `None` as zero.

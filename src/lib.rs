@@ -52,6 +52,7 @@ pub mod choice;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod extension;
 pub mod fastmath;
 pub mod io;
 pub mod memory;

@@ -18,6 +18,8 @@ use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::{DType, Device, Tensor};
 
+use crate::extension::to;
+
 backend_extension! {
     /// Layer norm with a fused backward as a backend extension: the custom autodiff operation
     /// on `Autodiff<B>`, the backend's `layer_norm` on the inner backends.
@@ -27,7 +29,7 @@ backend_extension! {
         /// # Shapes
         /// - x `[..., C]`, gamma and beta `[C]` -> `[..., C]`
         fn fused_layer_norm(#[extension_type] i: LayerNormInputs<Self>) -> FloatTensor<Self> {
-            Self::layer_norm(i.x, i.gamma, Some(i.beta), i.epsilon)
+            to::<Self>(Self::layer_norm(i.x, i.gamma, Some(i.beta), i.epsilon), i.out)
         }
     }
 }
@@ -46,6 +48,8 @@ pub struct LayerNormInputs<B: Backend> {
     pub beta: FloatTensor<B>,
     /// Added to the variance.
     pub epsilon: f64,
+    /// Element type of the result (the normalisation itself runs in `x`'s).
+    pub out: DType,
 }
 
 #[cfg(feature = "flex")]
@@ -61,10 +65,24 @@ impl NormBackend for burn::backend::Cube {}
 /// What the backward keeps.
 #[derive(Clone, Debug)]
 struct Saved<B: Backend> {
-    x: FloatTensor<B>,
+    centre: Centre<B>,
     gamma: FloatTensor<B>,
-    mean: FloatTensor<B>,
     rstd: FloatTensor<B>,
+}
+
+/// How the backward recovers the normalised input `x_hat = (x - mean) * rstd`.
+#[derive(Clone, Debug)]
+enum Centre<B: Backend> {
+    /// The input and its row means (output in the input's precision: `x_hat` is recomputed
+    /// exactly).
+    Input {
+        x: FloatTensor<B>,
+        mean: FloatTensor<B>,
+    },
+    /// `x_hat` itself in the output's lower precision: half the bytes of an f32 input, and the
+    /// f32 input (the residual stream) need not outlive the forward. Its rounding is that of
+    /// the output, which the next layer consumes anyway.
+    Normalised(FloatTensor<B>),
 }
 
 #[derive(Debug)]
@@ -74,13 +92,16 @@ impl<B: Backend> Backward<B, 3> for LayerNormOp {
     type State = Saved<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grads.consume::<B>(&ops.node);
         let s = ops.state;
-        let shape = s.x.shape();
+        let xhat = match s.centre {
+            Centre::Input { x, mean } => B::float_mul(B::float_sub(x, mean), s.rstd.clone()),
+            Centre::Normalised(xhat) => to::<B>(xhat, s.rstd.dtype()),
+        };
+        let g = to::<B>(grads.consume::<B>(&ops.node), xhat.dtype());
+        let shape = xhat.shape();
         let last = shape.num_dims() - 1;
         let c = shape[last];
         let rows = shape.num_elements() / c;
-        let xhat = B::float_mul(B::float_sub(s.x, s.mean), s.rstd.clone());
         let [nx, ng, nb] = ops.parents;
         // Parameter gradients: sums over every row.
         let over_rows = |t: FloatTensor<B>| {
@@ -114,25 +135,32 @@ impl<B: Backend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
             .compute_bound()
             .stateful();
         let (x, gamma) = (i.x.into_primitive(), i.gamma.into_primitive());
-        let (beta, epsilon) = (i.beta.into_primitive(), i.epsilon);
+        let (beta, epsilon, dtype) = (i.beta.into_primitive(), i.epsilon, i.out);
         match prep {
             OpsKind::Tracked(prep) => {
                 let last = x.shape().num_dims() - 1;
                 let mean = B::float_mean_dim(x.clone(), last);
                 let centred = B::float_sub(x.clone(), mean.clone());
-                let var = B::float_mean_dim(B::float_mul(centred.clone(), centred), last);
+                let var = B::float_mean_dim(B::float_mul(centred.clone(), centred.clone()), last);
                 let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, epsilon.into())));
                 // The backend's own forward: the same values as an untracked call.
                 let out = B::layer_norm(x.clone(), gamma.clone(), Some(beta), epsilon);
+                let centre = if dtype == x.dtype() {
+                    Centre::Input { x, mean }
+                } else {
+                    Centre::Normalised(to::<B>(B::float_mul(centred, rstd.clone()), dtype))
+                };
                 let state = Saved {
-                    x,
+                    centre,
                     gamma,
-                    mean,
                     rstd,
                 };
-                prep.finish(state, out)
+                prep.finish(state, to::<B>(out, dtype))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::layer_norm(x, gamma, Some(beta), epsilon)),
+            OpsKind::UnTracked(prep) => {
+                let out = B::layer_norm(x, gamma, Some(beta), epsilon);
+                prep.finish(to::<B>(out, dtype))
+            }
         }
     }
 }
@@ -175,6 +203,17 @@ impl LayerNorm {
     /// # Shapes
     /// - x: `[..., C]` -> same
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        self.forward_as(x, dtype)
+    }
+
+    /// Normalise the last axis in `x`'s precision and return the result as `dtype` (mixed
+    /// precision: an f32 norm feeding bf16 / f16 layers). Under autodiff the fused operation
+    /// then keeps the normalised input in `dtype` instead of the f32 input.
+    ///
+    /// # Shapes
+    /// - x: `[..., C]` -> same
+    pub fn forward_as<const D: usize>(&self, x: Tensor<D>, dtype: DType) -> Tensor<D> {
         let gamma = self.gamma.val();
         match &self.beta {
             Some(beta) if x.dtype() == DType::F32 => {
@@ -183,15 +222,15 @@ impl LayerNorm {
                     gamma: gamma.into_dispatch(),
                     beta: beta.val().into_dispatch(),
                     epsilon: self.epsilon,
+                    out: dtype,
                 };
                 Tensor::from_dispatch(<Dispatch as NormBackend>::fused_layer_norm(inputs))
             }
-            beta => burn::tensor::module::layer_norm(
-                x,
-                gamma,
-                beta.as_ref().map(|b| b.val()),
-                self.epsilon,
-            ),
+            beta => {
+                let beta = beta.as_ref().map(|b| b.val());
+                let y = burn::tensor::module::layer_norm(x, gamma, beta, self.epsilon);
+                if y.dtype() == dtype { y } else { y.cast(dtype) }
+            }
         }
     }
 }
@@ -259,5 +298,40 @@ mod tests {
             assert!(e < 1e-5, "parameter gradient {e}");
         }
         assert!(dx < 1e-5, "input gradient {dx}");
+    }
+
+    #[test]
+    fn low_precision_output_keeps_the_gradient_within_its_rounding() {
+        let device = crate::backend::cpu_device().autodiff();
+        let ln = LayerNormConfig::new(32).init(&device);
+        let x = Tensor::<3>::random([2, 9, 32], Distribution::Normal(3.0, 2.0), &device);
+        let w = Tensor::<3>::random([2, 9, 32], Distribution::Normal(0.0, 1.0), &device);
+        for (dtype, unit) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
+            // Reference: the f32 norm, then the cast (the gradient sees the exact x_hat).
+            let (xa, xb) = (x.clone().require_grad(), x.clone().require_grad());
+            let ya = ln.forward_as(xa.clone(), dtype);
+            let yb = ln.forward(xb.clone()).cast(dtype);
+            assert_eq!(ya.dtype(), dtype);
+            assert_eq!(
+                ya.clone().into_data(),
+                yb.clone().into_data(),
+                "{dtype:?} forward"
+            );
+            let untracked = ln.forward_as(x.clone(), dtype);
+            assert_eq!(
+                untracked.into_data(),
+                ya.clone().into_data(),
+                "{dtype:?} untracked"
+            );
+            let loss = |y: Tensor<3>| (y.cast(DType::F32) * w.clone()).sum().backward();
+            let (ga, gb) = (loss(ya), loss(yb));
+            let dx = rel(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
+            // x_hat rounded once to the output's precision: a few units of its rounding.
+            assert!(dx < 4.0 * unit, "{dtype:?} input gradient {dx}");
+            let dg = |g| ln.gamma.val().grad(g).unwrap();
+            let e = (dg(&ga) - dg(&gb)).abs().max().into_scalar::<f64>()
+                / dg(&gb).abs().max().into_scalar::<f64>();
+            assert!(e < 4.0 * unit, "{dtype:?} gamma gradient {e}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::fastmath::gelu;
 use crate::norm::LayerNorm;
-use crate::precision::{down, linear, up};
+use crate::precision::{compute, linear, up};
 use crate::reversible::ResidualBlock;
 use burn::module::{Module, ModuleDisplay};
 use burn::nn::Linear;
@@ -138,7 +138,10 @@ impl<const D: usize> ResidualBranch<D> for MlpBranch {
     /// - x: `[..., C]` -> same
     fn branch(&self, x: Tensor<D>) -> Tensor<D> {
         // Norm in f32, the rest in the autocast precision, the output back in f32.
-        let h = gelu(linear(&self.fc1, down(self.norm.forward(x))));
+        let h = gelu(linear(
+            &self.fc1,
+            self.norm.forward_as(x, compute().dtype()),
+        ));
         up(drop_path(linear(&self.fc2, h), self.drop_path))
     }
 }

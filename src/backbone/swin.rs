@@ -5,7 +5,7 @@
 
 use crate::attention::attention;
 use crate::norm::{LayerNorm, LayerNormConfig};
-use crate::precision::{down, linear, up};
+use crate::precision::{compute, linear, up};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
@@ -152,7 +152,7 @@ fn pad_thw(x: Tensor<5>, to: [usize; 3]) -> Tensor<5> {
     if [t, h, w] == to {
         return x;
     }
-    Tensor::zeros([b, to[0], to[1], to[2], c], &x.device())
+    Tensor::zeros([b, to[0], to[1], to[2], c], (&x.device(), x.dtype()))
         .slice_assign([0..b, 0..t, 0..h, 0..w, 0..c], x)
 }
 
@@ -327,7 +327,7 @@ impl ResidualBranch<5> for WindowAttentionBranch {
         ];
         let [tp, hp, wp] = padded;
         // Norm in f32, the rest in the autocast precision, the output back in f32.
-        let mut x = down(pad_thw(self.norm.forward(x), padded));
+        let mut x = pad_thw(self.norm.forward_as(x, compute().dtype()), padded);
         let shifted = shift.iter().sum::<usize>() > 0;
         if shifted {
             x = x.roll(

@@ -4,7 +4,7 @@
 
 use crate::attention::attention;
 use crate::norm::{LayerNorm, LayerNormConfig};
-use crate::precision::{down, linear, up};
+use crate::precision::{compute, linear, up};
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
@@ -173,7 +173,7 @@ impl ResidualBranch<3> for AttentionBranch {
         let [b, l, d] = x.dims();
         let h = self.num_heads;
         // Norm in f32, the rest in the autocast precision, the output back in f32.
-        let x = down(self.norm.forward(x));
+        let x = self.norm.forward_as(x, compute().dtype());
         let heads = |t: Tensor<3>| t.reshape([b, l, h, d / h]).swap_dims(1, 2);
         let q = heads(linear(&self.query, x.clone()));
         let k = heads(linear(&self.key, x.clone()));

@@ -18,11 +18,15 @@ use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
+use burn::backend::Dispatch;
 use burn::nn::Linear;
 use burn::tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+mod linear;
+pub use linear::{CastLinearBackend, CastLinearInputs};
 
 /// The precision the backbone's residual branches compute in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -111,18 +115,21 @@ pub fn up<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `linear` applied in `x`'s precision: its f32 weight and bias are cast to it (their
-/// gradients come back in f32).
+/// gradients come back in f32). Under autodiff the graph keeps `x` and the f32 weight itself,
+/// not a low-precision copy of it (see [`CastLinearBackend`]).
 ///
 /// # Shapes
 /// - x: `[..., in]` -> `[..., out]`
 pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
-    let dtype = x.dtype();
-    if dtype == DType::F32 {
+    if x.dtype() == DType::F32 {
         return linear.forward(x);
     }
-    let w = linear.weight.val().cast(dtype);
-    let b = linear.bias.as_ref().map(|b| b.val().cast(dtype));
-    burn::tensor::module::linear(x, w, b)
+    let inputs = CastLinearInputs {
+        x: x.into_dispatch(),
+        weight: linear.weight.val().into_dispatch(),
+        bias: linear.bias.as_ref().map(|b| b.val().into_dispatch()).into(),
+    };
+    Tensor::from_dispatch(<Dispatch as CastLinearBackend>::cast_linear(inputs))
 }
 
 #[cfg(test)]
