@@ -165,3 +165,56 @@ fn swin_windows_reconstruct_exactly_in_mixed_precision() {
         assert!(grads <= 2.0 * u && vs_f32 <= 3.0 * u && drift <= 1e-5);
     }
 }
+
+#[test]
+fn losa_adapters_in_mixed_precision_follow_f32() {
+    use e2e_tal::adapter::{LosaConfig, LosaInput};
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let ad = device().autodiff();
+    device().seed(3);
+    // Random output projections and open gates, so every adapter parameter has a gradient.
+    let losa = LosaConfig::new(32, vec![16, 24])
+        .with_num_heads(4)
+        .with_max_tokens(24)
+        .with_zero_init_output(false)
+        .init(&ad)
+        .unwrap();
+    let n = 6;
+    let x = LosaInput {
+        features: Tensor::random([n, 32], Distribution::Normal(0.0, 1.0), &ad),
+        layers: [16, 24]
+            .map(|c| Tensor::random([n, 30, c], Distribution::Normal(1.0, 2.0), &ad))
+            .to_vec(),
+        // The last clip is padding.
+        valid: Tensor::from_data(
+            burn::tensor::TensorData::new((0..n).map(|i| i < n - 1).collect::<Vec<_>>(), [n]),
+            &ad,
+        ),
+    };
+    let w = Tensor::<2>::random([n, 32], Distribution::Normal(0.0, 1.0), &ad);
+    let grads = |x: LosaInput| {
+        let y = losa.forward(x).unwrap();
+        assert_eq!(y.dtype(), DType::F32);
+        let mut g = (y * w.clone()).sum().backward();
+        GradientsParams::from_module(&mut g, &losa)
+    };
+    let f32_ref = grads(x.clone());
+    for p in [Precision::Bf16, Precision::F16] {
+        // Layers as the training run caches them: in the low precision.
+        let low = LosaInput {
+            layers: x.layers.iter().map(|t| t.clone().cast(p.dtype())).collect(),
+            ..x.clone()
+        };
+        let got = autocast(p, || grads(low));
+        let err = rel_l2(&losa, &f32_ref, &got);
+        println!("losa {p}: vs f32 {:.2}u", err / unit(p));
+        // Inputs, weights and products rounded to u, the norms' statistics and the softmax in
+        // f32, as for the backbone's branches.
+        assert!(err <= 3.0 * unit(p), "{p}: adapters vs f32 {err:e}");
+        // And they do compute in it (all in f32 would agree to ~1e-7).
+        assert!(
+            err >= 0.1 * unit(p),
+            "{p}: adapters computed in f32? {err:e}"
+        );
+    }
+}

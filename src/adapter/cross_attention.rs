@@ -9,6 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Tensor};
 
 use crate::attention::attention;
+use crate::precision::{cast, linear, up};
 
 /// Added to the scores of padded keys: their softmax weight underflows to exactly 0 in f32
 /// whenever a row has one valid key.
@@ -67,20 +68,23 @@ impl CrossAttention {
         let m = memory.dims()[1];
         let h = self.num_heads;
         let heads = |t: Tensor<3>, n: usize| t.reshape([b, n, h, d / h]).swap_dims(1, 2);
-        let q = heads(self.query.forward(query), nq);
-        let k = heads(self.key.forward(memory.clone()), m);
-        let v = heads(self.value.forward(memory), m);
+        // Projections in the inputs' precision (the autocast one in mixed precision).
+        let q = heads(linear(&self.query, query), nq);
+        let k = heads(linear(&self.key, memory.clone()), m);
+        let v = heads(linear(&self.value, memory), m);
         let bias = (pad.float() * PAD_BIAS)
             .unsqueeze_dim::<3>(1)
             .unsqueeze_dim::<4>(1);
         let scale = ((d / h) as f64).powf(-0.5);
         let ctx = if self.dropout.prob > 0.0 && q.is_require_grad() {
-            let scores = (q * scale).matmul(k.swap_dims(2, 3)) + bias;
-            self.dropout.forward(softmax(scores, 3)).matmul(v)
+            // Scores, bias and softmax in f32 (as the memory-efficient attention does).
+            let scores = up((q * scale).matmul(k.swap_dims(2, 3))) + bias;
+            let dtype = v.dtype();
+            cast(self.dropout.forward(softmax(scores, 3)), dtype).matmul(v)
         } else {
             attention(q, k, v, Some(bias), scale)
         };
-        self.output.forward(ctx.swap_dims(1, 2).reshape([b, nq, d]))
+        linear(&self.output, ctx.swap_dims(1, 2).reshape([b, nq, d]))
     }
 }
 

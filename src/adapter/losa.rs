@@ -34,12 +34,13 @@ use crate::norm::{LayerNorm, LayerNormConfig};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::module::{layer_norm, linear};
+use burn::tensor::module::layer_norm;
 use burn::tensor::{Bool, Device, Tensor};
 
 use super::cross_attention::{CrossAttention, CrossAttentionConfig};
 use crate::backbone::residual::MlpBranch;
 use crate::error::{Error, Result};
+use crate::precision::{affine, down, up};
 
 /// LoSA settings. The paper leaves widths and heads open: the defaults are a quarter of the
 /// backbone width for the adapters and 8 heads.
@@ -115,10 +116,13 @@ const NORM_EPS: f64 = 1e-5;
 /// `x_hat` the plain normalisation of `x`: the same function, but autodiff keeps only `x_hat`
 /// for the weights' gradients, not also `x_hat gamma + beta`, and for inputs without a graph
 /// (the backbone's tokens) `x_hat` is computed without one.
+///
+/// Mixed precision: the normalisation runs in f32 (whatever `x`'s precision), `x_hat` and the
+/// projection in the autocast precision, so the output is in it too.
 fn norm_linear(norm: &LayerNorm, lin: &Linear, x: Tensor<3>) -> Tensor<3> {
     let c = x.dims()[2];
     let ones = Tensor::ones([c], &x.device());
-    let x_hat = layer_norm(x, ones, None, norm.epsilon);
+    let x_hat = down(layer_norm(up(x), ones, None, norm.epsilon));
     let w = lin.weight.val(); // [C_in, C_out]
     let mut bias = lin.bias.as_ref().map(|b| b.val());
     if let Some(beta) = &norm.beta {
@@ -129,7 +133,7 @@ fn norm_linear(norm: &LayerNorm, lin: &Linear, x: Tensor<3>) -> Tensor<3> {
             .reshape([-1]);
         bias = Some(bias.map_or(shift.clone(), |b| b + shift));
     }
-    linear(x_hat, w * norm.gamma.val().unsqueeze_dim::<2>(1), bias)
+    affine(x_hat, w * norm.gamma.val().unsqueeze_dim::<2>(1), bias)
 }
 
 /// One adapter block's per-query state before its MLP's output projection: the residual stream
@@ -142,11 +146,12 @@ struct BlockState {
 }
 
 impl BlockState {
-    /// Mean over each group of `per` consecutive queries: `[1, G * per, W]` -> `[G, 1, W]`.
+    /// Mean over each group of `per` consecutive queries: `[1, G * per, W]` -> `[G, 1, W]`,
+    /// in f32.
     fn mean_groups(self, groups: usize, per: usize) -> Self {
         let pool = |t: Tensor<3>| {
             let w = t.dims()[2];
-            t.reshape([groups, per, w]).mean_dim(1)
+            up(t).reshape([groups, per, w]).mean_dim(1)
         };
         Self {
             h: pool(self.h),
@@ -204,10 +209,11 @@ impl RangeAdapter {
 
     /// The block's output `h + fc2(hidden)`, through dropout and the output projection:
     /// `[B, Q, C]`.
+    /// In f32 (few queries remain here in mixed precision).
     fn output(&self, state: BlockState) -> Tensor<3> {
         let y = match (&self.mlp, state.hidden) {
-            (Some(mlp), Some(hidden)) => state.h + mlp.fc2.forward(hidden),
-            _ => state.h,
+            (Some(mlp), Some(hidden)) => up(state.h) + mlp.fc2.forward(up(hidden)),
+            _ => up(state.h),
         };
         self.out.forward(self.drop.forward(y))
     }
@@ -330,7 +336,7 @@ impl Losa {
                 .mean_groups(n, l); // [N, 1, ...]
             let s = short.output(s).reshape([n, c]);
             // Long range: the video's pooled layer features attend to the same memory.
-            let pooled = tokens.mean_dim(1).swap_dims(0, 1); // [1, N, C_l]
+            let pooled = up(tokens).mean_dim(1).swap_dims(0, 1); // [1, N, C_l]
             let g = long.attend(pooled, memory.clone(), pad.clone());
             let g = long.output(g).reshape([n, c]);
             fused =

@@ -124,10 +124,27 @@ pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     if x.dtype() == DType::F32 {
         return linear.forward(x);
     }
+    let bias = linear.bias.as_ref().map(|b| b.val());
+    affine(x, linear.weight.val(), bias)
+}
+
+/// `x W + b` in `x`'s precision, `W` `[in, out]` and `b` `[out]` cast to it (their gradients
+/// come back in their own precision); Burn's `linear` when `x` is f32.
+///
+/// # Shapes
+/// - x: `[..., in]` -> `[..., out]`
+pub fn affine<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    if x.dtype() == DType::F32 {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
     let inputs = CastLinearInputs {
         x: x.into_dispatch(),
-        weight: linear.weight.val().into_dispatch(),
-        bias: linear.bias.as_ref().map(|b| b.val().into_dispatch()).into(),
+        weight: weight.into_dispatch(),
+        bias: bias.map(Tensor::into_dispatch).into(),
     };
     Tensor::from_dispatch(<Dispatch as CastLinearBackend>::cast_linear(inputs))
 }

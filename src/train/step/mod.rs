@@ -76,11 +76,9 @@ impl Window<'_> {
     /// graph now.
     pub fn frozen(&self, model: &TalModel, how: Extraction<'_>) -> Result<BackboneOutput> {
         if let Some(f) = self.cached {
-            let f = f.clone().narrow(self.start, self.count);
-            return Ok(BackboneOutput {
-                layers: f.layers.into_iter().map(crate::precision::up).collect(),
-                ..f
-            });
+            // Layers stay in the precision they were cached in: the adapters normalise them in
+            // f32 without a graph and compute in the autocast precision.
+            return Ok(f.clone().narrow(self.start, self.count));
         }
         let x = self.clips_on(&self.device.clone().without_autodiff())?;
         how.outputs(&model.backbone.valid(), x)
