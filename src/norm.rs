@@ -235,6 +235,26 @@ impl LayerNorm {
     }
 }
 
+/// `(x - mean) / sqrt(var + epsilon)` over the last axis (no scale or shift), computed in `x`'s
+/// precision and returned as `dtype`, with the fused backward: under autodiff it keeps the
+/// input and its row statistics, or (for a lower `dtype`) the result and the reciprocal
+/// standard deviation only. The values are those of `layer_norm(x, 1, 0, epsilon)`.
+///
+/// # Shapes
+/// - x: `[..., C]` -> same
+pub fn normalise<const D: usize>(x: Tensor<D>, epsilon: f64, dtype: DType) -> Tensor<D> {
+    let c = x.dims()[D - 1];
+    let (device, in_dtype) = (x.device(), x.dtype());
+    let inputs = LayerNormInputs {
+        x: x.into_dispatch(),
+        gamma: Tensor::<1>::ones([c], (&device, in_dtype)).into_dispatch(),
+        beta: Tensor::<1>::zeros([c], (&device, in_dtype)).into_dispatch(),
+        epsilon,
+        out: dtype,
+    };
+    Tensor::from_dispatch(<Dispatch as NormBackend>::fused_layer_norm(inputs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

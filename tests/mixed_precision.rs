@@ -11,6 +11,10 @@ use e2e_tal::reversible::{ResidualBlock, RevChain};
 
 const SEEDS: u64 = 6;
 
+// Counts live bytes, for the saved-graph test below.
+#[global_allocator]
+static ALLOC: e2e_tal::memory::CountingAllocator = e2e_tal::memory::CountingAllocator;
+
 fn device() -> burn::tensor::Device {
     e2e_tal::backend::cpu_device()
 }
@@ -216,5 +220,48 @@ fn losa_adapters_in_mixed_precision_follow_f32() {
             err >= 0.1 * unit(p),
             "{p}: adapters computed in f32? {err:e}"
         );
+    }
+}
+
+#[test]
+fn mixed_precision_halves_the_saved_graph() {
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let ad = device().autodiff();
+    device().seed(5);
+    let m = VitConfig::new()
+        .with_embed_dim(128)
+        .with_depth(4)
+        .with_num_heads(4)
+        .with_mlp_dim(512)
+        .init(&ad);
+    let _ = m.blocks.clone().valid(); // parameters materialised outside the measurement
+    let x = Tensor::<3>::random([1, 196, 128], Distribution::Normal(0.0, 1.0), &ad);
+    // Bytes the graph holds between the forward through the blocks and its backward.
+    let held = |p: Precision| {
+        autocast(p, || {
+            let x = x.clone().require_grad();
+            let before = e2e_tal::memory::in_use_on(&ad).expect("counting allocator");
+            let y = m.blocks.iter().fold(x, |h, b| b.forward(h));
+            let held = e2e_tal::memory::in_use_on(&ad).unwrap() - before;
+            let _ = y.sum().backward();
+            held as f64
+        })
+    };
+    // Each measured after a warm-up run (thread pools and scratch buffers allocated once).
+    let warm = |p: Precision| {
+        held(p);
+        held(p)
+    };
+    let f32_bytes = warm(Precision::F32);
+    for p in [Precision::Bf16, Precision::F16] {
+        let ratio = warm(p) / f32_bytes;
+        println!(
+            "{p}: saved graph {ratio:.3}x f32 ({:.1} KiB in f32)",
+            f32_bytes / 1024.0
+        );
+        // Every saved tensor is in the 2-byte precision except the softmax's row log-sum-exp
+        // and the norms' row statistics (f32, one value per row): no f32 input copies, no
+        // low-precision weight copies.
+        assert!(ratio <= 0.55, "{p}: saved graph {ratio:.3}x f32");
     }
 }

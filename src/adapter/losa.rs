@@ -30,17 +30,16 @@
 //! (measured sizes: `docs/results.md`).
 
 use crate::fastmath::gelu;
-use crate::norm::{LayerNorm, LayerNormConfig};
+use crate::norm::{LayerNorm, LayerNormConfig, normalise};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::module::layer_norm;
 use burn::tensor::{Bool, Device, Tensor};
 
 use super::cross_attention::{CrossAttention, CrossAttentionConfig};
 use crate::backbone::residual::MlpBranch;
 use crate::error::{Error, Result};
-use crate::precision::{affine, down, up};
+use crate::precision::{affine, compute, up};
 
 /// LoSA settings. The paper leaves widths and heads open: the defaults are a quarter of the
 /// backbone width for the adapters and 8 heads.
@@ -120,9 +119,7 @@ const NORM_EPS: f64 = 1e-5;
 /// Mixed precision: the normalisation runs in f32 (whatever `x`'s precision), `x_hat` and the
 /// projection in the autocast precision, so the output is in it too.
 fn norm_linear(norm: &LayerNorm, lin: &Linear, x: Tensor<3>) -> Tensor<3> {
-    let c = x.dims()[2];
-    let ones = Tensor::ones([c], &x.device());
-    let x_hat = down(layer_norm(up(x), ones, None, norm.epsilon));
+    let x_hat = normalise(up(x), norm.epsilon, compute().dtype());
     let w = lin.weight.val(); // [C_in, C_out]
     let mut bias = lin.bias.as_ref().map(|b| b.val());
     if let Some(beta) = &norm.beta {
