@@ -12,6 +12,15 @@
 //! `-- --precision bf16,f16`: also every mode with the blocks' branches in these precisions
 //! (mixed precision: f32 parameters and residual streams, `e2e_tal::precision`), with their
 //! memory and time relative to the same mode and depth in f32.
+//!
+//! Memory columns: *activations* is the step's peak minus the parameters' bytes (the PyTorch
+//! peer's definition); *step peak* is everything the step allocated at its highest, the f32
+//! gradients included; *held for the backward* is what stays allocated between the forward and
+//! the backward (the saved graph of plain autodiff and checkpointing; the output and the
+//! streams of the reversible pass). The gradients (as large as the parameters) are allocated
+//! during the backward while the saved graph is released, so when the graph is smaller than
+//! the gradients the peak comes at the end of the backward and *activations* shows only the
+//! working set above them: compare precisions on *held for the backward* and *step peak*.
 
 use std::time::Instant;
 
@@ -53,28 +62,67 @@ fn vit_s(depth: usize, device: &Device) -> VisionTransformer {
         .init(device)
 }
 
-/// One step; returns (seconds, gradient tensors).
-fn step(mode: Mode, blocks: &[VitBlock], x: &Tensor<3>, w: &Tensor<3>) -> (f64, usize) {
+/// What one step measured.
+struct Step {
+    seconds: f64,
+    /// Gradient tensors.
+    grads: usize,
+    /// Bytes held between the forward and the backward (the saved graph; the output and
+    /// stream state for the reversible pass), when the device reports usage.
+    held: Option<usize>,
+}
+
+/// One step.
+fn step(mode: Mode, blocks: &[VitBlock], x: &Tensor<3>, w: &Tensor<3>) -> Step {
     let t = Instant::now();
-    let n = match mode {
+    let device = x.device();
+    let before = memory::in_use_on(&device);
+    let held = |before: Option<usize>| {
+        let now = memory::in_use_on(&device);
+        before.zip(now).map(|(b, n)| n.saturating_sub(b))
+    };
+    let (grads, held) = match mode {
         Mode::Plain | Mode::Checkpointing => {
             let mut h = x.clone().require_grad();
             for b in blocks {
                 h = b.forward(h);
             }
+            let held = held(before);
             let grads = (h * w.clone()).sum().backward();
-            GradientsParams::from_grads(grads, &blocks.to_vec()).len()
+            (
+                GradientsParams::from_grads(grads, &blocks.to_vec()).len(),
+                held,
+            )
         }
         Mode::Reversible => {
             let rev = RevChain::new(blocks).with_drop_path_seed(1);
             let (out, state) = rev.forward_no_graph(x.clone());
+            let held = held(before);
             let g = (out.clone() * w.clone()).sum().backward();
             let (gx, params, _) = rev.backward(state, out.grad(&g).unwrap());
             let _ = gx.into_data();
-            params.len()
+            (params.len(), held)
         }
     };
-    (t.elapsed().as_secs_f64(), n)
+    Step {
+        seconds: t.elapsed().as_secs_f64(),
+        grads,
+        held,
+    }
+}
+
+/// One measured configuration.
+struct Row {
+    depth: usize,
+    precision: Precision,
+    mode: Mode,
+    /// Median step time.
+    secs: f64,
+    /// Peak bytes of the step above what was allocated before it (gradients included).
+    peak: usize,
+    /// Bytes held between the forward and the backward.
+    held: usize,
+    param_bytes: usize,
 }
 
 /// One row of the PyTorch peer (`scripts/peer_bench.py`).
@@ -221,36 +269,58 @@ fn main() {
                 let run = |blocks: &[VitBlock]| autocast(precision, || step(mode, blocks, &x, &w));
                 // Warm-up (thread pools, caches), untimed.
                 let _ = run(&model.blocks[..1]);
-                let ((first, n), peak) = memory::measure_on(&device, || run(&model.blocks));
-                assert_eq!(n, 15 * depth, "one gradient per block parameter tensor");
+                let (first, peak) = memory::measure_on(&device, || run(&model.blocks));
+                assert_eq!(
+                    first.grads,
+                    15 * depth,
+                    "one gradient per block parameter tensor"
+                );
                 // Time: median of 3 steps (the measured one and two more), as the peer does.
-                let mut times = vec![first];
-                times.extend((0..2).map(|_| run(&model.blocks).0));
+                let mut times = vec![first.seconds];
+                times.extend((0..2).map(|_| run(&model.blocks).seconds));
                 times.sort_by(f64::total_cmp);
-                let secs = times[1];
-                let act = peak.unwrap_or(0).saturating_sub(param_bytes);
-                rows.push((depth, precision, mode, secs, act));
+                rows.push(Row {
+                    depth,
+                    precision,
+                    mode,
+                    secs: times[1],
+                    peak: peak.unwrap_or(0),
+                    held: first.held.unwrap_or(0),
+                    param_bytes,
+                });
             }
         }
         let peer_rows = peer.as_deref().and_then(|p| run_peer(p, tokens));
         println!(
             "| depth | mode | precision | step (s) | PyTorch step (s) | ratio | x f32 | \
-             activations (MiB) | PyTorch activations (MiB) | ratio | x f32 |"
+             activations (MiB) | PyTorch activations (MiB) | ratio | step peak (MiB) | x f32 | \
+             held for the backward (MiB) | x f32 |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
-        // The same depth and mode in f32, for the mixed-precision rows' ratios.
-        let f32_row = |depth: usize, mode: Mode| {
-            rows.iter()
-                .find(|r| r.0 == depth && r.1 == Precision::F32 && r.2 == mode)
-                .map(|r| (r.3, r.4))
-        };
-        for &(depth, precision, mode, secs, act) in &rows {
-            let (time_x, act_x) = match f32_row(depth, mode) {
-                Some((s, a)) if precision != Precision::F32 => (
-                    format!("{:.2}x", secs / s),
-                    format!("{:.2}x", act as f64 / a.max(1) as f64),
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &rows {
+            let Row {
+                depth,
+                precision,
+                mode,
+                secs,
+                peak,
+                held,
+                param_bytes,
+            } = *r;
+            let act = peak.saturating_sub(param_bytes);
+            // The same depth and mode in f32, for the mixed-precision rows' ratios.
+            let f32_row = rows
+                .iter()
+                .find(|b| b.depth == depth && b.precision == Precision::F32 && b.mode == mode)
+                .filter(|_| precision != Precision::F32);
+            let x = |a: f64, b: f64| format!("{:.2}x", a / b.max(1e-30));
+            let (time_x, peak_x, held_x) = match f32_row {
+                Some(b) => (
+                    x(secs, b.secs),
+                    x(peak as f64, b.peak as f64),
+                    x(held as f64, b.held as f64),
                 ),
-                _ => ("-".into(), "-".into()),
+                None => ("-".into(), "-".into(), "-".into()),
             };
             // The PyTorch peer runs f32 only.
             let peer_rows = peer_rows.as_ref().filter(|_| precision == Precision::F32);
@@ -278,9 +348,11 @@ fn main() {
             };
             println!(
                 "| {depth} | {} | {precision} | {secs:.2} | {pt_step} | {r_step} | {time_x} | {} | \
-                 {pt_act} | {r_act} | {act_x} |",
+                 {pt_act} | {r_act} | {} | {peak_x} | {} | {held_x} |",
                 mode.name(),
                 mib(act),
+                mib(peak),
+                mib(held),
             );
         }
     }

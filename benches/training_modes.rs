@@ -1,6 +1,8 @@
-//! One training step of the real training loop (`e2e_tal::train::train`, one untrimmed video of
-//! `CLIPS` clips per step) per mode: peak memory above the model and data (counting allocator,
-//! CPU backend) and wall time of the step. Modes: head-only and LoSA adapters on the frozen
+//! Training steps of the real training loop (`e2e_tal::train::train`, one untrimmed video of
+//! `CLIPS` clips per step, two steps) per mode: peak memory above the model and data (counting
+//! allocator, CPU backend) of the first step, which also allocates the optimizers' state, and of
+//! the second ("later steps": that state allocated before it, as in every step of a run after
+//! the first), and wall time of the second step. Modes: head-only and LoSA adapters on the frozen
 //! backbone (each with the backbone run at every step and with its outputs extracted once),
 //! full fine-tuning (autodiff), reversible (Re2TAL), and full fine-tuning
 //! under the LoFi samplers S (r_s 2), T (r_t 4), ST (r_t 2, r_s sqrt 2). Backbones: ViT-S
@@ -15,6 +17,7 @@
 
 use std::path::Path;
 
+use burn::module::Module;
 use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::data::FRAMES_DIR;
 use e2e_tal::data::LoFiMode;
@@ -31,8 +34,15 @@ const CLIPS: usize = 16;
 
 struct Row {
     label: String,
+    /// Peak of the first step (which also allocates the optimizers' state).
     peak: usize,
+    /// Peak of the second step (the optimizers' state allocated before it).
+    steady: usize,
+    /// Time of the second step.
     seconds: f64,
+    /// Bytes of the trained parameters: their f32 gradients take as much, as do each of
+    /// AdamW's two moments.
+    trained: usize,
 }
 
 fn dataset(root: &Path, size: usize, clips: &ClipSamplingConfig) -> TalDataset {
@@ -69,11 +79,13 @@ fn config(depth: usize, size: usize, clips: &ClipSamplingConfig) -> TrainConfig 
                 .with_drop_path_rate(0.1),
         ))
         .with_clips(clips.clone())
-        .with_epochs(1)
+        .with_epochs(2)
         .with_warmup_epochs(0.0)
 }
 
-fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, f64) {
+/// Two steps (two epochs of the one video): the first step's peak, the second's, and the
+/// second's time.
+fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, usize, f64, usize) {
     let device = e2e_tal::backend::device_from_args().expect("--backend");
     device.seed(0);
     let backbone = cfg.backbone.init(&device);
@@ -83,10 +95,20 @@ fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, f64) {
         stop_after_steps: None,
         overwrite: true,
     };
+    let mode = cfg.mode;
     let o = train(cfg, data, backbone, &opts, &device).expect("training step");
+    let m = &o.model;
+    let trained = m.head.num_params()
+        + match mode {
+            TrainMode::Full | TrainMode::Reversible => m.backbone.num_params(),
+            TrainMode::Adapter => m.adapter.as_ref().map_or(0, |a| a.num_params()),
+            TrainMode::HeadOnly => 0,
+        };
     (
         o.peak_step_bytes.expect("counting allocator installed"),
-        o.state.history[0].seconds,
+        o.steady_step_bytes.expect("two steps"),
+        o.state.history[1].seconds,
+        trained * 4,
     )
 }
 
@@ -189,11 +211,14 @@ fn main() {
             if let Some(r) = mlp_ratio {
                 cfg.adapter.mlp_ratio = r;
             }
-            let (peak, seconds) = step(cfg, &data, &dir.path().join(format!("run{depth}_{i}")));
+            let (peak, steady, seconds, trained) =
+                step(cfg, &data, &dir.path().join(format!("run{depth}_{i}")));
             rows.push(Row {
                 label: label.clone(),
                 peak,
+                steady,
                 seconds,
+                trained,
             });
         }
         let peak_of = |label: &str| {
@@ -209,9 +234,9 @@ fn main() {
         };
         println!("\nViT-S depth {depth}");
         println!(
-            "| mode | peak step memory (MiB) | x head-only (cached) | x head-only (per step) | x full | x same row in f32 | step time (s) | time x f32 |"
+            "| mode | peak step memory (MiB) | x head-only (cached) | x head-only (per step) | x full | x same row in f32 | later steps (MiB) | x same row in f32 | step time (s) | time x f32 | trained parameters (MiB) |"
         );
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &rows {
             // The f32 row of a mixed-precision one: its label without the precision suffix.
             let f32_row = r
@@ -220,15 +245,18 @@ fn main() {
                 .filter(|(_, p)| p.parse::<Precision>().is_ok())
                 .and_then(|(base, _)| rows.iter().find(|b| b.label == base));
             println!(
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
                 r.label,
                 mib(r.peak),
                 ratio(r.peak, cached),
                 ratio(r.peak, per_step),
                 ratio(r.peak, full),
                 ratio(r.peak, f32_row.map(|b| b.peak.max(1) as f64)),
+                mib(r.steady),
+                ratio(r.steady, f32_row.map(|b| b.steady.max(1) as f64)),
                 r.seconds,
                 f32_row.map_or("-".into(), |b| format!("{:.2}", r.seconds / b.seconds)),
+                mib(r.trained),
             );
         }
     }

@@ -107,6 +107,18 @@ pub fn measure_on<T>(device: &Device, f: impl FnOnce() -> T) -> (T, Option<usize
     (out, Some(peak as usize))
 }
 
+/// Bytes in use now on `device`: its pools' usage on CubeCL backends, the counting allocator's
+/// live bytes on CPU backends (`None` when neither reports).
+pub fn in_use_on(device: &Device) -> Option<usize> {
+    if let Some(u) = device.memory_pool_usage() {
+        let _ = device.sync();
+        return Some(u.bytes_in_use as usize);
+    }
+    ACTIVE
+        .load(Ordering::Relaxed)
+        .then(|| CURRENT.load(Ordering::Relaxed))
+}
+
 /// `bytes` as MiB with one decimal.
 pub fn mib(bytes: usize) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))

@@ -120,6 +120,10 @@ pub struct TrainOutcome {
     pub evaluation: Option<(Predictions, EvalReport)>,
     /// Peak bytes allocated during one training step (counting allocator installed only).
     pub peak_step_bytes: Option<usize>,
+    /// The same over the steps after this run's first one (`None` with a single step). The
+    /// first update allocates the optimizers' state, which stays allocated afterwards like
+    /// the parameters: this is what each later step needs on top of it.
+    pub steady_step_bytes: Option<usize>,
 }
 
 /// Start a new run: build the model around `backbone` (fresh or with loaded weights) and train.
@@ -407,6 +411,8 @@ fn run_scoped(
     let mut normalizer = LossNormalizer::new(&cfg.loss);
     normalizer.value = meta.state.normalizer;
     let mut peak: Option<usize> = None;
+    let mut steady: Option<usize> = None;
+    let mut measured_steps = 0usize;
     let mut stopped = false;
     // Everything a checkpoint holds, as it stands at the call.
     macro_rules! save_checkpoint {
@@ -455,6 +461,10 @@ fn run_scoped(
             }
             if let Some(b) = bytes {
                 peak = Some(peak.unwrap_or(0).max(b));
+                if measured_steps > 0 {
+                    steady = Some(steady.unwrap_or(0).max(b));
+                }
+                measured_steps += 1;
             }
             let st = &mut meta.state;
             st.epoch_seconds += t0.elapsed().as_secs_f64();
@@ -547,6 +557,7 @@ fn run_scoped(
         state: meta.state,
         evaluation,
         peak_step_bytes: peak,
+        steady_step_bytes: steady,
     })
 }
 
