@@ -996,6 +996,11 @@ fn cases() -> Vec<Case> {
             2,
             &["bogus", "possible values"],
         ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --precision f64 --out o.json",
+            2,
+            &["f64", "possible values"],
+        ),
         // pretrain
         case(
             "pretrain --data ds --out p/b.safetensors --steps 0 --quiet",

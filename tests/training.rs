@@ -13,8 +13,9 @@ use e2e_tal::tal::head::HeadConfig;
 use e2e_tal::train::end_to_end_then_head;
 use e2e_tal::train::pretrain_from;
 use e2e_tal::train::{
-    BackboneConfig, Checkpoint, LossScaleConfig, PretrainConfig, RunOptions, TalDataset,
-    TrainConfig, TrainMode, TrainOutcome, TrainPlan, pretrain, resume, train,
+    BackboneConfig, Checkpoint, InferOptions, LossScaleConfig, PretrainConfig, RunOptions,
+    TalDataset, TrainConfig, TrainMode, TrainOutcome, TrainPlan, detect_video, pretrain, resume,
+    train,
 };
 
 /// Budget mode measures training steps with it (the trainer reports a step's peak through it).
@@ -713,4 +714,27 @@ fn f16_loss_scaling_skips_overflowing_steps_and_resumes_exactly() {
     let out = run(bf16, &data, &dir.path().join("bf16"), None);
     assert!(out.state.loss_scale.is_none());
     assert!(out.state.history[0].mean_loss.is_finite());
+    // Inference runs in the run's precision unless told otherwise; both find the same
+    // detections up to the low precision's rounding.
+    let video = dir
+        .path()
+        .join("data")
+        .join(FRAMES_DIR)
+        .join(&data.videos[0].id);
+    let infer = |precision| {
+        let opts = InferOptions {
+            fps: None,
+            precision,
+        };
+        detect_video(&dir.path().join("bf16"), &video, &opts, &test_device()).unwrap()
+    };
+    let (own, f32) = (infer(None), infer(Some(Precision::F32)));
+    assert!(!own.detections.is_empty());
+    let top = |r: &e2e_tal::train::VideoInference| r.detections[0].score;
+    assert!(
+        (top(&own) - top(&f32)).abs() < 0.05,
+        "bf16 {} vs f32 {}",
+        top(&own),
+        top(&f32)
+    );
 }

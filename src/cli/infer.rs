@@ -7,7 +7,10 @@ use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::data::media_dir;
 use e2e_tal::data::{GroundTruth, Predictions, Subset, VideoDetections};
 use e2e_tal::eval::write_timeline;
-use e2e_tal::train::{Checkpoint, Detector, TalDataset, detect_video};
+use e2e_tal::precision::Precision;
+use e2e_tal::train::{
+    Checkpoint, Detector, InferOptions, TalDataset, detect_video, with_precision,
+};
 use e2e_tal::{Error, Result};
 
 use super::SubsetFilter;
@@ -45,6 +48,10 @@ pub struct InferArgs {
     /// With --video, the lowest score shown in the table (the JSON keeps every detection).
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, value_parser = unit_interval)]
     min_score: f64,
+    /// Precision of the backbone's branches and the adapters (default: the run's; f32 master
+    /// weights either way).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
@@ -102,7 +109,11 @@ fn infer_video(a: &InferArgs, input: &Path, device: &burn::tensor::Device) -> Re
     check(&a.out, &[&timeline])?;
     check(&timeline, &[&a.out])?;
     let t = Instant::now();
-    let r = detect_video(&a.checkpoint, input, a.fps, device)?;
+    let opts = InferOptions {
+        fps: a.fps,
+        precision: a.precision,
+    };
+    let r = detect_video(&a.checkpoint, input, &opts, device)?;
     Predictions {
         videos: vec![r.to_results()],
     }
@@ -151,7 +162,7 @@ fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> R
         &a.out,
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
-    let cfg = ck.meta.config.clone();
+    let cfg = with_precision(&ck.meta.config, a.precision, device)?;
     let model = e2e_tal::train::trained_model(&ck, device)?;
     let gt = GroundTruth::from_json_file(json)?;
     let media = a

@@ -248,6 +248,18 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// An error unless the backbone can compute in `precision`: mixed precision is implemented
+    /// for the transformer backbones (a ResNet's convolution branches would silently stay f32).
+    pub fn check_precision(&self, precision: Precision) -> Result<()> {
+        if precision != Precision::F32 && matches!(self.backbone, BackboneConfig::ResNet(_)) {
+            return Err(Error::Config(format!(
+                "precision {precision} is implemented for the transformer backbones (ViT, Swin); \
+                 the ResNet's convolution branches compute in f32 (precision f32)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the backbone runs rewired (mode `reversible`, or `rewired` set).
     pub fn uses_rewired_backbone(&self) -> bool {
         self.rewired || self.mode == TrainMode::Reversible

@@ -6,13 +6,41 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use super::checkpoint::Checkpoint;
+use super::config::TrainConfig;
 use super::dataset::TalVideo;
 use super::model::{Detector, TalModel};
 use super::trainer::load_model;
 use crate::data::annotations::VideoDetections;
 use crate::data::source::open_source;
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use crate::tal::postprocess::Segment;
+
+/// How [`detect_video`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InferOptions {
+    /// Frame rate to sample at (default: the rate the run was trained at; a video file's own
+    /// rate when the run records none).
+    pub fps: Option<f64>,
+    /// Precision of the backbone's branches and the adapters (default: the run's).
+    pub precision: Option<Precision>,
+}
+
+/// The run's configuration with `precision` (when given) in place of its own, checked against
+/// the backbone and `device`.
+pub fn with_precision(
+    cfg: &TrainConfig,
+    precision: Option<Precision>,
+    device: &Device,
+) -> Result<TrainConfig> {
+    let mut cfg = cfg.clone();
+    if let Some(p) = precision {
+        cfg.check_precision(p)?;
+        cfg.precision = p;
+    }
+    cfg.precision.check(device)?;
+    Ok(cfg)
+}
 
 /// What [`detect_video`] found in one video.
 #[derive(Debug, Clone)]
@@ -61,19 +89,20 @@ pub fn trained_model(ck: &Checkpoint, device: &Device) -> Result<TalModel> {
 }
 
 /// Run the detector of the run (or checkpoint folder) `checkpoint` on the video at `input`: a
-/// video file (`video` feature) or a frame folder. Frames are sampled at `fps` (default: the
-/// rate the run was trained at, so clips span the time they spanned in training; a video
+/// video file (`video` feature) or a frame folder. Frames are sampled at `opts.fps` (default:
+/// the rate the run was trained at, so clips span the time they spanned in training; a video
 /// file's own rate when the run does not record one) and resized to the run's frame size.
 /// A frame folder carries no rate: without `fps` the run's is used, and a run without one is
 /// an error asking for it.
 pub fn detect_video(
     checkpoint: &Path,
     input: &Path,
-    fps: Option<f64>,
+    opts: &InferOptions,
     device: &Device,
 ) -> Result<VideoInference> {
     let ck = Checkpoint::load(checkpoint)?;
-    let cfg = &ck.meta.config;
+    let cfg = &with_precision(&ck.meta.config, opts.precision, device)?;
+    let fps = opts.fps;
     let id = video_id(input);
     let src = open_source(input, &id, fps.or(ck.meta.fps))?;
     let fps = match fps.or(src.fps()).or(ck.meta.fps) {
@@ -118,6 +147,23 @@ pub fn detect_video(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_precision_override_is_checked_against_the_backbone() {
+        let device = crate::backend::cpu_device();
+        let vit = TrainConfig::new();
+        let got = with_precision(&vit, Some(Precision::Bf16), &device).unwrap();
+        assert_eq!(got.precision, Precision::Bf16);
+        assert_eq!(
+            with_precision(&vit, None, &device).unwrap().precision,
+            vit.precision
+        );
+        let resnet = TrainConfig::new().with_backbone(crate::train::BackboneConfig::ResNet(
+            crate::backbone::resnet3d::ResNet3dConfig::new(),
+        ));
+        let err = with_precision(&resnet, Some(Precision::F16), &device).unwrap_err();
+        assert!(err.to_string().contains("ResNet"), "{err}");
+    }
 
     #[test]
     fn ids_drop_the_extension_of_files_only() {

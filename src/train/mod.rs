@@ -25,7 +25,9 @@ pub use budget::{
 pub use checkpoint::{Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState, find_checkpoint};
 pub use config::{BackboneConfig, TrainConfig, TrainMode, read_config};
 pub use dataset::{TalDataset, TalVideo};
-pub use infer::{VideoInference, detect_video, trained_model, video_id};
+pub use infer::{
+    InferOptions, VideoInference, detect_video, trained_model, video_id, with_precision,
+};
 pub use loss_scale::{LossScale, LossScaleConfig};
 pub use model::{Detector, Extraction, TalModel, extract_features, head_input, run_head};
 pub use plan::{FrozenFeatures, Sampling, TrainPlan};

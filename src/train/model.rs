@@ -288,7 +288,9 @@ impl<'a> Detector<'a> {
         video: &TalVideo,
         f: BackboneOutput,
     ) -> Result<Vec<Segment>> {
-        let x = head_input(self.model.adapter.as_ref(), f)?;
+        // The adapters compute in the run's precision (the head in f32).
+        let adapter = self.model.adapter.as_ref();
+        let x = crate::precision::autocast(self.cfg.precision, || head_input(adapter, f))?;
         let t = x.dims()[0];
         let out = run_head(&self.model.head, x)?;
         let points = self.cfg.head.pyramid.points(self.model.head.padded_len(t));

@@ -9,7 +9,6 @@ use crate::backbone::Network;
 use crate::data::augment::AugmentConfig;
 use crate::data::lofi::{Fidelity, LoFiConfig, LoFiMode};
 use crate::error::{Error, Result};
-use crate::precision::Precision;
 use crate::reversible::DriftMonitor;
 
 /// What the data side does at every step where the backbone runs: LoFi-E2E's sampler (the
@@ -132,13 +131,7 @@ impl TrainPlan {
                 features: frozen()?,
             },
         };
-        if cfg.precision != Precision::F32 && matches!(cfg.backbone, BackboneConfig::ResNet(_)) {
-            return bad(format!(
-                "precision {} is implemented for the transformer backbones (ViT, Swin); the \
-                 ResNet's convolution branches compute in f32 (precision f32)",
-                cfg.precision
-            ));
-        }
+        cfg.check_precision(cfg.precision)?;
         if plan.network() == Network::Rewired && matches!(cfg.backbone, BackboneConfig::ResNet(_)) {
             return bad(
                 "rewired (reversible) training of whole models is implemented for ViT and Swin \
