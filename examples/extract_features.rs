@@ -97,7 +97,8 @@ fn main() -> Result<(), e2e_tal::Report> {
     for v in &data.videos {
         let f = extract_features(
             &backbone,
-            &v.frames,
+            v.source.as_ref(),
+            &cfg.eval_op(v)?,
             &cfg.clips,
             Extraction {
                 network: Network::rewired_if(a.rewired),
@@ -123,7 +124,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             "id": v.id,
             "subset": v.subset.to_string(),
             "fps": v.fps,
-            "frames": v.frames.len,
+            "frames": v.len(),
         })).collect::<Vec<_>>(),
     });
     e2e_tal::io::write_json_atomic(&a.out.join("features.json"), &meta)?;

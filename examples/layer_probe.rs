@@ -195,7 +195,8 @@ fn main() -> Result<(), e2e_tal::Report> {
             },
             ..Extraction::features(64)
         };
-        let f = extract_features(&backbone, &v.frames, &cfg.clips, how, &device)?;
+        let op = cfg.eval_op(v)?;
+        let f = extract_features(&backbone, v.source.as_ref(), &op, &cfg.clips, how, &device)?;
         let segs = v.grid_segments(&cfg.clips);
         for i in 0..f.features.dims()[0] {
             let x = i as f64;

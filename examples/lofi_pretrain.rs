@@ -118,6 +118,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             quiet: true,
             stop_after_steps: None,
             overwrite: true,
+            loader: Default::default(),
         };
         let o = train(acp, &data, stage1()?, &opts, &device)?;
         rows.push(("ACP: head on the stage-1 backbone".to_string(), o));
@@ -135,6 +136,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             quiet: true,
             stop_after_steps: None,
             overwrite: true,
+            loader: Default::default(),
         },
         &device,
     )?;

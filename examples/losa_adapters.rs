@@ -143,6 +143,7 @@ fn main() -> Result<(), e2e_tal::Report> {
                 quiet: true,
                 stop_after_steps: None,
                 overwrite: true,
+                loader: Default::default(),
             };
             let t0 = Instant::now();
             let cfg_used = cfg.clone();

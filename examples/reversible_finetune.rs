@@ -158,7 +158,11 @@ fn main() -> Result<(), e2e_tal::Report> {
             .with_videos(PRETRAIN_VIDEOS),
         base.clips.span(),
     )?;
-    let probe = e2e_tal::data::clip_range(&data.videos[0].frames, &base.clips, 0, 4, &device)?;
+    let first = &data.videos[0];
+    let op = tal.eval_op(first)?;
+    let probe = first
+        .read_clips(&base.clips, 0, 4, &op)?
+        .clips(&base.clips, 0, 4, &device)?;
     let plain = vit.forward(probe.clone(), &[])?.features;
     let rewired = vit.forward_rewired_inference(probe)?;
     let change = (rewired - plain.clone()).abs().max().into_scalar::<f32>()

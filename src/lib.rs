@@ -57,6 +57,7 @@ pub mod fastmath;
 pub mod io;
 pub mod memory;
 pub mod norm;
+pub mod pipeline;
 pub mod precision;
 pub mod reversible;
 mod seed;

@@ -123,3 +123,12 @@ pub fn in_use_on(device: &Device) -> Option<usize> {
 pub fn mib(bytes: usize) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
+
+/// The process's peak resident memory so far, in bytes (Linux's `VmHWM`; `None` elsewhere):
+/// everything the process touched, allocator, decoder buffers and threads included.
+pub fn peak_rss() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -268,6 +268,15 @@ fn workspace(root: &Path) {
         copy_dir(&root.join("ds"), &d);
         d
     };
+    // Video files: the same kind of dataset as mp4, and a copy with one file cut short.
+    sh(
+        root,
+        "synth --out dsv --videos 3 --size 32 --classes 2 --seed 3 --video",
+    );
+    copy_dir(&root.join("dsv"), &root.join("dsv_cut"));
+    let f = root.join("dsv_cut/videos/synth_00001.mp4");
+    let b = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &b[..b.len() / 3]).unwrap();
     let d = variant("ds_gap");
     std::fs::remove_file(d.join("frames/synth_00001/img_00050.jpg")).unwrap();
     let d = variant("ds_mixed");
@@ -728,6 +737,55 @@ fn cases() -> Vec<Case> {
             &format!("train --data ds_noann --out new --mode head-only {t}"),
             1,
             &["ds_noann", "annotated action"],
+        ),
+        // The input pipeline's flags.
+        case(
+            &format!("train --data ds --out new --frame-size 36 {t}"),
+            1,
+            &["frame size 36", "patch size 8"],
+        ),
+        case(
+            &format!("train --data ds --out new --frame-size 0 {t}"),
+            2,
+            &["--frame-size", "at least 1"],
+        ),
+        case(
+            &format!("train --data ds --out new --max-clips 0 {t}"),
+            2,
+            &["--max-clips", "at least 1"],
+        ),
+        case(
+            &format!("train --data ds --out new --max-clips -3 {t}"),
+            2,
+            &["-3"],
+        ),
+        case(
+            &format!("train --data ds --out new --max-clips 99999999999999999999999 {t}"),
+            2,
+            &["--max-clips"],
+        ),
+        case(
+            &format!("train --data ds --out new --prefetch 0 {t}"),
+            2,
+            &["--prefetch"],
+        ),
+        case(
+            &format!("train --data ds --out new --workers many {t}"),
+            2,
+            &["--workers", "many"],
+        ),
+        case(
+            &format!("train --data dsv_cut --out new {t}"),
+            1,
+            &["synth_00001.mp4"],
+        ),
+        case(
+            &format!(
+                "train --data dsv --out new_stream --frame-size 48 --max-clips 4 --workers 4 \
+                 --prefetch 1 --stop-after-steps 2 {t}"
+            ),
+            0,
+            &["stopped after 2 steps"],
         ),
         case(
             &format!("train --data ds_gap --out new {t}"),

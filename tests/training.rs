@@ -7,6 +7,7 @@ use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::data::FRAMES_DIR;
 use e2e_tal::data::LoFiMode;
 use e2e_tal::data::{Subset, SynthConfig};
+use e2e_tal::pipeline::{FrameTransformConfig, LoaderConfig};
 use e2e_tal::precision::Precision;
 use e2e_tal::reversible::DriftMonitor;
 use e2e_tal::tal::head::HeadConfig;
@@ -104,6 +105,7 @@ fn quiet_run(out: std::path::PathBuf, stop: Option<usize>) -> RunOptions {
         quiet: true,
         stop_after_steps: stop,
         overwrite: false,
+        loader: Default::default(),
     }
 }
 
@@ -225,6 +227,49 @@ fn a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one() {
         resumed.evaluation.unwrap().1.map,
         whole.evaluation.unwrap().1.map
     );
+}
+
+/// Streaming with the field's random crops and flips and random windows: a run interrupted
+/// mid-epoch and resumed, with 4 workers then 1 and with 1 then 4, ends with the weights of
+/// an uninterrupted run with 1 worker (a step's samples never depend on who decodes them).
+#[test]
+fn streamed_runs_resume_bit_exactly_whatever_the_workers() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let cfg = tiny_config(TrainMode::Full, 2)
+        .with_transform(FrameTransformConfig::field())
+        .with_max_train_clips(12);
+    let device = test_device();
+    let opts = |out: &str, stop, workers| RunOptions {
+        loader: LoaderConfig::new().with_workers(workers),
+        ..quiet_run(dir.path().join(out), stop)
+    };
+    let go = |out: &str, stop, workers| {
+        device.seed(7);
+        let backbone = cfg.backbone.init(&device);
+        train(
+            cfg.clone(),
+            &data,
+            backbone,
+            &opts(out, stop, workers),
+            &device,
+        )
+        .unwrap()
+    };
+    let whole = go("whole", None, 1);
+    for (first, then) in [(4, 1), (1, 4)] {
+        let name = format!("part-{first}-{then}");
+        let part = go(&name, Some(4), first);
+        assert_eq!(part.state.global_step, 4);
+        let resumed = resume(&data, &opts(&name, None, then), &device).unwrap();
+        assert_eq!(resumed.state.global_step, 12);
+        assert_eq!(
+            values(&resumed.model),
+            values(&whole.model),
+            "{first} then {then} workers"
+        );
+    }
 }
 
 #[test]

@@ -420,18 +420,16 @@ fn synthetic_benchmark_as_video_matches_its_frames() {
     let db = TalDataset::load(&gt, &vi.join(VIDEOS_DIR), &[], None, 15).unwrap();
     let clips = ClipSamplingConfig::new().with_clip_frames(8);
     let device = e2e_tal::backend::cpu_device();
-    for (va, vb) in da.videos.iter().zip(&db.videos) {
-        assert_eq!(
-            (va.frames.len, va.fps),
-            (vb.frames.len, vb.fps),
-            "{}",
-            va.id
+    for (ta, tb) in da.videos.iter().zip(&db.videos) {
+        assert_eq!((ta.len(), ta.fps), (tb.len(), tb.fps), "{}", ta.id);
+        let (va, vb) = (
+            ta.source.read_all(None).unwrap(),
+            tb.source.read_all(None).unwrap(),
         );
         let diff: Vec<f64> = va
-            .frames
             .rgb
             .iter()
-            .zip(&vb.frames.rgb)
+            .zip(&vb.rgb)
             .map(|(&x, &y)| x as f64 - y as f64)
             .collect();
         let mae = diff.iter().map(|d| d.abs()).sum::<f64>() / diff.len() as f64;
@@ -439,14 +437,14 @@ fn synthetic_benchmark_as_video_matches_its_frames() {
         assert!(
             mae < 8.0 && bias.abs() < 2.0,
             "{}: mae {mae:.2}, bias {bias:.2}",
-            va.id
+            ta.id
         );
         // Resizing: FFmpeg's scaler on the video and the image crate's triangle filter on
         // the frames agree to the codec's loss as well.
         let (fa, fb) = (
-            va.frames.resized(16, 16),
+            va.resized(16, 16),
             open_source(
-                &vi.join(VIDEOS_DIR).join(format!("{}.mp4", va.id)),
+                &vi.join(VIDEOS_DIR).join(format!("{}.mp4", ta.id)),
                 "v",
                 None,
             )
@@ -461,17 +459,17 @@ fn synthetic_benchmark_as_video_matches_its_frames() {
             .map(|(&x, &y)| (x as f64 - y as f64).abs())
             .sum::<f64>()
             / fa.rgb.len() as f64;
-        assert!(mae_small < 4.0, "{}: resized mae {mae_small:.2}", va.id);
+        assert!(mae_small < 4.0, "{}: resized mae {mae_small:.2}", ta.id);
         eprintln!(
             "{}: |frames - video| {mae:.2} levels (bias {bias:.2}), resized to 16x16 {mae_small:.2}",
-            va.id
+            ta.id
         );
-        let ca = sample_clips(&va.frames, va.fps, &clips, None, &device).unwrap();
-        let cb = sample_clips(&vb.frames, vb.fps, &clips, None, &device).unwrap();
+        let ca = sample_clips(&va, ta.fps, &clips, None, &device).unwrap();
+        let cb = sample_clips(&vb, tb.fps, &clips, None, &device).unwrap();
         assert_eq!(ca.clips.dims(), cb.clips.dims());
         assert_eq!(ca.num_valid, cb.num_valid);
         let d: f32 = (ca.clips - cb.clips).abs().mean().into_scalar();
-        assert!(d < 0.15, "{}: mean |clip difference| {d}", va.id);
+        assert!(d < 0.15, "{}: mean |clip difference| {d}", ta.id);
     }
 }
 

@@ -12,6 +12,7 @@ use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::data::LoFiSampler;
 use e2e_tal::data::{Subset, SynthConfig};
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
+use e2e_tal::pipeline::{FrameTransformConfig, LoaderConfig};
 use e2e_tal::precision::Precision;
 use e2e_tal::train::{BackboneConfig, Checkpoint, RunOptions, TalDataset, TrainConfig, TrainMode};
 use e2e_tal::weights::CheckpointFamily;
@@ -93,9 +94,22 @@ pub struct TrainArgs {
     /// Peak learning rate of the backbone.
     #[arg(long, allow_negative_numbers = true)]
     lr_backbone: Option<f64>,
-    /// At most this many clips per training step (random window); 0 for whole videos.
-    #[arg(long)]
-    max_train_clips: Option<usize>,
+    /// At most this many clips per training step: a random window of the video, its ground
+    /// truth clipped to it (without it: the configuration's `max_train_clips`, whole videos
+    /// by default).
+    #[arg(long, visible_alias = "max-train-clips", value_parser = positive)]
+    max_clips: Option<usize>,
+    /// Side of the square frames the backbone reads (default: the backbone's input size, e.g.
+    /// 224 for the ViT presets; AdaTAD trains at 160); must be a multiple of its patch size.
+    #[arg(long, value_parser = positive)]
+    frame_size: Option<usize>,
+    /// Worker threads decoding the next steps' frames while a step computes (0: decode on the
+    /// training thread). Results do not depend on it.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Steps decoded ahead at most (the input queue's bound).
+    #[arg(long, default_value_t = 2, value_parser = positive)]
+    prefetch: usize,
     /// Keep an EMA of the weights with this decay (e.g. 0.999 for long runs) and evaluate it.
     #[arg(long, allow_negative_numbers = true)]
     ema_decay: Option<f64>,
@@ -169,7 +183,18 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
     match a.backbone {
         None => {}
         Some(BackboneArg::Synthetic) => cfg.backbone = BackboneConfig::synthetic_vit(),
-        Some(BackboneArg::Preset(p)) => cfg.backbone = BackboneConfig::preset(p),
+        Some(BackboneArg::Preset(p)) => {
+            cfg.backbone = BackboneConfig::preset(p);
+            // Real video: the field's training crops and flips.
+            let size = cfg.transform.size;
+            cfg.transform = FrameTransformConfig::field().with_size(size);
+        }
+    }
+    if let Some(n) = a.max_clips {
+        cfg.max_train_clips = n;
+    }
+    if let Some(s) = a.frame_size {
+        cfg.transform.size = Some(s);
     }
     macro_rules! set {
         ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
@@ -178,7 +203,6 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
         epochs,
         lr_head,
         lr_backbone,
-        max_train_clips,
         eval_every,
         ema_decay,
         precision,
@@ -221,6 +245,7 @@ fn resume_conflicts(a: &TrainArgs, ck: &TrainConfig) -> Result<Vec<String>> {
         .map(|(k, v)| {
             let flag = match k.as_str() {
                 "cache_features" => "--no-feature-cache".to_string(),
+                "transform" => "--frame-size".into(),
                 "lofi" => "--lofi".into(),
                 "drift" => "--drift-every / --drift-tolerance".into(),
                 other => format!("--{}", other.replace('_', "-")),
@@ -257,6 +282,22 @@ fn resume_conflicts(a: &TrainArgs, ck: &TrainConfig) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The input pipeline of `--workers` and `--prefetch`.
+fn loader(a: &TrainArgs) -> LoaderConfig {
+    LoaderConfig::new()
+        .with_workers(a.workers)
+        .with_prefetch(a.prefetch)
+}
+
+/// A whole number of at least 1 (`--max-clips 0` would be a window of no clips).
+fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// The run folder of `mode` when `--out` is not given.
 fn default_out(mode: TrainMode) -> PathBuf {
     PathBuf::from("runs").join(mode.to_string())
@@ -286,6 +327,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         quiet: a.quiet,
         stop_after_steps: a.stop_after_steps,
         overwrite: a.overwrite,
+        loader: loader(&a),
     };
     let data = dataset(&a.data, cfg.clips.span())?;
     let backbone = start_backbone(&a, &cfg, &device)?;
@@ -362,6 +404,7 @@ fn resume(a: &TrainArgs, device: &Device, start: Instant) -> Result<()> {
         quiet: a.quiet,
         stop_after_steps: a.stop_after_steps,
         overwrite: false,
+        loader: loader(a),
     };
     let changes = e2e_tal::train::ResumeChanges { epochs: a.epochs };
     let mut cfg = ck.meta.config.clone();
@@ -418,6 +461,13 @@ fn report_outcome(
     out: &Path,
     start: Instant,
 ) -> Result<()> {
+    if let Some(t) = outcome.first_step_after {
+        outln!(
+            "input pipeline: first step done {t:.1}s after the run started; steps waited \
+             {:.1}s for data in all",
+            outcome.data_wait
+        )?;
+    }
     if let Some(b) = outcome.peak_step_bytes {
         outln!(
             "peak memory of a training step: {} MiB",
@@ -468,5 +518,8 @@ fn report_outcome(
         }
     }
     outln!("total {:.1}s", start.elapsed().as_secs_f64())?;
+    if let Some(b) = e2e_tal::memory::peak_rss() {
+        outln!("peak resident memory: {} MiB", e2e_tal::memory::mib(b))?;
+    }
     Ok(())
 }

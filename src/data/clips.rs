@@ -156,7 +156,92 @@ pub fn clip_range(
     count: usize,
     device: &Device,
 ) -> Result<Tensor<5>> {
-    let n = cfg.num_clips(&frames.video, frames.len)?;
+    clips_from(frames, 0, frames.len, cfg, start, count, device)
+}
+
+/// The frames a run of clips reads from its video: frames `first..first + frames.len` of a
+/// video of `total` frames, decoded (and transformed) for clips `start..start + count`.
+#[derive(Debug, Clone)]
+pub struct ClipFrames {
+    /// The decoded frames.
+    pub frames: Frames,
+    /// Index of the first of them in the video.
+    pub first: usize,
+    /// Frames of the whole video.
+    pub total: usize,
+}
+
+impl ClipSamplingConfig {
+    /// Frames clips `start..start + count` of a video of `total` frames read (the last clip's
+    /// missing frames repeat the video's last frame).
+    pub fn frame_span(&self, start: usize, count: usize, total: usize) -> std::ops::Range<usize> {
+        let first = (start * self.snippet_stride).min(total.saturating_sub(1));
+        let end = ((start + count.max(1) - 1) * self.snippet_stride + self.span()).min(total);
+        first..end.max(first + 1)
+    }
+}
+
+impl ClipFrames {
+    /// Read the frames clips `start..start + count` of `source` need, through `op`.
+    pub fn read(
+        source: &dyn super::source::FrameSource,
+        cfg: &ClipSamplingConfig,
+        start: usize,
+        count: usize,
+        op: &super::spatial::SpatialOp,
+    ) -> Result<Self> {
+        let total = source.len();
+        let n = cfg.num_clips(source.video(), total)?;
+        if count == 0 || start + count > n {
+            return Err(Error::Config(format!(
+                "video `{}` has {n} clips; clips {start}..{} requested",
+                source.video(),
+                start + count
+            )));
+        }
+        let range = cfg.frame_span(start, count, total);
+        Ok(ClipFrames {
+            first: range.start,
+            frames: source.read_with(range, op)?,
+            total,
+        })
+    }
+
+    /// Clips `start..start + count` (of the whole video) from these frames, normalised.
+    ///
+    /// # Shapes
+    /// - output: `[count, 3, clip_frames, H, W]`
+    pub fn clips(
+        &self,
+        cfg: &ClipSamplingConfig,
+        start: usize,
+        count: usize,
+        device: &Device,
+    ) -> Result<Tensor<5>> {
+        clips_from(
+            &self.frames,
+            self.first,
+            self.total,
+            cfg,
+            start,
+            count,
+            device,
+        )
+    }
+}
+
+/// Clips `start..start + count` of a video of `total` frames whose frames from `first` on are
+/// in `frames`.
+fn clips_from(
+    frames: &Frames,
+    first: usize,
+    total: usize,
+    cfg: &ClipSamplingConfig,
+    start: usize,
+    count: usize,
+    device: &Device,
+) -> Result<Tensor<5>> {
+    let n = cfg.num_clips(&frames.video, total)?;
     if count == 0 || start + count > n {
         return Err(Error::Config(format!(
             "video `{}` has {n} clips; clips {start}..{} requested",
@@ -168,8 +253,19 @@ pub fn clip_range(
     let plane = h * w;
     let mut data = vec![0f32; count * 3 * f * plane];
     for k in 0..count {
-        for (j, fi) in cfg.clip_frame_indices(start + k, frames.len).enumerate() {
-            let src = frames.frame(fi);
+        for (j, fi) in cfg.clip_frame_indices(start + k, total).enumerate() {
+            let Some(src) = fi
+                .checked_sub(first)
+                .filter(|&i| i < frames.len)
+                .map(|i| frames.frame(i))
+            else {
+                return Err(Error::Config(format!(
+                    "video `{}`: clip {} needs frame {fi}, outside the frames read ({first}..{})",
+                    frames.video,
+                    start + k,
+                    first + frames.len
+                )));
+            };
             for c in 0..3 {
                 let (m, s) = (cfg.mean[c], cfg.std[c]);
                 let dst = ((k * 3 + c) * f + j) * plane;
@@ -274,5 +370,34 @@ mod tests {
         let got: Vec<f32> = part.into_data().try_to_vec().unwrap();
         assert_eq!(got, want);
         assert!(clip_range(&fr, &cfg, n - 1, 2, &device).is_err());
+    }
+
+    #[test]
+    fn clips_from_a_window_of_frames_equal_clips_of_the_whole_video() {
+        let device = crate::backend::cpu_device();
+        let cfg = ClipSamplingConfig::new()
+            .with_clip_frames(3)
+            .with_frame_stride(2)
+            .with_snippet_stride(2);
+        let fr = frames(12);
+        let n = cfg.num_clips("v", 12).unwrap();
+        let op = crate::data::SpatialOp::identity((2, 2));
+        for (start, count) in [(0, 1), (1, 2), (2, n - 2), (n - 1, 1)] {
+            let part = ClipFrames::read(&fr, &cfg, start, count, &op).unwrap();
+            assert_eq!(part.frames.len, cfg.frame_span(start, count, 12).len());
+            let got: Vec<f32> = part
+                .clips(&cfg, start, count, &device)
+                .unwrap()
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            let want: Vec<f32> = clip_range(&fr, &cfg, start, count, &device)
+                .unwrap()
+                .into_data()
+                .try_to_vec()
+                .unwrap();
+            assert_eq!(got, want, "{start} {count}");
+        }
+        assert!(ClipFrames::read(&fr, &cfg, n - 1, 2, &op).is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::spatial::SpatialOp;
 use crate::error::{Error, Result};
 
 /// Decoded frames of one video, RGB8, stored `[N, H, W, 3]`.
@@ -55,6 +56,49 @@ impl Frames {
             width,
             rgb,
         }
+    }
+}
+
+impl Frames {
+    /// Frames `range` through `op` (crop, scale, flip): frames held in memory read the way a
+    /// frame folder or a video file is read.
+    pub fn read_with(&self, range: std::ops::Range<usize>, op: &SpatialOp) -> Result<Frames> {
+        if range.start >= range.end || range.end > self.len {
+            return Err(Error::MissingFrames {
+                path: PathBuf::from("<memory>"),
+                video: self.video.clone(),
+                reason: format!("frames {range:?} asked for; the video has {}", self.len),
+            });
+        }
+        if op.source != (self.height, self.width) || !op.is_valid() {
+            return Err(Error::Config(format!(
+                "video `{}`: a crop of {:?} from {}x{} frames asked for frames of {}x{}",
+                self.video, op.crop, op.source.1, op.source.0, self.width, self.height
+            )));
+        }
+        let n = self.height * self.width * 3;
+        let rgb = if op.is_identity() {
+            self.rgb[range.start * n..range.end * n].to_vec()
+        } else {
+            let mut rgb = Vec::with_capacity(range.len() * op.out.0 * op.out.1 * 3);
+            for i in range.clone() {
+                let img = image::RgbImage::from_raw(
+                    self.width as u32,
+                    self.height as u32,
+                    self.frame(i).to_vec(),
+                )
+                .expect("frames hold height * width * 3 bytes each");
+                rgb.extend_from_slice(op.apply_rgb(img).as_raw());
+            }
+            rgb
+        };
+        Ok(Frames {
+            video: self.video.clone(),
+            len: range.len(),
+            height: op.out.0,
+            width: op.out.1,
+            rgb,
+        })
     }
 }
 
@@ -208,6 +252,28 @@ impl FrameFolder {
         range: std::ops::Range<usize>,
         resize: Option<(usize, usize)>,
     ) -> Result<Frames> {
+        let source = self.frame_size()?;
+        let op = SpatialOp::resize(source, resize.unwrap_or(source));
+        self.read_with(range, &op)
+    }
+
+    /// Size of the first frame (height, width), read from its header.
+    pub fn frame_size(&self) -> Result<(usize, usize)> {
+        let path = self.files.first().ok_or_else(|| Error::MissingFrames {
+            path: self.dir.clone(),
+            video: self.video.clone(),
+            reason: "no frames".into(),
+        })?;
+        let (w, h) = image::image_dimensions(path).map_err(|e| Error::BadFrame {
+            path: path.clone(),
+            reason: format!("cannot read the frame's size: {e}"),
+        })?;
+        Ok((h as usize, w as usize))
+    }
+
+    /// Decode frames `range` through `op` (crop, scale, flip). Every frame must have the size
+    /// `op` reads (the first frame's).
+    pub fn read_with(&self, range: std::ops::Range<usize>, op: &SpatialOp) -> Result<Frames> {
         let Some(files) = self.files.get(range.clone()).filter(|f| !f.is_empty()) else {
             return Err(Error::MissingFrames {
                 path: self.dir.clone(),
@@ -215,43 +281,26 @@ impl FrameFolder {
                 reason: format!("frames {range:?} asked for; the folder has {}", self.len()),
             });
         };
-        let mut rgb = Vec::new();
-        let mut size = None;
+        let mut rgb = Vec::with_capacity(files.len() * op.out.0 * op.out.1 * 3);
         for path in files {
             let img = decode_frame(path)?;
             let (w, h) = (img.width() as usize, img.height() as usize);
-            match size {
-                None => size = Some((h, w)),
-                Some(s) if s != (h, w) => {
-                    return Err(Error::BadFrame {
-                        path: path.clone(),
-                        reason: format!(
-                            "frame is {w}x{h}, the video's frame {} is {}x{}",
-                            range.start + 1,
-                            s.1,
-                            s.0
-                        ),
-                    });
-                }
-                Some(_) => {}
+            if (h, w) != op.source {
+                return Err(Error::BadFrame {
+                    path: path.clone(),
+                    reason: format!(
+                        "frame is {w}x{h}, the video's first frame is {}x{}",
+                        op.source.1, op.source.0
+                    ),
+                });
             }
-            let img = match resize {
-                Some((rh, rw)) if (rh, rw) != (h, w) => image::imageops::resize(
-                    &img,
-                    rw as u32,
-                    rh as u32,
-                    image::imageops::FilterType::Triangle,
-                ),
-                _ => img,
-            };
-            rgb.extend_from_slice(img.as_raw());
+            rgb.extend_from_slice(op.apply_rgb(img).as_raw());
         }
-        let (height, width) = resize.or(size).expect("at least one frame");
         Ok(Frames {
             video: self.video.clone(),
             len: files.len(),
-            height,
-            width,
+            height: op.out.0,
+            width: op.out.1,
             rgb,
         })
     }

@@ -11,6 +11,7 @@ mod json;
 pub(crate) mod lofi;
 pub(crate) mod npy;
 pub(crate) mod source;
+pub(crate) mod spatial;
 pub(crate) mod synth;
 pub(crate) mod thumos;
 #[cfg(feature = "video")]
@@ -20,7 +21,7 @@ pub use annotations::{
     Annotation, Detection, GroundTruth, Predictions, Subset, VideoAnnotations, VideoDetections,
 };
 pub use augment::AugmentConfig;
-pub use clips::{ClipBatch, ClipSamplingConfig, clip_range, sample_clips};
+pub use clips::{ClipBatch, ClipFrames, ClipSamplingConfig, clip_range, sample_clips};
 pub use frames::{FrameFolder, Frames};
 pub use lofi::{Fidelity, LoFiConfig, LoFiMode, LoFiSampler};
 pub use npy::FeatureSequence;
@@ -28,6 +29,7 @@ pub use source::{
     ANNOTATIONS_FILE, FRAMES_DIR, FrameSource, VIDEO_EXTENSIONS, VIDEOS_DIR, locate_video,
     media_dir, open_source,
 };
+pub use spatial::{CropRect, SpatialOp};
 pub use synth::{FrameFormat, SynthClass, SynthConfig, SynthDataset};
 pub use thumos::{ThumosSource, load_thumos, thumos_annotation_files};
 #[cfg(feature = "video")]

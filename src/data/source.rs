@@ -4,8 +4,10 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::frames::{FrameFolder, Frames};
+use super::spatial::SpatialOp;
 use crate::error::{Error, Result};
 
 /// File extensions recognised as video files (compared case-insensitively).
@@ -25,8 +27,11 @@ pub(crate) fn has_video_extension(path: &Path) -> bool {
         .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// The frames of one video, wherever they are stored.
-pub trait FrameSource {
+/// The frames of one video, wherever they are stored: a frame folder, a video file, or frames
+/// already in memory. Readers decode only the frames asked for, through a [`SpatialOp`], so
+/// nothing holds a video at its stored size; sources are shared by the input pipeline's
+/// worker threads.
+pub trait FrameSource: Send + Sync {
     /// Video identifier.
     fn video(&self) -> &str;
     /// The folder or file the frames come from (named in errors).
@@ -40,13 +45,20 @@ pub trait FrameSource {
     /// The source's own frame rate: a video file's sampling grid; `None` for frame folders,
     /// whose rate the annotations give.
     fn fps(&self) -> Option<f64>;
+    /// Size of the stored frames (height, width).
+    fn frame_size(&self) -> Result<(usize, usize)>;
     /// Error unless the source matches an annotation's `num_frames`. Frame folders must hold
     /// exactly that many frames (fewer means lost frames, more another copy mixed in); a video
     /// file's frames come from its own timestamps, so the count of another extraction does not
     /// bind it.
     fn check_count(&self, num_frames: usize) -> Result<()>;
+    /// Decode frames `range` through `op` (crop, scale, mirror), applied while decoding.
+    fn read_with(&self, range: Range<usize>, op: &SpatialOp) -> Result<Frames>;
     /// Decode frames `range`, optionally resized to `(height, width)` (triangle filter).
-    fn read(&self, range: Range<usize>, resize: Option<(usize, usize)>) -> Result<Frames>;
+    fn read(&self, range: Range<usize>, resize: Option<(usize, usize)>) -> Result<Frames> {
+        let source = self.frame_size()?;
+        self.read_with(range, &SpatialOp::resize(source, resize.unwrap_or(source)))
+    }
     /// Decode every frame.
     fn read_all(&self, resize: Option<(usize, usize)>) -> Result<Frames> {
         self.read(0..self.len(), resize)
@@ -66,11 +78,38 @@ impl FrameSource for FrameFolder {
     fn fps(&self) -> Option<f64> {
         None
     }
+    fn frame_size(&self) -> Result<(usize, usize)> {
+        FrameFolder::frame_size(self)
+    }
     fn check_count(&self, num_frames: usize) -> Result<()> {
         self.expect_count(num_frames)
     }
-    fn read(&self, range: Range<usize>, resize: Option<(usize, usize)>) -> Result<Frames> {
-        self.read_range(range, resize)
+    fn read_with(&self, range: Range<usize>, op: &SpatialOp) -> Result<Frames> {
+        FrameFolder::read_with(self, range, op)
+    }
+}
+
+impl FrameSource for Frames {
+    fn video(&self) -> &str {
+        &self.video
+    }
+    fn path(&self) -> &Path {
+        Path::new("<memory>")
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn fps(&self) -> Option<f64> {
+        None
+    }
+    fn frame_size(&self) -> Result<(usize, usize)> {
+        Ok((self.height, self.width))
+    }
+    fn check_count(&self, _num_frames: usize) -> Result<()> {
+        Ok(())
+    }
+    fn read_with(&self, range: Range<usize>, op: &SpatialOp) -> Result<Frames> {
+        Frames::read_with(self, range, op)
     }
 }
 
@@ -88,11 +127,14 @@ impl FrameSource for super::video::VideoFile {
     fn fps(&self) -> Option<f64> {
         Some(self.fps)
     }
+    fn frame_size(&self) -> Result<(usize, usize)> {
+        Ok((self.info.height, self.info.width))
+    }
     fn check_count(&self, _num_frames: usize) -> Result<()> {
         Ok(())
     }
-    fn read(&self, range: Range<usize>, resize: Option<(usize, usize)>) -> Result<Frames> {
-        VideoFile::read(self, range, resize)
+    fn read_with(&self, range: Range<usize>, op: &SpatialOp) -> Result<Frames> {
+        VideoFile::read_with(self, range, op)
     }
 }
 
@@ -102,9 +144,9 @@ use super::video::VideoFile;
 /// Open `path` as video `video`: a folder is a frame folder, a file a video file (decoded on a
 /// grid of `fps` frames per second, the file's own rate when `None`; frame folders ignore it).
 /// A video file in a build without the `video` feature is an error saying so.
-pub fn open_source(path: &Path, video: &str, fps: Option<f64>) -> Result<Box<dyn FrameSource>> {
+pub fn open_source(path: &Path, video: &str, fps: Option<f64>) -> Result<Arc<dyn FrameSource>> {
     if path.is_dir() {
-        return Ok(Box::new(FrameFolder::open(path, video)?));
+        return Ok(Arc::new(FrameFolder::open(path, video)?));
     }
     if !path.exists() && has_video_extension(path) {
         return Err(Error::Video {
@@ -123,7 +165,7 @@ pub fn open_source(path: &Path, video: &str, fps: Option<f64>) -> Result<Box<dyn
 }
 
 #[cfg(feature = "video")]
-fn open_video_file(path: &Path, video: &str, fps: Option<f64>) -> Result<Box<dyn FrameSource>> {
+fn open_video_file(path: &Path, video: &str, fps: Option<f64>) -> Result<Arc<dyn FrameSource>> {
     let v = VideoFile::open(path, video, fps)?;
     if v.info.variable_frame_rate {
         crate::io::warning(format_args!(
@@ -133,11 +175,11 @@ fn open_video_file(path: &Path, video: &str, fps: Option<f64>) -> Result<Box<dyn
             v.fps
         ));
     }
-    Ok(Box::new(v))
+    Ok(Arc::new(v))
 }
 
 #[cfg(not(feature = "video"))]
-fn open_video_file(path: &Path, _video: &str, _fps: Option<f64>) -> Result<Box<dyn FrameSource>> {
+fn open_video_file(path: &Path, _video: &str, _fps: Option<f64>) -> Result<Arc<dyn FrameSource>> {
     Err(Error::Video {
         path: path.to_path_buf(),
         reason: "this build reads frame folders only; video files need the `video` cargo \

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use super::frames::Frames;
+use super::spatial::SpatialOp;
 use crate::error::{Error, Result};
 
 /// What probing a video file found.
@@ -372,9 +373,9 @@ impl VideoFile {
         &self.times
     }
 
-    /// Decode stream frames `first..first + count` as RGB8 of `size` (height, width; the
-    /// stream's own when `None`, else scaled by FFmpeg's antialiased bilinear filter, the
-    /// triangle filter frame folders are resized with), seeking to `first`, and hand each one
+    /// Decode stream frames `first..first + count` as RGB8 through `op` (crop, scale by
+    /// FFmpeg's antialiased bilinear filter, the triangle filter frame folders are resized
+    /// with, mirror; all in the decoder's filter graph), seeking to `first`, and hand each one
     /// to `each(stream index, pixels)` as it arrives, so only the frames kept are held in
     /// memory. Errors name the file; fewer frames than the index promised (a truncated or
     /// corrupt file) is an error, never a shorter video.
@@ -382,11 +383,20 @@ impl VideoFile {
         &self,
         first: usize,
         count: usize,
-        size: Option<(usize, usize)>,
+        op: &SpatialOp,
         mut each: impl FnMut(usize, &[u8]),
     ) -> Result<()> {
         use std::io::Read;
-        let (h, w) = size.unwrap_or((self.info.height, self.info.width));
+        if op.source != (self.info.height, self.info.width) || !op.is_valid() {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "a crop of {:?} to {}x{} asked for; the video's frames are {}x{}",
+                    op.crop, op.out.1, op.out.0, self.info.width, self.info.height
+                ),
+            ));
+        }
+        let (h, w) = op.out;
         if count == 0 {
             return Ok(());
         }
@@ -396,7 +406,7 @@ impl VideoFile {
             .then(|| 0.5 * (self.times[first - 1] + self.times[first]) + self.first_offset);
         let ss = ss.map(|s| format!("{s:.6}"));
         let (n_arg, map) = (count.to_string(), format!("0:{}", self.stream));
-        let scale = format!("scale={w}:{h}:flags=bilinear");
+        let filter = op.ffmpeg_filter();
         let mut words = vec!["-nostdin", "-nostats", "-v", "error", "-xerror"];
         if let Some(s) = &ss {
             words.extend(["-ss", s]);
@@ -413,8 +423,8 @@ impl VideoFile {
             "-an",
             "-sn",
         ];
-        if size.is_some_and(|s| s != (self.info.height, self.info.width)) {
-            out.extend(["-vf", &scale]);
+        if !filter.is_empty() {
+            out.extend(["-vf", &filter]);
         }
         out.extend(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]);
         a.extend(out.into_iter().map(OsString::from));
@@ -476,6 +486,13 @@ impl VideoFile {
         range: std::ops::Range<usize>,
         resize: Option<(usize, usize)>,
     ) -> Result<Frames> {
+        let source = (self.info.height, self.info.width);
+        self.read_with(range, &SpatialOp::resize(source, resize.unwrap_or(source)))
+    }
+
+    /// Decode grid frames `range` through `op` (crop, scale, mirror), applied by FFmpeg's
+    /// filters while decoding.
+    pub fn read_with(&self, range: std::ops::Range<usize>, op: &SpatialOp) -> Result<Frames> {
         if range.start >= range.end || range.end > self.len() {
             return Err(bad(
                 &self.path,
@@ -484,12 +501,12 @@ impl VideoFile {
         }
         let picks = &self.grid[range.clone()];
         let (lo, hi) = (picks[0], picks[picks.len() - 1]);
-        let (height, width) = resize.unwrap_or((self.info.height, self.info.width));
+        let (height, width) = op.out;
         let mut rgb = Vec::with_capacity(picks.len() * height * width * 3);
         // Picks ascend and may repeat (a grid faster than the stream, a pause in a
         // variable-rate file): copy each decoded frame once per grid frame showing it.
         let mut next = 0;
-        self.decode_stream_frames(lo, hi - lo + 1, resize, |i, px| {
+        self.decode_stream_frames(lo, hi - lo + 1, op, |i, px| {
             while next < picks.len() && picks[next] == i {
                 rgb.extend_from_slice(px);
                 next += 1;

@@ -23,6 +23,7 @@ use crate::data::Subset;
 use crate::data::lofi::{Fidelity, LoFiMode};
 use crate::error::{Error, Result};
 use crate::memory::mib;
+use crate::pipeline::LoaderConfig;
 
 /// The default candidates: r_t in {1, 2, 4} x r_s in {1, sqrt 2, 2} (the paper's S, T and ST
 /// factors and full fidelity among them).
@@ -145,15 +146,15 @@ pub fn choose_fidelity(
         .indices(Subset::Training)
         .into_iter()
         .map(|i| &data.videos[i])
-        .max_by_key(|v| v.frames.len)
+        .max_by_key(|v| v.len())
         .ok_or_else(|| Error::Config("budget mode: the dataset has no training video".into()))?;
     let full_clips = &cfg.clips;
     let multiple = backbone.spatial_multiple();
-    let (h, w) = (video.frames.height, video.frames.width);
+    let (h, w) = cfg.frame_size();
     let mut order: Vec<(Fidelity, usize)> = candidates
         .iter()
         .map(|f| {
-            let px = f.pixels_snapped(full_clips, video.frames.len, h, w, multiple);
+            let px = f.pixels_snapped(full_clips, video.len(), h, w, multiple);
             (*f, px)
         })
         .collect();
@@ -174,6 +175,9 @@ pub fn choose_fidelity(
             quiet: true,
             stop_after_steps: Some(1),
             overwrite: true,
+            // Decoding on the training thread, outside the measured step: the probe measures
+            // the step's own memory.
+            loader: LoaderConfig::new().with_workers(0),
         };
         let t0 = Instant::now();
         let outcome = train(probe_cfg, &probe_data, backbone.clone(), &opts, device);

@@ -35,6 +35,10 @@ pub struct EpochLog {
     pub mean_loss: f64,
     /// Wall-clock seconds of the epoch's training steps.
     pub seconds: f64,
+    /// Of those, seconds the steps waited for their frames (decoding the input pipeline's
+    /// workers had not finished ahead of time).
+    #[serde(default)]
+    pub data_wait: f64,
     /// Average validation mAP (THUMOS thresholds), when evaluated after this epoch.
     pub val_average_map: Option<f64>,
     /// Reconstruction checks of the reversible backward this epoch (mode `reversible` with the
@@ -104,6 +108,9 @@ pub struct TrainState {
     pub epoch_loss_sum: f64,
     /// Seconds spent in the current epoch so far.
     pub epoch_seconds: f64,
+    /// Seconds of those the steps waited for data.
+    #[serde(default)]
+    pub epoch_data_wait: f64,
     /// Drift readings of the current epoch so far.
     #[serde(default)]
     pub epoch_drift: Option<DriftLog>,

@@ -9,6 +9,7 @@ use burn::config::Config;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::dataset::TalVideo;
 use super::loss_scale::LossScaleConfig;
 use crate::adapter::LosaConfig;
 use crate::backbone::resnet3d::ResNet3dConfig;
@@ -16,9 +17,11 @@ use crate::backbone::swin::SwinConfig;
 use crate::backbone::vit::VitConfig;
 use crate::backbone::{Backbone, BackbonePreset};
 use crate::data::ClipSamplingConfig;
+use crate::data::SpatialOp;
 use crate::data::augment::AugmentConfig;
 use crate::data::lofi::{LoFiConfig, LoFiMode};
 use crate::error::{Error, Result};
+use crate::pipeline::FrameTransformConfig;
 use crate::precision::Precision;
 use crate::reversible::DriftMonitor;
 use crate::tal::assign::AssignConfig;
@@ -121,6 +124,25 @@ impl BackboneConfig {
         }
     }
 
+    /// Side of the square frames the backbone is made for: the ViT's `image_size`, 224 for
+    /// Video Swin (its Kinetics training size), 112 for the 3-D ResNets (torchvision's).
+    pub fn input_size(&self) -> usize {
+        match self {
+            Self::Vit(c) => c.image_size,
+            Self::Swin(_) => 224,
+            Self::ResNet(_) => 112,
+        }
+    }
+
+    /// Frame sides must be multiples of this: the ViT's patch; Video Swin pads partial patches
+    /// and windows, the ResNets take any size.
+    pub fn spatial_multiple(&self) -> usize {
+        match self {
+            Self::Vit(c) => c.patch_size.max(1),
+            Self::Swin(_) | Self::ResNet(_) => 1,
+        }
+    }
+
     /// Build the model.
     pub fn init(&self, device: &Device) -> Backbone {
         match self {
@@ -164,6 +186,10 @@ pub struct TrainConfig {
     /// the backbone every step (not `head-only`).
     #[config(default = "LoFiConfig::new()")]
     pub lofi: LoFiConfig,
+    /// How frames are brought to the backbone's input: the output size (default: the
+    /// backbone's), the training crop and flip, the evaluation centre crop.
+    #[config(default = "FrameTransformConfig::new()")]
+    pub transform: FrameTransformConfig,
     /// Augmentation of each training step's clips (one transform per step, all clips alike);
     /// modes that run the backbone per step only (head-only trains on cached features).
     /// Default: none.
@@ -225,6 +251,10 @@ pub struct TrainConfig {
     /// ActionFormer's `max_seq_len` crop); 0: the whole video.
     #[config(default = 0)]
     pub max_train_clips: usize,
+    /// A ground-truth segment cut by a training window is kept, clipped to it, when at least
+    /// this share of its length lies inside (ActionFormer's `trunc_thresh`).
+    #[config(default = 0.5)]
+    pub trunc_thresh: f64,
     /// Frozen-backbone modes (head-only, adapter): run the backbone once over every video, keep
     /// its outputs and train on them (default; adapter mode keeps the tapped layers too, at
     /// most `clips x layers x adapter.max_tokens x width` floats per video, in memory).
@@ -248,6 +278,20 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Frame size (height, width) the backbone reads: `transform.size`, else the backbone's
+    /// input size.
+    pub fn frame_size(&self) -> (usize, usize) {
+        let s = self.transform.size.unwrap_or(self.backbone.input_size());
+        (s, s)
+    }
+
+    /// The evaluation transform of `video`'s frames to [`TrainConfig::frame_size`].
+    pub fn eval_op(&self, video: &TalVideo) -> Result<SpatialOp> {
+        Ok(self
+            .transform
+            .eval_op(video.frame_size()?, self.frame_size()))
+    }
+
     /// An error unless the backbone can compute in `precision`: mixed precision is implemented
     /// for the transformer backbones (a ResNet's convolution branches would silently stay f32).
     pub fn check_precision(&self, precision: Precision) -> Result<()> {
@@ -271,6 +315,20 @@ impl TrainConfig {
         let bad = |m: String| Err(Error::Config(m));
         if self.epochs == 0 {
             return bad("epochs must be at least 1".into());
+        }
+        self.transform.validate()?;
+        let (size, multiple) = (self.frame_size().0, self.backbone.spatial_multiple());
+        if size == 0 || !size.is_multiple_of(multiple) {
+            return bad(format!(
+                "frame size {size} (transform.size, --frame-size) must be a positive multiple \
+                 of the backbone's patch size {multiple}"
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.trunc_thresh) {
+            return bad(format!(
+                "trunc_thresh must be in [0, 1], got {}",
+                self.trunc_thresh
+            ));
         }
         for (name, v) in [("lr_head", self.lr_head), ("lr_backbone", self.lr_backbone)] {
             if !(v.is_finite() && v >= 0.0) {

@@ -1,18 +1,22 @@
-//! Videos in memory for training and evaluation: decoded frames plus ground truth converted to
-//! the feature grid the head predicts on.
+//! A dataset as an index for training and evaluation: per video its id, subset, rate, ground
+//! truth (converted to the feature grid the head predicts on) and an opened frame source that
+//! steps read from on demand ([`crate::pipeline`]); no frame is decoded when a dataset loads.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::data::annotations::{GroundTruth, Subset, VideoAnnotations};
+use crate::data::clips::ClipFrames;
 use crate::data::clips::ClipSamplingConfig;
 use crate::data::frames::Frames;
-use crate::data::source::{locate_video, open_source};
+use crate::data::source::{FrameSource, locate_video, open_source};
+use crate::data::spatial::SpatialOp;
 use crate::error::{Error, Result};
 use crate::tal::assign::GtSegment;
 use crate::tal::postprocess::GridToTime;
 
-/// One annotated video, frames decoded.
-#[derive(Debug, Clone)]
+/// One annotated video and where its frames are.
+#[derive(Clone)]
 pub struct TalVideo {
     /// Video identifier.
     pub id: String,
@@ -22,13 +26,53 @@ pub struct TalVideo {
     pub duration: f64,
     /// Frame rate.
     pub fps: f64,
-    /// Decoded RGB frames.
-    pub frames: Frames,
+    /// The video's frames, read on demand (a frame folder, a video file, or frames in memory).
+    pub source: Arc<dyn FrameSource>,
     /// Ground-truth segments in seconds with class indices.
     pub segments: Vec<([f64; 2], usize)>,
 }
 
+impl std::fmt::Debug for TalVideo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TalVideo")
+            .field("id", &self.id)
+            .field("subset", &self.subset)
+            .field("duration", &self.duration)
+            .field("fps", &self.fps)
+            .field("source", &self.source.path())
+            .field("frames", &self.source.len())
+            .field("segments", &self.segments)
+            .finish()
+    }
+}
+
 impl TalVideo {
+    /// Frames of the video on its sampling grid.
+    pub fn len(&self) -> usize {
+        self.source.len()
+    }
+
+    /// True when the video has no frame (never, for a loaded one).
+    pub fn is_empty(&self) -> bool {
+        self.source.is_empty()
+    }
+
+    /// Size of the stored frames (height, width).
+    pub fn frame_size(&self) -> Result<(usize, usize)> {
+        self.source.frame_size()
+    }
+
+    /// Decode the frames clips `start..start + count` (cut by `clips`) need, through `op`.
+    pub fn read_clips(
+        &self,
+        clips: &ClipSamplingConfig,
+        start: usize,
+        count: usize,
+        op: &SpatialOp,
+    ) -> Result<ClipFrames> {
+        ClipFrames::read(self.source.as_ref(), clips, start, count, op)
+    }
+
     /// Ground truth on the feature grid of `clips` (grid position `x` is the centre of clip
     /// `x`), as the head's label assignment wants it.
     pub fn grid_segments(&self, clips: &ClipSamplingConfig) -> Vec<GtSegment> {
@@ -76,28 +120,48 @@ fn check_fps(fps: f64, video: &str) -> Result<()> {
 }
 
 impl TalVideo {
-    /// An unannotated video of `frames` at `fps` frames per second (single-video inference);
-    /// its id is the frames' video name.
-    pub fn unannotated(frames: Frames, fps: f64) -> Result<Self> {
-        check_fps(fps, &frames.video)?;
+    /// An unannotated video read from `source` at `fps` frames per second (single-video
+    /// inference); its id is the source's video name.
+    pub fn unannotated(source: Arc<dyn FrameSource>, fps: f64) -> Result<Self> {
+        check_fps(fps, source.video())?;
         Ok(Self {
-            duration: frames.len as f64 / fps,
-            id: frames.video.clone(),
+            duration: source.len() as f64 / fps,
+            id: source.video().to_owned(),
             subset: Subset::Testing,
             fps,
-            frames,
+            source,
             segments: Vec::new(),
+        })
+    }
+
+    /// An annotated video whose frames are in memory (tests, generated data).
+    pub fn in_memory(
+        id: &str,
+        subset: Subset,
+        fps: f64,
+        frames: Frames,
+        segments: Vec<([f64; 2], usize)>,
+    ) -> Result<Self> {
+        check_fps(fps, id)?;
+        Ok(Self {
+            id: id.to_owned(),
+            subset,
+            duration: frames.len as f64 / fps,
+            fps,
+            source: Arc::new(frames),
+            segments,
         })
     }
 }
 
 impl TalDataset {
-    /// Decode every video of `gt` (the subsets in `subsets`, all when empty) from `media`:
-    /// the frame folder `media/<id>/` or the video file `media/<id>.<ext>`
-    /// ([`locate_video`]). `fps` overrides the frame rate (video files are resampled to it by
-    /// timestamp); otherwise a video file's own rate is used, and a frame folder's comes from
-    /// the annotations, or is the frame count over the duration. Every video must have at
-    /// least `min_frames` frames (one clip's span).
+    /// Index every video of `gt` (the subsets in `subsets`, all when empty) in `media`: the
+    /// frame folder `media/<id>/` or the video file `media/<id>.<ext>` ([`locate_video`]),
+    /// opened (a folder listed, a file probed; several at once) but not decoded. `fps`
+    /// overrides the frame rate (video files are resampled to it by timestamp); otherwise a
+    /// video file's own rate is used, and a frame folder's comes from the annotations, or is
+    /// the frame count over the duration. Every video must have at least `min_frames` frames
+    /// (one clip's span).
     pub fn load(
         gt: &GroundTruth,
         media: &Path,
@@ -106,25 +170,23 @@ impl TalDataset {
         min_frames: usize,
     ) -> Result<Self> {
         let classes = gt.classes(None);
+        let wanted: Vec<&VideoAnnotations> = gt
+            .videos
+            .iter()
+            .filter(|v| subsets.is_empty() || subsets.contains(&v.subset))
+            .collect();
+        let sources = open_all(&wanted, media, fps)?;
         let mut videos = Vec::new();
-        for v in gt.videos.iter() {
-            if !subsets.is_empty() && !subsets.contains(&v.subset) {
-                continue;
-            }
-            let src = open_source(&locate_video(media, &v.id)?, &v.id, fps)?;
-            if let Some(n) = v.num_frames {
-                src.check_count(n)?;
-            }
-            let frames = src.read_all(None)?;
-            let fps = fps.or(src.fps());
-            if frames.len < min_frames {
+        for (v, src) in wanted.into_iter().zip(sources) {
+            if src.len() < min_frames {
                 return Err(Error::VideoTooShort {
                     video: v.id.clone(),
-                    frames: frames.len,
+                    frames: src.len(),
                     clip_span: min_frames,
                 });
             }
-            videos.push(Self::video(v, frames, fps, &classes)?);
+            let own = src.fps();
+            videos.push(Self::video(v, src, fps.or(own), &classes)?);
         }
         if videos.is_empty() {
             return Err(Error::EmptyInput {
@@ -142,13 +204,13 @@ impl TalDataset {
 
     fn video(
         v: &VideoAnnotations,
-        frames: Frames,
+        source: Arc<dyn FrameSource>,
         fps: Option<f64>,
         classes: &[String],
     ) -> Result<TalVideo> {
         let fps = match fps.or(v.fps) {
             Some(f) => f,
-            None if v.duration > 0.0 => frames.len as f64 / v.duration,
+            None if v.duration > 0.0 => source.len() as f64 / v.duration,
             None => {
                 return Err(Error::InvalidField {
                     path: "annotations".into(),
@@ -178,7 +240,7 @@ impl TalDataset {
             subset: v.subset,
             duration: v.duration,
             fps,
-            frames,
+            source,
             segments,
         })
     }
@@ -189,6 +251,41 @@ impl TalDataset {
             .filter(|&i| self.videos[i].subset == subset)
             .collect()
     }
+}
+
+/// Threads that open (list or probe) a dataset's videos at once: probing is mostly waiting
+/// on `ffprobe` and the disk.
+const OPENERS: usize = 4;
+
+/// Open the source of every video of `videos` in `media` (checking a frame folder's count
+/// against the annotation's `num_frames`), [`OPENERS`] at a time; the first error in
+/// annotation order is returned.
+fn open_all(
+    videos: &[&VideoAnnotations],
+    media: &Path,
+    fps: Option<f64>,
+) -> Result<Vec<Arc<dyn FrameSource>>> {
+    let open = |v: &VideoAnnotations| -> Result<Arc<dyn FrameSource>> {
+        let src = open_source(&locate_video(media, &v.id)?, &v.id, fps)?;
+        if let Some(n) = v.num_frames {
+            src.check_count(n)?;
+        }
+        Ok(src)
+    };
+    let chunk = videos.len().div_ceil(OPENERS).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = videos
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().map(|v| open(v)).collect::<Vec<_>>()))
+            .collect();
+        let mut out = Vec::with_capacity(videos.len());
+        for h in handles {
+            for r in h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                out.push(r?);
+            }
+        }
+        Ok(out)
+    })
 }
 
 #[cfg(test)]

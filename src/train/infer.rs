@@ -91,7 +91,8 @@ pub fn trained_model(ck: &Checkpoint, device: &Device) -> Result<TalModel> {
 /// Run the detector of the run (or checkpoint folder) `checkpoint` on the video at `input`: a
 /// video file (`video` feature) or a frame folder. Frames are sampled at `opts.fps` (default:
 /// the rate the run was trained at, so clips span the time they spanned in training; a video
-/// file's own rate when the run does not record one) and resized to the run's frame size.
+/// file's own rate when the run does not record one) and brought to the run's frame size
+/// (short side resized, centre crop), chunk by chunk as the backbone reads them.
 /// A frame folder carries no rate: without `fps` the run's is used, and a run without one is
 /// an error asking for it.
 pub fn detect_video(
@@ -127,9 +128,7 @@ pub fn detect_video(
             clip_span: span,
         });
     }
-    let (h, w) = ck.meta.frame_size;
-    let frames = src.read_all(Some((h, w)))?;
-    let video = TalVideo::unannotated(frames, fps)?;
+    let video = TalVideo::unannotated(src, fps)?;
     let model = trained_model(&ck, device)?;
     let det = Detector::new(&model, cfg, device)?;
     let detections = det.detect(&video)?;
@@ -137,7 +136,7 @@ pub fn detect_video(
         id: video.id.clone(),
         source: input.to_path_buf(),
         fps,
-        frames: video.frames.len,
+        frames: video.len(),
         duration: video.duration,
         detections,
         classes: ck.meta.classes.clone(),

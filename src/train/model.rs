@@ -7,8 +7,9 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 use super::config::{TrainConfig, TrainMode};
 use crate::adapter::{Losa, LosaInput};
 use crate::backbone::{Backbone, BackboneOutput, LayerTaps, Network, VideoBackbone};
-use crate::data::clips::{ClipSamplingConfig, clip_range};
-use crate::data::frames::Frames;
+use crate::data::clips::{ClipFrames, ClipSamplingConfig};
+use crate::data::source::FrameSource;
+use crate::data::spatial::SpatialOp;
 use crate::error::{Error, Result};
 use crate::reversible::RewiredBackbone;
 use crate::tal::decode::decode_video;
@@ -151,24 +152,28 @@ impl Extraction<'_> {
     }
 }
 
-/// Run `backbone` without a graph over every clip of `frames`, `how.chunk` clips at a time.
+/// Run `backbone` without a graph over every clip of `video`, `how.chunk` clips at a time,
+/// reading each chunk's frames through `op` as it goes (memory: one chunk's frames, not the
+/// video's).
 ///
 /// # Shapes
 /// - output `features`: `[T, C]`, `layers[i]`: `[T, L_i, C_i]`
 pub fn extract_features(
     backbone: &Backbone,
-    frames: &Frames,
+    video: &dyn FrameSource,
+    op: &SpatialOp,
     clips: &ClipSamplingConfig,
     how: Extraction<'_>,
     device: &Device,
 ) -> Result<BackboneOutput> {
     let device = device.clone().without_autodiff();
-    let n = clips.num_clips(&frames.video, frames.len)?;
+    let n = clips.num_clips(video.video(), video.len())?;
     let (mut feats, mut inter) = (Vec::new(), vec![Vec::new(); how.taps.layers.len()]);
     let mut start = 0;
     while start < n {
         let count = how.chunk.max(1).min(n - start);
-        let out = how.outputs(backbone, clip_range(frames, clips, start, count, &device)?)?;
+        let frames = ClipFrames::read(video, clips, start, count, op)?;
+        let out = how.outputs(backbone, frames.clips(clips, start, count, &device)?)?;
         feats.push(out.features);
         for (acc, t) in inter.iter_mut().zip(out.layers) {
             acc.push(t);
@@ -252,12 +257,15 @@ impl<'a> Detector<'a> {
         }
     }
 
-    /// Backbone outputs of one video, the branches in the run's precision.
+    /// Backbone outputs of one video, the branches in the run's precision, its frames read
+    /// chunk by chunk through the evaluation transform.
     pub fn features(&self, video: &TalVideo) -> Result<BackboneOutput> {
+        let op = self.cfg.eval_op(video)?;
         crate::precision::autocast(self.cfg.precision, || {
             extract_features(
                 &self.model.backbone,
-                &video.frames,
+                video.source.as_ref(),
+                &op,
                 &self.cfg.clips,
                 self.extraction(),
                 &self.device,

@@ -22,8 +22,9 @@ use super::step::{BackboneRun, finite_loss};
 use crate::backbone::{Backbone, Network, VideoBackbone};
 use crate::data::annotations::Subset;
 use crate::data::augment::AugmentConfig;
-use crate::data::clips::{ClipSamplingConfig, clip_range};
+use crate::data::clips::ClipSamplingConfig;
 use crate::error::{Error, Result};
+use crate::pipeline::FrameTransformConfig;
 use crate::precision::{Precision, autocast};
 use crate::reversible::{DriftMonitor, RewiredBackbone};
 
@@ -101,7 +102,7 @@ pub fn trimmed_clips(
     let (mut actions, mut background) = (Vec::new(), Vec::new());
     for vi in data.indices(subset) {
         let v = &data.videos[vi];
-        let n = every_frame(&cfg.clips).num_clips(&v.id, v.frames.len)?;
+        let n = every_frame(&cfg.clips).num_clips(&v.id, v.len())?;
         for c in 0..n {
             let s = c as f64;
             let e = s + span;
@@ -264,16 +265,8 @@ fn pretrain_scoped(
     super::model::materialize(&backbone);
     let backbone = backbone.fork(&device).train();
     let plain = device.clone().without_autodiff();
-    let probe = Tensor::<5>::zeros(
-        [
-            1,
-            3,
-            cfg.clips.clip_frames,
-            data.videos[0].frames.height,
-            data.videos[0].frames.width,
-        ],
-        &plain,
-    );
+    let size = cfg.backbone.input_size();
+    let probe = Tensor::<5>::zeros([1, 3, cfg.clips.clip_frames, size, size], &plain);
     let dim = backbone.valid().forward(probe, &[])?.features.dims()[1];
     let mut model = ClipClassifier {
         backbone,
@@ -304,7 +297,7 @@ fn pretrain_scoped(
         let batch: Vec<TrimmedClip> = (0..cfg.batch_size)
             .map(|_| *train_clips.choose(&mut rng).expect("non-empty"))
             .collect();
-        let (x, y) = batch_tensors(data, &cfg.clips, &batch, &device)?;
+        let (x, y) = batch_tensors(data, &cfg.clips, size, &batch, &device)?;
         let x = cfg.augment.apply_per_clip(x, &mut rng);
         let seed = crate::seed::mix(cfg.seed, step as u64);
         let late = step * 10 >= cfg.steps * 9;
@@ -343,6 +336,7 @@ fn pretrain_scoped(
             &model.valid(),
             data,
             &cfg.clips,
+            size,
             &val_clips,
             pass,
             &plain,
@@ -358,18 +352,20 @@ fn pretrain_scoped(
     })
 }
 
-/// Clip accuracy of `model` on `clips` (no graph), 32 clips at a time.
+/// Clip accuracy of `model` on `clips` (no graph), 32 clips at a time, their frames brought to
+/// `size` x `size` (the backbone's input).
 pub fn clip_accuracy(
     model: &ClipClassifier,
     data: &TalDataset,
     clips_cfg: &ClipSamplingConfig,
+    size: usize,
     clips: &[TrimmedClip],
     network: Network,
     device: &Device,
 ) -> Result<f64> {
     let mut right = 0;
     for chunk in clips.chunks(32) {
-        let (x, y) = batch_tensors(data, clips_cfg, chunk, device)?;
+        let (x, y) = batch_tensors(data, clips_cfg, size, chunk, device)?;
         right += correct(model.forward(x, network)?, y);
     }
     Ok(right as f64 / clips.len().max(1) as f64)
@@ -383,13 +379,21 @@ fn correct(logits: Tensor<2>, y: Tensor<1, Int>) -> usize {
 fn batch_tensors(
     data: &TalDataset,
     clips: &ClipSamplingConfig,
+    backbone_size: usize,
     batch: &[TrimmedClip],
     device: &Device,
 ) -> Result<(Tensor<5>, Tensor<1, Int>)> {
     let clips = every_frame(clips);
     let xs = batch
         .iter()
-        .map(|c| clip_range(&data.videos[c.video].frames, &clips, c.start, 1, device))
+        .map(|c| {
+            // The backbone's input size, short side resized and the centre kept.
+            let v = &data.videos[c.video];
+            let out = (backbone_size, backbone_size);
+            let op = FrameTransformConfig::new().eval_op(v.frame_size()?, out);
+            v.read_clips(&clips, c.start, 1, &op)?
+                .clips(&clips, c.start, 1, device)
+        })
         .collect::<Result<Vec<_>>>()?;
     let labels: Vec<i64> = batch.iter().map(|c| c.label as i64).collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
@@ -414,13 +418,13 @@ mod tests {
             subset: Subset::Training,
             duration: len as f64 / 10.0,
             fps: 10.0,
-            frames: Frames {
+            source: std::sync::Arc::new(Frames {
                 video: id.into(),
                 len,
                 height: 2,
                 width: 2,
                 rgb: vec![0; len * 12],
-            },
+            }),
             segments,
         }
     }

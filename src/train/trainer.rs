@@ -1,23 +1,23 @@
 //! The training loop shared by every mode: one video per step (a random window of at most
-//! `max_train_clips` clips), AdamW with separate warm-up + cosine schedules for backbone and
-//! head, global gradient-norm clipping, periodic evaluation, crash-safe checkpoints and exact
-//! resume.
+//! `max_train_clips` clips, its frames decoded ahead by the input pipeline's workers),
+//! AdamW with separate warm-up + cosine schedules for backbone and head, global gradient-norm
+//! clipping, periodic evaluation, crash-safe checkpoints and exact resume.
 //!
 //! Why not burn-train's `Learner`: a step here is one variable-length video whose gradients
 //! may come from the reversible pass (not `loss.backward()`), backbone and head have separate
 //! optimizers and schedules, and resume must continue mid-epoch on the same data order; a
 //! plain loop over library pieces says all of that directly and keeps the CI build small.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{
@@ -28,20 +28,22 @@ use super::dataset::TalDataset;
 use super::ema::ema_update;
 use super::loss_scale::LossScale;
 use super::model::{Detector, TalModel, adapter_layers, materialize};
-use super::plan::TrainPlan;
+use super::plan::{Sampling, TrainPlan};
 use super::schedule::WarmupCosine;
 use super::step::{self, Computed, ModeStep, Objective, Window};
 use crate::backbone::{Backbone, BackboneOutput};
+use crate::data::ClipSamplingConfig;
 use crate::data::annotations::{Predictions, Subset, VideoDetections};
-use crate::data::frames::Frames;
-use crate::data::lofi::{Fidelity, LoFiMode};
+use crate::data::clips::ClipFrames;
+use crate::data::lofi::Fidelity;
 use crate::data::npy::FeatureSequence;
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
+use crate::pipeline::{ClipWindow, LoaderConfig, Prefetcher};
 use crate::precision::{Precision, autocast};
 use crate::reversible::SegmentDrift;
 use crate::seed::mix;
-use crate::tal::assign::{GtSegment, assign};
+use crate::tal::assign::assign;
 use crate::tal::loss::LossNormalizer;
 
 /// How a run is driven (not part of the model's configuration).
@@ -56,6 +58,8 @@ pub struct RunOptions {
     /// Start a new run even where `out_dir` holds one, removing that run's outputs first
     /// ([`prepare_run_folder`]); without it [`train`] refuses such a folder.
     pub overwrite: bool,
+    /// The input pipeline's workers and queue (results do not depend on them).
+    pub loader: LoaderConfig,
 }
 
 /// What a run writes into its folder ([`prepare_run_folder`] removes these and nothing else).
@@ -124,6 +128,11 @@ pub struct TrainOutcome {
     /// first update allocates the optimizers' state, which stays allocated afterwards like
     /// the parameters: this is what each later step needs on top of it.
     pub steady_step_bytes: Option<usize>,
+    /// Seconds this call's steps waited for their frames (the input pipeline's decoding that
+    /// its workers had not done ahead of time).
+    pub data_wait: f64,
+    /// Seconds from the call to the end of its first step (`None` when it took none).
+    pub first_step_after: Option<f64>,
 }
 
 /// Start a new run: build the model around `backbone` (fresh or with loaded weights) and train.
@@ -135,10 +144,11 @@ pub fn train(
     device: &Device,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
+    let existed = opts.out_dir.exists();
     prepare_run_folder(&opts.out_dir, opts.overwrite)?;
     check_trainable(data)?;
     let device = device.clone().autodiff();
-    let frame_size = frame_size(data)?;
+    let frame_size = cfg.frame_size();
     // Burn initialises parameters lazily, at first use: fix the backbone's values now (under
     // the caller's seed), then move it onto the autodiff device with gradients tracked.
     materialize(&backbone);
@@ -159,6 +169,7 @@ pub fn train(
             normalizer: LossNormalizer::new(&cfg.loss).value,
             epoch_loss_sum: 0.0,
             epoch_seconds: 0.0,
+            epoch_data_wait: 0.0,
             epoch_drift: None,
             loss_scale: (cfg.precision == Precision::F16).then(|| LossScale::new(&cfg.loss_scale)),
             history: Vec::new(),
@@ -167,7 +178,33 @@ pub fn train(
     };
     let optims = new_optimizers(&meta.config);
     let ema = (meta.config.ema_decay > 0.0).then(|| model.valid());
-    run(meta, model, ema, optims, data, opts, &device)
+    let outcome = run(meta, model, ema, optims, data, opts, &device);
+    if outcome.is_err() {
+        undo_failed_start(&opts.out_dir, existed);
+    }
+    outcome
+}
+
+/// A new run that failed before its first checkpoint (a video that cannot be read, a
+/// non-finite first loss) leaves nothing behind: [`prepare_run_folder`] made sure no run
+/// output was there, so every one present now is this run's, and the folder goes too when the
+/// run made it and nothing else is in it. A run with a checkpoint keeps everything: it resumes
+/// once its input is mended.
+fn undo_failed_start(out: &Path, existed: bool) {
+    if out.join("checkpoint").exists() || out.join("checkpoint.old").exists() {
+        return;
+    }
+    for name in RUN_OUTPUTS {
+        let p = out.join(name);
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+    if !existed {
+        let _ = std::fs::remove_dir(out);
+    }
 }
 
 /// A dataset a run can learn from: some action to learn and some video to train on. Errors
@@ -263,21 +300,6 @@ pub fn load_model(ck: &Checkpoint, device: &Device) -> Result<TalModel> {
     TalModel::new(&m.config, backbone, m.classes.len(), m.frame_size, device)
 }
 
-fn frame_size(data: &TalDataset) -> Result<(usize, usize)> {
-    let f = &data.videos[0].frames;
-    if let Some(v) = data
-        .videos
-        .iter()
-        .find(|v| (v.frames.height, v.frames.width) != (f.height, f.width))
-    {
-        return Err(Error::Config(format!(
-            "video `{}` has {}x{} frames, `{}` {}x{}: resize the dataset to one frame size",
-            v.id, v.frames.height, v.frames.width, f.video, f.height, f.width
-        )));
-    }
-    Ok((f.height, f.width))
-}
-
 fn new_optimizers(cfg: &TrainConfig) -> (ModuleOptimizer, ModuleOptimizer) {
     let adamw = || {
         AdamWConfig::new()
@@ -301,9 +323,8 @@ struct Ctx<'a> {
     /// Frozen-backbone modes with `cache_features`: every video's backbone outputs (head-only:
     /// the last layer, `[T, C]`; adapter: also the tapped layers), extracted once, no graph.
     cached: Vec<Option<BackboneOutput>>,
-    /// LoFi: the videos' frames at each reduced frame size the sampler uses (training videos
-    /// only; other entries empty), resized once.
-    lofi_frames: HashMap<(usize, usize), Vec<Option<Frames>>>,
+    /// Frame size of the backbone's input.
+    out_size: (usize, usize),
     /// Frame sizes must be multiples of this (the backbone's patch).
     spatial_multiple: usize,
     steps_per_epoch: usize,
@@ -311,21 +332,77 @@ struct Ctx<'a> {
     sched_backbone: WarmupCosine,
 }
 
-impl Ctx<'_> {
-    /// Frame size of `fidelity` for `height x width` frames, snapped to the nearest multiple
-    /// of the backbone's patch (ST-LoFi's r_s = sqrt 2 on 64 pixels: 45 -> 48).
-    fn lofi_size(&self, fidelity: &Fidelity, height: usize, width: usize) -> (usize, usize) {
-        fidelity.frame_size_snapped(height, width, self.spatial_multiple)
-    }
+/// What the input pipeline's workers read to prepare an epoch's steps (shared by them).
+struct StepFeed {
+    cfg: TrainConfig,
+    data: Arc<TalDataset>,
+    sampling: Option<Sampling>,
+    /// The epoch's video order.
+    order: Vec<usize>,
+    epoch: usize,
+    /// Step in the epoch and global step the feed starts at.
+    first: (usize, usize),
+    /// Frame size of the backbone's input.
+    out_size: (usize, usize),
+    /// Frame sizes must be multiples of this (the backbone's patch).
+    spatial_multiple: usize,
+}
 
-    /// The clip window of a step: `(start, count)`.
-    fn window(&self, n: usize, rng: &mut ChaCha8Rng) -> (usize, usize) {
-        let max = self.cfg.max_train_clips;
-        if max == 0 || n <= max {
-            (0, n)
-        } else {
-            (rng.random_range(0..=n - max), max)
-        }
+/// Everything one step trains on, prepared off the training thread.
+struct StepInput {
+    /// Video index.
+    video: usize,
+    /// Clip sampling at the step's temporal fidelity.
+    clips: ClipSamplingConfig,
+    /// The clips the step reads.
+    window: ClipWindow,
+    /// Their frames, decoded and transformed (`None` on cached features).
+    frames: Option<ClipFrames>,
+    /// Global step.
+    step: usize,
+    /// The step's seed.
+    seed: u64,
+}
+
+impl StepFeed {
+    /// Step `i` of the epoch: its video, fidelity, window and frames, all drawn from the
+    /// step's own seed (the same whichever worker prepares it, and on resume).
+    fn prepare(&self, i: usize) -> Result<StepInput> {
+        let cfg = &self.cfg;
+        let step = self.first.1 + (i - self.first.0);
+        let v = self.order[i];
+        let video = &self.data.videos[v];
+        let fidelity = self
+            .sampling
+            .as_ref()
+            .map_or(Fidelity::full(), |s| s.fidelity(self.epoch, i));
+        // LoFi: fewer snippets (the grid's stride times r_t) and/or smaller frames.
+        let clips = fidelity.clips(&cfg.clips);
+        let seed = mix(cfg.seed ^ 0x5EED, step as u64);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = clips.num_clips(&video.id, video.len())?;
+        let window = ClipWindow::choose(n, cfg.max_train_clips, &mut rng);
+        let frames = match &self.sampling {
+            None => None,
+            Some(_) => {
+                let (h, w) = self.out_size;
+                let out = fidelity.frame_size_snapped(h, w, self.spatial_multiple);
+                let op = cfg.transform.train_op(
+                    video.frame_size()?,
+                    out,
+                    &mut ChaCha8Rng::seed_from_u64(mix(seed, 0xC809)),
+                );
+                Some(video.read_clips(&clips, window.start, window.count, &op)?)
+            }
+        };
+        Ok(StepInput {
+            video: v,
+            clips,
+            window,
+            frames,
+            step,
+            seed,
+        })
     }
 }
 
@@ -355,6 +432,7 @@ fn run_scoped(
     opts: &RunOptions,
     device: &Device,
 ) -> Result<TrainOutcome> {
+    let began = Instant::now();
     let cfg = meta.config.clone();
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     crate::io::write_json_atomic(&opts.out_dir.join("config.json"), &cfg)?;
@@ -377,7 +455,7 @@ fn run_scoped(
         val_idx: data.indices(Subset::Validation),
         device: device.clone(),
         cached: vec![None; data.videos.len()],
-        lofi_frames: HashMap::new(),
+        out_size: cfg.frame_size(),
         spatial_multiple: model.backbone.spatial_multiple(),
         steps_per_epoch,
         sched_head: WarmupCosine {
@@ -394,7 +472,8 @@ fn run_scoped(
     if ctx.plan.caches_features() {
         cache_features(&mut ctx, &model, &opts.out_dir, opts.quiet)?;
     }
-    resize_for_lofi(&mut ctx, frame_size(data)?);
+    // The workers' view of the dataset (they outlive no borrow).
+    let shared = Arc::new(data.clone());
     let bar = if opts.quiet {
         ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden())
     } else {
@@ -414,6 +493,8 @@ fn run_scoped(
     let mut steady: Option<usize> = None;
     let mut measured_steps = 0usize;
     let mut stopped = false;
+    let mut data_wait = 0.0;
+    let mut first_step_after = None;
     // Everything a checkpoint holds, as it stands at the call.
     macro_rules! save_checkpoint {
         () => {
@@ -431,6 +512,22 @@ fn run_scoped(
         let epoch = meta.state.epoch;
         let mut order = ctx.train_idx.clone();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(cfg.seed, epoch as u64)));
+        let first = meta.state.step_in_epoch;
+        let feed = StepFeed {
+            cfg: cfg.clone(),
+            data: shared.clone(),
+            sampling: ctx.plan.sampling().cloned(),
+            order,
+            epoch,
+            first: (first, meta.state.global_step),
+            out_size: ctx.out_size,
+            spatial_multiple: ctx.spatial_multiple,
+        };
+        let mut inputs = Prefetcher::spawn(
+            &opts.loader,
+            first..ctx.steps_per_epoch,
+            Arc::new(move |i| feed.prepare(i)),
+        );
         while meta.state.step_in_epoch < ctx.steps_per_epoch {
             if opts
                 .stop_after_steps
@@ -439,20 +536,14 @@ fn run_scoped(
                 stopped = true;
                 break;
             }
-            let v = order[meta.state.step_in_epoch];
-            let fidelity = ctx.plan.sampling().map_or(Fidelity::full(), |s| {
-                s.fidelity(epoch, meta.state.step_in_epoch)
-            });
             let t0 = Instant::now();
-            let at = StepAt {
-                video: v,
-                fidelity,
-                step: meta.state.global_step,
-            };
+            let before = inputs.waited();
+            let input = inputs.next_result().expect("one input per step")?;
+            let waited = (inputs.waited() - before).as_secs_f64();
             let scaler = &mut meta.state.loss_scale;
             let (result, bytes) = crate::memory::measure_on(&ctx.device, || {
                 let optims = (&mut opt_backbone, &mut opt_head);
-                train_step(&ctx, model, optims, &mut normalizer, scaler, at)
+                train_step(&ctx, model, optims, &mut normalizer, scaler, input)
             });
             let (m, report) = result?;
             model = m;
@@ -468,6 +559,9 @@ fn run_scoped(
             }
             let st = &mut meta.state;
             st.epoch_seconds += t0.elapsed().as_secs_f64();
+            st.epoch_data_wait += waited;
+            data_wait += waited;
+            first_step_after.get_or_insert(began.elapsed().as_secs_f64());
             st.epoch_loss_sum += report.loss;
             if let Some(d) = report.drift {
                 st.epoch_drift = Some(DriftLog::record(st.epoch_drift, d));
@@ -486,6 +580,7 @@ fn run_scoped(
                 save_checkpoint!()?;
             }
         }
+        drop(inputs);
         if stopped {
             break;
         }
@@ -494,6 +589,7 @@ fn run_scoped(
             epoch,
             mean_loss: st.epoch_loss_sum / ctx.steps_per_epoch as f64,
             seconds: st.epoch_seconds,
+            data_wait: st.epoch_data_wait,
             val_average_map: None,
             drift: st.epoch_drift.take(),
             loss_scale: st.loss_scale.map(|s| ScaleLog {
@@ -512,10 +608,11 @@ fn run_scoped(
         }
         if !opts.quiet {
             bar.println(format!(
-                "epoch {:>3}: loss {:.4}, {:.1}s{}",
+                "epoch {:>3}: loss {:.4}, {:.1}s (waited {:.1}s for data){}",
                 epoch + 1,
                 log.mean_loss,
                 log.seconds,
+                log.data_wait,
                 log.val_average_map
                     .map(|m| format!(", val avg mAP {:.2}%", 100.0 * m))
                     .unwrap_or_default()
@@ -533,6 +630,7 @@ fn run_scoped(
         st.step_in_epoch = 0;
         st.epoch_loss_sum = 0.0;
         st.epoch_seconds = 0.0;
+        st.epoch_data_wait = 0.0;
         save_checkpoint!()?;
     }
     if stopped {
@@ -558,34 +656,9 @@ fn run_scoped(
         evaluation,
         peak_step_bytes: peak,
         steady_step_bytes: steady,
+        data_wait,
+        first_step_after,
     })
-}
-
-/// Resize the training videos once for every reduced frame size `cfg.lofi` can ask for.
-fn resize_for_lofi(ctx: &mut Ctx, (h, w): (usize, usize)) {
-    let Some(lofi) = ctx.plan.sampling().map(|s| s.lofi.clone()) else {
-        return;
-    };
-    let used = match lofi.mode {
-        LoFiMode::Full | LoFiMode::Temporal => vec![],
-        LoFiMode::Spatial => vec![lofi.spatial],
-        LoFiMode::SpatioTemporal => vec![lofi.spatio_temporal],
-        LoFiMode::Fixed { fidelity } => vec![fidelity],
-        LoFiMode::ShortCycle { .. } | LoFiMode::LongCycle => {
-            vec![lofi.spatial, lofi.temporal, lofi.spatio_temporal]
-        }
-    };
-    for f in used {
-        let size = ctx.lofi_size(&f, h, w);
-        if size == (h, w) || ctx.lofi_frames.contains_key(&size) {
-            continue;
-        }
-        let mut vs = vec![None; ctx.data.videos.len()];
-        for &i in &ctx.train_idx {
-            vs[i] = Some(ctx.data.videos[i].frames.resized(size.0, size.1));
-        }
-        ctx.lofi_frames.insert(size, vs);
-    }
 }
 
 /// Frozen-backbone modes: run the frozen backbone once over every video and keep its outputs in
@@ -625,57 +698,30 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
     Ok(())
 }
 
-/// What one step trains on.
-struct StepAt {
-    /// Video index.
-    video: usize,
-    /// Sampling fidelity (LoFi).
-    fidelity: Fidelity,
-    /// Global step (seeds its randomness).
-    step: usize,
-}
-
-/// One optimisation step on video `v`; returns the updated model and the loss.
+/// One optimisation step on the prepared `input`; returns the updated model and the loss.
 fn train_step(
     ctx: &Ctx,
     model: TalModel,
     (opt_backbone, opt_head): (&mut ModuleOptimizer, &mut ModuleOptimizer),
     normalizer: &mut LossNormalizer,
     scaler: &mut Option<LossScale>,
-    at: StepAt,
+    input: StepInput,
 ) -> Result<(TalModel, StepReport)> {
-    let StepAt {
+    let StepInput {
         video: v,
-        fidelity,
+        clips: clip_cfg,
+        window: ClipWindow { start, count },
+        frames,
         step,
-    } = at;
+        seed: step_seed,
+    } = input;
     let cfg = ctx.cfg;
     let video = &ctx.data.videos[v];
-    // LoFi: fewer snippets (the grid's stride times r_t) and/or smaller frames.
-    let clip_cfg = fidelity.clips(&cfg.clips);
-    let frames = {
-        let f = &video.frames;
-        let size = ctx.lofi_size(&fidelity, f.height, f.width);
-        match ctx.lofi_frames.get(&size).and_then(|vs| vs[v].as_ref()) {
-            Some(small) => small,
-            None => f,
-        }
-    };
-    let step_seed = mix(cfg.seed ^ 0x5EED, step as u64);
     // Burn's own randomness (stochastic depth outside the reversible chain) replays on resume.
     ctx.device.seed(step_seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(step_seed);
-    let n = clip_cfg.num_clips(&video.id, frames.len)?;
-    let (start, count) = ctx.window(n, &mut rng);
-    let gts: Vec<GtSegment> = video
-        .grid_segments(&clip_cfg)
-        .into_iter()
-        .map(|g| GtSegment {
-            start: g.start - start as f64,
-            end: g.end - start as f64,
-            ..g
-        })
-        .collect();
+    let n = clip_cfg.num_clips(&video.id, video.len())?;
+    let gts =
+        ClipWindow { start, count }.segments(&video.grid_segments(&clip_cfg), n, cfg.trunc_thresh);
     let points = cfg.head.pyramid.points(model.head.padded_len(count));
     let targets = assign(&points, &gts, ctx.data.classes.len(), &cfg.assign);
     let positives = targets.positive.iter().filter(|&&p| p).count();
@@ -688,7 +734,7 @@ fn train_step(
         scale: scaler.map_or(1.0, |s| s.scale),
     };
     let window = Window {
-        frames,
+        frames: frames.as_ref(),
         clips: clip_cfg,
         start,
         count,

@@ -22,8 +22,7 @@ use super::model::{Extraction, TalModel, run_head};
 use crate::backbone::BackboneOutput;
 use crate::data::ClipSamplingConfig;
 use crate::data::augment::AugmentConfig;
-use crate::data::clips::clip_range;
-use crate::data::frames::Frames;
+use crate::data::clips::ClipFrames;
 use crate::error::{Error, Result};
 use crate::reversible::SegmentDrift;
 use crate::seed::mix;
@@ -34,8 +33,9 @@ use crate::tal::loss::{LossConfig, video_loss};
 /// The clips one step trains on: `count` consecutive clips of one video from `start`, at the
 /// step's fidelity.
 pub(crate) struct Window<'a> {
-    /// The video's frames at the step's frame size.
-    pub frames: &'a Frames,
+    /// The window's frames, decoded at the step's frame size (`None` when the step trains on
+    /// cached features).
+    pub frames: Option<&'a ClipFrames>,
     /// Clip sampling at the step's temporal fidelity.
     pub clips: ClipSamplingConfig,
     /// First clip.
@@ -59,7 +59,10 @@ impl Window<'_> {
     /// # Shapes
     /// - output: `[count, 3, F, H, W]`
     pub fn clips_on(&self, device: &Device) -> Result<Tensor<5>> {
-        let x = clip_range(self.frames, &self.clips, self.start, self.count, device)?;
+        let frames = self.frames.ok_or_else(|| {
+            Error::Config("a step on cached features has no frames to cut clips from".into())
+        })?;
+        let x = frames.clips(&self.clips, self.start, self.count, device)?;
         Ok(match self.augment {
             // Drawn from the step's own generator: resume replays it.
             Some(a) => a.apply(x, &mut ChaCha8Rng::seed_from_u64(mix(self.seed, 0xA06))),
