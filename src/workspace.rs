@@ -126,7 +126,8 @@ pub fn rewired_recipe(base: PretrainConfig) -> PretrainConfig {
 pub fn pretrained_backbone(cfg: &TrainConfig, quiet: bool, device: &Device) -> Result<PathBuf> {
     let base = PretrainConfig::new()
         .with_backbone(cfg.backbone.clone())
-        .with_clips(cfg.clips.clone());
+        // Pretraining cuts clips at every frame; how a TAL run spaces them does not matter.
+        .with_clips(cfg.clips.clone().with_fixed_clips(0));
     let ordinary = ensure_pretrained(Path::new(PRETRAINED), &base, None, quiet, device)?;
     if !cfg.uses_rewired_backbone() {
         return Ok(ordinary);

@@ -285,15 +285,17 @@ fn workspace(root: &Path) {
         first_video(&d).join("img_00001.png"),
     )
     .unwrap();
+    // Frames are checked when a clip reads them: the damaged ones below are frames the
+    // configuration's clips use (every 2nd frame from the first).
     let d = variant("ds_trunc");
-    let f = d.join("frames/synth_00002/img_00010.jpg");
+    let f = d.join("frames/synth_00002/img_00011.jpg");
     let b = std::fs::read(&f).unwrap();
     std::fs::write(&f, &b[..b.len() / 2]).unwrap();
     let d = variant("ds_notimg");
     std::fs::write(first_video(&d).join("img_00003.jpg"), b"hello").unwrap();
     let d = variant("ds_size");
     image::RgbImage::new(16, 16)
-        .save(first_video(&d).join("img_00004.jpg"))
+        .save(first_video(&d).join("img_00005.jpg"))
         .unwrap();
     let d = variant("ds_count");
     edit_json(&d.join("annotations.json"), |v| {
@@ -775,6 +777,24 @@ fn cases() -> Vec<Case> {
             &["--workers", "many"],
         ),
         case(
+            &format!("train --data ds --out new --videos-per-step 0 {t}"),
+            2,
+            &["--videos-per-step", "at least 1"],
+        ),
+        case(
+            &format!("train --data ds --out new --videos-per-step 9 {t}"),
+            1,
+            &["ds", "--videos-per-step", "more than the dataset's"],
+        ),
+        case(
+            &format!(
+                "train --data ds --out new_batch --videos-per-step 2 --mode head-only \
+                 --stop-after-steps 1 {t}"
+            ),
+            0,
+            &["stopped after 1 steps"],
+        ),
+        case(
             &format!("train --data dsv_cut --out new {t}"),
             1,
             &["synth_00001.mp4"],
@@ -800,7 +820,7 @@ fn cases() -> Vec<Case> {
         case(
             &format!("train --data ds_trunc --out new {t}"),
             1,
-            &["img_00010.jpg", "truncated"],
+            &["img_00011.jpg", "truncated"],
         ),
         case(
             &format!("train --data ds_notimg --out new {t}"),
@@ -810,7 +830,7 @@ fn cases() -> Vec<Case> {
         case(
             &format!("train --data ds_size --out new {t}"),
             1,
-            &["img_00004.jpg", "16x16"],
+            &["img_00005.jpg", "16x16"],
         ),
         case(
             &format!("train --data ds_count --out new {t}"),

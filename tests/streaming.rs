@@ -297,3 +297,67 @@ fn a_video_that_disappears_or_is_cut_short_mid_run_is_named() {
         }
     }
 }
+
+/// ActivityNet practice: every video as 12 clips spread over its whole length, whatever its
+/// duration, two videos per step; the frames such clips read, far apart in the file (several
+/// seeks), equal those of one pass over it.
+#[test]
+fn fixed_clips_per_video_and_two_videos_per_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let media = data.join(VIDEOS_DIR);
+    std::fs::create_dir_all(&media).unwrap();
+    let videos = [("long", "training", 20.0), ("short", "training", 6.0)];
+    for (id, _, secs) in videos {
+        encode(&media.join(format!("{id}.mp4")), "testsrc2", (64, 48), secs);
+    }
+    std::fs::copy(media.join("short.mp4"), media.join("val.mp4")).unwrap();
+    let mut all = videos.to_vec();
+    all.push(("val", "validation", 6.0));
+    annotate(&data, &all);
+    let gt = GroundTruth::from_json_file(&data.join("annotations.json")).unwrap();
+    let ds = TalDataset::load(&gt, &media, &[], None, 15).unwrap();
+    let mut cfg = tiny_config(tiny_vit())
+        .with_max_train_clips(0)
+        .with_videos_per_step(2)
+        .with_epochs(2);
+    cfg.clips.fixed_clips = 12;
+    let device = e2e_tal::backend::cpu_device();
+    device.seed(3);
+    let b = cfg.backbone.init(&device);
+    let out = train(
+        cfg.clone(),
+        &ds,
+        b,
+        &opts(dir.path().join("run"), None),
+        &device,
+    )
+    .unwrap();
+    // Two training videos, two per step: one step per epoch.
+    assert_eq!(out.state.global_step, 2);
+    let (preds, _) = out.evaluation.expect("a validation video");
+    assert!(
+        preds.videos[0]
+            .detections
+            .iter()
+            .all(|d| d.segment[0] >= -1e-9 && d.segment[1] <= 6.0 + 1e-9),
+        "{:?}",
+        preds.videos[0]
+    );
+    let v = e2e_tal::data::VideoFile::open(&media.join("long.mp4"), "long", None).unwrap();
+    let indices = cfg.clips.frames_of(0, 12, v.len());
+    assert!(
+        indices.len() == 96 && v.len() == 600,
+        "{} {}",
+        indices.len(),
+        v.len()
+    );
+    let op = e2e_tal::data::SpatialOp::resize((48, 64), (24, 32));
+    let sparse = v.read_indices(&indices, &op).unwrap();
+    let whole = v.read_with(0..v.len(), &op).unwrap();
+    let picked: Vec<u8> = indices
+        .iter()
+        .flat_map(|&i| whole.frame(i).to_vec())
+        .collect();
+    assert_eq!(sparse.rgb, picked);
+}

@@ -99,6 +99,15 @@ pub struct TrainArgs {
     /// by default).
     #[arg(long, visible_alias = "max-train-clips", value_parser = positive)]
     max_clips: Option<usize>,
+    /// Every video as this many clips spread evenly over its whole length (ActivityNet
+    /// practice: a fixed-length feature sequence); default: a clip every snippet stride.
+    #[arg(long, value_parser = at_least_two)]
+    clips_per_video: Option<usize>,
+    /// Videos per optimisation step (the batch): one padded batch through the head in mode
+    /// head-only, micro-batches with accumulated gradients in the other modes (a step's memory
+    /// stays that of one video).
+    #[arg(long, value_parser = positive)]
+    videos_per_step: Option<usize>,
     /// Side of the square frames the backbone reads (default: the backbone's input size, e.g.
     /// 224 for the ViT presets; AdaTAD trains at 160); must be a multiple of its patch size.
     #[arg(long, value_parser = positive)]
@@ -192,6 +201,12 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
     }
     if let Some(n) = a.max_clips {
         cfg.max_train_clips = n;
+    }
+    if let Some(n) = a.clips_per_video {
+        cfg.clips.fixed_clips = n;
+    }
+    if let Some(n) = a.videos_per_step {
+        cfg.videos_per_step = n;
     }
     if let Some(s) = a.frame_size {
         cfg.transform.size = Some(s);
@@ -293,6 +308,15 @@ fn loader(a: &TrainArgs) -> LoaderConfig {
 fn positive(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A whole number of at least 2 (one clip per video has no spacing to put on a timeline).
+fn at_least_two(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n < 2 => Err("must be at least 2".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }

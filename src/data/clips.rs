@@ -19,6 +19,12 @@ pub struct ClipSamplingConfig {
     /// Step, in frames, between the starts of consecutive clips (the feature grid's stride).
     #[config(default = 4)]
     pub snippet_stride: usize,
+    /// 0: a clip every `snippet_stride` frames, so a video has as many clips as its length
+    /// gives (THUMOS practice). N > 0: every video is N clips spread evenly over its whole
+    /// length, first frame to last (ActivityNet practice, OpenTAD's `resize`: a fixed-length
+    /// feature sequence whatever the video's duration).
+    #[config(default = 0)]
+    pub fixed_clips: usize,
     /// Per-channel mean subtracted from pixels scaled to [0, 1] (ImageNet / VideoMAE).
     #[config(default = "[0.485, 0.456, 0.406]")]
     pub mean: [f32; 3],
@@ -40,6 +46,13 @@ impl ClipSamplingConfig {
                 self.clip_frames, self.frame_stride, self.snippet_stride
             )));
         }
+        if self.fixed_clips == 1 {
+            return Err(Error::Config(
+                "fixed_clips must be 0 (a clip every snippet_stride frames) or at least 2 \
+                 (--clips-per-video)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -56,21 +69,63 @@ impl ClipSamplingConfig {
                 clip_span: span,
             });
         }
-        Ok((frames - span).div_ceil(self.snippet_stride) + 1)
+        Ok(match self.fixed_clips {
+            0 => (frames - span).div_ceil(self.snippet_stride) + 1,
+            n => n,
+        })
+    }
+
+    /// Frames between the starts of consecutive clips of a video of `frames` frames:
+    /// `snippet_stride`, or with `fixed_clips` the spacing that puts the last clip's last
+    /// frame on the video's last frame (fractional; 0 for a single clip).
+    pub fn stride_in(&self, frames: usize) -> f64 {
+        match self.fixed_clips {
+            0 => self.snippet_stride as f64,
+            1 => 0.0,
+            n => frames.saturating_sub(self.span()) as f64 / (n - 1) as f64,
+        }
+    }
+
+    /// First frame of clip `k` in a video of `frames` frames.
+    pub fn clip_start(&self, k: usize, frames: usize) -> usize {
+        match self.fixed_clips {
+            0 => k * self.snippet_stride,
+            _ => (k as f64 * self.stride_in(frames)).round() as usize,
+        }
     }
 
     /// Frame indices of clip `k` in a video of `frames` frames.
     pub fn clip_frame_indices(&self, k: usize, frames: usize) -> impl Iterator<Item = usize> + '_ {
-        let start = k * self.snippet_stride;
+        let start = self.clip_start(k, frames);
         (0..self.clip_frames).map(move |j| (start + j * self.frame_stride).min(frames - 1))
     }
 
-    /// Mapping from clip index (feature-grid position) to seconds.
+    /// The frames clips `start..start + count` of a video of `frames` frames read, ascending,
+    /// each once (a clip's frames every `frame_stride`, so not every frame of the span).
+    pub fn frames_of(&self, start: usize, count: usize, frames: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = (start..start + count)
+            .flat_map(|k| self.clip_frame_indices(k, frames))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Mapping from clip index (feature-grid position) to seconds, for a stride grid
+    /// (`fixed_clips` 0); [`ClipSamplingConfig::grid_of`] for any grid.
     pub fn grid(&self, fps: f64) -> GridToTime {
         GridToTime {
             stride_frames: self.snippet_stride as f64,
             span_frames: self.span() as f64,
             fps,
+        }
+    }
+
+    /// Mapping from clip index to seconds in a video of `frames` frames.
+    pub fn grid_of(&self, fps: f64, frames: usize) -> GridToTime {
+        GridToTime {
+            stride_frames: self.stride_in(frames),
+            ..self.grid(fps)
         }
     }
 }
@@ -156,29 +211,29 @@ pub fn clip_range(
     count: usize,
     device: &Device,
 ) -> Result<Tensor<5>> {
-    clips_from(frames, 0, frames.len, cfg, start, count, device)
+    let n = cfg.num_clips(&frames.video, frames.len)?;
+    if count == 0 || start + count > n {
+        return Err(Error::Config(format!(
+            "video `{}` has {n} clips; clips {start}..{} requested",
+            frames.video,
+            start + count
+        )));
+    }
+    let read = ClipFrames::of(frames, cfg, start, count);
+    clips_from(&read, cfg, start, count, device)
 }
 
-/// The frames a run of clips reads from its video: frames `first..first + frames.len` of a
-/// video of `total` frames, decoded (and transformed) for clips `start..start + count`.
+/// The frames a run of clips reads from its video (of `total` frames), decoded and
+/// transformed: only those the clips use, so memory is that of the clips' frames whatever the
+/// grid's spacing.
 #[derive(Debug, Clone)]
 pub struct ClipFrames {
-    /// The decoded frames.
+    /// The decoded frames, in the order of `indices`.
     pub frames: Frames,
-    /// Index of the first of them in the video.
-    pub first: usize,
+    /// Index in the video of each decoded frame, ascending.
+    pub indices: Vec<usize>,
     /// Frames of the whole video.
     pub total: usize,
-}
-
-impl ClipSamplingConfig {
-    /// Frames clips `start..start + count` of a video of `total` frames read (the last clip's
-    /// missing frames repeat the video's last frame).
-    pub fn frame_span(&self, start: usize, count: usize, total: usize) -> std::ops::Range<usize> {
-        let first = (start * self.snippet_stride).min(total.saturating_sub(1));
-        let end = ((start + count.max(1) - 1) * self.snippet_stride + self.span()).min(total);
-        first..end.max(first + 1)
-    }
 }
 
 impl ClipFrames {
@@ -199,12 +254,32 @@ impl ClipFrames {
                 start + count
             )));
         }
-        let range = cfg.frame_span(start, count, total);
+        let indices = cfg.frames_of(start, count, total);
         Ok(ClipFrames {
-            first: range.start,
-            frames: source.read_with(range, op)?,
+            frames: source.read_indices(&indices, op)?,
+            indices,
             total,
         })
+    }
+
+    /// The frames of clips `start..start + count` of `frames` (all of a video, in memory).
+    pub fn of(frames: &Frames, cfg: &ClipSamplingConfig, start: usize, count: usize) -> Self {
+        let indices = cfg.frames_of(start, count, frames.len);
+        let rgb = indices
+            .iter()
+            .flat_map(|&i| frames.frame(i).iter().copied())
+            .collect::<Vec<u8>>();
+        ClipFrames {
+            frames: Frames {
+                video: frames.video.clone(),
+                len: indices.len(),
+                height: frames.height,
+                width: frames.width,
+                rgb,
+            },
+            indices,
+            total: frames.len,
+        }
     }
 
     /// Clips `start..start + count` (of the whole video) from these frames, normalised.
@@ -218,29 +293,19 @@ impl ClipFrames {
         count: usize,
         device: &Device,
     ) -> Result<Tensor<5>> {
-        clips_from(
-            &self.frames,
-            self.first,
-            self.total,
-            cfg,
-            start,
-            count,
-            device,
-        )
+        clips_from(self, cfg, start, count, device)
     }
 }
 
-/// Clips `start..start + count` of a video of `total` frames whose frames from `first` on are
-/// in `frames`.
+/// Clips `start..start + count` of a video from the frames `read` holds.
 fn clips_from(
-    frames: &Frames,
-    first: usize,
-    total: usize,
+    read: &ClipFrames,
     cfg: &ClipSamplingConfig,
     start: usize,
     count: usize,
     device: &Device,
 ) -> Result<Tensor<5>> {
+    let (frames, total) = (&read.frames, read.total);
     let n = cfg.num_clips(&frames.video, total)?;
     if count == 0 || start + count > n {
         return Err(Error::Config(format!(
@@ -254,18 +319,14 @@ fn clips_from(
     let mut data = vec![0f32; count * 3 * f * plane];
     for k in 0..count {
         for (j, fi) in cfg.clip_frame_indices(start + k, total).enumerate() {
-            let Some(src) = fi
-                .checked_sub(first)
-                .filter(|&i| i < frames.len)
-                .map(|i| frames.frame(i))
-            else {
+            let Ok(at) = read.indices.binary_search(&fi) else {
                 return Err(Error::Config(format!(
-                    "video `{}`: clip {} needs frame {fi}, outside the frames read ({first}..{})",
+                    "video `{}`: clip {} needs frame {fi}, which was not read",
                     frames.video,
                     start + k,
-                    first + frames.len
                 )));
             };
+            let src = frames.frame(at);
             for c in 0..3 {
                 let (m, s) = (cfg.mean[c], cfg.std[c]);
                 let dst = ((k * 3 + c) * f + j) * plane;
@@ -384,7 +445,7 @@ mod tests {
         let op = crate::data::SpatialOp::identity((2, 2));
         for (start, count) in [(0, 1), (1, 2), (2, n - 2), (n - 1, 1)] {
             let part = ClipFrames::read(&fr, &cfg, start, count, &op).unwrap();
-            assert_eq!(part.frames.len, cfg.frame_span(start, count, 12).len());
+            assert_eq!(part.frames.len, cfg.frames_of(start, count, 12).len());
             let got: Vec<f32> = part
                 .clips(&cfg, start, count, &device)
                 .unwrap()
@@ -399,5 +460,43 @@ mod tests {
             assert_eq!(got, want, "{start} {count}");
         }
         assert!(ClipFrames::read(&fr, &cfg, n - 1, 2, &op).is_err());
+    }
+
+    #[test]
+    fn fixed_clips_spread_over_the_whole_video_and_read_only_their_frames() {
+        let cfg = ClipSamplingConfig::new()
+            .with_clip_frames(8)
+            .with_frame_stride(2)
+            .with_fixed_clips(5);
+        // 100 frames, clips of 15: starts every 85 / 4 = 21.25 frames, the last ends on 99.
+        assert_eq!(cfg.num_clips("v", 100).unwrap(), 5);
+        let starts: Vec<usize> = (0..5).map(|k| cfg.clip_start(k, 100)).collect();
+        assert_eq!(starts, vec![0, 21, 43, 64, 85]);
+        assert_eq!(cfg.clip_frame_indices(4, 100).last(), Some(99));
+        // Only the 8 frames of each clip are read, not the 100 between them.
+        assert_eq!(cfg.frames_of(0, 5, 100).len(), 40);
+        let g = cfg.grid_of(10.0, 100);
+        assert!((g.seconds(4.0) - (85.0 + 7.5) / 10.0).abs() < 1e-12);
+        // A longer video: the same number of clips, spaced wider.
+        assert_eq!(cfg.num_clips("v", 1000).unwrap(), 5);
+        assert_eq!(cfg.clip_start(4, 1000), 985);
+        let device = crate::backend::cpu_device();
+        let fr = frames(100);
+        let op = crate::data::SpatialOp::identity((2, 2));
+        let read = ClipFrames::read(&fr, &cfg, 1, 3, &op).unwrap();
+        assert_eq!(read.frames.len, 24);
+        let got: Vec<f32> = read
+            .clips(&cfg, 1, 3, &device)
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let want: Vec<f32> = clip_range(&fr, &cfg, 1, 3, &device)
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        assert_eq!(got, want);
+        assert!(cfg.clone().with_fixed_clips(1).num_clips("v", 100).is_err());
     }
 }

@@ -51,10 +51,13 @@ impl Fidelity {
             .with_spatial(std::f64::consts::SQRT_2)
     }
 
-    /// Clip sampling at this fidelity: the snippet stride times `r_t`.
+    /// Clip sampling at this fidelity: the snippet stride times `r_t` (with a fixed number of
+    /// clips per video, `r_t` times fewer clips).
     pub fn clips(&self, full: &ClipSamplingConfig) -> ClipSamplingConfig {
+        let r = self.temporal.max(1);
         full.clone()
-            .with_snippet_stride(full.snippet_stride * self.temporal.max(1))
+            .with_snippet_stride(full.snippet_stride * r)
+            .with_fixed_clips(full.fixed_clips.div_ceil(r))
     }
 
     /// Frame size at this fidelity (rounded, at least 1 pixel).

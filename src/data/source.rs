@@ -54,6 +54,22 @@ pub trait FrameSource: Send + Sync {
     fn check_count(&self, num_frames: usize) -> Result<()>;
     /// Decode frames `range` through `op` (crop, scale, mirror), applied while decoding.
     fn read_with(&self, range: Range<usize>, op: &SpatialOp) -> Result<Frames>;
+    /// Decode the frames `indices` (ascending, each once) through `op`, in that order: each
+    /// run of consecutive frames is one read.
+    fn read_indices(&self, indices: &[usize], op: &SpatialOp) -> Result<Frames> {
+        let mut out: Option<Frames> = None;
+        for run in runs(indices, 1) {
+            let part = self.read_with(run, op)?;
+            match &mut out {
+                None => out = Some(part),
+                Some(o) => {
+                    o.rgb.extend_from_slice(&part.rgb);
+                    o.len += part.len;
+                }
+            }
+        }
+        out.ok_or_else(|| Error::Config(format!("video `{}`: no frames asked for", self.video())))
+    }
     /// Decode frames `range`, optionally resized to `(height, width)` (triangle filter).
     fn read(&self, range: Range<usize>, resize: Option<(usize, usize)>) -> Result<Frames> {
         let source = self.frame_size()?;
@@ -63,6 +79,19 @@ pub trait FrameSource: Send + Sync {
     fn read_all(&self, resize: Option<(usize, usize)>) -> Result<Frames> {
         self.read(0..self.len(), resize)
     }
+}
+
+/// `indices` (ascending) as ranges, a new range wherever the next index is more than `gap`
+/// past the previous one.
+pub(crate) fn runs(indices: &[usize], gap: usize) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for &i in indices {
+        match out.last_mut() {
+            Some(r) if i >= r.end && i - (r.end - 1) <= gap => r.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
 }
 
 impl FrameSource for FrameFolder {
@@ -135,6 +164,9 @@ impl FrameSource for super::video::VideoFile {
     }
     fn read_with(&self, range: Range<usize>, op: &SpatialOp) -> Result<Frames> {
         VideoFile::read_with(self, range, op)
+    }
+    fn read_indices(&self, indices: &[usize], op: &SpatialOp) -> Result<Frames> {
+        VideoFile::read_indices(self, indices, op)
     }
 }
 
@@ -241,6 +273,13 @@ pub fn media_dir(root: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_split_at_gaps() {
+        assert_eq!(runs(&[0, 1, 2, 5, 6, 9], 1), vec![0..3, 5..7, 9..10]);
+        assert_eq!(runs(&[0, 2, 4, 40, 42], 2), vec![0..5, 40..43]);
+        assert!(runs(&[], 1).is_empty());
+    }
 
     #[test]
     fn extensions() {

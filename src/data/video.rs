@@ -499,7 +499,46 @@ impl VideoFile {
                 format!("frames {range:?} asked for; the video has {}", self.len()),
             ));
         }
-        let picks = &self.grid[range.clone()];
+        self.decode_picks(&self.grid[range], op)
+    }
+
+    /// Decode grid frames `indices` (ascending, each once) through `op`, in that order. Frames
+    /// far apart are read by separate seeks ([`SEEK_GAP`]), so clips spread over a long video
+    /// cost their own frames, not the whole file's.
+    pub fn read_indices(&self, indices: &[usize], op: &SpatialOp) -> Result<Frames> {
+        if indices.is_empty() || indices.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(
+                &self.path,
+                "frames must be asked for in ascending order, each once",
+            ));
+        }
+        if let Some(&last) = indices.last().filter(|&&l| l >= self.len()) {
+            return Err(bad(
+                &self.path,
+                format!("frame {last} asked for; the video has {}", self.len()),
+            ));
+        }
+        let picks: Vec<usize> = indices.iter().map(|&i| self.grid[i]).collect();
+        let mut out: Option<Frames> = None;
+        let mut at = 0;
+        for run in super::source::runs(&dedup(&picks), SEEK_GAP) {
+            let n = picks[at..].iter().take_while(|&&p| p < run.end).count();
+            let part = self.decode_picks(&picks[at..at + n], op)?;
+            at += n;
+            match &mut out {
+                None => out = Some(part),
+                Some(o) => {
+                    o.rgb.extend_from_slice(&part.rgb);
+                    o.len += part.len;
+                }
+            }
+        }
+        Ok(out.expect("at least one frame"))
+    }
+
+    /// Decode the stream frames `picks` (ascending, repeats allowed) in one pass from the
+    /// first to the last.
+    fn decode_picks(&self, picks: &[usize], op: &SpatialOp) -> Result<Frames> {
         let (lo, hi) = (picks[0], picks[picks.len() - 1]);
         let (height, width) = op.out;
         let mut rgb = Vec::with_capacity(picks.len() * height * width * 3);
@@ -520,6 +559,17 @@ impl VideoFile {
             rgb,
         })
     }
+}
+
+/// Stream frames two wanted frames may lie apart and still be decoded in one pass: past it,
+/// a new seek (about one group of pictures to decode, and an FFmpeg start) is cheaper than
+/// decoding every frame between them.
+pub const SEEK_GAP: usize = 48;
+
+fn dedup(picks: &[usize]) -> Vec<usize> {
+    let mut v = picks.to_vec();
+    v.dedup();
+    v
 }
 
 /// Encode `frames` as an H.264 mp4 at `fps` (yuv420p, CRF 17, the `ffmpeg` program's libx264),

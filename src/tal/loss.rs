@@ -109,50 +109,82 @@ pub fn video_loss(
     normalizer: f64,
     cfg: &LossConfig,
 ) -> Result<Tensor<1>> {
+    batch_loss(out, std::slice::from_ref(targets), normalizer, cfg)
+}
+
+/// The TAL loss of a padded batch of videos (ActionFormer's): focal loss over the valid points
+/// of every video plus `reg_weight` x DIoU over their positive points, summed over the batch
+/// and divided by `normalizer` (the EMA of the batch's positives). The sum of the videos'
+/// [`video_loss`]es with the same normaliser.
+///
+/// # Shapes
+/// - `out.cls_logits`: `[B, P, C]`, `out.offsets`: `[B, P, 2]`; `targets[b]` for the same `P`
+///   points -> `[1]`
+pub fn batch_loss(
+    out: &HeadOutput,
+    targets: &[Targets],
+    normalizer: f64,
+    cfg: &LossConfig,
+) -> Result<Tensor<1>> {
     let [b, p, c] = out.cls_logits.dims();
-    if b != 1 || targets.positive.len() != p || targets.cls.len() != p * c {
+    if b != targets.len()
+        || targets
+            .iter()
+            .any(|t| t.positive.len() != p || t.cls.len() != p * c)
+    {
         return Err(Error::Shape {
             what: "loss head output".into(),
             expected: format!(
-                "[1, P, C] matching targets for {} points and {} class scores",
-                targets.positive.len(),
-                targets.cls.len()
+                "[{}, P, C] matching targets for {:?} points and {:?} class scores",
+                targets.len(),
+                targets.iter().map(|t| t.positive.len()).collect::<Vec<_>>(),
+                targets.iter().map(|t| t.cls.len()).collect::<Vec<_>>()
             ),
             got: vec![b, p, c],
         });
     }
     let device = out.cls_logits.device();
-    let mask = super::bool_values(out.mask.clone().reshape([p]));
-    let valid: Vec<i64> = (0..p as i64).filter(|&i| mask[i as usize]).collect();
+    let mask = super::bool_values(out.mask.clone().reshape([b * p]));
+    let valid: Vec<i64> = (0..(b * p) as i64).filter(|&i| mask[i as usize]).collect();
+    let at = |i: i64| (&targets[i as usize / p], i as usize % p);
     let pos: Vec<i64> = valid
         .iter()
         .copied()
-        .filter(|&i| targets.positive[i as usize])
+        .filter(|&i| {
+            let (t, k) = at(i);
+            t.positive[k]
+        })
         .collect();
     let index =
         |v: &[i64]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &device);
     let cls_t: Vec<f32> = valid
         .iter()
         .flat_map(|&i| {
-            targets.cls[i as usize * c..(i as usize + 1) * c]
-                .iter()
-                .copied()
+            let (t, k) = at(i);
+            t.cls[k * c..(k + 1) * c].iter().copied()
         })
         .collect();
     let cls_t = Tensor::<2>::from_data(TensorData::new(cls_t, [valid.len(), c]), &device);
     let logits = out
         .cls_logits
         .clone()
-        .reshape([p, c])
+        .reshape([b * p, c])
         .select(0, index(&valid));
     let mut loss = sigmoid_focal_loss(logits, cls_t, cfg.focal_alpha, cfg.focal_gamma);
     if !pos.is_empty() {
         let reg_t: Vec<f32> = pos
             .iter()
-            .flat_map(|&i| [targets.reg[i as usize * 2], targets.reg[i as usize * 2 + 1]])
+            .flat_map(|&i| {
+                let (t, k) = at(i);
+                [t.reg[k * 2], t.reg[k * 2 + 1]]
+            })
             .collect();
         let reg_t = Tensor::<2>::from_data(TensorData::new(reg_t, [pos.len(), 2]), &device);
-        let off = out.offsets.clone().reshape([p, 2]).select(0, index(&pos));
+        let off = out
+            .offsets
+            .clone()
+            .reshape([b * p, 2])
+            .select(0, index(&pos));
         loss = loss + diou_loss_1d(off, reg_t) * cfg.reg_weight;
     }
     Ok(loss / normalizer)

@@ -255,6 +255,12 @@ pub struct TrainConfig {
     /// this share of its length lies inside (ActionFormer's `trunc_thresh`).
     #[config(default = 0.5)]
     pub trunc_thresh: f64,
+    /// Videos per optimisation step (ActionFormer's batch size). Head-only runs them as one
+    /// padded batch through the head; full, reversible and adapter modes as micro-batches
+    /// whose gradients add up, so a step's memory stays that of one video. The same update
+    /// either way; an epoch has `ceil(videos / videos_per_step)` steps.
+    #[config(default = 1)]
+    pub videos_per_step: usize,
     /// Frozen-backbone modes (head-only, adapter): run the backbone once over every video, keep
     /// its outputs and train on them (default; adapter mode keeps the tapped layers too, at
     /// most `clips x layers x adapter.max_tokens x width` floats per video, in memory).
@@ -323,6 +329,9 @@ impl TrainConfig {
                 "frame size {size} (transform.size, --frame-size) must be a positive multiple \
                  of the backbone's patch size {multiple}"
             ));
+        }
+        if self.videos_per_step == 0 {
+            return bad("videos_per_step must be at least 1".into());
         }
         if !(0.0..=1.0).contains(&self.trunc_thresh) {
             return bad(format!(

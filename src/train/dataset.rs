@@ -76,7 +76,7 @@ impl TalVideo {
     /// Ground truth on the feature grid of `clips` (grid position `x` is the centre of clip
     /// `x`), as the head's label assignment wants it.
     pub fn grid_segments(&self, clips: &ClipSamplingConfig) -> Vec<GtSegment> {
-        let grid = clips.grid(self.fps);
+        let grid = clips.grid_of(self.fps, self.len());
         self.segments
             .iter()
             .map(|&([s, e], label)| GtSegment {

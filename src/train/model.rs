@@ -208,10 +208,42 @@ pub fn head_input(adapter: Option<&Losa>, f: BackboneOutput) -> Result<Tensor<2>
 
 /// Run the head on one video's `[T, C]` features (batch of one, all positions valid).
 pub fn run_head(head: &TalHead, features: Tensor<2>) -> Result<HeadOutput> {
-    let [t, c] = features.dims();
-    let device = features.device();
-    let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; t], [1, t]), &device);
-    head.forward(features.reshape([1, t, c]), mask)
+    let t = features.dims()[0];
+    run_head_batch(head, vec![features], t)
+}
+
+/// Run the head on a padded batch: each video's `[T_i, C]` features zero-padded to `len`
+/// positions, the padding masked (so each video's valid outputs are those it gets alone).
+///
+/// # Shapes
+/// - features: `B` x `[T_i, C]`, `T_i <= len` -> see [`TalHead::forward`] with `T = len`
+pub fn run_head_batch(head: &TalHead, features: Vec<Tensor<2>>, len: usize) -> Result<HeadOutput> {
+    let b = features.len();
+    let Some(first) = features.first() else {
+        return Err(Error::Config("the head needs at least one video".into()));
+    };
+    let (c, device) = (first.dims()[1], first.device());
+    let mut valid = Vec::with_capacity(b * len);
+    let mut rows = Vec::with_capacity(b);
+    for f in features {
+        let [t, fc] = f.dims();
+        if t > len || fc != c {
+            return Err(Error::Shape {
+                what: "head batch features".into(),
+                expected: format!("[T <= {len}, {c}]"),
+                got: vec![t, fc],
+            });
+        }
+        valid.extend((0..len).map(|i| i < t));
+        let row = if t < len {
+            Tensor::cat(vec![f, Tensor::zeros([len - t, c], &device)], 0)
+        } else {
+            f
+        };
+        rows.push(row.unsqueeze_dim::<3>(0));
+    }
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(valid, [b, len]), &device);
+    head.forward(Tensor::cat(rows, 0), mask)
 }
 
 /// Turns videos into detections with a trained model, without a graph.
@@ -306,7 +338,7 @@ impl<'a> Detector<'a> {
             &out,
             0,
             &points,
-            &self.cfg.clips.grid(video.fps),
+            &self.cfg.clips.grid_of(video.fps, video.len()),
             video.duration,
             &self.cfg.post,
         )

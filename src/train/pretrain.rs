@@ -402,7 +402,7 @@ fn batch_tensors(
 
 /// `clips` with a clip starting at every frame (clip index = first frame).
 fn every_frame(clips: &ClipSamplingConfig) -> ClipSamplingConfig {
-    clips.clone().with_snippet_stride(1)
+    clips.clone().with_snippet_stride(1).with_fixed_clips(0)
 }
 
 #[cfg(test)]

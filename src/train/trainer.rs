@@ -146,7 +146,7 @@ pub fn train(
     cfg.validate()?;
     let existed = opts.out_dir.exists();
     prepare_run_folder(&opts.out_dir, opts.overwrite)?;
-    check_trainable(data)?;
+    check_trainable(data, &cfg)?;
     let device = device.clone().autodiff();
     let frame_size = cfg.frame_size();
     // Burn initialises parameters lazily, at first use: fix the backbone's values now (under
@@ -207,9 +207,9 @@ fn undo_failed_start(out: &Path, existed: bool) {
     }
 }
 
-/// A dataset a run can learn from: some action to learn and some video to train on. Errors
-/// name the dataset.
-fn check_trainable(data: &TalDataset) -> Result<()> {
+/// A dataset a run can learn from: some action to learn and some video to train on, at least
+/// as many as a step takes. Errors name the dataset.
+fn check_trainable(data: &TalDataset, cfg: &TrainConfig) -> Result<()> {
     if data.classes.is_empty() {
         return Err(Error::EmptyInput {
             path: data.source.clone(),
@@ -218,10 +218,21 @@ fn check_trainable(data: &TalDataset) -> Result<()> {
                 .into(),
         });
     }
-    if data.indices(Subset::Training).is_empty() {
+    let n = data.indices(Subset::Training).len();
+    if n == 0 {
         return Err(Error::EmptyInput {
             path: data.source.clone(),
             reason: "the dataset has no training videos (subset `training`)".into(),
+        });
+    }
+    if cfg.videos_per_step > n {
+        return Err(Error::EmptyInput {
+            path: data.source.clone(),
+            reason: format!(
+                "videos_per_step (--videos-per-step) is {}, more than the dataset's {n} \
+                 training videos",
+                cfg.videos_per_step
+            ),
         });
     }
     Ok(())
@@ -350,28 +361,35 @@ struct StepFeed {
 
 /// Everything one step trains on, prepared off the training thread.
 struct StepInput {
-    /// Video index.
-    video: usize,
     /// Clip sampling at the step's temporal fidelity.
     clips: ClipSamplingConfig,
+    /// Global step.
+    step: usize,
+    /// The step's seed (Burn's generator: stochastic depth outside the reversible chain).
+    seed: u64,
+    /// The step's videos.
+    videos: Vec<VideoInput>,
+}
+
+/// One video of a step.
+struct VideoInput {
+    /// Video index.
+    video: usize,
     /// The clips the step reads.
     window: ClipWindow,
     /// Their frames, decoded and transformed (`None` on cached features).
     frames: Option<ClipFrames>,
-    /// Global step.
-    step: usize,
-    /// The step's seed.
+    /// The video's seed in the step (window, crop, flip, augmentation, drop-path keys): the
+    /// step's own for its first video.
     seed: u64,
 }
 
 impl StepFeed {
-    /// Step `i` of the epoch: its video, fidelity, window and frames, all drawn from the
+    /// Step `i` of the epoch: its videos, fidelity, windows and frames, all drawn from the
     /// step's own seed (the same whichever worker prepares it, and on resume).
     fn prepare(&self, i: usize) -> Result<StepInput> {
         let cfg = &self.cfg;
         let step = self.first.1 + (i - self.first.0);
-        let v = self.order[i];
-        let video = &self.data.videos[v];
         let fidelity = self
             .sampling
             .as_ref()
@@ -379,6 +397,33 @@ impl StepFeed {
         // LoFi: fewer snippets (the grid's stride times r_t) and/or smaller frames.
         let clips = fidelity.clips(&cfg.clips);
         let seed = mix(cfg.seed ^ 0x5EED, step as u64);
+        let per = cfg.videos_per_step.max(1);
+        let videos = self.order[i * per..((i + 1) * per).min(self.order.len())]
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| {
+                let own = if k == 0 { seed } else { mix(seed, k as u64) };
+                self.video(v, &clips, &fidelity, own)
+            })
+            .collect::<Result<_>>()?;
+        Ok(StepInput {
+            clips,
+            step,
+            seed,
+            videos,
+        })
+    }
+
+    /// Video `v` of a step at `fidelity`, drawn from `seed`.
+    fn video(
+        &self,
+        v: usize,
+        clips: &ClipSamplingConfig,
+        fidelity: &Fidelity,
+        seed: u64,
+    ) -> Result<VideoInput> {
+        let cfg = &self.cfg;
+        let video = &self.data.videos[v];
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = clips.num_clips(&video.id, video.len())?;
         let window = ClipWindow::choose(n, cfg.max_train_clips, &mut rng);
@@ -392,15 +437,13 @@ impl StepFeed {
                     out,
                     &mut ChaCha8Rng::seed_from_u64(mix(seed, 0xC809)),
                 );
-                Some(video.read_clips(&clips, window.start, window.count, &op)?)
+                Some(video.read_clips(clips, window.start, window.count, &op)?)
             }
         };
-        Ok(StepInput {
+        Ok(VideoInput {
             video: v,
-            clips,
             window,
             frames,
-            step,
             seed,
         })
     }
@@ -436,9 +479,9 @@ fn run_scoped(
     let cfg = meta.config.clone();
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     crate::io::write_json_atomic(&opts.out_dir.join("config.json"), &cfg)?;
-    check_trainable(data)?;
+    check_trainable(data, &cfg)?;
     let train_idx = data.indices(Subset::Training);
-    let steps_per_epoch = train_idx.len();
+    let steps_per_epoch = train_idx.len().div_ceil(cfg.videos_per_step.max(1));
     let total = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let plan = TrainPlan::from_config(&cfg)?;
@@ -707,51 +750,18 @@ fn train_step(
     scaler: &mut Option<LossScale>,
     input: StepInput,
 ) -> Result<(TalModel, StepReport)> {
-    let StepInput {
-        video: v,
-        clips: clip_cfg,
-        window: ClipWindow { start, count },
-        frames,
-        step,
-        seed: step_seed,
-    } = input;
     let cfg = ctx.cfg;
-    let video = &ctx.data.videos[v];
+    let step = input.step;
     // Burn's own randomness (stochastic depth outside the reversible chain) replays on resume.
-    ctx.device.seed(step_seed);
-    let n = clip_cfg.num_clips(&video.id, video.len())?;
-    let gts =
-        ClipWindow { start, count }.segments(&video.grid_segments(&clip_cfg), n, cfg.trunc_thresh);
-    let points = cfg.head.pyramid.points(model.head.padded_len(count));
-    let targets = assign(&points, &gts, ctx.data.classes.len(), &cfg.assign);
-    let positives = targets.positive.iter().filter(|&&p| p).count();
-    let objective = Objective {
-        targets,
-        norm: normalizer.update(positives),
-        cfg: &cfg.loss,
-        video: &video.id,
-        step,
-        scale: scaler.map_or(1.0, |s| s.scale),
-    };
-    let window = Window {
-        frames: frames.as_ref(),
-        clips: clip_cfg,
-        start,
-        count,
-        cached: ctx.cached[v].as_ref(),
-        augment: ctx
-            .plan
-            .sampling()
-            .map(|s| &s.augment)
-            .filter(|a| !a.is_identity()),
-        seed: step_seed,
-        device: &ctx.device,
-    };
+    ctx.device.seed(input.seed);
+    let scale = scaler.map_or(1.0, |s| s.scale);
+    let batch = step_batch(ctx, &model, &input, normalizer, scale)?;
     let Computed {
         loss,
         mut grads,
         drift,
-    } = ctx.step.compute(&model, &window, &objective)?;
+    } = ctx.step.compute_step(&model, &batch)?;
+    drop(batch);
     if let Some(s) = scaler {
         grads.scale(&model, 1.0 / s.scale);
         let finite = grads.norm(&model).is_finite();
@@ -782,6 +792,79 @@ fn train_step(
         },
         StepReport { loss, drift },
     ))
+}
+
+/// The windows and objectives of a step's videos: the ground truth inside each window on
+/// the points of the step's longest window (every video's features are padded to it), one
+/// loss normaliser update for the positives of all of them.
+fn step_batch<'a>(
+    ctx: &'a Ctx,
+    model: &TalModel,
+    input: &'a StepInput,
+    normalizer: &mut LossNormalizer,
+    scale: f64,
+) -> Result<Vec<(Window<'a>, Objective<'a>)>> {
+    let cfg = ctx.cfg;
+    let clips = &input.clips;
+    let len = input
+        .videos
+        .iter()
+        .map(|v| v.window.count)
+        .max()
+        .unwrap_or(0);
+    let points = cfg.head.pyramid.points(model.head.padded_len(len));
+    let mut positives = 0;
+    let mut targets = Vec::with_capacity(input.videos.len());
+    for vi in &input.videos {
+        let video = &ctx.data.videos[vi.video];
+        let n = clips.num_clips(&video.id, video.len())?;
+        let gts = vi
+            .window
+            .segments(&video.grid_segments(clips), n, cfg.trunc_thresh);
+        let t = assign(&points, &gts, ctx.data.classes.len(), &cfg.assign);
+        // Positives on the video's own points (the padding is masked out of the loss).
+        let count = vi.window.count as f64;
+        positives += t
+            .positive
+            .iter()
+            .zip(&points)
+            .filter(|(p, pt)| **p && pt.t < count)
+            .count();
+        targets.push(t);
+    }
+    let norm = normalizer.update(positives);
+    let augment = ctx
+        .plan
+        .sampling()
+        .map(|s| &s.augment)
+        .filter(|a| !a.is_identity());
+    Ok(input
+        .videos
+        .iter()
+        .zip(targets)
+        .map(|(vi, targets)| {
+            let window = Window {
+                frames: vi.frames.as_ref(),
+                clips: clips.clone(),
+                start: vi.window.start,
+                count: vi.window.count,
+                cached: ctx.cached[vi.video].as_ref(),
+                augment,
+                seed: vi.seed,
+                device: &ctx.device,
+            };
+            let objective = Objective {
+                targets,
+                len,
+                norm,
+                cfg: &cfg.loss,
+                video: &ctx.data.videos[vi.video].id,
+                step: input.step,
+                scale,
+            };
+            (window, objective)
+        })
+        .collect())
 }
 
 /// What one step reports besides the updated model.

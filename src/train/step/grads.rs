@@ -54,7 +54,49 @@ impl ModuleVisitor for Scale<'_> {
     }
 }
 
+/// Moves every gradient of `from` into `into`, adding where both have one.
+struct Add<'a> {
+    into: &'a mut GradientsParams,
+    from: &'a mut GradientsParams,
+}
+
+impl ModuleVisitor for Add<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.from.remove::<D>(param.id) {
+            let sum = match self.into.remove::<D>(param.id) {
+                Some(acc) => acc + g,
+                None => g,
+            };
+            self.into.register(param.id, sum);
+        }
+    }
+}
+
+fn add_into<M: Module>(module: &M, into: &mut GradientsParams, mut from: GradientsParams) {
+    module.visit(&mut Add {
+        into,
+        from: &mut from,
+    });
+}
+
 impl StepGrads {
+    /// Add `other`'s gradients (another micro-batch of the same step) to these.
+    pub fn add(&mut self, other: StepGrads, model: &TalModel) {
+        add_into(&model.head, &mut self.head, other.head);
+        if let (Some(a), Some(g)) = (&model.adapter, other.adapter) {
+            match &mut self.adapter {
+                Some(into) => add_into(a, into, g),
+                None => self.adapter = Some(g),
+            }
+        }
+        if let Some(g) = other.backbone {
+            match &mut self.backbone {
+                Some(into) => add_into(&model.backbone, into, g),
+                None => self.backbone = Some(g),
+            }
+        }
+    }
+
     /// The global L2 norm over all parts.
     pub fn norm(&self, model: &TalModel) -> f64 {
         let parts = [

@@ -1,10 +1,15 @@
 //! One optimisation step, per training mode, behind one interface: the loop in
-//! [`trainer`](super::trainer) picks a window of a video, builds its [`Objective`], asks the
-//! mode's [`ModeStep`] for the loss and the gradients of the parts it trains, then clips them
-//! and steps the optimizers. This is where the three papers compose: a step reads its clips at
+//! [`trainer`](super::trainer) picks a window of each of the step's videos, builds their
+//! [`Objective`]s (one normaliser and one padded length for the step), asks the mode's
+//! [`ModeStep`] for the loss and the gradients of the parts it trains over all of them, then
+//! clips them and steps the optimizers. Several videos per step are one padded batch where the
+//! mode holds little per video (head-only) and micro-batches whose gradients add up where it
+//! holds a backbone's activations (full, reversible, LoSA), so memory stays that of one video. This is where the three papers compose: a step reads its clips at
 //! the fidelity the LoFi sampler chose ([`Window`]), and the mode decides how the backbone runs
 //! (frozen with LoSA adapters, plain autodiff, or the reversible pass).
 
+#[cfg(test)]
+mod batch_tests;
 mod fine_tune;
 mod grads;
 mod modes;
@@ -18,7 +23,7 @@ pub(crate) use fine_tune::BackboneRun;
 pub(crate) use grads::StepGrads;
 pub(crate) use modes::for_plan;
 
-use super::model::{Extraction, TalModel, run_head};
+use super::model::{Extraction, TalModel, run_head_batch};
 use crate::backbone::BackboneOutput;
 use crate::data::ClipSamplingConfig;
 use crate::data::augment::AugmentConfig;
@@ -28,7 +33,7 @@ use crate::reversible::SegmentDrift;
 use crate::seed::mix;
 use crate::tal::assign::Targets;
 use crate::tal::head::TalHead;
-use crate::tal::loss::{LossConfig, video_loss};
+use crate::tal::loss::{LossConfig, batch_loss};
 
 /// The clips one step trains on: `count` consecutive clips of one video from `start`, at the
 /// step's fidelity.
@@ -88,11 +93,15 @@ impl Window<'_> {
     }
 }
 
-/// The loss of a step: the head on the window's features against its targets, with the loss
-/// normaliser's value of this step. A non-finite loss is an error naming the video and step.
+/// The loss of one video of a step: the head on the window's features (padded to the step's
+/// length) against its targets, with the loss normaliser's value of this step. A non-finite
+/// loss is an error naming the video and step.
 pub(crate) struct Objective<'a> {
-    /// Targets for every point of the head's pyramid over the window.
+    /// Targets for every point of the head's pyramid over the step's padded length.
     pub targets: Targets,
+    /// The step's length: its longest window's clips (every video's features are padded to
+    /// it, the padding masked).
+    pub len: usize,
     /// The loss normaliser's value.
     pub norm: f64,
     /// Loss settings.
@@ -109,14 +118,33 @@ impl Objective<'_> {
     /// The loss of `head` on `features` (`[T, C]`), times the loss scale, and its (unscaled)
     /// value, checked finite.
     pub fn loss(&self, head: &TalHead, features: Tensor<2>) -> Result<(Tensor<1>, f64)> {
-        let out = run_head(head, features)?;
-        let loss = video_loss(&out, &self.targets, self.norm, self.cfg)?;
-        let (loss, value) = finite_loss(loss, self.video, self.step)?;
-        Ok(match self.scale {
-            1.0 => (loss, value),
-            s => (loss * s, value),
-        })
+        batch_objective(head, vec![features], &[self])
     }
+}
+
+/// The loss of `head` on a padded batch of the step's `features` (one `[T_i, C]` per video,
+/// all objectives of one step), times the loss scale, and its (unscaled) value, checked finite.
+pub(crate) fn batch_objective(
+    head: &TalHead,
+    features: Vec<Tensor<2>>,
+    objectives: &[&Objective<'_>],
+) -> Result<(Tensor<1>, f64)> {
+    let first = objectives
+        .first()
+        .ok_or_else(|| Error::Config("a training step needs at least one video".into()))?;
+    let out = run_head_batch(head, features, first.len)?;
+    let targets: Vec<Targets> = objectives.iter().map(|o| o.targets.clone()).collect();
+    let loss = batch_loss(&out, &targets, first.norm, first.cfg)?;
+    let what = objectives
+        .iter()
+        .map(|o| o.video)
+        .collect::<Vec<_>>()
+        .join("`, `");
+    let (loss, value) = finite_loss(loss, &what, first.step)?;
+    Ok(match first.scale {
+        1.0 => (loss, value),
+        s => (loss * s, value),
+    })
 }
 
 /// `loss` and its value when finite; otherwise an error naming `what` was trained on and the
@@ -144,7 +172,7 @@ pub(crate) struct Computed {
     pub drift: Option<SegmentDrift>,
 }
 
-/// How one training mode turns a window into a loss and gradients. The loop around it (data
+/// How one training mode turns windows into a loss and gradients. The loop around it (data
 /// order, schedules, clipping, optimizers, checkpoints, resume) is the same for every mode.
 pub(crate) trait ModeStep {
     /// The loss of `model` on `window` under `objective`, and its gradients.
@@ -154,4 +182,48 @@ pub(crate) trait ModeStep {
         window: &Window<'_>,
         objective: &Objective<'_>,
     ) -> Result<Computed>;
+
+    /// The loss of a step over several videos (one objective each) and its gradients: by
+    /// default the videos one at a time as micro-batches, their gradients added, so memory is
+    /// that of one video and the update that of the batch.
+    fn compute_step(
+        &self,
+        model: &TalModel,
+        videos: &[(Window<'_>, Objective<'_>)],
+    ) -> Result<Computed> {
+        let mut total: Option<Computed> = None;
+        for (w, o) in videos {
+            let c = self.compute(model, w, o)?;
+            total = Some(match total {
+                None => c,
+                Some(t) => t.add(c, model),
+            });
+        }
+        total.ok_or_else(|| Error::Config("a training step needs at least one video".into()))
+    }
+}
+
+impl Computed {
+    /// The sum of two micro-batches' losses and gradients; the worse drift reading.
+    pub fn add(mut self, other: Computed, model: &TalModel) -> Computed {
+        self.grads.add(other.grads, model);
+        Computed {
+            loss: self.loss + other.loss,
+            grads: self.grads,
+            drift: match (self.drift, other.drift) {
+                (Some(a), Some(b)) => Some(if b.drift.max_rel > a.drift.max_rel {
+                    SegmentDrift {
+                        fell_back: a.fell_back || b.fell_back,
+                        ..b
+                    }
+                } else {
+                    SegmentDrift {
+                        fell_back: a.fell_back || b.fell_back,
+                        ..a
+                    }
+                }),
+                (a, b) => a.or(b),
+            },
+        }
+    }
 }

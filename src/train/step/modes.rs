@@ -1,7 +1,7 @@
 //! The four training modes' steps.
 
 use super::fine_tune::{BackboneRun, LeftGrads};
-use super::{Computed, ModeStep, Objective, StepGrads, Window};
+use super::{Computed, ModeStep, Objective, StepGrads, Window, batch_objective};
 use crate::backbone::{BackboneOutput, LayerTaps, Network};
 use crate::error::Result;
 use crate::train::model::{Extraction, TalModel, head_input};
@@ -22,19 +22,50 @@ pub(crate) fn for_plan(plan: &TrainPlan, layers: Vec<usize>) -> Box<dyn ModeStep
 }
 
 /// Head-only: the frozen backbone's last-layer features (cached or run now without a graph)
-/// into the head; only the head learns.
+/// into the head; only the head learns. Several videos per step are one padded batch (the
+/// head holds little per video).
 struct HeadOnly {
     network: Network,
 }
 
-impl ModeStep for HeadOnly {
-    fn compute(&self, model: &TalModel, w: &Window<'_>, obj: &Objective<'_>) -> Result<Computed> {
+impl HeadOnly {
+    fn features(&self, model: &TalModel, w: &Window<'_>) -> Result<burn::tensor::Tensor<2>> {
         let how = Extraction {
             network: self.network,
             ..Extraction::features(w.count)
         };
-        let f = w.frozen(model, how)?.features.autodiff();
-        let (loss, value) = obj.loss(&model.head, f)?;
+        Ok(w.frozen(model, how)?.features.autodiff())
+    }
+}
+
+impl ModeStep for HeadOnly {
+    fn compute(&self, model: &TalModel, w: &Window<'_>, obj: &Objective<'_>) -> Result<Computed> {
+        self.batch(model, vec![self.features(model, w)?], &[obj])
+    }
+
+    fn compute_step(
+        &self,
+        model: &TalModel,
+        videos: &[(Window<'_>, Objective<'_>)],
+    ) -> Result<Computed> {
+        let features = videos
+            .iter()
+            .map(|(w, _)| self.features(model, w))
+            .collect::<Result<Vec<_>>>()?;
+        let objectives: Vec<&Objective<'_>> = videos.iter().map(|(_, o)| o).collect();
+        self.batch(model, features, &objectives)
+    }
+}
+
+impl HeadOnly {
+    /// The head on the padded batch of `features`, and its gradients.
+    fn batch(
+        &self,
+        model: &TalModel,
+        features: Vec<burn::tensor::Tensor<2>>,
+        objectives: &[&Objective<'_>],
+    ) -> Result<Computed> {
+        let (loss, value) = batch_objective(&model.head, features, objectives)?;
         Ok(computed(
             value,
             LeftGrads::Autodiff(loss.backward()),
