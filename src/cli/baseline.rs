@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::baseline::{NoisyOracleConfig, noisy_oracle};
-use e2e_tal::data::{ClipSamplingConfig, Subset, SynthConfig, open_source, sample_clips};
+use e2e_tal::data::{ClipFrames, ClipSamplingConfig, SpatialOp, Subset, SynthConfig, open_source};
 use e2e_tal::data::{locate_video, media_dir};
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 use e2e_tal::tal::postprocess::PostProcessConfig;
@@ -46,7 +46,7 @@ pub fn run(a: BaselineArgs) -> Result<()> {
         });
     }
     // Push every validation video through frame decoding and clip sampling, so the job fails
-    // loudly on a broken dataset.
+    // loudly on a broken dataset: 64 clips at a time, as evaluation streams them.
     let clip_cfg = ClipSamplingConfig::new();
     let t = Instant::now();
     let (mut videos, mut clips) = (0, 0);
@@ -55,14 +55,17 @@ pub fn run(a: BaselineArgs) -> Result<()> {
         if let Some(n) = v.num_frames {
             src.check_count(n)?;
         }
-        let frames = src.read_all(None)?;
-        let fps = src
-            .fps()
-            .or(v.fps)
-            .unwrap_or(frames.len as f64 / v.duration);
-        let batch = sample_clips(&frames, fps, &clip_cfg, None, &device)?;
+        let n = clip_cfg.num_clips(&v.id, src.len())?;
+        let op = SpatialOp::identity(src.frame_size()?);
+        let mut start_clip = 0;
+        while start_clip < n {
+            let count = 64.min(n - start_clip);
+            let read = ClipFrames::read(src.as_ref(), &clip_cfg, start_clip, count, &op)?;
+            let batch = read.clips(&clip_cfg, start_clip, count, &device)?;
+            clips += batch.dims()[0];
+            start_clip += count;
+        }
         videos += 1;
-        clips += batch.num_valid;
     }
     outln!(
         "clip pipeline: {videos} validation videos -> {clips} clips of {} frames in {:.1}s",

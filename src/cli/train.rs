@@ -194,9 +194,14 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
         Some(BackboneArg::Synthetic) => cfg.backbone = BackboneConfig::synthetic_vit(),
         Some(BackboneArg::Preset(p)) => {
             cfg.backbone = BackboneConfig::preset(p);
-            // Real video: the field's training crops and flips.
+            // Real video: the field's training crops and flips, and a VideoMAE's clips as it
+            // was pretrained on them (16 consecutive frames; a clip every 4 frames).
             let size = cfg.transform.size;
             cfg.transform = FrameTransformConfig::field().with_size(size);
+            if let BackboneConfig::Vit(v) = &cfg.backbone {
+                cfg.clips.clip_frames = v.num_frames;
+                cfg.clips.frame_stride = 1;
+            }
         }
     }
     if let Some(n) = a.max_clips {
