@@ -101,12 +101,7 @@ pub fn prepare_run_folder(out: &Path, overwrite: bool) -> Result<()> {
     }
     for name in present {
         let p = out.join(name);
-        let removed = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        removed.map_err(|e| Error::io(&p, e))?;
+        remove_output(&p).map_err(|e| Error::io(&p, e))?;
     }
     Ok(())
 }
@@ -185,6 +180,15 @@ pub fn train(
     outcome
 }
 
+/// Remove one of a run's outputs, a folder with its contents or a file.
+fn remove_output(p: &Path) -> std::io::Result<()> {
+    if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    }
+}
+
 /// A new run that failed before its first checkpoint (a video that cannot be read, a
 /// non-finite first loss) leaves nothing behind: [`prepare_run_folder`] made sure no run
 /// output was there, so every one present now is this run's, and the folder goes too when the
@@ -195,12 +199,8 @@ fn undo_failed_start(out: &Path, existed: bool) {
         return;
     }
     for name in RUN_OUTPUTS {
-        let p = out.join(name);
-        let _ = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
+        // Best effort: the run's error is what the caller reports.
+        let _ = remove_output(&out.join(name));
     }
     if !existed {
         let _ = std::fs::remove_dir(out);
