@@ -17,6 +17,7 @@ pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
+    refuse_special(path)?;
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
@@ -42,6 +43,27 @@ pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -
         serde_json::to_writer_pretty(&mut *w, value).map_err(std::io::Error::other)?;
         w.write_all(b"\n")
     })
+}
+
+/// An output that exists must be a regular file: renaming a new file over a device node, a
+/// pipe, a socket or a symbolic link would replace it (as root, `/dev/full` with a file).
+fn refuse_special(path: &Path) -> Result<()> {
+    match path.symlink_metadata() {
+        Ok(m) if !m.file_type().is_file() => {
+            let kind = if m.file_type().is_symlink() {
+                "a symbolic link"
+            } else if m.is_dir() {
+                "a folder"
+            } else {
+                "not a regular file (a device, a pipe or a socket)"
+            };
+            Err(Error::WouldOverwrite {
+                path: path.to_path_buf(),
+                reason: format!("it is {kind}; give the name of a new or regular file"),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -71,6 +93,7 @@ pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
             reason: "it is a folder; give a file name".into(),
         });
     }
+    refuse_special(out)?;
     let Ok(target) = out.canonicalize() else {
         // Does not exist yet: it cannot be an input.
         return Ok(());
@@ -156,6 +179,28 @@ mod tests {
         set_progress(move |line| s.lock().unwrap().push(line.to_string()));
         progress(format_args!("step {} of {}", 3, 7));
         assert!(seen.lock().unwrap().iter().any(|l| l == "step 3 of 7"));
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn outputs_that_are_not_regular_files_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target.json");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = d.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for p in [link.as_path(), Path::new("/dev/null"), d.path()] {
+            let e = write_atomic(p, b"x").unwrap_err().to_string();
+            assert!(e.contains("refusing to write"), "{e}");
+            assert!(check_output(p, &[]).is_err());
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[test]

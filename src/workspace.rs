@@ -16,6 +16,15 @@ use crate::weights::CheckpointFamily;
 /// Load the dataset in `data`, generating the synthetic benchmark `synth` there first when it
 /// has no annotations; every video must hold at least `min_frames` frames.
 pub fn load_dataset(data: &Path, synth: &SynthConfig, min_frames: usize) -> Result<TalDataset> {
+    if data.is_file() {
+        return Err(Error::EmptyInput {
+            path: data.to_path_buf(),
+            reason: format!(
+                "is a file; a dataset is the folder that holds {ANNOTATIONS_FILE} and frames/ \
+                 or videos/ (give its folder)"
+            ),
+        });
+    }
     let ann = data.join(ANNOTATIONS_FILE);
     let gt = if ann.is_file() {
         GroundTruth::from_json_file(&ann)?

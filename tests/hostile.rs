@@ -277,6 +277,42 @@ fn workspace(root: &Path) {
     let f = root.join("dsv_cut/videos/synth_00001.mp4");
     let b = std::fs::read(&f).unwrap();
     std::fs::write(&f, &b[..b.len() / 3]).unwrap();
+    // A folder and a link loop where a video file should be.
+    copy_dir(&root.join("dsv"), &root.join("ds_dirvid"));
+    let f = root.join("ds_dirvid/videos/synth_00001.mp4");
+    std::fs::remove_file(&f).unwrap();
+    std::fs::create_dir(&f).unwrap();
+    copy_dir(&root.join("dsv"), &root.join("ds_loop"));
+    let f = root.join("ds_loop/videos/synth_00001.mp4");
+    std::fs::remove_file(&f).unwrap();
+    std::os::unix::fs::symlink("synth_00001.mp4", &f).unwrap();
+    // File names FFmpeg would read as an option, another protocol or another file.
+    let video = std::fs::read(root.join("dsv/videos/synth_00000.mp4")).unwrap();
+    for name in ["a.mp4", "b.mp4", "x.mp4"] {
+        w(name, &video);
+    }
+    for name in ["-report", "concat:a.mp4|b.mp4", "file:x.mp4", "-y.mp4"] {
+        w(name, b"not a video");
+    }
+    // Timestamps that jump by 100,000 s between frames 4 and 5.
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=32x32:rate=10:duration=1")
+        .args(["-vf", "setpts='if(gte(N,5),PTS+100000/TB,PTS)'"])
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ])
+        .arg(root.join("gap.mp4"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // An output that is a link to another file.
+    std::os::unix::fs::symlink("pred.json", root.join("link.json")).unwrap();
     let d = variant("ds_gap");
     std::fs::remove_file(d.join("frames/synth_00001/img_00050.jpg")).unwrap();
     let d = variant("ds_mixed");
@@ -739,6 +775,52 @@ fn cases() -> Vec<Case> {
             &format!("train --data ds_noann --out new --mode head-only {t}"),
             1,
             &["ds_noann", "annotated action"],
+        ),
+        // Paths FFmpeg must read as plain local files, broken timelines, odd media entries.
+        case(
+            "infer --checkpoint run --video=-report --out o.json",
+            1,
+            &["-report", "not a readable video"],
+        ),
+        case(
+            "infer --checkpoint run --video concat:a.mp4|b.mp4 --out o.json",
+            1,
+            &["concat:a.mp4|b.mp4", "not a readable video"],
+        ),
+        case(
+            "infer --checkpoint run --video file:x.mp4 --out o.json",
+            1,
+            &["file:x.mp4", "not a readable video"],
+        ),
+        case(
+            "infer --checkpoint run --video=-y.mp4 --out o.json",
+            1,
+            &["-y.mp4", "not a readable video"],
+        ),
+        case(
+            "infer --checkpoint run --video gap.mp4 --out o.json",
+            1,
+            &["gap.mp4", "timestamps jump by 100000 s"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --out link.json",
+            1,
+            &["link.json", "symbolic link"],
+        ),
+        case(
+            &format!("train --data ds_dirvid --out new {t}"),
+            1,
+            &["synth_00001.mp4", "is a folder"],
+        ),
+        case(
+            &format!("train --data ds_loop --out new {t}"),
+            1,
+            &["synth_00001.mp4", "leads nowhere"],
+        ),
+        case(
+            &format!("train --data ds/annotations.json --out new {t}"),
+            1,
+            &["annotations.json", "is a file"],
         ),
         // The input pipeline's flags.
         case(
@@ -1267,4 +1349,57 @@ fn byte_order_marks_never_reach_the_data() {
         serde_json::from_str(&std::fs::read_to_string(root.join("gt.json")).unwrap()).unwrap();
     let ids: Vec<&String> = gt["database"].as_object().unwrap().keys().collect();
     assert_eq!(ids, ["vid_1"]);
+}
+
+/// Two `train` commands on one run folder: the second is refused while the first holds the
+/// folder's lock, and the first finishes untouched.
+#[test]
+fn two_trains_on_one_run_folder_do_not_interleave() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    sh(
+        root,
+        "synth --out ds --videos 3 --size 32 --classes 2 --seed 3",
+    );
+    std::fs::write(
+        root.join("tiny.json"),
+        serde_json::to_string(&tiny_config().with_epochs(40)).unwrap(),
+    )
+    .unwrap();
+    let first = Command::new(BIN)
+        .args(split(
+            "train --data ds --out run --config tiny.json --from-scratch --quiet",
+        ))
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first has started its run.
+    let t = std::time::Instant::now();
+    while !root.join("run/config.json").exists() {
+        assert!(t.elapsed().as_secs() < 120, "the first run never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, out, err) = run(
+        root,
+        &split("train --data ds --out run --config tiny.json --from-scratch --quiet --overwrite"),
+        Stdout::Captured,
+    );
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("another `train`") && err.contains("run"),
+        "{err}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("run/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics.as_array().unwrap().len(), 40);
 }

@@ -228,14 +228,16 @@ pub fn locate_video(media: &Path, id: &str) -> Result<PathBuf> {
     if folder.is_dir() {
         return Ok(folder);
     }
-    let found: Vec<PathBuf> = VIDEO_EXTENSIONS
+    let named: Vec<PathBuf> = VIDEO_EXTENSIONS
         .iter()
         .flat_map(|e| [e.to_string(), e.to_ascii_uppercase()])
         .map(|e| media.join(format!("{id}.{e}")))
-        .filter(|p| p.is_file())
+        .filter(|p| p.symlink_metadata().is_ok())
         .collect();
+    let found: Vec<PathBuf> = named.iter().filter(|p| p.is_file()).cloned().collect();
     match found.as_slice() {
         [one] => Ok(one.clone()),
+        [] if !named.is_empty() => Err(not_a_file(&named[0], id)),
         [] => Err(Error::MissingFrames {
             path: folder,
             video: id.to_owned(),
@@ -256,6 +258,20 @@ pub fn locate_video(media: &Path, id: &str) -> Result<PathBuf> {
                     .join(", ")
             ),
         }),
+    }
+}
+
+/// The error for `path`, named like video `id`'s file but not a readable file: a folder, a
+/// symbolic link that leads nowhere (broken, or a loop), or something else.
+fn not_a_file(path: &Path, id: &str) -> Error {
+    let reason = match path.metadata() {
+        Ok(m) if m.is_dir() => "is a folder, not a video file (a frame folder is named `<id>/`)",
+        Ok(_) => "is not a regular file (a device, a pipe or a socket)",
+        Err(_) => "is a symbolic link that leads nowhere (broken, or a loop)",
+    };
+    Error::Video {
+        path: path.to_path_buf(),
+        reason: format!("video `{id}`: {reason}"),
     }
 }
 

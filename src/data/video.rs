@@ -113,7 +113,7 @@ fn spawn_error(program: &str, path: &Path, e: std::io::Error) -> Error {
 /// and the file name it repeats.
 fn ffmpeg_message(stderr: &[u8], path: &Path, status: std::process::ExitStatus) -> String {
     let text = String::from_utf8_lossy(stderr);
-    let file = path.to_string_lossy();
+    let file = local(path).to_string_lossy().into_owned();
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -169,11 +169,21 @@ fn no_video_stream(path: &Path) -> Error {
     )
 }
 
-/// Program arguments: `words`, then the file.
+/// Program arguments: `words`, then the file as [`local`] names it.
 fn args(words: &[&str], file: &Path) -> Vec<OsString> {
     let mut a: Vec<OsString> = words.iter().map(OsString::from).collect();
-    a.push(file.as_os_str().to_owned());
+    a.push(local(file));
     a
+}
+
+/// `path` as FFmpeg must read it: a plain local file, never an option (`-report`), another
+/// protocol (`concat:a.mp4|b.mp4`, `http:...`) or another file (`file:x.mp4` read as `x.mp4`):
+/// the `file:` protocol with the absolute path.
+pub(crate) fn local(path: &Path) -> OsString {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut s = OsString::from("file:");
+    s.push(abs.as_os_str());
+    s
 }
 
 /// `"30000/1001"` -> 29.97; `"0/0"` and malformed values -> `None`.
@@ -287,6 +297,23 @@ impl VideoFile {
         let first = times[0];
         times.iter_mut().for_each(|t| *t -= first);
         let intervals: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        if let Some((i, gap)) = intervals
+            .iter()
+            .copied()
+            .enumerate()
+            .find(|&(_, d)| d > MAX_GAP_SECONDS)
+        {
+            return Err(bad(
+                path,
+                format!(
+                    "timestamps jump by {gap:.0} s between frames {i} and {} (more than {:.0} \
+                     s: a broken or badly concatenated file); refusing to fill the gap with \
+                     one frame repeated",
+                    i + 1,
+                    MAX_GAP_SECONDS
+                ),
+            ));
+        }
         let median = {
             let mut s = intervals.clone();
             s.sort_by(f64::total_cmp);
@@ -561,6 +588,11 @@ impl VideoFile {
     }
 }
 
+/// Longest pause between two frames a video may have: a recording paused for longer is a
+/// broken or concatenated file, whose constant-rate grid would repeat one frame for the whole
+/// gap (hours of identical frames to decode and run).
+pub const MAX_GAP_SECONDS: f64 = 600.0;
+
 /// Stream frames two wanted frames may lie apart and still be decoded in one pass: past it,
 /// a new seek (about one group of pictures to decode, and an FFmpeg start) is cheaper than
 /// decoding every frame between them.
@@ -610,7 +642,7 @@ pub fn encode_mp4(path: &Path, frames: &Frames, fps: f64) -> Result<()> {
     ]
     .map(OsString::from)
     .into();
-    a.push(part.as_os_str().to_owned());
+    a.push(local(&part));
     let mut child = Command::new("ffmpeg")
         .args(&a)
         .stdin(Stdio::piped())

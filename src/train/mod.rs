@@ -10,6 +10,7 @@ mod config;
 mod dataset;
 mod ema;
 mod infer;
+mod lock;
 mod loss_scale;
 mod model;
 mod plan;

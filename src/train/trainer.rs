@@ -26,6 +26,7 @@ use super::checkpoint::{
 use super::config::TrainConfig;
 use super::dataset::TalDataset;
 use super::ema::ema_update;
+use super::lock::RunLock;
 use super::loss_scale::LossScale;
 use super::model::{Detector, TalModel, adapter_layers, materialize};
 use super::plan::{Sampling, TrainPlan};
@@ -139,9 +140,14 @@ pub fn train(
     device: &Device,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
-    let existed = opts.out_dir.exists();
-    prepare_run_folder(&opts.out_dir, opts.overwrite)?;
     check_trainable(data, &cfg)?;
+    let existed = opts.out_dir.exists();
+    // Locked before anything in the folder is removed or written.
+    let lock = RunLock::acquire(&opts.out_dir)?;
+    if let Err(e) = prepare_run_folder(&opts.out_dir, opts.overwrite) {
+        lock.release_unused();
+        return Err(e);
+    }
     let device = device.clone().autodiff();
     let frame_size = cfg.frame_size();
     // Burn initialises parameters lazily, at first use: fix the backbone's values now (under
@@ -175,7 +181,7 @@ pub fn train(
     let ema = (meta.config.ema_decay > 0.0).then(|| model.valid());
     let outcome = run(meta, model, ema, optims, data, opts, &device);
     if outcome.is_err() {
-        undo_failed_start(&opts.out_dir, existed);
+        undo_failed_start(&opts.out_dir, existed, lock);
     }
     outcome
 }
@@ -194,10 +200,11 @@ fn remove_output(p: &Path) -> std::io::Result<()> {
 /// output was there, so every one present now is this run's, and the folder goes too when the
 /// run made it and nothing else is in it. A run with a checkpoint keeps everything: it resumes
 /// once its input is mended.
-fn undo_failed_start(out: &Path, existed: bool) {
+fn undo_failed_start(out: &Path, existed: bool, lock: RunLock) {
     if out.join("checkpoint").exists() || out.join("checkpoint.old").exists() {
         return;
     }
+    lock.release_unused();
     for name in RUN_OUTPUTS {
         // Best effort: the run's error is what the caller reports.
         let _ = remove_output(&out.join(name));
@@ -262,6 +269,7 @@ pub fn resume_with(
     changes: &ResumeChanges,
     device: &Device,
 ) -> Result<TrainOutcome> {
+    let _lock = RunLock::acquire(&opts.out_dir)?;
     let device = device.clone().autodiff();
     let mut meta = ck.meta.clone();
     if let Some(epochs) = changes.epochs {
