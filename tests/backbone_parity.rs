@@ -376,3 +376,75 @@ fn classification_checkpoints_fc_norm_is_mapped_or_reported() {
     let err = (got - want).abs().max().into_scalar::<f32>();
     assert!(err < 1e-4, "fc_norm pooled feature differs by {err}");
 }
+
+/// A checkpoint whose tensors are F16, BF16 or F64 (as `model.half()` or `.double()` saves
+/// them) loads into the f32 model, converted, instead of panicking inside Burn: the outputs
+/// equal the f32 checkpoint's to the half type's precision.
+#[test]
+fn half_precision_and_f64_checkpoints_load_converted_to_f32() {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    let bytes = std::fs::read(fixture("vit.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut f32_model = tiny_vit().init(&cpu_device());
+    load(
+        &mut f32_model,
+        &fixture("vit.safetensors"),
+        CheckpointFamily::HfVideoMae,
+    )
+    .unwrap();
+    let want: Vec<f32> = f32_model
+        .forward(input("vit"), &[])
+        .unwrap()
+        .features
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (dtype, tol) in [(Dtype::F16, 2e-2), (Dtype::BF16, 8e-2), (Dtype::F64, 1e-6)] {
+        let owned: Vec<(String, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| {
+                let xs = v
+                    .data()
+                    .chunks(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()));
+                let data: Vec<u8> = match dtype {
+                    Dtype::F16 => xs
+                        .flat_map(|x| half::f16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    Dtype::BF16 => xs
+                        .flat_map(|x| half::bf16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    _ => xs.flat_map(|x| (x as f64).to_le_bytes()).collect(),
+                };
+                (name, v.shape().to_vec(), data)
+            })
+            .collect();
+        let views: Vec<(String, TensorView)> = owned
+            .iter()
+            .map(|(n, s, d)| (n.clone(), TensorView::new(dtype, s.clone(), d).unwrap()))
+            .collect();
+        let path = dir.path().join(format!("vit_{dtype:?}.safetensors"));
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let mut m = tiny_vit().init(&cpu_device());
+        load(&mut m, &path, CheckpointFamily::HfVideoMae)
+            .unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
+        let got: Vec<f32> = m
+            .forward(input("vit"), &[])
+            .unwrap()
+            .features
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            diff <= tol * scale,
+            "{dtype:?}: max diff {diff} (scale {scale})"
+        );
+    }
+}

@@ -9,7 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore};
+use burn::store::{
+    FloatCastAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
+};
 use regex::Regex;
 
 use crate::error::{Error, Result};
@@ -382,8 +385,14 @@ fn split_qkv(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
     safetensors::serialize(views, None).map_err(|e| bad(format!("cannot re-encode: {e}")))
 }
 
+/// Checkpoint tensors in half precision (F16, BF16) or F64 become the f32 this crate's modules
+/// hold, as PyTorch users expect of a half-precision checkpoint loaded into an f32 model.
+fn to_f32() -> FloatCastAdapter {
+    FloatCastAdapter::to(burn::tensor::DType::F32)
+}
+
 /// Load `path` (`.safetensors`, or `.pth` / `.pt` PyTorch pickles) into `module` with the key
-/// map of `family`. Fails on a missing tensor or a shape mismatch, naming the key; unused keys
+/// map of `family`; half-precision and F64 tensors are converted to f32. Fails on a missing tensor or a shape mismatch, naming the key; unused keys
 /// are returned in the report.
 pub fn load<M: Module + ModuleSnapshot>(
     module: &mut M,
@@ -399,11 +408,20 @@ pub fn load<M: Module + ModuleSnapshot>(
         for r in &map.rules {
             store = store.with_key_remapping(r.from.as_str(), &r.to);
         }
-        module.load_from(&mut store).map_err(|e| Error::Weights {
-            path: path.to_path_buf(),
-            key: String::new(),
-            reason: e.to_string(),
-        })?
+        // PytorchStore's own apply keeps half-precision tensors as they are (which this crate's
+        // f32 modules cannot hold): apply its tensors with the same adapter plus the cast.
+        let tensors = store
+            .get_all_tensors()
+            .map_err(|e| Error::Weights {
+                path: path.to_path_buf(),
+                key: String::new(),
+                reason: e.to_string(),
+            })?
+            .values()
+            .cloned()
+            .collect();
+        let adapter = PyTorchToBurnAdapter.chain(to_f32());
+        module.apply(tensors, None, Some(Box::new(adapter)), true)
     } else {
         let mut store = if family == CheckpointFamily::VideoMaeV2 {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -413,9 +431,10 @@ pub fn load<M: Module + ModuleSnapshot>(
         }
         // Missing tensors and mismatches come back in the result and are reported below, by key.
         .allow_partial(true)
-        .validate(false);
+        .validate(false)
+        .with_from_adapter(to_f32());
         if family != CheckpointFamily::Native {
-            store = store.with_from_adapter(PyTorchToBurnAdapter);
+            store = store.with_from_adapter(PyTorchToBurnAdapter.chain(to_f32()));
         }
         for r in &map.rules {
             store = store.with_key_remapping(r.from.as_str(), &r.to);
