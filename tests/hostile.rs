@@ -225,6 +225,14 @@ fn workspace(root: &Path) {
         "nan_seg.json",
         b"{\"results\": {\"v\": [{\"label\": \"a\", \"score\": 0.5, \"segment\": [1, NaN]}]}}",
     );
+    w(
+        "dup_gt.json",
+        b"{\"database\": {\"v\": {\"subset\": \"validation\", \"duration\": 10, \"annotations\": []},\n \"v\": {\"subset\": \"validation\", \"duration\": 10}}}",
+    );
+    w(
+        "dup_pred.json",
+        b"{\"results\": {\"v\": [], \"v\": [{\"label\": \"a\", \"score\": 1, \"segment\": [1, 2]}]}}",
+    );
     w("cfg_type.json", b"{\"epochs\": \"many\"}");
     w("cfg_variant.json", b"{\"mode\": \"sideways\"}");
     w(
@@ -775,6 +783,17 @@ fn cases() -> Vec<Case> {
             &format!("train --data ds_noann --out new --mode head-only {t}"),
             1,
             &["ds_noann", "annotated action"],
+        ),
+        // A video id given twice.
+        case(
+            "eval --gt dup_gt.json --pred pred.json",
+            1,
+            &["dup_gt.json", "line 2", "`v` appears twice"],
+        ),
+        case(
+            "eval --gt ds/annotations.json --pred dup_pred.json",
+            1,
+            &["dup_pred.json", "`v` appears twice"],
         ),
         // Paths FFmpeg must read as plain local files, broken timelines, odd media entries.
         case(
