@@ -108,7 +108,10 @@ fn main() -> Result<(), e2e_tal::Report> {
         )?;
         let seq = FeatureSequence::from_tensor(f.features);
         channels = seq.channels;
-        seq.write(&a.out.join(format!("{}.npy", v.id)))?;
+        seq.write(
+            &a.out
+                .join(format!("{}.npy", e2e_tal::io::file_stem_for(&v.id))),
+        )?;
     }
     let clips = &cfg.clips;
     let meta = serde_json::json!({

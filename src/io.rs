@@ -45,6 +45,27 @@ pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -
     })
 }
 
+/// The file name stem of everything derived from video id `id` (cached features, timelines):
+/// letters, digits, `_`, `-` and inner dots kept, every other byte written `%XX` (a leading dot
+/// too), so an id can neither leave the folder (`../x`, `/etc/x`, `a/b`) nor hide a file, and
+/// distinct ids never share a name. Ordinary ids (`video_validation_0000051`, `v_QOlSCBRmfWY`)
+/// are unchanged.
+pub fn file_stem_for(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for (i, b) in id.bytes().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push('%');
+    }
+    out
+}
+
 /// An output that exists must be a regular file: renaming a new file over a device node, a
 /// pipe, a socket or a symbolic link would replace it (as root, `/dev/full` with a file).
 fn refuse_special(path: &Path) -> Result<()> {
@@ -201,6 +222,21 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    #[test]
+    fn ids_become_file_names_that_stay_in_their_folder() {
+        assert_eq!(
+            file_stem_for("video_validation_0000051"),
+            "video_validation_0000051"
+        );
+        assert_eq!(file_stem_for("v_QOl-SC.b"), "v_QOl-SC.b");
+        assert_eq!(file_stem_for("../x"), "%2E.%2Fx");
+        assert_eq!(file_stem_for("/etc/passwd"), "%2Fetc%2Fpasswd");
+        assert_eq!(file_stem_for(".."), "%2E.");
+        assert_eq!(file_stem_for("a%2Fb"), "a%252Fb");
+        assert_eq!(file_stem_for(""), "%");
+        assert_ne!(file_stem_for("a/b"), file_stem_for("a%2Fb"));
     }
 
     #[test]

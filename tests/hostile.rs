@@ -361,6 +361,20 @@ fn workspace(root: &Path) {
             video["subset"] = "validation".into();
         }
     });
+    // A folder of the user's own files named like run outputs, with no run in it.
+    std::fs::create_dir_all(root.join("notrun/features")).unwrap();
+    w("notrun/features/mine.txt", b"mine");
+    w("notrun/predictions.json", b"{}");
+    // Video ids that would be paths outside the media folder.
+    for (name, id) in [("ds_escape", "../escape"), ("ds_abs", "/tmp/abs_id")] {
+        let d = variant(name);
+        edit_json(&d.join("annotations.json"), |v| {
+            let db = v["database"].as_object_mut().unwrap();
+            let first = db.keys().next().unwrap().clone();
+            let entry = db.remove(&first).unwrap();
+            db.insert(id.to_string(), entry);
+        });
+    }
     let d = variant("ds_badjson");
     std::fs::write(d.join("annotations.json"), b"{\"database\": ").unwrap();
     let d = variant("ds_fps");
@@ -783,6 +797,28 @@ fn cases() -> Vec<Case> {
             &format!("train --data ds_noann --out new --mode head-only {t}"),
             1,
             &["ds_noann", "annotated action"],
+        ),
+        // --overwrite removes only what a run wrote.
+        case(
+            &format!("train --data ds --out notrun --overwrite {t}"),
+            1,
+            &["notrun", "no run's config.json"],
+        ),
+        // Video ids that are paths.
+        case(
+            &format!("train --data ds_escape --out new --mode head-only {t}"),
+            1,
+            &["../escape", "cannot name a frame folder"],
+        ),
+        case(
+            &format!("train --data ds_abs --out new {t}"),
+            1,
+            &["/tmp/abs_id", "cannot name a frame folder"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds_escape/annotations.json --subset all --timeline tl --out o.json",
+            1,
+            &["../escape", "cannot name a frame folder"],
         ),
         // A video id given twice.
         case(

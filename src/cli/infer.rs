@@ -98,7 +98,10 @@ fn infer_video(a: &InferArgs, input: &Path, device: &burn::tensor::Device) -> Re
     let mut inputs = checkpoint_inputs(&ck_dir);
     inputs.push(input.to_path_buf());
     let timeline = match &a.timeline {
-        Some(dir) => dir.join(format!("{}.png", e2e_tal::train::video_id(input))),
+        Some(dir) => dir.join(format!(
+            "{}.png",
+            e2e_tal::io::file_stem_for(&e2e_tal::train::video_id(input))
+        )),
         None => a.out.with_extension("png"),
     };
     let check = |out: &Path, also: &[&Path]| {
@@ -178,7 +181,7 @@ fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> R
         let segs = det.detect(v)?;
         if let Some(dir) = &a.timeline {
             write_timeline(
-                &dir.join(format!("{}.png", v.id)),
+                &dir.join(format!("{}.png", e2e_tal::io::file_stem_for(&v.id))),
                 &v.segments,
                 &segs,
                 v.duration,

@@ -224,6 +224,20 @@ fn open_video_file(path: &Path, _video: &str, _fps: Option<f64>) -> Result<Arc<d
 /// `media/<id>.<ext>` with one of [`VIDEO_EXTENSIONS`]. An error names both places looked at,
 /// or the two files when one video has several.
 pub fn locate_video(media: &Path, id: &str) -> Result<PathBuf> {
+    let unsafe_id = id.is_empty()
+        || id == "."
+        || id == ".."
+        || id.contains(['/', '\\', '\0'])
+        || Path::new(id).is_absolute();
+    if unsafe_id {
+        return Err(Error::MissingFrames {
+            path: media.to_path_buf(),
+            video: id.to_owned(),
+            reason: "this video id cannot name a frame folder or video file inside the media \
+                     folder (it is empty, `.` or `..`, absolute, or holds a path separator)"
+                .into(),
+        });
+    }
     let folder = media.join(id);
     if folder.is_dir() {
         return Ok(folder);

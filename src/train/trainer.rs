@@ -100,6 +100,20 @@ pub fn prepare_run_folder(out: &Path, overwrite: bool) -> Result<()> {
             ),
         });
     }
+    // Only a run's own outputs go: the folder must hold the configuration a run writes first.
+    let config = out.join("config.json");
+    let is_run = config.symlink_metadata().is_ok_and(|m| m.is_file())
+        && crate::io::read_json::<TrainConfig>(&config).is_ok();
+    if !is_run {
+        return Err(Error::WouldOverwrite {
+            path: out.to_path_buf(),
+            reason: format!(
+                "it holds files named like a run's outputs ({}) but no run's config.json, so \
+                 they are not a run's and --overwrite removes nothing; choose another --out",
+                present.join(", ")
+            ),
+        });
+    }
     for name in present {
         let p = out.join(name);
         remove_output(&p).map_err(|e| Error::io(&p, e))?;
@@ -723,8 +737,10 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
     for (i, v) in ctx.data.videos.iter().enumerate() {
         let mut f = det.features(v)?;
         if det.layers().is_empty() {
-            FeatureSequence::from_tensor(f.features.clone())
-                .write(&run.join("features").join(format!("{}.npy", v.id)))?;
+            FeatureSequence::from_tensor(f.features.clone()).write(
+                &run.join("features")
+                    .join(format!("{}.npy", crate::io::file_stem_for(&v.id))),
+            )?;
         }
         // Mixed precision: the adapters' layers are held in the branches' precision (half
         // the memory) and read back in f32.
