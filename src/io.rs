@@ -45,6 +45,100 @@ pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -
     })
 }
 
+/// Refuse to write `out` when it is one of `inputs` (the same file under another name
+/// included), an existing folder or anything but a regular file, or inside a run, a dataset or
+/// a frame folder: a command must never replace what it reads, nor put its files among
+/// another run's or a dataset's.
+pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
+    if out.is_dir() {
+        return Err(Error::WouldOverwrite {
+            path: out.to_path_buf(),
+            reason: "it is a folder; give a file name".into(),
+        });
+    }
+    refuse_special(out)?;
+    if let Ok(target) = out.canonicalize() {
+        for input in inputs {
+            if input.canonicalize().is_ok_and(|i| i == target) {
+                return Err(Error::WouldOverwrite {
+                    path: out.to_path_buf(),
+                    reason: format!("it is this command's input {}", input.display()),
+                });
+            }
+        }
+    }
+    refuse_protected(out)
+}
+
+/// Error unless `dir` may receive a command's outputs (a `--timeline` folder): it must not be,
+/// or lie inside, a run, a dataset or a frame folder (see [`check_output`]).
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    refuse_protected(&dir.join("output"))
+}
+
+/// What a folder holds that outputs must stay out of: a training run (its checkpoints, or the
+/// configuration a run writes first), a dataset (annotations beside its frames or videos), or
+/// a video's frame folder (numbered images).
+fn protected(dir: &Path) -> Option<&'static str> {
+    let is_dir = |n: &str| dir.join(n).is_dir();
+    if is_dir("checkpoint") || is_dir("checkpoint.old") || run_config(&dir.join("config.json")) {
+        return Some("the training run");
+    }
+    if dir.join("annotations.json").is_file() && (is_dir("frames") || is_dir("videos")) {
+        return Some("the dataset");
+    }
+    let frame = |p: &Path| {
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let digits = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .is_some_and(|s| s.ends_with(|c: char| c.is_ascii_digit()));
+        matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) && digits && p.is_file()
+    };
+    let has_frames = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .take(64)
+        .any(|e| frame(&e.path()));
+    has_frames.then_some("the frame folder")
+}
+
+/// Whether `path` is a training run's `config.json` (the fields every run records).
+fn run_config(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| {
+            ["mode", "backbone", "clips", "head"]
+                .iter()
+                .all(|k| v.get(k).is_some())
+        })
+}
+
+/// An output must not land inside a run, a dataset or a frame folder: the command did not
+/// make them, and a file there is taken for theirs (a run's predictions, a dataset's
+/// annotations, a frame).
+fn refuse_protected(out: &Path) -> Result<()> {
+    let abs = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    for dir in abs.ancestors().skip(1) {
+        if let Some(kind) = protected(dir) {
+            return Err(Error::WouldOverwrite {
+                path: out.to_path_buf(),
+                reason: format!(
+                    "it is inside {kind} {}, which this command did not make; write outputs \
+                     outside runs, datasets and frame folders",
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The file name stem of everything derived from video id `id` (cached features, timelines):
 /// letters, digits, `_`, `-` and inner dots kept, every other byte written `%XX` (a leading dot
 /// too), so an id can neither leave the folder (`../x`, `/etc/x`, `a/b`) nor hide a file, and
@@ -103,31 +197,6 @@ pub fn read_to_string(path: &Path) -> Result<String> {
         Some(rest) => rest.to_owned(),
         None => text,
     })
-}
-
-/// Refuse to write `out` when it is one of `inputs` (the same file under another name
-/// included) or an existing folder: a command must never replace what it reads.
-pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
-    if out.is_dir() {
-        return Err(Error::WouldOverwrite {
-            path: out.to_path_buf(),
-            reason: "it is a folder; give a file name".into(),
-        });
-    }
-    refuse_special(out)?;
-    let Ok(target) = out.canonicalize() else {
-        // Does not exist yet: it cannot be an input.
-        return Ok(());
-    };
-    for input in inputs {
-        if input.canonicalize().is_ok_and(|i| i == target) {
-            return Err(Error::WouldOverwrite {
-                path: out.to_path_buf(),
-                reason: format!("it is this command's input {}", input.display()),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Where progress lines go.
@@ -222,6 +291,31 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    #[test]
+    fn outputs_stay_out_of_runs_datasets_and_frame_folders() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        std::fs::create_dir_all(run.join("checkpoint")).unwrap();
+        let ds = d.path().join("ds");
+        std::fs::create_dir_all(ds.join("videos")).unwrap();
+        std::fs::write(ds.join("annotations.json"), b"{}").unwrap();
+        let frames = d.path().join("frames");
+        std::fs::create_dir_all(&frames).unwrap();
+        std::fs::write(frames.join("img_00001.jpg"), b"x").unwrap();
+        for bad in [
+            run.join("predictions.json"),
+            ds.join("annotations.json"),
+            ds.join("videos/new.json"),
+            frames.join("img_00001.json"),
+        ] {
+            let e = check_output(&bad, &[]).unwrap_err().to_string();
+            assert!(e.contains("which this command did not make"), "{e}");
+        }
+        assert!(check_output_dir(&frames).is_err());
+        assert!(check_output(&d.path().join("results.json"), &[]).is_ok());
+        assert!(check_output_dir(&d.path().join("timelines")).is_ok());
     }
 
     #[test]

@@ -798,6 +798,37 @@ fn cases() -> Vec<Case> {
             1,
             &["ds_noann", "annotated action"],
         ),
+        // Outputs never land inside a run, a dataset or a frame folder.
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --subset all --out run/predictions.json",
+            1,
+            &["run/predictions.json", "inside the training run"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --subset all --out ds_count/annotations.json",
+            1,
+            &["ds_count/annotations.json", "inside the dataset"],
+        ),
+        case(
+            "infer --checkpoint run --video ds/frames/synth_00000 --out ds/frames/synth_00000/img_00001.json",
+            1,
+            &["img_00001.json", "inside the frame folder"],
+        ),
+        case(
+            "infer --checkpoint run --video ds/frames/synth_00000 --timeline ds/frames/synth_00000 --out o2.json",
+            1,
+            &["synth_00000", "inside the frame folder"],
+        ),
+        case(
+            "infer --checkpoint run --dataset ds/annotations.json --subset all --timeline run/tl --out o3.json",
+            1,
+            &["run/tl", "inside the training run"],
+        ),
+        case(
+            "pretrain --data ds --out run/backbone.safetensors --steps 1",
+            1,
+            &["run/backbone.safetensors", "inside the training run"],
+        ),
         // --overwrite removes only what a run wrote.
         case(
             &format!("train --data ds --out notrun --overwrite {t}"),

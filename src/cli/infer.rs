@@ -165,6 +165,9 @@ fn infer_dataset(a: &InferArgs, json: &Path, device: &burn::tensor::Device) -> R
         &a.out,
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
+    if let Some(dir) = &a.timeline {
+        e2e_tal::io::check_output_dir(dir)?;
+    }
     let cfg = with_precision(&ck.meta.config, a.precision, device)?;
     let model = e2e_tal::train::trained_model(&ck, device)?;
     let gt = GroundTruth::from_json_file(json)?;

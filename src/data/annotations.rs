@@ -528,24 +528,23 @@ mod tests {
         let texts = [
             r#"{"results": {"b": [{"label": "x", "score": 0.5, "segment": [1, 2]}],
                 "a": [{"label": "y", "score": 1, "segment": [0.5, 0.5]}], "c": []}}"#,
-            // Scores as strings and a repeated video key (the later list wins, in the first
-            // key's place, as Python's json does) go through the checked path.
+            // Scores as strings go through the checked path.
             r#"{"results": {"a": [{"label": "x", "score": "0.25", "segment": [1, 2]}],
-                "b": [], "a": [{"label": "z", "score": 0.1, "segment": [3, 4]}]}}"#,
+                "b": []}}"#,
         ];
         for t in texts {
             let fast = Predictions::from_json_str(t, p).unwrap();
             let checked = Predictions::from_json_str_checked(t, p).unwrap();
             assert_eq!(fast, checked);
         }
-        let dup = Predictions::from_json_str(texts[1], p).unwrap();
-        assert_eq!(dup.videos.len(), 2);
-        assert_eq!(
-            (
-                dup.videos[0].id.as_str(),
-                dup.videos[0].detections[0].label.as_str()
-            ),
-            ("a", "z")
+        // A repeated video key is an error naming it (a plain parse would keep the last list
+        // silently, and `eval` would score the wrong detections).
+        let dup = r#"{"results": {"a": [{"label": "x", "score": 0.5, "segment": [1, 2]}],
+                "b": [], "a": [{"label": "z", "score": 0.1, "segment": [3, 4]}]}}"#;
+        let e = Predictions::from_json_str(dup, p).unwrap_err().to_string();
+        assert!(
+            e.contains("`a` appears twice") && e.contains("pred.json"),
+            "{e}"
         );
     }
 
