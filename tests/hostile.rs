@@ -234,6 +234,24 @@ fn workspace(root: &Path) {
         b"{\"results\": {\"v\": [], \"v\": [{\"label\": \"a\", \"score\": 1, \"segment\": [1, 2]}]}}",
     );
     w("cfg_type.json", b"{\"epochs\": \"many\"}");
+    w("cfg_unknown.json", b"{\"epoch\": 3}");
+    w(
+        "cfg_unknown_nested.json",
+        b"{\"head\": {\"embed_dims\": 64}}",
+    );
+    w(
+        "cfg_heads.json",
+        b"{\"backbone\": {\"Vit\": {\"num_heads\": 3}}}",
+    );
+    w(
+        "cfg_droppath.json",
+        b"{\"backbone\": {\"Vit\": {\"drop_path_rate\": 7.0}}}",
+    );
+    w("cfg_clip0.json", b"{\"clips\": {\"clip_frames\": 0}}");
+    w(
+        "cfg_scale0.json",
+        b"{\"precision\": \"f16\", \"loss_scale\": {\"init\": 0}}",
+    );
     w("cfg_variant.json", b"{\"mode\": \"sideways\"}");
     w(
         "cfg_nested.json",
@@ -797,6 +815,42 @@ fn cases() -> Vec<Case> {
             &format!("train --data ds_noann --out new --mode head-only {t}"),
             1,
             &["ds_noann", "annotated action"],
+        ),
+        // Every configuration field known and in range, named when not.
+        case(
+            "train --data ds --out new --config cfg_unknown.json --from-scratch --quiet",
+            1,
+            &["cfg_unknown.json", "`epoch`", "no such setting"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_unknown_nested.json --from-scratch --quiet",
+            1,
+            &["cfg_unknown_nested.json", "head.embed_dims"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_heads.json --from-scratch --quiet",
+            1,
+            &["backbone.Vit.num_heads", "does not divide"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_droppath.json --from-scratch --quiet",
+            1,
+            &["backbone.Vit.drop_path_rate", "[0, 1)"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_clip0.json --from-scratch --quiet",
+            1,
+            &["clips.clip_frames", "at least 1"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_scale0.json --from-scratch --quiet",
+            1,
+            &["loss_scale.init"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --config cfg_unknown.json --quiet",
+            1,
+            &["cfg_unknown.json", "`epoch`"],
         ),
         // Outputs never land inside a run, a dataset or a frame folder.
         case(

@@ -323,6 +323,7 @@ impl TrainConfig {
             return bad("epochs must be at least 1".into());
         }
         self.transform.validate()?;
+        super::validate::check_numbers(self)?;
         let (size, multiple) = (self.frame_size().0, self.backbone.spatial_multiple());
         if size == 0 || !size.is_multiple_of(multiple) {
             return bad(format!(
@@ -457,14 +458,60 @@ where
             reason: "a configuration is a JSON object".into(),
         });
     }
-    serde_path_to_error::deserialize(with_defaults(default, value)).map_err(|e| {
-        Error::InvalidField {
-            path: path.to_path_buf(),
-            video: None,
-            field: e.path().to_string(),
-            reason: e.into_inner().to_string(),
+    let unknown = |field: String| Error::InvalidField {
+        path: path.to_path_buf(),
+        video: None,
+        field,
+        reason: "no such setting (misspelt, or from another version)".into(),
+    };
+    let parsed: C = serde_path_to_error::deserialize(with_defaults(default, value.clone()))
+        .map_err(|e| {
+            // An unknown key stops the defaults from filling its object, which then fails
+            // as incomplete: name the key instead.
+            let at = e.path().to_string();
+            let at = if at == "." { String::new() } else { at };
+            let defaults = serde_json::to_value(default).unwrap_or_default();
+            match unknown_field(&value, &defaults, "") {
+                Some(f) if f.rsplit_once('.').map_or("", |(p, _)| p) == at => unknown(f),
+                _ => Error::InvalidField {
+                    path: path.to_path_buf(),
+                    video: None,
+                    field: e.path().to_string(),
+                    reason: e.into_inner().to_string(),
+                },
+            }
+        })?;
+    // A field the configuration does not have (`epoch` for `epochs`) would be dropped silently:
+    // every key of the file must come back when the parsed configuration is written out.
+    let known = serde_json::to_value(&parsed).map_err(|e| Error::Config(e.to_string()))?;
+    if let Some(field) = unknown_field(&value, &known, "") {
+        return Err(unknown(field));
+    }
+    Ok(parsed)
+}
+
+/// The dotted path of the first key of `given` that `known` (the same document as parsed and
+/// written back) lacks.
+fn unknown_field(given: &serde_json::Value, known: &serde_json::Value, at: &str) -> Option<String> {
+    let (serde_json::Value::Object(g), serde_json::Value::Object(k)) = (given, known) else {
+        return None;
+    };
+    for (key, v) in g {
+        let here = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
+        match k.get(key) {
+            None => return Some(here),
+            Some(kv) => {
+                if let Some(f) = unknown_field(v, kv, &here) {
+                    return Some(f);
+                }
+            }
         }
-    })
+    }
+    None
 }
 
 impl TrainConfig {

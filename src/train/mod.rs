@@ -19,6 +19,7 @@ mod schedule;
 mod stages;
 mod step;
 mod trainer;
+mod validate;
 
 pub use budget::{
     BudgetChoice, BudgetProbe, candidate_fidelities, choose_fidelity, parse_bytes, select_fidelity,
