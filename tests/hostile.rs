@@ -233,6 +233,14 @@ fn workspace(root: &Path) {
         "dup_pred.json",
         b"{\"results\": {\"v\": [], \"v\": [{\"label\": \"a\", \"score\": 1, \"segment\": [1, 2]}]}}",
     );
+    w(
+        "gt_outside.json",
+        b"{\"database\": {\"v\": {\"subset\": \"validation\", \"duration\": 10, \"annotations\": [{\"label\": \"a\", \"segment\": [5, 12]}]}}}",
+    );
+    w(
+        "pred_outside.json",
+        b"{\"results\": {\"v\": [{\"label\": \"a\", \"score\": 1, \"segment\": [5, 10]}]}}",
+    );
     w("cfg_type.json", b"{\"epochs\": \"many\"}");
     w("cfg_unknown.json", b"{\"epoch\": 3}");
     w(
@@ -393,6 +401,12 @@ fn workspace(root: &Path) {
             db.insert(id.to_string(), entry);
         });
     }
+    let d = variant("ds_fps_huge");
+    edit_json(&d.join("annotations.json"), |v| {
+        for video in v["database"].as_object_mut().unwrap().values_mut() {
+            video["fps"] = 1e300.into();
+        }
+    });
     let d = variant("ds_badjson");
     std::fs::write(d.join("annotations.json"), b"{\"database\": ").unwrap();
     let d = variant("ds_fps");
@@ -442,6 +456,17 @@ fn workspace(root: &Path) {
     copy_dir(&root.join("run"), &root.join("run_state"));
     std::fs::write(root.join("run_state/checkpoint/state.json"), b"{not json").unwrap();
     let _ = std::fs::remove_dir_all(root.join("run_state/checkpoint.old"));
+    // No manifest to verify against; a newest checkpoint that lost its weights.
+    copy_dir(&root.join("run"), &root.join("run_nosums"));
+    let _ = std::fs::remove_dir_all(root.join("run_nosums/checkpoint.old"));
+    std::fs::remove_file(root.join("run_nosums/checkpoint/checksums.json")).unwrap();
+    copy_dir(&root.join("run"), &root.join("run_nomodel"));
+    let _ = std::fs::remove_dir_all(root.join("run_nomodel/checkpoint.old"));
+    copy_dir(
+        &root.join("run_nomodel/checkpoint"),
+        &root.join("run_nomodel/checkpoint.old"),
+    );
+    std::fs::remove_file(root.join("run_nomodel/checkpoint/model.bpk")).unwrap();
 }
 
 fn cases() -> Vec<Case> {
@@ -851,6 +876,37 @@ fn cases() -> Vec<Case> {
             "pretrain --data ds --out p/b.safetensors --config cfg_unknown.json --quiet",
             1,
             &["cfg_unknown.json", "`epoch`"],
+        ),
+        // Implausible numbers in annotations and flags.
+        case(
+            "eval --gt gt_outside.json --pred pred_outside.json --subset all",
+            0,
+            &[
+                "gt_outside.json",
+                "reach outside their video",
+                "[5, 12] s in 10 s",
+            ],
+        ),
+        case(
+            &format!("train --data ds_fps_huge --out new {t}"),
+            1,
+            &["fps", "between 0.01 and 10000"],
+        ),
+        case(
+            "infer --checkpoint run --video ds/frames/synth_00000 --fps 1e-300 --out o.json",
+            2,
+            &["--fps", "between 0.01 and 10000"],
+        ),
+        // Checkpoints are verified or refused; a fallback always says why.
+        case(
+            "infer --checkpoint run_nosums --dataset ds/annotations.json --subset all --out o.json",
+            1,
+            &["run_nosums", "checksums.json", "cannot be verified"],
+        ),
+        case(
+            "infer --checkpoint run_nomodel --dataset ds/annotations.json --subset all --out o4.json",
+            0,
+            &["model.bpk", "using the previous checkpoint"],
         ),
         // Outputs never land inside a run, a dataset or a frame folder.
         case(

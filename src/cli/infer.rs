@@ -59,9 +59,14 @@ pub struct InferArgs {
 
 /// A positive finite number as a flag value (a frame rate).
 fn positive(s: &str) -> std::result::Result<f64, String> {
+    let plausible = e2e_tal::data::PLAUSIBLE_FPS;
     match s.trim().parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err("expected a positive finite number".into()),
+        Ok(v) if plausible.contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected a frame rate between {} and {}",
+            plausible.start(),
+            plausible.end()
+        )),
     }
 }
 

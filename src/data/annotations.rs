@@ -83,6 +83,10 @@ pub struct VideoAnnotations {
     pub annotations: Vec<Annotation>,
 }
 
+/// Frame rates a video may have (an annotation's `fps`, `infer --fps`, a training run's): a
+/// rate outside is a unit mistake or a broken file.
+pub const PLAUSIBLE_FPS: std::ops::RangeInclusive<f64> = 0.01..=10_000.0;
+
 /// A ground-truth database: videos in file order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GroundTruth {
@@ -106,7 +110,34 @@ impl GroundTruth {
         for (id, v) in db {
             videos.push(parse_video(ctx.video(id), id, v)?);
         }
-        Ok(Self { videos })
+        let gt = Self { videos };
+        gt.warn_outside_durations(path);
+        Ok(gt)
+    }
+
+    /// A named warning for segments that reach outside their video (before 0 or after its
+    /// duration; some releases of ActivityNet's annotations have them): they are kept, as the
+    /// official evaluation keeps them.
+    fn warn_outside_durations(&self, path: &Path) {
+        let outside: Vec<(&str, [f64; 2], f64)> = self
+            .videos
+            .iter()
+            .filter(|v| v.duration > 0.0)
+            .flat_map(|v| {
+                v.annotations
+                    .iter()
+                    .filter(|a| a.segment[0] < 0.0 || a.segment[1] > v.duration + 1e-6)
+                    .map(move |a| (v.id.as_str(), a.segment, v.duration))
+            })
+            .collect();
+        if let Some((id, [s, e], d)) = outside.first() {
+            crate::io::warning(format_args!(
+                "warning: {}: {} segments reach outside their video (first: video `{id}`, \
+                 [{s}, {e}] s in {d} s); they are kept",
+                path.display(),
+                outside.len()
+            ));
+        }
     }
 
     /// The video with identifier `id`.
@@ -177,8 +208,15 @@ fn parse_video(ctx: Ctx<'_>, id: &str, v: &Value) -> Result<VideoAnnotations> {
     let fps = match o.get("fps") {
         Some(v) => {
             let fps = ctx.number(v, "fps")?;
-            if fps <= 0.0 {
-                return Err(ctx.invalid("fps", format!("must be positive, found {fps}")));
+            if !PLAUSIBLE_FPS.contains(&fps) {
+                return Err(ctx.invalid(
+                    "fps",
+                    format!(
+                        "must be a frame rate between {} and {} frames per second, found {fps}",
+                        PLAUSIBLE_FPS.start(),
+                        PLAUSIBLE_FPS.end()
+                    ),
+                ));
             }
             Some(fps)
         }

@@ -18,7 +18,8 @@ pub(crate) mod thumos;
 pub(crate) mod video;
 
 pub use annotations::{
-    Annotation, Detection, GroundTruth, Predictions, Subset, VideoAnnotations, VideoDetections,
+    Annotation, Detection, GroundTruth, PLAUSIBLE_FPS, Predictions, Subset, VideoAnnotations,
+    VideoDetections,
 };
 pub use augment::AugmentConfig;
 pub use clips::{ClipBatch, ClipFrames, ClipSamplingConfig, clip_range, sample_clips};

@@ -196,12 +196,19 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Verify the files of checkpoint folder `dir` against its manifest. A folder written before
-/// checksums existed (no manifest) passes as it is.
+/// Verify the files of checkpoint folder `dir` against its manifest. A folder without one
+/// cannot be verified and is refused: damaged weights would otherwise load silently.
 pub(crate) fn verify(dir: &Path) -> Result<()> {
     let manifest = dir.join(CHECKSUMS);
     if !manifest.is_file() {
-        return Ok(());
+        return Err(fail(
+            dir,
+            format!(
+                "has no {CHECKSUMS}, so its files cannot be verified (a checkpoint is written \
+                 with it; this one was cut short, copied partly or made by a version before \
+                 checksums)"
+            ),
+        ));
     }
     let sums: std::collections::BTreeMap<String, String> = crate::io::read_json(&manifest)?;
     for required in [
@@ -279,7 +286,9 @@ pub(crate) fn save(
     Ok(())
 }
 
-/// The complete checkpoint folders of a run, newest first (`run` itself when it is one).
+/// The checkpoint folders of a run, newest first (`run` itself when it is one): every folder
+/// with any of a checkpoint's files, so one that lost a file is reported (and passed over with
+/// a warning) rather than skipped in silence.
 pub(crate) fn candidates(run: &Path) -> Vec<PathBuf> {
     [
         run.to_path_buf(),
@@ -287,7 +296,11 @@ pub(crate) fn candidates(run: &Path) -> Vec<PathBuf> {
         run.join("checkpoint.old"),
     ]
     .into_iter()
-    .filter(|d| d.join("state.json").is_file() && d.join("model.bpk").is_file())
+    .filter(|d| {
+        ["state.json", "model.bpk", CHECKSUMS]
+            .iter()
+            .any(|f| d.join(f).is_file())
+    })
     .collect()
 }
 

@@ -109,12 +109,17 @@ pub struct TalDataset {
 
 /// A frame rate must be positive and finite: every time in seconds is a frame index over it.
 fn check_fps(fps: f64, video: &str) -> Result<()> {
-    if fps > 0.0 && fps.is_finite() {
+    let plausible = crate::data::annotations::PLAUSIBLE_FPS;
+    if plausible.contains(&fps) {
         Ok(())
     } else {
         Err(Error::InvalidValue {
             name: format!("fps of video `{video}`"),
-            reason: format!("must be a positive finite number of frames per second, got {fps}"),
+            reason: format!(
+                "must be a frame rate between {} and {} frames per second, got {fps}",
+                plausible.start(),
+                plausible.end()
+            ),
         })
     }
 }
