@@ -897,6 +897,17 @@ fn cases() -> Vec<Case> {
             2,
             &["--fps", "between 0.01 and 10000"],
         ),
+        // A run is never made inside a dataset or another run.
+        case(
+            &format!("train --data ds --out ds/videos/run {t}"),
+            1,
+            &["ds/videos/run", "make runs outside them"],
+        ),
+        case(
+            &format!("train --data ds --out run/inner {t}"),
+            1,
+            &["run/inner", "make runs outside them"],
+        ),
         // Checkpoints are verified or refused; a fallback always says why.
         case(
             "infer --checkpoint run_nosums --dataset ds/annotations.json --subset all --out o.json",

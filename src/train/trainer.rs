@@ -155,6 +155,20 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     check_trainable(data, &cfg)?;
+    // A run is never made inside another run, a dataset or a frame folder.
+    let parent = std::path::absolute(&opts.out_dir)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    if let Some(parent) = parent {
+        crate::io::check_output_dir(&parent).map_err(|_| Error::WouldOverwrite {
+            path: opts.out_dir.clone(),
+            reason: format!(
+                "{} is a run, a dataset or a frame folder, or lies inside one; make runs \
+                 outside them",
+                parent.display()
+            ),
+        })?;
+    }
     let existed = opts.out_dir.exists();
     // Locked before anything in the folder is removed or written.
     let lock = RunLock::acquire(&opts.out_dir)?;
