@@ -235,6 +235,20 @@ fn main() {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
+    let flags = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("flags"))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let cpu = format!(
+        "{cpu} (AVX-512: {}, AMX: {})",
+        if has("avx512f") { "yes" } else { "no" },
+        if has("amx_tile") { "yes" } else { "no" }
+    );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "input pipeline bench on {cpu}, {cores} cores (videos ready in {:.0}s)",

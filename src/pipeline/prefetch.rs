@@ -177,7 +177,13 @@ fn work<T>(shared: &Shared<T>, ahead: usize, produce: &(dyn Fn(usize) -> Result<
             s.next += 1;
             s.next - 1
         };
-        let r = produce(i);
+        // A job that panics must still hand in a result: the consumer waits for every job.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(i)))
+            .unwrap_or_else(|_| {
+                Err(Error::Config(format!(
+                    "the input pipeline's worker panicked preparing step {i}"
+                )))
+            });
         let mut s = lock(shared);
         if s.stop {
             return;
@@ -233,6 +239,19 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{w} workers");
         }
+    }
+
+    #[test]
+    fn a_panicking_job_is_an_error_not_a_hang() {
+        let produce: Job<usize> = Arc::new(|i| if i == 2 { panic!("boom") } else { Ok(i) });
+        let cfg = LoaderConfig::new().with_workers(2).with_prefetch(2);
+        let mut p = Prefetcher::spawn(&cfg, 0..4, produce);
+        let got: Vec<String> = std::iter::from_fn(|| p.next_result())
+            .map(|r| r.map_or_else(|e| e.to_string(), |v| v.to_string()))
+            .collect();
+        assert_eq!(got[..2], ["0", "1"]);
+        assert!(got[2].contains("panicked preparing step 2"), "{got:?}");
+        assert_eq!(got[3], "3");
     }
 
     #[test]
