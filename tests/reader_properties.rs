@@ -152,6 +152,42 @@ proptest! {
     }
 
     #[test]
+    fn a_video_listed_twice_is_refused_by_name(
+        gt in ground_truth().prop_filter("a video", |g| !g.videos.is_empty()),
+        pred in predictions().prop_filter("a video", |p| !p.videos.is_empty()),
+        at in 0usize..8,
+    ) {
+        // The JSON of each reader with one entry of its top object written again at `at`.
+        let doubled = |doc: serde_json::Value, key: &str| -> (String, String) {
+            let entries: Vec<(String, serde_json::Value)> = doc[key]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let (id, v) = entries[at % entries.len()].clone();
+            let mut parts: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!("{}: {v}", serde_json::Value::from(k.as_str())))
+                .collect();
+            parts.insert(at % (parts.len() + 1), format!("{}: {v}", serde_json::Value::from(id.as_str())));
+            (format!("{{\"{key}\": {{{}}}}}", parts.join(", ")), id)
+        };
+        let (text, id) = doubled(gt.to_json(), "database");
+        let e = GroundTruth::from_json_str(&text, Path::new("twice.json")).unwrap_err();
+        assert_names(&e, "twice.json");
+        prop_assert!(e.to_string().contains(&format!("`{id}` appears twice")), "{}", e);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("pred.json");
+        pred.write_json(&p).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let (text, id) = doubled(doc, "results");
+        let e = Predictions::from_json_str(&text, Path::new("twice.json")).unwrap_err();
+        assert_names(&e, "twice.json");
+        prop_assert!(e.to_string().contains(&format!("`{id}` appears twice")), "{}", e);
+    }
+
+    #[test]
     fn results_reader_never_panics(bytes in noisy_text("{}[]\":,.0123456789 resultsgmn")) {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "pred.json", &bytes);
