@@ -8,7 +8,6 @@ use std::sync::Arc;
 use crate::data::annotations::{GroundTruth, Subset, VideoAnnotations};
 use crate::data::clips::ClipFrames;
 use crate::data::clips::ClipSamplingConfig;
-use crate::data::frames::Frames;
 use crate::data::source::{FrameSource, locate_video, open_source};
 use crate::data::spatial::SpatialOp;
 use crate::error::{Error, Result};
@@ -136,25 +135,6 @@ impl TalVideo {
             fps,
             source,
             segments: Vec::new(),
-        })
-    }
-
-    /// An annotated video whose frames are in memory (tests, generated data).
-    pub fn in_memory(
-        id: &str,
-        subset: Subset,
-        fps: f64,
-        frames: Frames,
-        segments: Vec<([f64; 2], usize)>,
-    ) -> Result<Self> {
-        check_fps(fps, id)?;
-        Ok(Self {
-            id: id.to_owned(),
-            subset,
-            duration: frames.len as f64 / fps,
-            fps,
-            source: Arc::new(frames),
-            segments,
         })
     }
 }
