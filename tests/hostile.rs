@@ -1475,21 +1475,22 @@ fn hostile_inputs_get_clear_errors_and_change_no_file() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The small dataset `ds` and the configuration `tiny.json` = `cfg` in `root`.
+fn small_dataset_and_config(root: &Path, cfg: &TrainConfig) {
+    sh(
+        root,
+        "synth --out ds --videos 3 --size 32 --classes 2 --seed 3",
+    );
+    std::fs::write(root.join("tiny.json"), serde_json::to_string(cfg).unwrap()).unwrap();
+}
+
 /// A run folder that holds a run is replaced only on request, and then wholly: none of the
 /// old run's outputs stays beside the new one's.
 #[test]
 fn overwrite_replaces_the_whole_run_and_resume_may_extend_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    sh(
-        root,
-        "synth --out ds --videos 3 --size 32 --classes 2 --seed 3",
-    );
-    std::fs::write(
-        root.join("tiny.json"),
-        serde_json::to_string(&tiny_config()).unwrap(),
-    )
-    .unwrap();
+    small_dataset_and_config(root, &tiny_config());
     sh(
         root,
         "train --data ds --out run --config tiny.json --from-scratch --quiet --stop-after-steps 2",
@@ -1564,15 +1565,7 @@ fn byte_order_marks_never_reach_the_data() {
 fn two_trains_on_one_run_folder_do_not_interleave() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    sh(
-        root,
-        "synth --out ds --videos 3 --size 32 --classes 2 --seed 3",
-    );
-    std::fs::write(
-        root.join("tiny.json"),
-        serde_json::to_string(&tiny_config().with_epochs(40)).unwrap(),
-    )
-    .unwrap();
+    small_dataset_and_config(root, &tiny_config().with_epochs(40));
     let first = Command::new(BIN)
         .args(split(
             "train --data ds --out run --config tiny.json --from-scratch --quiet",

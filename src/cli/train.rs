@@ -311,17 +311,18 @@ fn loader(a: &TrainArgs) -> LoaderConfig {
 
 /// A whole number of at least 1 (`--max-clips 0` would be a window of no clips).
 fn positive(s: &str) -> std::result::Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+    at_least(s, 1)
 }
 
 /// A whole number of at least 2 (one clip per video has no spacing to put on a timeline).
 fn at_least_two(s: &str) -> std::result::Result<usize, String> {
+    at_least(s, 2)
+}
+
+/// `s` as a whole number of at least `min`.
+fn at_least(s: &str, min: usize) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if n < 2 => Err("must be at least 2".into()),
+        Ok(n) if n < min => Err(format!("must be at least {min}")),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
