@@ -6,7 +6,8 @@ and BatchNorm statistic a random (non-default) value, runs it on a fixed input i
 and writes, for each model NAME:
 
 * tests/fixtures/backbones/NAME.safetensors     the reference state_dict, reference key names
-  (plus vit.pth, the ViT's state_dict saved with torch.save)
+  (plus vit.pth, the ViT's state_dict saved with torch.save, and vit_f16.pth / vit_bf16.pth,
+  the same in half precision)
 * tests/fixtures/backbones/NAME_io.safetensors  `input` ([N, 3, F, H, W]), `output` (final
   tokens / map), `features` (per clip), `intermediate` (ViT block 0, Swin stage 0, ResNet stage 1
   output, as tokens [N, L, C])
@@ -66,6 +67,12 @@ def save(name, model, inp, output, features, state=None, inter=None):
     print(f"{name:12s} output {tuple(output.shape)} features {tuple(features.shape)} ({size} bytes)")
 
 
+def half_pth(path):
+    sd = torch.load(path)
+    for dtype, suffix in [(torch.float16, "f16"), (torch.bfloat16, "bf16")]:
+        torch.save({k: v.to(dtype) for k, v in sd.items()}, path.replace(".pth", f"_{suffix}.pth"))
+
+
 def vit(gen):
     from transformers import VideoMAEConfig, VideoMAEModel
     cfg = VideoMAEConfig(image_size=16, patch_size=8, num_channels=3, num_frames=4, tubelet_size=2,
@@ -80,6 +87,8 @@ def vit(gen):
     save("vit", model, x, tokens, tokens.mean(1), inter=out.hidden_states[1])  # block 0
     # The same state_dict as a PyTorch pickle, for the `.pth` loading path.
     torch.save(model.state_dict(), os.path.join(OUT, "vit.pth"))
+    # ... and as `model.half()` / `model.bfloat16()` would save it (loaded converted to f32).
+    half_pth(os.path.join(OUT, "vit.pth"))
     # The same weights under the original VideoMAEv2 names, qkv fused.
     sd = model.state_dict()
     v2 = {"patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],

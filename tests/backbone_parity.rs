@@ -448,3 +448,37 @@ fn half_precision_and_f64_checkpoints_load_converted_to_f32() {
         );
     }
 }
+
+/// PyTorch pickles of half-precision weights (`model.half().state_dict()`, bfloat16 too) load
+/// converted to f32: the outputs equal the f32 pickle's to the half type's precision.
+#[test]
+fn half_precision_pth_checkpoints_load_converted_to_f32() {
+    let run = |name: &str| -> Vec<f32> {
+        let mut m = tiny_vit().init(&cpu_device());
+        load(&mut m, &fixture(name), CheckpointFamily::HfVideoMae)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        m.forward(input("vit"), &[])
+            .unwrap()
+            .features
+            .into_data()
+            .iter::<f32>()
+            .collect()
+    };
+    let want = run("vit.pth");
+    let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+    for (name, tol) in [("vit_f16.pth", 2e-2), ("vit_bf16.pth", 8e-2)] {
+        let got = run(name);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(
+            diff > 0.0,
+            "{name}: no rounding at all, so not half precision"
+        );
+        assert!(
+            diff <= tol * scale,
+            "{name}: max diff {diff} (scale {scale})"
+        );
+    }
+}

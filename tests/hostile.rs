@@ -79,6 +79,8 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, u64> {
         for e in std::fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
+                // Folders count too: a refused command must not leave an empty one behind.
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), u64::MAX);
                 stack.push(p);
             } else {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -267,6 +269,30 @@ fn workspace(root: &Path) {
     );
     w("cfg_bad.json", b"{\"epochs\": 3,");
     w("pt_type.json", b"{\"steps\": \"all\"}");
+    w(
+        "cfg_pyramid.json",
+        b"{\"head\": {\"pyramid\": {\"strides\": [1, 3]}}}",
+    );
+    w(
+        "cfg_ranges.json",
+        b"{\"head\": {\"pyramid\": {\"strides\": [1, 2], \"regression_ranges\": [[0, 4], [9, 1]]}}}",
+    );
+    w("cfg_embed0.json", b"{\"head\": {\"embed_convs\": 0}}");
+    w("cfg_iou.json", b"{\"post\": {\"iou_threshold\": 2.5}}");
+    w("cfg_topk.json", b"{\"post\": {\"pre_nms_topk\": 0}}");
+    w("cfg_sigma.json", b"{\"post\": {\"sigma\": -1}}");
+    w("cfg_alpha.json", b"{\"loss\": {\"focal_alpha\": 3}}");
+    w(
+        "cfg_norm.json",
+        b"{\"loss\": {\"normalizer_momentum\": 1.0}}",
+    );
+    w("cfg_wd.json", b"{\"weight_decay\": -0.5}");
+    w(
+        "pt_heads.json",
+        b"{\"backbone\": {\"Vit\": {\"num_heads\": 0}}}",
+    );
+    w("pt_overlap.json", b"{\"min_overlap\": 1.5}");
+    w("pt_clip0.json", b"{\"clips\": {\"clip_frames\": 0}}");
     // THUMOS annotation files.
     std::fs::create_dir_all(root.join("thumos")).unwrap();
     w(
@@ -1414,6 +1440,21 @@ fn cases() -> Vec<Case> {
             1,
             &["missing.safetensors"],
         ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --config pt_heads.json",
+            1,
+            &["backbone.Vit.num_heads"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --config pt_overlap.json",
+            1,
+            &["min_overlap", "1.5"],
+        ),
+        case(
+            "pretrain --data ds --out p/b.safetensors --config pt_clip0.json",
+            1,
+            &["clips.clip_frames"],
+        ),
         // baseline
         case("baseline --data real", 1, &["real", "annotations.json"]),
         case("baseline --data ds_badjson", 1, &["ds_badjson"]),
@@ -1424,6 +1465,34 @@ fn cases() -> Vec<Case> {
             &["bogus", "possible values"],
         ),
     ];
+    for (file, field) in [
+        ("cfg_pyramid.json", "head.pyramid.strides"),
+        ("cfg_ranges.json", "head.pyramid.regression_ranges"),
+        ("cfg_embed0.json", "head.embed_convs"),
+        ("cfg_iou.json", "post.iou_threshold"),
+        ("cfg_topk.json", "post.pre_nms_topk"),
+        ("cfg_sigma.json", "post.sigma"),
+        ("cfg_alpha.json", "loss.focal_alpha"),
+        ("cfg_norm.json", "loss.normalizer_momentum"),
+        ("cfg_wd.json", "weight_decay"),
+    ] {
+        c.push(case(
+            &format!("train --data ds --out r_cfg --config {file} --from-scratch --quiet"),
+            1,
+            &[field],
+        ));
+    }
+    // A budget nothing fits: no half-made run, and an existing run stays as it was.
+    c.push(case(
+        "train --data ds --out r_budget --config tiny.json --from-scratch --memory-budget 1KiB --quiet",
+        1,
+        &["no fidelity fits"],
+    ));
+    c.push(case(
+        "train --data ds --out run --config tiny.json --from-scratch --memory-budget 1KiB --overwrite --quiet",
+        1,
+        &["no fidelity fits"],
+    ));
     // Odd but valid: results with a byte-order mark, a checkpoint resumed with more epochs.
     c.push(case(
         "eval --gt gt_bom.json --pred pred.json --subset all --thresholds anet --json",

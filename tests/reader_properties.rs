@@ -343,3 +343,127 @@ proptest! {
         assert_names(&e, "cut.safetensors");
     }
 }
+
+/// A finished two-epoch run of a tiny model (made once by the binary): its `checkpoint` and
+/// `checkpoint.old` folders are what the checkpoint property damages.
+fn finished_run() -> &'static Path {
+    static RUN: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        use e2e_tal::backbone::vit::VitConfig;
+        use e2e_tal::tal::head::HeadConfig;
+        use e2e_tal::train::{BackboneConfig, TrainConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig::new()
+            .with_backbone(BackboneConfig::Vit(
+                VitConfig::new()
+                    .with_embed_dim(16)
+                    .with_depth(1)
+                    .with_num_heads(2)
+                    .with_mlp_dim(32)
+                    .with_patch_size(8)
+                    .with_num_frames(8)
+                    .with_image_size(16),
+            ))
+            .with_head(
+                HeadConfig::new(0, 0)
+                    .with_embed_dim(16)
+                    .with_num_heads(2)
+                    .with_window_size(9),
+            )
+            .with_epochs(2);
+        std::fs::write(
+            dir.path().join("c.json"),
+            serde_json::to_string(&cfg).unwrap(),
+        )
+        .unwrap();
+        for args in [
+            "synth --out ds --videos 2 --size 16 --classes 2 --seed 1",
+            "train --data ds --out run --config c.json --from-scratch --quiet",
+        ] {
+            let o = std::process::Command::new(env!("CARGO_BIN_EXE_e2e-tal"))
+                .args(args.split(' '))
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{args}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        assert!(dir.path().join("run/checkpoint.old").is_dir());
+        dir
+    })
+    .path()
+}
+
+/// What happens to one file of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Damage {
+    None,
+    Removed,
+    Flipped(usize),
+    Cut,
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        4 => Just(Damage::None),
+        1 => Just(Damage::Removed),
+        1 => any::<usize>().prop_map(Damage::Flipped),
+        1 => Just(Damage::Cut),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Any file of either checkpoint removed, cut or with a byte flipped (the manifest
+    /// `checksums.json` included): a checkpoint with damaged data is never loaded; the newest
+    /// undamaged one is; with none left the error names the run.
+    #[test]
+    fn a_damaged_checkpoint_is_never_loaded(
+        newest in prop::collection::vec(damage(), 8),
+        older in prop::collection::vec(damage(), 8),
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        let mut newest = newest;
+        let mut older = older;
+        for (name, plan) in [("checkpoint", &mut newest), ("checkpoint.old", &mut older)] {
+            let from = finished_run().join("run").join(name);
+            let to = run.join(name);
+            std::fs::create_dir_all(&to).unwrap();
+            let mut files: Vec<_> = std::fs::read_dir(&from).unwrap().map(|e| e.unwrap().path()).collect();
+            files.sort();
+            prop_assert!(files.len() <= plan.len(), "{files:?}");
+            plan.truncate(files.len());
+            for (f, &dmg) in files.iter().zip(plan.iter()) {
+                let mut b = std::fs::read(f).unwrap();
+                match dmg {
+                    Damage::None => {}
+                    Damage::Removed => continue,
+                    Damage::Flipped(i) => {
+                        let i = i % b.len();
+                        b[i] ^= 0xff;
+                    }
+                    Damage::Cut => b.truncate(b.len() / 2),
+                }
+                std::fs::write(to.join(f.file_name().unwrap()), b).unwrap();
+            }
+        }
+        let intact = |plan: &[Damage]| plan.iter().all(|&x| x == Damage::None);
+        match e2e_tal::train::Checkpoint::load(&run) {
+            Ok(ck) => {
+                let chosen = ck.dir.file_name().unwrap().to_str().unwrap().to_string();
+                let plan = if chosen == "checkpoint" { &newest } else { &older };
+                prop_assert!(intact(plan), "loaded {chosen} damaged by {plan:?}");
+                prop_assert!(chosen == "checkpoint" || !intact(&newest), "passed over an intact newest");
+            }
+            Err(e) => {
+                prop_assert!(!intact(&newest) && !intact(&older), "refused an intact checkpoint: {e}");
+                assert_names(&e, "run");
+            }
+        }
+    }
+}

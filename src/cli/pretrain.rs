@@ -68,6 +68,7 @@ pub fn run(a: PretrainArgs) -> Result<()> {
     if a.rewired {
         cfg.rewired = true;
     }
+    cfg.validate()?;
     let device = backend::device(a.backend)?;
     let inputs: Vec<&Path> = a
         .weights

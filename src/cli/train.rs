@@ -362,16 +362,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let data = dataset(&a.data, cfg.clips.span())?;
     let backbone = start_backbone(&a, &cfg, &device)?;
     if let Some(b) = &a.memory_budget {
-        e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
-        let choice = e2e_tal::train::choose_fidelity(
-            &cfg,
-            &data,
-            &backbone,
-            e2e_tal::train::parse_bytes(b)?,
-            &e2e_tal::train::candidate_fidelities(),
-            &out.join("budget-probes"),
-            &device,
-        )?;
+        let choice = budget_choice(&cfg, &data, &backbone, b, &device)?;
         outln!("{choice}")?;
         cfg.lofi.mode = choice.mode();
     }
@@ -405,6 +396,30 @@ pub fn run(a: TrainArgs) -> Result<()> {
     outln!("stage 3: head retrained at full fidelity on the frozen stage-2 backbone")?;
     let head_cfg = cfg.with_mode(TrainMode::HeadOnly);
     report_outcome(&st.head, &data, &head_cfg, &out.join("stage3"), start)
+}
+
+/// `--memory-budget`: the fidelity chosen by probe steps run in a scratch folder of the
+/// system's temporary directory (removed afterwards), so a refused budget leaves `out` as it
+/// was: no half-made run, and an existing run untouched (`--overwrite` removes its outputs only
+/// once training starts).
+fn budget_choice(
+    cfg: &TrainConfig,
+    data: &TalDataset,
+    backbone: &Backbone,
+    budget: &str,
+    device: &Device,
+) -> Result<e2e_tal::train::BudgetChoice> {
+    let bytes = e2e_tal::train::parse_bytes(budget)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let scratch =
+        std::env::temp_dir().join(format!("e2e-tal-budget-{}-{nanos}", std::process::id()));
+    let candidates = e2e_tal::train::candidate_fidelities();
+    let choice =
+        e2e_tal::train::choose_fidelity(cfg, data, backbone, bytes, &candidates, &scratch, device);
+    let _ = std::fs::remove_dir_all(&scratch);
+    choice
 }
 
 /// `train --resume`: continue the run in `--out` (or the mode's default folder) where its last

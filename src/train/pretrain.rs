@@ -160,6 +160,14 @@ pub struct ClipClassifier {
     pub fc: Linear,
 }
 
+impl PretrainConfig {
+    /// An error naming the first field out of its range (zero sizes, heads that do not divide
+    /// a width, rates outside `[0, 1)`), before any data is read or anything is built.
+    pub fn validate(&self) -> Result<()> {
+        super::validate::check_pretrain(self)
+    }
+}
+
 impl ClipClassifier {
     /// Class logits of a batch of clips through `network` (rewired: the reversible form in
     /// inference, without stochastic depth; training it goes through the reversible tape).
@@ -212,6 +220,7 @@ pub fn pretrain_from(
     quiet: bool,
     device: &Device,
 ) -> Result<PretrainOutcome> {
+    cfg.validate()?;
     match cfg.precision {
         Precision::F16 => {
             return Err(Error::Config(

@@ -4,7 +4,12 @@
 //! layer with the field unnamed, or train a model that never updates.
 
 use super::config::{BackboneConfig, TrainConfig};
+use super::pretrain::PretrainConfig;
+use crate::data::ClipSamplingConfig;
 use crate::error::{Error, Result};
+use crate::tal::{
+    assign::AssignConfig, head::HeadConfig, loss::LossConfig, postprocess::PostProcessConfig,
+};
 
 /// Collects the first broken range.
 struct Check(Option<Error>);
@@ -40,6 +45,19 @@ impl Check {
             self.fail(field, format!("must be a positive finite number, got {v}"));
         }
     }
+
+    fn non_negative(&mut self, field: &str, v: f64) {
+        if !(v >= 0.0 && v.is_finite()) {
+            self.fail(field, format!("must be a finite number >= 0, got {v}"));
+        }
+    }
+
+    /// A probability or threshold in `[0, 1]`.
+    fn unit(&mut self, field: &str, v: f64) {
+        if !(0.0..=1.0).contains(&v) {
+            self.fail(field, format!("must be in [0, 1], got {v}"));
+        }
+    }
 }
 
 /// The numbers of `cfg` that `check_ranges` does not cover: the backbone, the head, the
@@ -47,19 +65,9 @@ impl Check {
 pub(crate) fn check_numbers(cfg: &TrainConfig) -> Result<()> {
     let mut c = Check(None);
     backbone(&mut c, &cfg.backbone);
-    let h = &cfg.head;
-    c.positive("head.embed_dim", h.embed_dim);
-    c.positive("head.num_heads", h.num_heads);
-    c.divides("head.num_heads", h.embed_dim, h.num_heads, "head.embed_dim");
-    c.positive("head.window_size", h.window_size);
-    c.positive("head.head_kernel", h.head_kernel);
-    c.rate("head.drop_path", h.drop_path);
-    if !(h.prior_prob > 0.0 && h.prior_prob < 1.0) {
-        c.fail(
-            "head.prior_prob",
-            format!("must be in (0, 1), got {}", h.prior_prob),
-        );
-    }
+    head(&mut c, &cfg.head);
+    assign_loss_post(&mut c, &cfg.assign, &cfg.loss, &cfg.post);
+    c.non_negative("weight_decay", cfg.weight_decay);
     // Adapter width 0 means a quarter of the backbone's (checked when the adapters are built);
     // an MLP ratio of 0 means no MLP branch.
     let a = &cfg.adapter;
@@ -71,17 +79,95 @@ pub(crate) fn check_numbers(cfg: &TrainConfig) -> Result<()> {
         "adapter.adapter_dim",
     );
     c.rate("adapter.dropout", a.dropout);
-    let k = &cfg.clips;
+    clips(&mut c, &cfg.clips);
+    c.positive("inference_chunk", cfg.inference_chunk);
+    c.positive_f("loss_scale.init", cfg.loss_scale.init);
+    c.positive("loss_scale.growth_interval", cfg.loss_scale.growth_interval);
+    c.0.map_or(Ok(()), Err)
+}
+
+/// The numbers of a pretraining configuration, checked before any data is read.
+pub(crate) fn check_pretrain(cfg: &PretrainConfig) -> Result<()> {
+    let mut c = Check(None);
+    backbone(&mut c, &cfg.backbone);
+    clips(&mut c, &cfg.clips);
+    c.unit("min_overlap", cfg.min_overlap);
+    c.positive("batch_size", cfg.batch_size);
+    c.positive("steps", cfg.steps);
+    c.non_negative("lr", cfg.lr);
+    c.non_negative("weight_decay", cfg.weight_decay);
+    c.0.map_or(Ok(()), Err)
+}
+
+fn clips(c: &mut Check, k: &ClipSamplingConfig) {
     c.positive("clips.clip_frames", k.clip_frames);
     c.positive("clips.frame_stride", k.frame_stride);
     c.positive("clips.snippet_stride", k.snippet_stride);
     if k.fixed_clips == 1 {
         c.fail("clips.fixed_clips", "must be 0 or at least 2, got 1".into());
     }
-    c.positive("inference_chunk", cfg.inference_chunk);
-    c.positive_f("loss_scale.init", cfg.loss_scale.init);
-    c.positive("loss_scale.growth_interval", cfg.loss_scale.growth_interval);
-    c.0.map_or(Ok(()), Err)
+}
+
+fn head(c: &mut Check, h: &HeadConfig) {
+    c.positive("head.embed_dim", h.embed_dim);
+    c.positive("head.embed_convs", h.embed_convs);
+    c.positive("head.num_heads", h.num_heads);
+    c.divides("head.num_heads", h.embed_dim, h.num_heads, "head.embed_dim");
+    c.positive("head.window_size", h.window_size);
+    c.positive("head.head_kernel", h.head_kernel);
+    c.rate("head.drop_path", h.drop_path);
+    if !(h.prior_prob > 0.0 && h.prior_prob < 1.0) {
+        c.fail(
+            "head.prior_prob",
+            format!("must be in (0, 1), got {}", h.prior_prob),
+        );
+    }
+    let p = &h.pyramid;
+    let doubling = p.strides.iter().enumerate().all(|(i, &s)| s == 1 << i);
+    if p.strides.is_empty() || p.strides.len() > 16 || !doubling {
+        c.fail(
+            "head.pyramid.strides",
+            format!("must be 1, 2, 4, ... (1 to 16 levels), got {:?}", p.strides),
+        );
+    }
+    if p.regression_ranges.len() != p.strides.len() {
+        c.fail(
+            "head.pyramid.regression_ranges",
+            format!(
+                "needs one range per level ({}), got {}",
+                p.strides.len(),
+                p.regression_ranges.len()
+            ),
+        );
+    }
+    for &(lo, hi) in &p.regression_ranges {
+        if !(lo >= 0.0 && hi > lo && !hi.is_nan()) {
+            c.fail(
+                "head.pyramid.regression_ranges",
+                format!("each range needs 0 <= lo < hi, got ({lo}, {hi})"),
+            );
+        }
+    }
+}
+
+fn assign_loss_post(c: &mut Check, a: &AssignConfig, l: &LossConfig, p: &PostProcessConfig) {
+    if !a.center_radius.is_finite() {
+        c.fail(
+            "assign.center_radius",
+            format!("must be finite, got {}", a.center_radius),
+        );
+    }
+    c.unit("loss.focal_alpha", l.focal_alpha);
+    c.non_negative("loss.focal_gamma", l.focal_gamma);
+    c.non_negative("loss.reg_weight", l.reg_weight);
+    c.rate("loss.normalizer_momentum", l.normalizer_momentum);
+    c.positive_f("loss.normalizer_init", l.normalizer_init);
+    c.unit("post.score_threshold", p.score_threshold);
+    c.positive("post.pre_nms_topk", p.pre_nms_topk);
+    c.unit("post.iou_threshold", p.iou_threshold);
+    c.positive_f("post.sigma", p.sigma);
+    c.unit("post.min_score", p.min_score);
+    c.positive("post.max_detections", p.max_detections);
 }
 
 fn backbone(c: &mut Check, b: &BackboneConfig) {
@@ -216,6 +302,44 @@ mod tests {
                 .to_string()
                 .contains("adapter.dropout")
         );
+        for (f, field) in [
+            (
+                (|c: &mut TrainConfig| c.head.pyramid.strides = vec![1, 3]) as fn(&mut TrainConfig),
+                "head.pyramid.strides",
+            ),
+            (
+                |c| c.head.pyramid.regression_ranges[2] = (9.0, 1.0),
+                "head.pyramid.regression_ranges",
+            ),
+            (|c| c.head.embed_convs = 0, "head.embed_convs"),
+            (|c| c.post.iou_threshold = 2.0, "post.iou_threshold"),
+            (|c| c.post.pre_nms_topk = 0, "post.pre_nms_topk"),
+            (|c| c.post.sigma = 0.0, "post.sigma"),
+            (|c| c.loss.focal_alpha = -1.0, "loss.focal_alpha"),
+            (
+                |c| c.loss.normalizer_init = f64::NAN,
+                "loss.normalizer_init",
+            ),
+            (
+                |c| c.assign.center_radius = f64::INFINITY,
+                "assign.center_radius",
+            ),
+            (|c| c.weight_decay = -0.1, "weight_decay"),
+        ] {
+            let mut c = TrainConfig::new();
+            f(&mut c);
+            let e = check_numbers(&c).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
+        let mut p = PretrainConfig::new();
+        p.min_overlap = 1.5;
+        assert!(
+            check_pretrain(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("min_overlap")
+        );
+        assert!(check_pretrain(&PretrainConfig::new()).is_ok());
         assert!(check_numbers(&TrainConfig::new()).is_ok());
         for p in crate::backbone::BackbonePreset::ALL {
             let cfg = TrainConfig::new().with_backbone(BackboneConfig::preset(p));
