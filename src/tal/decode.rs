@@ -6,7 +6,7 @@ use burn::tensor::activation::sigmoid;
 
 use super::head::HeadOutput;
 use super::points::Point;
-use super::postprocess::{GridToTime, PostProcessConfig, Segment, postprocess};
+use super::postprocess::{GridToTime, PostProcessConfig, Segment, postprocess, threshold_topk};
 use crate::error::{Error, Result};
 
 /// Detections of video `b` of the batch, in seconds, after post-processing.
@@ -39,28 +39,34 @@ pub fn decode_video(
     ));
     let offs = to_vec(out.offsets.clone().narrow(0, b, 1).reshape([p, 2]));
     let mask = super::bool_values(out.mask.clone().narrow(0, b, 1).reshape([p]));
-    let mut raw = Vec::new();
+    // ActionFormer's candidates: per pyramid level, the scores above the threshold, the
+    // `pre_nms_topk` best, then segments longer than `duration_threshold`.
+    let levels = points.iter().map(|pt| pt.level + 1).max().unwrap_or(0);
+    let mut per_level = vec![Vec::new(); levels];
     for (i, pt) in points.iter().enumerate() {
         if !mask[i] {
             continue;
         }
         for k in 0..c {
             let score = probs[i * c + k] as f64;
-            if score < cfg.score_threshold {
-                continue;
+            if score > cfg.score_threshold {
+                per_level[pt.level].push(Segment {
+                    start: pt.t - offs[i * 2] as f64 * pt.stride,
+                    end: pt.t + offs[i * 2 + 1] as f64 * pt.stride,
+                    score,
+                    label: k,
+                });
             }
-            raw.push(Segment {
-                start: pt.t - offs[i * 2] as f64 * pt.stride,
-                end: pt.t + offs[i * 2 + 1] as f64 * pt.stride,
-                score,
-                label: k,
-            });
         }
     }
+    let raw = per_level
+        .into_iter()
+        .flat_map(|l| threshold_topk(l, cfg.score_threshold, cfg.pre_nms_topk))
+        .filter(|d| d.end - d.start > cfg.duration_threshold)
+        .collect();
     Ok(postprocess(raw, cfg)
         .into_iter()
         .map(|d| grid.to_seconds(d, duration))
-        .filter(|d| d.end > d.start)
         .collect())
 }
 

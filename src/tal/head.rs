@@ -1,15 +1,16 @@
-//! ActionFormer-style TAL head (Zhang et al. 2022): masked 1-D convolution embedding, a
-//! transformer stem and downsampling branch with local masked attention (a 6-level pyramid),
-//! a per-level LayerNorm neck, and classification / regression heads shared over levels.
+//! ActionFormer's TAL head (Zhang et al. 2022), layer for layer: masked 1-D convolution
+//! embedding, a transformer stem and downsampling branch with local masked attention (a 6-level
+//! pyramid) whose residual branches carry learnable per-channel scales (`AffineDropPath`), a
+//! per-level LayerNorm neck, and classification / regression heads shared over levels.
 //!
-//! Unlike ActionFormer, activations are zeroed at padded positions after every norm, so outputs
-//! at valid positions do not depend on how much padding follows (tested).
-//!
-//! Local attention is computed as full attention under a band mask of `window_size / 2` on each
-//! side (ActionFormer's sliding-chunk kernel attends to the same keys); memory is quadratic in
-//! the sequence length, fine for the hundreds of snippets of a TAL video.
+//! As in ActionFormer, LayerNorm outputs are not masked: a padded position leaves a norm
+//! holding the norm's bias, which the next convolution reads at the border of the valid
+//! positions. Outputs at valid positions therefore depend on whether padding follows at each
+//! level (not on how much): [`TalHead::padded_len`] pads so that this is exactly as in
+//! ActionFormer, which pads training batches to `max_seq_len` (tested against the official code,
+//! `tests/actionformer_parity.rs`). [`HeadConfig::mask_norms`] keeps the variant that zeroes
+//! padded positions after every norm.
 
-use crate::attention::attention;
 use crate::fastmath::gelu;
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -19,6 +20,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig1d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
+pub use super::local_attention::LocalAttention;
 use super::points::PyramidConfig;
 use crate::backbone::residual::drop_path;
 use crate::error::{Error, Result};
@@ -62,6 +64,20 @@ pub struct HeadConfig {
     /// their regression ranges.
     #[config(default = "PyramidConfig::new()")]
     pub pyramid: PyramidConfig,
+    /// Initial value of the learnable per-channel scales on both residual branches of every
+    /// transformer block (ActionFormer's `AffineDropPath`); the scales exist when `drop_path`
+    /// is above 0, as in ActionFormer.
+    #[config(default = 1e-4)]
+    pub layer_scale_init: f64,
+    /// Longest training sequence (ActionFormer's `max_seq_len`, THUMOS: 2304): shorter inputs
+    /// behave as if padded to it, longer ones as if padded to a multiple of the largest stride
+    /// times the window ([`TalHead::padded_len`]).
+    #[config(default = 2304)]
+    pub max_seq_len: usize,
+    /// Zero activations at padded positions after every LayerNorm, so valid outputs never
+    /// depend on padding (default false: ActionFormer, whose norms leave their bias there).
+    #[config(default = false)]
+    pub mask_norms: bool,
 }
 
 /// A 1-D convolution whose output is zeroed at padded positions; with a stride, the mask is
@@ -97,13 +113,18 @@ impl MaskedConv1dConfig {
     pub fn init(&self, device: &Device) -> MaskedConv1d {
         let [cin, cout] = self.channels;
         let k = self.kernel;
+        let mut conv = Conv1dConfig::new(cin, cout, k)
+            .with_stride(self.stride)
+            .with_padding(PaddingConfig1d::Explicit(k / 2, k / 2))
+            .with_groups(self.groups)
+            .with_bias(self.bias)
+            .init(device);
+        // ActionFormer's MaskedConv1D starts its bias at zero.
+        if self.bias {
+            conv.bias = Some(Param::from_tensor(Tensor::zeros([cout], device)));
+        }
         MaskedConv1d {
-            conv: Conv1dConfig::new(cin, cout, k)
-                .with_stride(self.stride)
-                .with_padding(PaddingConfig1d::Explicit(k / 2, k / 2))
-                .with_groups(self.groups)
-                .with_bias(self.bias)
-                .init(device),
+            conv,
             stride: self.stride,
         }
     }
@@ -129,7 +150,7 @@ fn subsample(mask: Tensor<2, Bool>, stride: usize) -> Tensor<2, Bool> {
         .reshape([b, t / stride])
 }
 
-fn mask_float(mask: &Tensor<2, Bool>) -> Tensor<3> {
+pub(crate) fn mask_float(mask: &Tensor<2, Bool>) -> Tensor<3> {
     mask.clone().float().unsqueeze_dim(1)
 }
 
@@ -138,80 +159,23 @@ fn channel_norm(norm: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
     norm.forward(x.swap_dims(1, 2)).swap_dims(1, 2)
 }
 
-/// [`channel_norm`], then zero at padded positions: a norm maps zeros to its bias, which the
-/// next convolution would carry into valid positions (outputs would depend on padding).
-fn norm_masked(norm: &LayerNorm, x: Tensor<3>, mask: &Tensor<2, Bool>) -> Tensor<3> {
-    channel_norm(norm, x) * mask_float(mask)
+/// [`channel_norm`], then, when `masked`, zero at padded positions (a norm maps zeros to its
+/// bias, which the next convolution carries into the border of the valid positions).
+pub(crate) fn norm(
+    norm: &LayerNorm,
+    x: Tensor<3>,
+    mask: &Tensor<2, Bool>,
+    masked: bool,
+) -> Tensor<3> {
+    let y = channel_norm(norm, x);
+    if masked { y * mask_float(mask) } else { y }
 }
 
-/// Local masked multi-head convolutional self-attention (ActionFormer's `LocalMaskedMHCA`).
-#[derive(Module, Debug)]
-pub struct LocalAttention {
-    /// Depthwise conv on the queries (carries the block's stride).
-    pub q_conv: MaskedConv1d,
-    /// Norm after `q_conv`.
-    pub q_norm: LayerNorm,
-    /// Depthwise conv on the keys.
-    pub k_conv: MaskedConv1d,
-    /// Norm after `k_conv`.
-    pub k_norm: LayerNorm,
-    /// Depthwise conv on the values.
-    pub v_conv: MaskedConv1d,
-    /// Norm after `v_conv`.
-    pub v_norm: LayerNorm,
-    /// Query projection (1x1).
-    pub query: Conv1d,
-    /// Key projection (1x1).
-    pub key: Conv1d,
-    /// Value projection (1x1).
-    pub value: Conv1d,
-    /// Output projection (1x1).
-    pub proj: Conv1d,
-    /// Heads.
-    pub num_heads: usize,
-    /// Window (0: global).
-    pub window_size: usize,
-}
-
-impl LocalAttention {
-    /// # Shapes
-    /// - x: `[B, C, T]`, mask `[B, T]` -> `[B, C, T / stride]`, `[B, T / stride]`
-    pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
-        let (q, qmask) = self.q_conv.forward(x.clone(), mask.clone());
-        let (k, kmask) = self.k_conv.forward(x.clone(), mask.clone());
-        let (v, _) = self.v_conv.forward(x, mask);
-        let q = self.query.forward(norm_masked(&self.q_norm, q, &qmask));
-        let k = self.key.forward(norm_masked(&self.k_norm, k, &kmask));
-        let v = self.value.forward(norm_masked(&self.v_norm, v, &kmask));
-        let [b, c, t] = q.dims();
-        let tk = k.dims()[2];
-        let h = self.num_heads;
-        let heads = |z: Tensor<3>, len: usize| z.reshape([b, h, c / h, len]).swap_dims(2, 3);
-        let (q, k, v) = (heads(q, t), heads(k, tk), heads(v, tk));
-        let scale = ((c / h) as f64).powf(-0.5);
-        // Keys outside the window or padded get -1e9 (softmax weight 0).
-        let half = self.window_size / 2;
-        let band: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..tk).map(move |j| {
-                    if self.window_size == 0 || i.abs_diff(j) <= half {
-                        0.0
-                    } else {
-                        -1e9
-                    }
-                })
-            })
-            .collect();
-        let device = q.device();
-        let band = Tensor::<2>::from_data(TensorData::new(band, [t, tk]), &device);
-        let key_pad = (kmask.float().neg() + 1.0) * -1e9; // [B, Tk]
-        let bias = band.unsqueeze_dim::<3>(0).unsqueeze_dim::<4>(0)
-            + key_pad.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1); // [B, 1, T, Tk]
-        let out = attention(q, k, v, Some(bias), scale); // [B, H, T, C/H]
-        let out = out.swap_dims(2, 3).reshape([b, c, t]);
-        let out = self.proj.forward(out) * mask_float(&qmask);
-        (out, qmask)
-    }
+/// A 1x1 convolution with its bias at zero (ActionFormer zeroes every conv bias at init).
+fn pointwise(cin: usize, cout: usize, device: &Device) -> Conv1d {
+    let mut c = Conv1dConfig::new(cin, cout, 1).init(device);
+    c.bias = Some(Param::from_tensor(Tensor::zeros([cout], device)));
+    c
 }
 
 /// Pre-norm transformer block, optionally downsampling by 2 (max-pooled skip).
@@ -229,8 +193,14 @@ pub struct HeadBlock {
     pub fc1: Conv1d,
     /// MLP projection (1x1 conv).
     pub fc2: Conv1d,
+    /// Learnable per-channel scale of the attention branch, `[C]` (with `drop_path > 0`).
+    pub attn_scale: Option<Param<Tensor<1>>>,
+    /// Learnable per-channel scale of the MLP branch, `[C]` (with `drop_path > 0`).
+    pub mlp_scale: Option<Param<Tensor<1>>>,
     /// Stochastic depth.
     pub drop_path: f64,
+    /// Zero norm outputs at padded positions ([`HeadConfig::mask_norms`]).
+    pub mask_norms: bool,
 }
 
 impl HeadBlock {
@@ -245,7 +215,11 @@ impl HeadBlock {
                 .with_bias(false)
                 .init(device)
         };
-        let pw = |i, o| Conv1dConfig::new(i, o, 1).init(device);
+        let pw = |i, o| pointwise(i, o, device);
+        let scale = || {
+            (cfg.drop_path > 0.0)
+                .then(|| Param::from_tensor(Tensor::full([d], cfg.layer_scale_init, device)))
+        };
         Self {
             ln1: ln(),
             attn: LocalAttention {
@@ -261,6 +235,7 @@ impl HeadBlock {
                 proj: pw(d, d),
                 num_heads: cfg.num_heads,
                 window_size: cfg.window_size,
+                mask_norms: cfg.mask_norms,
             },
             pool_skip: (stride > 1).then(|| {
                 MaxPool1dConfig::new(stride + 1)
@@ -274,7 +249,10 @@ impl HeadBlock {
             ln2: ln(),
             fc1: pw(d, 4 * d),
             fc2: pw(4 * d, d),
+            attn_scale: scale(),
+            mlp_scale: scale(),
             drop_path: cfg.drop_path,
+            mask_norms: cfg.mask_norms,
         }
     }
 
@@ -283,19 +261,28 @@ impl HeadBlock {
     pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
         let (a, out_mask) = self
             .attn
-            .forward(norm_masked(&self.ln1, x.clone(), &mask), mask);
+            .forward(norm(&self.ln1, x.clone(), &mask, self.mask_norms), mask);
         let m = mask_float(&out_mask);
         let skip = match &self.pool_skip {
             Some(p) => p.forward(x),
             None => x,
         };
-        let x = skip * m.clone() + drop_path(a, self.drop_path);
-        let y = self.fc2.forward(gelu(self.fc1.forward(norm_masked(
-            &self.ln2,
-            x.clone(),
-            &out_mask,
-        ))));
-        (x + drop_path(y * m, self.drop_path), out_mask)
+        let x = skip * m.clone() + self.branch(a, &self.attn_scale);
+        let h = norm(&self.ln2, x.clone(), &out_mask, self.mask_norms);
+        let y = self.fc2.forward(gelu(self.fc1.forward(h)));
+        (x + self.branch(y * m, &self.mlp_scale), out_mask)
+    }
+
+    /// A residual branch: scaled per channel (when the block has scales), then drop path.
+    fn branch(&self, y: Tensor<3>, scale: &Option<Param<Tensor<1>>>) -> Tensor<3> {
+        let y = match scale {
+            Some(s) => {
+                let c = s.dims()[0];
+                y * s.val().reshape([1, c, 1])
+            }
+            None => y,
+        };
+        drop_path(y, self.drop_path)
     }
 }
 
@@ -308,6 +295,8 @@ pub struct PredictionHead {
     pub norms: Vec<LayerNorm>,
     /// Output conv.
     pub out: MaskedConv1d,
+    /// Zero norm outputs at padded positions ([`HeadConfig::mask_norms`]).
+    pub mask_norms: bool,
 }
 
 impl PredictionHead {
@@ -326,13 +315,19 @@ impl PredictionHead {
                 .map(|_| LayerNormConfig::new(d).init(device))
                 .collect(),
             out: MaskedConv1dConfig::new([d, outputs], k).init(device),
+            mask_norms: cfg.mask_norms,
         }
     }
 
     fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<3> {
         let mut x = x;
         for (c, n) in self.convs.iter().zip(&self.norms) {
-            x = relu(norm_masked(n, c.forward(x, mask.clone()).0, &mask));
+            x = relu(norm(
+                n,
+                c.forward(x, mask.clone()).0,
+                &mask,
+                self.mask_norms,
+            ));
         }
         self.out.forward(x, mask).0
     }
@@ -371,6 +366,13 @@ pub struct TalHead {
     pub scales: Vec<Param<Tensor<1>>>,
     /// Total stride of the last level: input lengths are padded to a multiple of it.
     pub max_stride: usize,
+    /// ActionFormer's `max_seq_len` ([`HeadConfig::max_seq_len`]).
+    pub max_seq_len: usize,
+    /// ActionFormer's `max_div_factor`: inputs longer than `max_seq_len` are padded to a
+    /// multiple of it (the largest `stride * (window / 2) * 2`).
+    pub max_div: usize,
+    /// Zero norm outputs at padded positions ([`HeadConfig::mask_norms`]).
+    pub mask_norms: bool,
 }
 
 impl HeadConfig {
@@ -426,14 +428,40 @@ impl HeadConfig {
                 .map(|_| Param::from_tensor(Tensor::ones([1], device)))
                 .collect(),
             max_stride: strides[levels - 1],
+            max_seq_len: self.max_seq_len,
+            max_div: strides
+                .iter()
+                .map(|&s| match self.window_size {
+                    w if w > 1 => s * (w / 2) * 2,
+                    _ => s,
+                })
+                .max()
+                .unwrap_or(1),
+            mask_norms: self.mask_norms,
         })
     }
 }
 
 impl TalHead {
-    /// Sequence length after padding `len` to a multiple of the last level's stride.
+    /// Sequence length the head pads `len` positions to.
+    ///
+    /// ActionFormer pads to `max_seq_len` (training, and inference up to it) or to a multiple of
+    /// `max_div` (longer inputs). Valid outputs depend only on whether each level has a padded
+    /// position after its last valid one (the norms' bias sits there), so the head pads to the
+    /// shorter of that length and one whole top-level stride beyond `len`: the same outputs at
+    /// a fraction of the length. With [`HeadConfig::mask_norms`], the next multiple of the
+    /// largest stride.
     pub fn padded_len(&self, len: usize) -> usize {
-        len.div_ceil(self.max_stride) * self.max_stride
+        let s = self.max_stride;
+        if self.mask_norms {
+            return len.div_ceil(s) * s;
+        }
+        let reference = if len <= self.max_seq_len {
+            self.max_seq_len
+        } else {
+            len.div_ceil(self.max_div) * self.max_div
+        };
+        (reference.div_ceil(s) * s).min((len.div_ceil(s) + 1) * s)
     }
 
     /// Run the head on a batch of feature sequences (padded internally to a multiple of the
@@ -479,7 +507,7 @@ impl TalHead {
         x = x.swap_dims(1, 2) * mask_float(&mask); // [B, C, T], padding zeroed
         for (conv, norm) in self.embed.iter().zip(&self.embed_norms) {
             let (y, m) = conv.forward(x, mask);
-            x = relu(norm_masked(norm, y, &m));
+            x = relu(self::norm(norm, y, &m, self.mask_norms));
             mask = m;
         }
         for blk in &self.stem {
@@ -492,7 +520,7 @@ impl TalHead {
         }
         let (mut cls, mut off, mut masks) = (Vec::new(), Vec::new(), Vec::new());
         for (l, (feat, m)) in levels.into_iter().enumerate() {
-            let feat = norm_masked(&self.neck[l], feat, &m);
+            let feat = norm(&self.neck[l], feat, &m, self.mask_norms);
             cls.push(self.cls.forward(feat.clone(), m.clone()).swap_dims(1, 2));
             let o = self.reg.forward(feat, m.clone()) * self.scales[l].val().reshape([1, 1, 1]);
             off.push(relu(o).swap_dims(1, 2));
@@ -528,18 +556,20 @@ mod tests {
     fn shapes_padding_and_masks() {
         let device = crate::backend::cpu_device();
         let head = tiny(&device);
-        // 40 positions pad to 64: points 64 + 32 + 16 + 8 + 4 + 2 = 126.
+        // 40 positions pad to 96 (a whole top-level stride past 64, where ActionFormer's 2304
+        // also has padding at every level): points 96 + 48 + 24 + 12 + 6 + 3 = 189.
+        assert_eq!(head.padded_len(40), 96);
         let x = Tensor::<3>::random([2, 40, 6], Distribution::Default, &device);
         let valid: Vec<bool> = (0..80).map(|i| i < 40 || i - 40 < 30).collect();
         let mask = Tensor::<2, Bool>::from_data(TensorData::new(valid, [2, 40]), &device);
         let out = head.forward(x, mask).unwrap();
-        assert_eq!(out.cls_logits.dims(), [2, 126, 3]);
-        assert_eq!(out.offsets.dims(), [2, 126, 2]);
+        assert_eq!(out.cls_logits.dims(), [2, 189, 3]);
+        assert_eq!(out.offsets.dims(), [2, 189, 2]);
         let m: Vec<bool> = out.mask.clone().into_data().try_to_vec().unwrap();
-        // Level 0 of video 1: 30 valid of 64; level 1: 15 of 32.
-        assert_eq!(m[126..126 + 64].iter().filter(|&&v| v).count(), 30);
-        assert_eq!(m[126 + 64..126 + 96].iter().filter(|&&v| v).count(), 15);
-        assert_eq!(PyramidConfig::new().points(64).len(), 126);
+        // Level 0 of video 1: 30 valid of 96; level 1: 15 of 48.
+        assert_eq!(m[189..189 + 96].iter().filter(|&&v| v).count(), 30);
+        assert_eq!(m[189 + 96..189 + 144].iter().filter(|&&v| v).count(), 15);
+        assert_eq!(PyramidConfig::new().points(96).len(), 189);
         // At start, class probabilities sit at the prior where valid.
         let logits: Vec<f32> = out
             .cls_logits
@@ -647,8 +677,18 @@ mod tests {
             .collect();
         let npos = pos.len();
         assert!(npos > 0);
-        let cls_t =
-            Tensor::<2>::from_data(TensorData::new(tg.cls.clone(), [points.len(), 3]), device);
+        // The loss covers valid points only (padded ones output 0 by construction).
+        let valid = crate::tal::bool_values(head.forward(x.clone(), mask.clone()).unwrap().mask);
+        let keep: Vec<i64> = (0..points.len() as i64)
+            .filter(|&i| valid[i as usize])
+            .collect();
+        let nkeep = keep.len();
+        let cls_t: Vec<f32> = keep
+            .iter()
+            .flat_map(|&i| tg.cls[i as usize * 3..i as usize * 3 + 3].to_vec())
+            .collect();
+        let cls_t = Tensor::<2>::from_data(TensorData::new(cls_t, [nkeep, 3]), device);
+        let keep = Tensor::<1, Int>::from_data(TensorData::new(keep, [nkeep]), device);
         let reg_t: Vec<f32> = pos
             .iter()
             .flat_map(|&i| [tg.reg[i as usize * 2], tg.reg[i as usize * 2 + 1]])
@@ -660,7 +700,10 @@ mod tests {
         let mut losses = Vec::new();
         for _ in 0..steps {
             let out = head.forward(x.clone(), mask.clone()).unwrap();
-            let logits = out.cls_logits.reshape([points.len(), 3]);
+            let logits = out
+                .cls_logits
+                .reshape([points.len(), 3])
+                .select(0, keep.clone());
             let off = out
                 .offsets
                 .reshape([points.len(), 2])

@@ -4,6 +4,7 @@
 pub mod assign;
 pub mod decode;
 pub mod head;
+pub mod local_attention;
 pub mod loss;
 pub mod points;
 pub mod postprocess;

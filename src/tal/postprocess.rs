@@ -46,12 +46,16 @@ pub enum NmsMethod {
 /// Post-processing settings (defaults: ActionFormer, THUMOS-14).
 #[derive(Config, Debug)]
 pub struct PostProcessConfig {
-    /// Detections scoring below this are dropped before NMS.
+    /// Only detections scoring above this enter NMS (ActionFormer's `pre_nms_thresh`).
     #[config(default = 0.001)]
     pub score_threshold: f64,
-    /// At most this many detections (highest scores) enter NMS.
+    /// At most this many detections (highest scores) of each pyramid level enter NMS.
     #[config(default = 2000)]
     pub pre_nms_topk: usize,
+    /// Detections no longer than this (base-grid units) are dropped before NMS (ActionFormer's
+    /// `duration_thresh`).
+    #[config(default = 0.05)]
+    pub duration_threshold: f64,
     /// Suppression method.
     #[config(default = "NmsMethod::Gaussian")]
     pub method: NmsMethod,
@@ -77,16 +81,27 @@ fn sort_desc(v: &mut [Segment]) {
     v.sort_by(|a, b| b.score.total_cmp(&a.score));
 }
 
-/// Keep detections scoring at least `threshold`, then the `k` best.
+/// Keep detections scoring above `threshold`, then the `k` best (one pyramid level's
+/// candidates, as ActionFormer selects them).
 pub fn threshold_topk(mut dets: Vec<Segment>, threshold: f64, k: usize) -> Vec<Segment> {
-    dets.retain(|d| d.score >= threshold);
+    dets.retain(|d| d.score > threshold);
     sort_desc(&mut dets);
     dets.truncate(k);
     dets
 }
 
-/// Suppress overlapping detections among `dets` (all treated as one group). Returns the kept
-/// detections with their (possibly decayed) scores, in descending score order.
+/// IoU as ActionFormer's NMS kernels compute it: each length plus `1e-6`, so two empty
+/// segments at one point do not divide by zero.
+fn nms_iou(a: &Segment, b: &Segment) -> f64 {
+    let inter = (a.end.min(b.end) - a.start.max(b.start)).max(0.0);
+    let area = |s: &Segment| s.end - s.start + 1e-6;
+    inter / (area(a) + area(b) - inter)
+}
+
+/// Suppress overlapping detections among `dets` (all treated as one group), as ActionFormer's
+/// `nms_1d_cpu` kernels do (hard NMS first drops scores not above `min_score`; soft-NMS drops a
+/// detection once its decayed score falls below `min_score`). Returns the kept detections with
+/// their (possibly decayed) scores, in descending score order.
 pub fn nms(
     mut dets: Vec<Segment>,
     method: NmsMethod,
@@ -94,6 +109,9 @@ pub fn nms(
     sigma: f64,
     min_score: f64,
 ) -> Vec<Segment> {
+    if method == NmsMethod::Hard && min_score > 0.0 {
+        dets.retain(|d| d.score > min_score);
+    }
     let mut kept = Vec::with_capacity(dets.len());
     while !dets.is_empty() {
         // Greedy: take the best remaining, decay the rest against it.
@@ -102,17 +120,17 @@ pub fn nms(
             .expect("non-empty");
         let top = dets.swap_remove(best);
         dets.retain_mut(|d| {
-            let iou = top.iou(d);
+            let iou = nms_iou(&top, d);
             let weight = match method {
                 NmsMethod::Hard => {
-                    if iou > iou_threshold {
+                    if iou >= iou_threshold {
                         0.0
                     } else {
                         1.0
                     }
                 }
                 NmsMethod::Linear => {
-                    if iou > iou_threshold {
+                    if iou >= iou_threshold {
                         1.0 - iou
                     } else {
                         1.0
@@ -131,10 +149,9 @@ pub fn nms(
     kept
 }
 
-/// Full post-processing of one video's raw detections: threshold + top-k, NMS (per class or
-/// class-agnostic), then the `max_detections` best.
+/// Post-processing of one video's candidates (already selected per pyramid level, see
+/// [`threshold_topk`]): NMS (per class or class-agnostic), then the `max_detections` best.
 pub fn postprocess(dets: Vec<Segment>, cfg: &PostProcessConfig) -> Vec<Segment> {
-    let dets = threshold_topk(dets, cfg.score_threshold, cfg.pre_nms_topk);
     let run = |group: Vec<Segment>| {
         nms(
             group,
@@ -233,13 +250,9 @@ mod tests {
         let kept = nms(dets, NmsMethod::Gaussian, 0.1, 0.5, 0.001);
         assert_eq!(kept.len(), 3);
         let b = 0.8 * (-2.0f64 / 9.0).exp();
-        assert!((kept[1].score - b).abs() < 1e-12);
+        assert!((kept[1].score - b).abs() < 1e-6);
         let c = 0.3 * (-(4.0f64 / 9.0) / 0.5).exp() * (-(49.0f64 / 169.0) / 0.5).exp();
-        assert!(
-            (kept[2].score - c).abs() < 1e-12,
-            "{} vs {c}",
-            kept[2].score
-        );
+        assert!((kept[2].score - c).abs() < 1e-6, "{} vs {c}", kept[2].score);
         // A min score above c's decayed score removes it.
         let dets = vec![
             seg(0., 10., 0.9, 0),
@@ -259,14 +272,14 @@ mod tests {
         ];
         let kept = nms(dets, NmsMethod::Gaussian, 0.1, 0.5, 0.001);
         assert_eq!(kept[1].start, 50.0);
-        assert!((kept[2].score - 0.8 * (-2.0f64).exp()).abs() < 1e-12);
+        assert!((kept[2].score - 0.8 * (-2.0f64).exp()).abs() < 1e-6);
     }
 
     #[test]
     fn linear_soft_nms() {
         let dets = vec![seg(0., 10., 1.0, 0), seg(5., 15., 0.9, 0)];
         let kept = nms(dets, NmsMethod::Linear, 0.3, 0.5, 0.001);
-        assert!((kept[1].score - 0.9 * (1.0 - 1.0 / 3.0)).abs() < 1e-12);
+        assert!((kept[1].score - 0.9 * (1.0 - 1.0 / 3.0)).abs() < 1e-6);
     }
 
     #[test]

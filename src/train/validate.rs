@@ -116,6 +116,13 @@ fn head(c: &mut Check, h: &HeadConfig) {
     c.positive("head.window_size", h.window_size);
     c.positive("head.head_kernel", h.head_kernel);
     c.rate("head.drop_path", h.drop_path);
+    c.positive("head.max_seq_len", h.max_seq_len);
+    if !h.layer_scale_init.is_finite() {
+        c.fail(
+            "head.layer_scale_init",
+            format!("must be finite, got {}", h.layer_scale_init),
+        );
+    }
     if !(h.prior_prob > 0.0 && h.prior_prob < 1.0) {
         c.fail(
             "head.prior_prob",
