@@ -6,6 +6,8 @@
 //! Swin's precomputed `relative_position_index`) are listed as *ignored*; any other unused key is
 //! reported. A missing or shape-mismatched tensor is an error naming the key.
 
+pub mod actionformer;
+
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
