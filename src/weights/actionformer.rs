@@ -188,10 +188,9 @@ pub fn load_actionformer(head: &mut TalHead, path: &Path) -> Result<ImportReport
     if named.is_empty() {
         return Err(fail(
             "",
-            format!(
-                "no ActionFormer weights found (looked for `state_dict_ema`, `state_dict` or a \
-                 bare state dict with `backbone.`, `neck.`, `cls_head.`, `reg_head.` keys)"
-            ),
+            "no ActionFormer weights found (looked for `state_dict_ema`, `state_dict` or a bare \
+             state dict with `backbone.`, `neck.`, `cls_head.`, `reg_head.` keys)"
+                .to_string(),
         ));
     }
     let expected: BTreeMap<String, Vec<usize>> = head
