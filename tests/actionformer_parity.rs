@@ -122,7 +122,7 @@ fn rows_of(t: &Tensor<3>, b: usize) -> (usize, Vec<f32>) {
         .narrow(0, b, 1)
         .reshape([p * w])
         .into_data()
-        .to_vec()
+        .try_to_vec()
         .unwrap();
     (w, v)
 }
@@ -296,7 +296,7 @@ fn a_checkpoint_with_optimizer_state_imports() {
     let (a, _) = forward(&full, &["video_test_a"]);
     let (b, _) = forward(&small, &["video_test_a"]);
     assert_eq!(
-        a.cls_logits.into_data().to_vec::<f32>().unwrap(),
-        b.cls_logits.into_data().to_vec::<f32>().unwrap()
+        a.cls_logits.into_data().try_to_vec::<f32>().unwrap(),
+        b.cls_logits.into_data().try_to_vec::<f32>().unwrap()
     );
 }
