@@ -54,6 +54,7 @@ pub mod error;
 pub mod eval;
 pub mod extension;
 pub mod fastmath;
+pub mod features;
 pub mod io;
 pub mod memory;
 pub mod norm;

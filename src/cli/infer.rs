@@ -27,6 +27,10 @@ pub struct InferArgs {
     /// Media folder for --dataset (default: frames/ next to the JSON, else videos/).
     #[arg(long)]
     frames: Option<PathBuf>,
+    /// Pre-extracted features of --dataset's videos (`<prefix><id>.npy`), for a run of
+    /// `train --features` or `weights import-actionformer`.
+    #[arg(long, requires = "dataset", conflicts_with_all = ["frames", "video"])]
+    features: Option<PathBuf>,
     /// Subset of --dataset to run on.
     #[arg(long, value_enum, default_value_t = SubsetFilter::VALIDATION)]
     subset: SubsetFilter,
@@ -80,6 +84,18 @@ fn unit_interval(s: &str) -> std::result::Result<f64, String> {
 
 pub fn run(a: InferArgs) -> Result<()> {
     let device = backend::device(a.backend)?;
+    if let Some(f) = &a.features {
+        let dataset = a
+            .dataset
+            .as_ref()
+            .expect("clap requires --dataset with --features");
+        if a.timeline.is_some() || a.fps.is_some() || a.precision.is_some() {
+            return Err(Error::Config(
+                "--timeline, --fps and --precision apply to videos, not to --features".into(),
+            ));
+        }
+        return super::features::infer(&a.checkpoint, dataset, f, a.subset.0, &a.out, &device);
+    }
     match (&a.dataset, &a.video) {
         (Some(json), None) => infer_dataset(&a, json, &device),
         (None, Some(video)) => infer_video(&a, video, &device),

@@ -13,6 +13,7 @@ use e2e_tal::eval::EvalReport;
 mod baseline;
 mod convert_thumos;
 mod eval;
+mod features;
 mod infer;
 mod pretrain;
 mod synth;
@@ -38,7 +39,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Convert THUMOS-14 per-class annotation files to ActivityNet JSON.
     ConvertThumos(convert_thumos::ConvertThumosArgs),
-    /// Inspect or convert PyTorch backbone checkpoints.
+    /// Inspect or convert PyTorch backbone checkpoints; import ActionFormer checkpoints.
     Weights {
         #[command(subcommand)]
         action: weights::WeightsAction,

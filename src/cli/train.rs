@@ -181,6 +181,66 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Train ActionFormer's head on pre-extracted features in this folder
+    /// (`<prefix><id>.npy`, `[T, C]`, float32 or float16) instead of videos: ActionFormer's
+    /// recipe by default; --config may be ActionFormer's YAML. Needs --dataset.
+    #[arg(long, requires = "dataset", conflicts_with_all = ["resume", "retrain_head"])]
+    features: Option<PathBuf>,
+    /// The annotations of --features (ActivityNet JSON; ActionFormer's files load as they are).
+    #[arg(long, requires = "features")]
+    dataset: Option<PathBuf>,
+}
+
+/// `train --features`: flags of video training are refused by name.
+fn train_features(a: &TrainArgs, features: &Path, device: &Device) -> Result<()> {
+    let video_only = [
+        (a.mode.is_some(), "--mode"),
+        (a.backbone.is_some(), "--backbone"),
+        (a.weights.is_some(), "--weights"),
+        (a.from_scratch, "--from-scratch"),
+        (a.family.is_some(), "--family"),
+        (a.lr_backbone.is_some(), "--lr-backbone"),
+        (a.max_clips.is_some(), "--max-clips"),
+        (a.clips_per_video.is_some(), "--clips-per-video"),
+        (a.frame_size.is_some(), "--frame-size"),
+        (a.lofi.is_some(), "--lofi"),
+        (a.memory_budget.is_some(), "--memory-budget"),
+        (a.no_feature_cache, "--no-feature-cache"),
+        (a.augment, "--augment"),
+        (a.rewired, "--rewired"),
+        (a.precision.is_some(), "--precision"),
+        (a.drift_every.is_some(), "--drift-every"),
+        (a.drift_tolerance.is_some(), "--drift-tolerance"),
+        (a.stop_after_steps.is_some(), "--stop-after-steps"),
+    ];
+    if let Some((_, flag)) = video_only.iter().find(|(given, _)| *given) {
+        return Err(Error::Config(format!(
+            "{flag} applies to training on videos, not on --features"
+        )));
+    }
+    super::features::train(
+        super::features::FeatureTrainFlags {
+            features: features.to_path_buf(),
+            dataset: a
+                .dataset
+                .clone()
+                .expect("clap requires --dataset with --features"),
+            config: a.config.clone(),
+            out: a
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs/features")),
+            epochs: a.epochs,
+            seed: a.seed,
+            ema_decay: a.ema_decay,
+            eval_every: a.eval_every,
+            batch_size: a.videos_per_step,
+            lr: a.lr_head,
+            overwrite: a.overwrite,
+            quiet: a.quiet,
+        },
+        device,
+    )
 }
 
 /// Apply the configuration flags of `a` to `cfg` (a new run's starting configuration, or a
@@ -336,6 +396,9 @@ fn default_out(mode: TrainMode) -> PathBuf {
 pub fn run(a: TrainArgs) -> Result<()> {
     let start = Instant::now();
     let device = backend::device(a.backend)?;
+    if let Some(f) = &a.features {
+        return train_features(&a, f, &device);
+    }
     if a.resume {
         return resume(&a, &device, start);
     }

@@ -1,4 +1,4 @@
-//! `e2e-tal weights inspect|convert`: PyTorch backbone checkpoints.
+//! `e2e-tal weights inspect|convert|import-actionformer`: PyTorch checkpoints.
 
 use std::path::PathBuf;
 
@@ -35,10 +35,32 @@ pub enum WeightsAction {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Import a trained ActionFormer checkpoint (`*.pth.tar` as its train.py saves it; the EMA
+    /// weights it evaluates with) as a feature run that `infer --features` reads.
+    ImportActionformer {
+        /// ActionFormer checkpoint.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The ActionFormer YAML configuration it was trained with.
+        #[arg(long)]
+        config: PathBuf,
+        /// Annotations giving the class names (`label_id` order).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Run folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 pub fn run(action: WeightsAction) -> Result<()> {
     match action {
+        WeightsAction::ImportActionformer {
+            checkpoint,
+            config,
+            dataset,
+            out,
+        } => super::features::import(&checkpoint, &config, &dataset, &out),
         WeightsAction::Inspect { checkpoint, family } => {
             let map = family.map(CheckpointFamily::key_map);
             let tensors = weights::inspect(&checkpoint)?;

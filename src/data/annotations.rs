@@ -13,7 +13,10 @@ use crate::io::{read_to_string, write_json_atomic};
 use crate::tal::postprocess::Segment;
 
 /// A dataset split, as named in ActivityNet's `subset` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Subset {
     /// `"training"` (also read from `"train"`).
     #[value(alias = "train")]

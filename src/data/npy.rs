@@ -48,12 +48,15 @@ impl FeatureSequence {
         // npyz converts either byte order.
         let data: Vec<f32> = match &dtype[1..] {
             "f4" => npy.into_vec::<f32>(),
+            "f2" => npy
+                .into_vec::<half::f16>()
+                .map(|v| v.into_iter().map(half::f16::to_f32).collect()),
             "f8" => npy
                 .into_vec::<f64>()
                 .map(|v| v.into_iter().map(|x| x as f32).collect()),
             _ => {
                 return Err(bad(format!(
-                    "expected float32 or float64 data, found dtype {dtype}"
+                    "expected float32, float16 or float64 data, found dtype {dtype}"
                 )));
             }
         }
@@ -63,6 +66,33 @@ impl FeatureSequence {
             len: shape[0] as usize,
             channels: shape[1] as usize,
         })
+    }
+
+    /// The `[T, C]` shape of a 2-D float `.npy` file, from its header (the data is not read).
+    pub fn shape(path: &Path) -> Result<(usize, usize)> {
+        let bad = |reason: String| Error::Npy {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+            .map_err(|e| bad(format!("not a valid .npy file: {e}")))?;
+        let shape = npy.shape().to_vec();
+        let dtype = match npy.dtype() {
+            npyz::DType::Plain(ts) => ts.to_string(),
+            other => other.descr(),
+        };
+        if shape.len() != 2 {
+            return Err(bad(format!(
+                "expected a 2-D [T, C] array, found shape {shape:?}"
+            )));
+        }
+        if !matches!(&dtype.get(1..), Some("f2" | "f4" | "f8")) {
+            return Err(bad(format!(
+                "expected float32, float16 or float64 data, found dtype {dtype}"
+            )));
+        }
+        Ok((shape[0] as usize, shape[1] as usize))
     }
 
     /// Write as a `float32` `.npy` file, atomically.

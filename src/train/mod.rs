@@ -27,9 +27,11 @@ pub use budget::{
 pub use checkpoint::{Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState, find_checkpoint};
 pub use config::{BackboneConfig, TrainConfig, TrainMode, read_config};
 pub use dataset::{TalDataset, TalVideo};
+pub(crate) use ema::ema_update;
 pub use infer::{
     InferOptions, VideoInference, detect_video, trained_model, video_id, with_precision,
 };
+pub(crate) use lock::{LOCK_FILE, RunLock};
 pub use loss_scale::{LossScale, LossScaleConfig};
 pub use model::{Detector, Extraction, TalModel, extract_features, head_input, run_head};
 pub use plan::{FrozenFeatures, Sampling, TrainPlan};
@@ -38,7 +40,9 @@ pub use pretrain::{
     pretrain_from, trimmed_clips,
 };
 pub use stages::{StagesOutcome, end_to_end_then_head};
+pub(crate) use step::clip_grads;
 pub use trainer::{
     RUN_OUTPUTS, ResumeChanges, RunOptions, TrainOutcome, load_model, prepare_run_folder, resume,
     resume_with, train,
 };
+pub(crate) use validate::check_numbers as validate_numbers;

@@ -79,6 +79,19 @@ fn add_into<M: Module>(module: &M, into: &mut GradientsParams, mut from: Gradien
     });
 }
 
+/// Clip `module`'s gradients in `grads` to the global L2 norm `max` as PyTorch's
+/// `clip_grad_norm_` does (0: no clipping); returns the norm before clipping.
+pub(crate) fn clip_grads<M: Module>(module: &M, grads: &mut GradientsParams, max: f64) -> f64 {
+    let norm = squared_norm(module, grads).map_or(0.0, |t| t.into_scalar::<f64>().sqrt());
+    if max > 0.0 && norm > max {
+        module.visit(&mut Scale {
+            grads,
+            factor: max / (norm + 1e-6),
+        });
+    }
+    norm
+}
+
 impl StepGrads {
     /// Add `other`'s gradients (another micro-batch of the same step) to these.
     pub fn add(&mut self, other: StepGrads, model: &TalModel) {
