@@ -493,6 +493,186 @@ fn workspace(root: &Path) {
         &root.join("run_nomodel/checkpoint.old"),
     );
     std::fs::remove_file(root.join("run_nomodel/checkpoint/model.bpk")).unwrap();
+    feature_workspace(root);
+}
+
+/// Feature datasets (ActionFormer's layout) good and broken, ActionFormer configurations and
+/// checkpoints, and a feature run imported from the checkpoint.
+fn feature_workspace(root: &Path) {
+    let w = |name: &str, bytes: &[u8]| std::fs::write(root.join(name), bytes).unwrap();
+    let af = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/actionformer");
+    copy_dir(&af, &root.join("af"));
+    let yaml = std::fs::read_to_string(af.join("thumos_tiny.yaml")).unwrap();
+    for (name, from, to) in [
+        ("af_unknown.yaml", "epochs: 30,", "epochs: 30, epoch: 3,"),
+        ("af_fpn.yaml", "fpn_type: identity", "fpn_type: fpn"),
+        ("af_sgd.yaml", "epochs: 30,", "epochs: 30, type: SGD,"),
+        ("af_classes.yaml", "num_classes: 4", "num_classes: 7"),
+        ("af_width.yaml", "input_dim: 8", "input_dim: 9"),
+        (
+            "af_wide.yaml",
+            "embd_dim: 8,\n  fpn_dim: 8,\n  head_dim: 8,",
+            "embd_dim: 16,\n  fpn_dim: 16,\n  head_dim: 16,",
+        ),
+        ("af_fpndim.yaml", "fpn_dim: 8,", "fpn_dim: 16,"),
+        (
+            "af_voting.yaml",
+            "multiclass_nms: True,",
+            "multiclass_nms: False,",
+        ),
+        (
+            "af_extscore.yaml",
+            "multiclass_nms: True,",
+            "multiclass_nms: True, ext_score_file: s.pkl,",
+        ),
+        (
+            "af_abspe.yaml",
+            "n_mha_win_size: 9,",
+            "n_mha_win_size: 9, use_abs_pe: True,",
+        ),
+        (
+            "af_smooth.yaml",
+            "cls_prior_prob: 0.01,",
+            "cls_prior_prob: 0.01, label_smoothing: 0.1,",
+        ),
+        ("af_batch.yaml", "batch_size: 2,", "batch_size: two,"),
+        (
+            "af_crop.yaml",
+            "crop_ratio: [0.9, 1.0],",
+            "crop_ratio: [0.9],",
+        ),
+        (
+            "af_upsample.yaml",
+            "max_seq_len: 256,",
+            "max_seq_len: 256, force_upsampling: True,",
+        ),
+        (
+            "af_dataset.yaml",
+            "dataset_name: thumos",
+            "dataset_name: kinetics",
+        ),
+        (
+            "af_arch.yaml",
+            "n_mha_win_size: 9,",
+            "n_mha_win_size: 9, backbone_arch: [2, 2],",
+        ),
+        (
+            "af_heads.yaml",
+            "n_mha_win_size: 9,",
+            "n_mha_win_size: 9, n_head: 3,",
+        ),
+        (
+            "af_lossw.yaml",
+            "cls_prior_prob: 0.01,",
+            "cls_prior_prob: 0.01, loss_weight: -1,",
+        ),
+        (
+            "af_nms.yaml",
+            "multiclass_nms: True,",
+            "multiclass_nms: True, nms_method: none,",
+        ),
+    ] {
+        assert!(yaml.contains(from), "{from}");
+        w(name, yaml.replace(from, to).as_bytes());
+    }
+    w("af_bad.yaml", b"dataset: {\n  num_classes: [4,\n");
+    w("af_list.yaml", b"- 1\n- 2\n");
+    // Feature folders with one defect each.
+    let feats = root.join("af/features");
+    let variant = |name: &str| {
+        let d = root.join(name);
+        copy_dir(&feats, &d);
+        d
+    };
+    let first = "video_test_a.npy";
+    let npy = |shape: &[u64], dtype: &str, bytes: usize| {
+        let header = format!(
+            "{{'descr': '{dtype}', 'fortran_order': False, 'shape': ({}), }}",
+            shape.iter().map(|s| format!("{s},")).collect::<String>()
+        );
+        let mut h = header.into_bytes();
+        while (h.len() + 11) % 64 != 0 {
+            h.push(b' ');
+        }
+        h.push(b'\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((h.len() as u16).to_le_bytes());
+        out.extend(h);
+        out.extend(vec![0u8; bytes]);
+        out
+    };
+    std::fs::write(
+        variant("feat_width").join(first),
+        npy(&[200, 5], "<f4", 200 * 5 * 4),
+    )
+    .unwrap();
+    std::fs::write(variant("feat_1d").join(first), npy(&[200], "<f4", 800)).unwrap();
+    std::fs::write(variant("feat_int").join(first), npy(&[200, 8], "<i4", 6400)).unwrap();
+    std::fs::write(variant("feat_rows0").join(first), npy(&[0, 8], "<f4", 0)).unwrap();
+    std::fs::write(variant("feat_text").join(first), b"hello").unwrap();
+    std::fs::write(
+        variant("feat_cut").join(first),
+        &npy(&[200, 8], "<f4", 6400)[..500],
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("feat_none")).unwrap();
+    // A feature file named like the video but a folder.
+    let d = variant("feat_dir");
+    std::fs::remove_file(d.join(first)).unwrap();
+    std::fs::create_dir(d.join(first)).unwrap();
+    // Annotations with broken label ids, unsafe ids, no frame rate.
+    let ann: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(af.join("annotations.json")).unwrap())
+            .unwrap();
+    let edit = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = ann.clone();
+        f(&mut v);
+        w(name, v.to_string().as_bytes());
+    };
+    edit("ann_twoids.json", &|v| {
+        let a = &mut v["database"]["video_test_a"]["annotations"];
+        let label = a[0]["label"].clone();
+        a[1]["label"] = label;
+        a[1]["label_id"] = (a[0]["label_id"].as_u64().unwrap() + 1).into();
+    });
+    edit("ann_gapids.json", &|v| {
+        for video in v["database"].as_object_mut().unwrap().values_mut() {
+            for a in video["annotations"].as_array_mut().unwrap() {
+                let id = a["label_id"].as_u64().unwrap();
+                a["label_id"] = (id * 2).into();
+            }
+        }
+    });
+    edit("ann_someids.json", &|v| {
+        v["database"]["video_test_a"]["annotations"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("label_id");
+    });
+    edit("ann_escape.json", &|v| {
+        let db = v["database"].as_object_mut().unwrap();
+        let e = db.remove("video_test_a").unwrap();
+        db.insert("../video_test_a".into(), e);
+    });
+    edit("ann_nofps.json", &|v| {
+        v["database"]["video_test_b"]
+            .as_object_mut()
+            .unwrap()
+            .remove("fps");
+    });
+    edit("ann_train.json", &|v| {
+        for video in v["database"].as_object_mut().unwrap().values_mut() {
+            video["subset"] = "Validation".into();
+        }
+    });
+    // A feature run imported from the checkpoint; a folder of the user's own files named like
+    // a feature run's.
+    sh(
+        root,
+        "weights import-actionformer --checkpoint af/epoch_003.pth.tar --config af/thumos_tiny.yaml --dataset af/annotations.json --out run_feat",
+    );
+    std::fs::create_dir_all(root.join("notfeatrun")).unwrap();
+    w("notfeatrun/head.safetensors", b"mine");
 }
 
 fn cases() -> Vec<Case> {
@@ -1493,12 +1673,334 @@ fn cases() -> Vec<Case> {
         1,
         &["no fidelity fits"],
     ));
+    c.extend(feature_cases());
     // Odd but valid: results with a byte-order mark, a checkpoint resumed with more epochs.
     c.push(case(
         "eval --gt gt_bom.json --pred pred.json --subset all --thresholds anet --json",
         0,
         &["average_map"],
     ));
+    c
+}
+
+/// `train --features`, `infer --features` and `weights import-actionformer` on hostile input.
+fn feature_cases() -> Vec<Case> {
+    let train = |rest: &str| {
+        format!(
+            "train --features af/features --dataset af/annotations.json --out r_feat --quiet {rest}"
+        )
+    };
+    let infer = |rest: &str| {
+        format!("infer --checkpoint run_feat --dataset af/annotations.json --subset testing {rest}")
+    };
+    let import_ck = |ck: &str| {
+        format!(
+            "weights import-actionformer --checkpoint {ck} --config af/thumos_tiny.yaml --dataset af/annotations.json --out r_imp"
+        )
+    };
+    let import = |rest: &str| {
+        format!(
+            "weights import-actionformer --checkpoint af/epoch_003.pth.tar --dataset af/annotations.json --out r_imp {rest}"
+        )
+    };
+    let mut c = vec![
+        // Flags.
+        case(
+            "train --features af/features --out r_feat",
+            2,
+            &["--dataset"],
+        ),
+        case(
+            "train --dataset af/annotations.json --out r_feat",
+            2,
+            &["--features"],
+        ),
+        case(&train("--mode full"), 1, &["--mode", "--features"]),
+        case(&train("--backbone vit-s"), 1, &["--backbone"]),
+        case(&train("--resume"), 2, &["--resume"]),
+        case(&train("--memory-budget 1GiB"), 1, &["--memory-budget"]),
+        case(&train("--videos-per-step 0"), 2, &["--videos-per-step"]),
+        case(&train("--ema-decay 1.5"), 1, &["ema_decay"]),
+        case(&train("--lr-head -1"), 1, &["lr"]),
+        // Data: only Test videos, which the default subsets do not train on.
+        case(&train(""), 1, &["annotations.json", "training"]),
+        case(
+            &train("--config af/thumos_tiny.yaml"),
+            1,
+            &["fewer than one batch"],
+        ),
+        case(
+            "train --features feat_none --dataset af/annotations.json --out r_feat --quiet",
+            1,
+            &["feat_none", "no video"],
+        ),
+        case(
+            "train --features missing_dir --dataset af/annotations.json --out r_feat",
+            1,
+            &["missing_dir"],
+        ),
+        case(
+            "train --features af/features --dataset missing.json --out r_feat",
+            1,
+            &["missing.json"],
+        ),
+        case(
+            "train --features af/features --dataset bad.json --out r_feat",
+            1,
+            &["bad.json"],
+        ),
+        case(
+            "train --features af/features --dataset ann_twoids.json --out r_feat",
+            1,
+            &["ann_twoids.json", "label_id"],
+        ),
+        case(
+            "train --features af/features --dataset ann_gapids.json --out r_feat",
+            1,
+            &["ann_gapids.json", "label_id"],
+        ),
+        case(
+            "train --features af/features --dataset ann_someids.json --out r_feat",
+            1,
+            &["ann_someids.json", "label_id"],
+        ),
+        case(
+            "train --features af/features --dataset ann_escape.json --out r_feat",
+            1,
+            &["ann_escape.json", "../video_test_a"],
+        ),
+        case(
+            "train --features af/features --dataset ann_nofps.json --out r_feat",
+            1,
+            &["ann_nofps.json", "video_test_b", "fps"],
+        ),
+        // Feature files.
+        case(
+            "train --features feat_width --dataset ann_train.json --out r_feat --quiet",
+            1,
+            &["video_test_a.npy", "channels"],
+        ),
+        case(
+            "train --features feat_1d --dataset ann_train.json --out r_feat --quiet",
+            1,
+            &["video_test_a.npy", "2-D"],
+        ),
+        case(
+            "train --features feat_int --dataset ann_train.json --out r_feat --quiet",
+            1,
+            &["video_test_a.npy", "dtype"],
+        ),
+        case(
+            "train --features feat_rows0 --dataset ann_train.json --out r_feat --quiet",
+            1,
+            &["video_test_a.npy", "no feature rows"],
+        ),
+        case(
+            "train --features feat_text --dataset ann_train.json --out r_feat --quiet",
+            1,
+            &["video_test_a.npy"],
+        ),
+        case(
+            "train --features feat_dir --dataset ann_train.json --out r_feat --quiet",
+            1,
+            &["video_test_a.npy"],
+        ),
+        case(
+            "train --features feat_cut --dataset ann_train.json --out r_feat --quiet --config af/thumos_tiny.yaml",
+            1,
+            &["video_test_a.npy"],
+        ),
+        // Configurations.
+        case(&train("--config af_bad.yaml"), 1, &["af_bad.yaml", "YAML"]),
+        case(
+            &train("--config af_list.yaml"),
+            1,
+            &["af_list.yaml", "mapping"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out r_feat --config af_classes.yaml",
+            1,
+            &["af_classes.yaml", "dataset.num_classes"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out r_feat --config af_width.yaml",
+            1,
+            &["af_width.yaml", "dataset.input_dim"],
+        ),
+        case(
+            &train("--config cfg_unknown.json"),
+            1,
+            &["cfg_unknown.json", "epoch"],
+        ),
+        case(&train("--config missing.yaml"), 1, &["missing.yaml"]),
+        // Outputs.
+        case(
+            "train --features af/features --dataset ann_train.json --out af/features/run --quiet",
+            1,
+            &["feature folder"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out run_feat --quiet",
+            1,
+            &["run_feat", "feature run"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out notfeatrun --quiet",
+            1,
+            &["notfeatrun"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out notfeatrun --quiet --overwrite",
+            1,
+            &["notfeatrun"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out run --quiet",
+            1,
+            &["run"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out ds/r --quiet",
+            1,
+            &["ds"],
+        ),
+        // Inference.
+        case(
+            "infer --checkpoint run_feat --features af/features --out o.json",
+            2,
+            &["--dataset"],
+        ),
+        case(
+            &infer("--features af/features --out run_feat/feature_run.json"),
+            1,
+            &["feature_run.json"],
+        ),
+        case(
+            &infer("--features af/features --out run_feat/head.safetensors"),
+            1,
+            &["head.safetensors"],
+        ),
+        case(
+            &infer("--features af/features --out af/annotations.json"),
+            1,
+            &["annotations.json"],
+        ),
+        case(
+            &infer("--features af/features --out af/features/o.json"),
+            1,
+            &["feature folder"],
+        ),
+        case(
+            &infer("--features af/features --out run/o.json"),
+            1,
+            &["run"],
+        ),
+        case(
+            &infer("--features af/features --out /dev/full"),
+            1,
+            &["/dev/full"],
+        ),
+        case(
+            &infer("--features feat_width --out o.json"),
+            1,
+            &["channels"],
+        ),
+        case(
+            &infer("--features af/features --out o.json --fps 30"),
+            1,
+            &["--fps"],
+        ),
+        case(
+            &infer("--features af/features --out o.json --frames af"),
+            2,
+            &["--frames"],
+        ),
+        case(
+            "infer --checkpoint run --dataset af/annotations.json --features af/features --out o.json",
+            1,
+            &["feature run"],
+        ),
+        case(
+            "infer --checkpoint notfeatrun --dataset af/annotations.json --features af/features --out o.json",
+            1,
+            &["feature_run.json"],
+        ),
+        case(
+            "infer --checkpoint run_feat --dataset af/annotations.json --features af/features --subset training --out o.json",
+            1,
+            &["training"],
+        ),
+        // Imports.
+        case(
+            &import_ck("vit.pth"),
+            1,
+            &["vit.pth", "no ActionFormer weights"],
+        ),
+        case(&import_ck("garbage.bin"), 1, &["garbage.bin"]),
+        case(
+            &import_ck("af/features/video_test_a.npy"),
+            1,
+            &["video_test_a.npy"],
+        ),
+        case(&import_ck("vit.safetensors"), 1, &["vit.safetensors"]),
+        case(&import_ck("missing.pth.tar"), 1, &["missing.pth.tar"]),
+        case(
+            &import("--config af_wide.yaml"),
+            1,
+            &["epoch_003.pth.tar", "shape"],
+        ),
+        case(
+            &import("--config af_fpndim.yaml"),
+            1,
+            &["af_fpndim.yaml", "model.fpn_dim"],
+        ),
+        case(
+            &import("--config af_classes.yaml"),
+            1,
+            &["af_classes.yaml", "num_classes"],
+        ),
+        case(&import("--config tiny.json"), 1, &["tiny.json", "YAML"]),
+        case(
+            "weights import-actionformer --checkpoint af/epoch_003.pth.tar --config af/thumos_tiny.yaml --dataset af/annotations.json --out run_feat",
+            1,
+            &["run_feat"],
+        ),
+        case(
+            "weights import-actionformer --checkpoint af/epoch_003.pth.tar --config af/thumos_tiny.yaml --dataset af/annotations.json --out run",
+            1,
+            &["run"],
+        ),
+        case(
+            "weights import-actionformer --checkpoint af/epoch_003.pth.tar --config af/thumos_tiny.yaml --dataset af/annotations.json --out ds/imp",
+            1,
+            &["ds"],
+        ),
+        case(
+            "weights import-actionformer --checkpoint af/epoch_003.pth.tar --config af/thumos_tiny.yaml --dataset af/annotations.json",
+            2,
+            &["--out"],
+        ),
+    ];
+    for (file, says) in [
+        ("af_unknown.yaml", "opt.epoch"),
+        ("af_fpn.yaml", "model.fpn_type"),
+        ("af_sgd.yaml", "opt.type"),
+        ("af_voting.yaml", "test_cfg.voting_thresh"),
+        ("af_extscore.yaml", "test_cfg.ext_score_file"),
+        ("af_abspe.yaml", "model.use_abs_pe"),
+        ("af_smooth.yaml", "train_cfg.label_smoothing"),
+        ("af_batch.yaml", "loader.batch_size"),
+        ("af_crop.yaml", "dataset.crop_ratio"),
+        ("af_upsample.yaml", "dataset.force_upsampling"),
+        ("af_dataset.yaml", "dataset_name"),
+        ("af_arch.yaml", "model.backbone_arch"),
+        ("af_heads.yaml", "head.num_heads"),
+        ("af_lossw.yaml", "train_cfg.loss_weight"),
+        ("af_nms.yaml", "test_cfg.nms_method"),
+    ] {
+        c.push(case(&train(&format!("--config {file}")), 1, &[file, says]));
+        c.push(case(&import(&format!("--config {file}")), 1, &[file, says]));
+    }
     c
 }
 

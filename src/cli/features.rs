@@ -8,8 +8,8 @@ use burn::tensor::Device;
 use e2e_tal::data::{GroundTruth, Subset};
 use e2e_tal::eval::{EvalOptions, evaluate};
 use e2e_tal::features::{
-    FeatureDataset, FeatureRun, FeatureTrainConfig, check_classes, class_names, is_yaml, predict,
-    prepare_feature_run, read_actionformer_config, train_features,
+    FeatureDataset, FeatureRun, FeatureTrainConfig, check_classes, check_feature_run, class_names,
+    is_yaml, predict, prepare_feature_run, read_actionformer_config, train_features,
 };
 use e2e_tal::{Error, Result};
 
@@ -35,8 +35,16 @@ fn config(path: Option<&Path>, data: &FeatureDataset) -> Result<FeatureTrainConf
     let Some(path) = path else {
         return Ok(FeatureTrainConfig::new());
     };
+    let named = |c: FeatureTrainConfig| {
+        c.validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(c)
+    };
     if !is_yaml(path) {
-        return e2e_tal::train::read_config(path, &FeatureTrainConfig::new());
+        return named(e2e_tal::train::read_config(
+            path,
+            &FeatureTrainConfig::new(),
+        )?);
     }
     let af = read_actionformer_config(path)?;
     let mismatch = |field: &str, want: usize, got: usize, what: &str| Error::InvalidValue {
@@ -59,7 +67,7 @@ fn config(path: Option<&Path>, data: &FeatureDataset) -> Result<FeatureTrainConf
             "the features have",
         ));
     }
-    Ok(af.train)
+    named(af.train)
 }
 
 /// The feature dataset `dataset` + `features` read with `cfg`'s layout.
@@ -91,9 +99,7 @@ pub fn train(f: FeatureTrainFlags, device: &Device) -> Result<()> {
     outside_features(&f.out, &f.features)?;
     // Refuse an existing run before any work; --overwrite removes its files once the data
     // has loaded.
-    if !f.overwrite {
-        prepare_feature_run(&f.out, false)?;
-    }
+    check_feature_run(&f.out, f.overwrite)?;
     // The layout (prefix, extension) comes from the configuration: read it once for the data.
     let layout = match &f.config {
         Some(p) if is_yaml(p) => read_actionformer_config(p)?.train,
@@ -239,7 +245,8 @@ pub fn import(checkpoint: &Path, config_path: &Path, dataset: &Path, out: &Path)
         name: format!("{}: dataset.input_dim", config_path.display()),
         reason: "missing: the feature width the checkpoint reads".into(),
     })?;
-    cfg.validate()?;
+    cfg.validate()
+        .map_err(|e| Error::Config(format!("{}: {e}", config_path.display())))?;
     prepare_feature_run(out, false)?;
     let device = e2e_tal::backend::cpu_device();
     let mut head = cfg.head.init(&device)?;

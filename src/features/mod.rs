@@ -22,6 +22,7 @@ pub use config::FeatureTrainConfig;
 pub use crop::{Crop, truncate};
 pub use dataset::{FeatureDataConfig, FeatureDataset, FeatureVideo, class_order as class_names};
 pub use run::{
-    FEATURE_RUN, FeatureRun, HEAD_WEIGHTS, check_classes, detect, predict, prepare_feature_run,
+    FEATURE_RUN, FeatureRun, HEAD_WEIGHTS, check_classes, check_feature_run, detect, predict,
+    prepare_feature_run,
 };
 pub use train::{FeatureEpoch, FeatureOutcome, actionformer_lr, predictions_path, train_features};

@@ -77,32 +77,40 @@ impl FeatureRun {
     }
 }
 
-/// A refused start: `dir` holds a run (any of its files) and `overwrite` is off, or it holds
-/// files named like a run's without being one.
-pub fn prepare_feature_run(dir: &Path, overwrite: bool) -> Result<()> {
-    let present: Vec<&str> = FEATURE_RUN_OUTPUTS
+/// Whether a feature run may start in `dir`: refused when `dir` holds a feature run (unless
+/// `overwrite`), files named like a run's without being one, another kind of run, or lies
+/// inside a run or a dataset.
+pub fn check_feature_run(dir: &Path, overwrite: bool) -> Result<()> {
+    let present = FEATURE_RUN_OUTPUTS
         .iter()
-        .copied()
-        .filter(|n| dir.join(n).symlink_metadata().is_ok())
-        .collect();
+        .any(|n| dir.join(n).symlink_metadata().is_ok());
     let trainer_run = dir.join("config.json").exists() || dir.join("checkpoint").exists();
-    if present.is_empty() && !trainer_run {
+    if !present && !trainer_run {
         return crate::io::check_output_dir(dir);
     }
-    let is_run = dir.join(FEATURE_RUN).is_file();
-    if !overwrite || !is_run {
-        return Err(Error::WouldOverwrite {
-            path: dir.to_path_buf(),
-            reason: if is_run {
-                "it holds a feature run; start over with --overwrite or choose another --out".into()
-            } else {
-                "it holds another run's or the user's files; choose another --out".into()
-            },
-        });
+    let is_run = dir.join(FEATURE_RUN).is_file() && !trainer_run;
+    if overwrite && is_run {
+        return Ok(());
     }
+    Err(Error::WouldOverwrite {
+        path: dir.to_path_buf(),
+        reason: if is_run {
+            "it holds a feature run; start over with --overwrite or choose another --out".into()
+        } else {
+            "it holds another run's or the user's files (--overwrite removes only a feature \
+             run's); choose another --out"
+                .into()
+        },
+    })
+}
+
+/// [`check_feature_run`], then remove the files of the feature run in `dir` (with
+/// `overwrite`); nothing else is touched.
+pub fn prepare_feature_run(dir: &Path, overwrite: bool) -> Result<()> {
+    check_feature_run(dir, overwrite)?;
     for n in FEATURE_RUN_OUTPUTS {
         let p = dir.join(n);
-        if p.exists() {
+        if p.symlink_metadata().is_ok() {
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
         }
     }
@@ -156,7 +164,7 @@ pub fn detect(
     Ok(VideoDetections::from_segments(&video.id, dets, classes))
 }
 
-/// Detections for every video of `data` in `videos`, in order.
+/// Detections for every video of `videos`, in order, the videos shared out over the cores.
 pub fn predict(
     head: &TalHead,
     cfg: &FeatureTrainConfig,
@@ -164,12 +172,36 @@ pub fn predict(
     videos: &[&FeatureVideo],
     device: &Device,
 ) -> Result<Predictions> {
-    Ok(Predictions {
-        videos: videos
-            .iter()
-            .map(|v| detect(head, cfg, classes, v, device))
-            .collect::<Result<_>>()?,
-    })
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(videos.len())
+        .max(1);
+    let per = videos.len().div_ceil(threads).max(1);
+    let parts: Vec<Result<Vec<VideoDetections>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = videos
+            .chunks(per)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|v| detect(head, cfg, classes, v, device))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Config("an inference thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut out = Vec::with_capacity(videos.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(Predictions { videos: out })
 }
 
 /// The class names of `data` must be the run's, in the same order.

@@ -256,8 +256,10 @@ fn run_epochs(
     })
 }
 
-/// One batch: crops, the padded forward, targets, the normaliser's update and the loss's
-/// gradients. Returns the loss value.
+/// One batch: crops, targets, the normaliser's update from the positives at valid points, then
+/// each video's forward and backward on its own thread (the head's outputs at valid positions
+/// do not depend on how much padding follows, so this equals ActionFormer's padded batch) and
+/// the gradients summed. Returns the loss value.
 fn batch_step(
     cfg: &FeatureTrainConfig,
     head: &TalHead,
@@ -268,8 +270,8 @@ fn batch_step(
 ) -> Result<(f64, GradientsParams)> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let offset = 0.5 * cfg.data.num_frames as f64 / cfg.data.feat_stride as f64;
-    let mut seqs: Vec<FeatureSequence> = Vec::with_capacity(videos.len());
-    let mut crops = Vec::with_capacity(videos.len());
+    let mut items = Vec::with_capacity(videos.len());
+    let mut positives = 0;
     for v in videos {
         let seq = v.read()?;
         let crop = truncate(
@@ -281,37 +283,47 @@ fn batch_step(
             cfg.data.crop_ratio,
             &mut rng,
         );
-        seqs.push(seq);
-        crops.push(crop);
+        let len = crop.end - crop.start;
+        let points = cfg.head.pyramid.points(head.padded_len(len));
+        let targets = assign(&points, &crop.segments, cfg.head.num_classes, &cfg.assign);
+        // A point is valid where its position lies inside the sequence.
+        positives += points
+            .iter()
+            .zip(&targets.positive)
+            .filter(|(p, pos)| **pos && p.t < len as f64)
+            .count();
+        items.push((seq, crop, targets));
     }
-    let parts: Vec<(&FeatureSequence, std::ops::Range<usize>)> = seqs
-        .iter()
-        .zip(&crops)
-        .map(|(s, c)| (s, c.start..c.end))
-        .collect();
-    let (x, mask) = batch(&parts, device);
-    let out = head.forward(x, mask)?;
-    let longest = crops.iter().map(|c| c.end - c.start).max().unwrap_or(0);
-    let points = cfg.head.pyramid.points(head.padded_len(longest));
-    let targets: Vec<Targets> = crops
-        .iter()
-        .map(|c| assign(&points, &c.segments, cfg.head.num_classes, &cfg.assign))
-        .collect();
-    let valid = crate::tal::bool_values(out.mask.clone());
-    let p = points.len();
-    let positives = targets
-        .iter()
-        .enumerate()
-        .map(|(b, t)| {
-            (0..p)
-                .filter(|&k| t.positive[k] && valid[b * p + k])
-                .count()
-        })
-        .sum::<usize>();
     let m = cfg.loss.normalizer_momentum;
     *norm = m * *norm + (1.0 - m) * positives.max(1) as f64;
-    let loss = batch_loss(&out, &targets, *norm, &cfg.loss)?;
-    let value = loss.clone().into_scalar::<f64>();
+    let normaliser = *norm;
+    let one = |(seq, crop, targets): &(FeatureSequence, super::crop::Crop, Targets)| {
+        let local = head.valid().fork(device).train();
+        let (x, mask) = batch(&[(seq, crop.start..crop.end)], device);
+        let out = local.forward(x, mask)?;
+        let loss = batch_loss(&out, std::slice::from_ref(targets), normaliser, &cfg.loss)?;
+        let value = loss.clone().into_scalar::<f64>();
+        Ok((value, GradientsParams::from_grads(loss.backward(), &local)))
+    };
+    let results: Vec<Result<(f64, GradientsParams)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .iter()
+            .map(|it| scope.spawn(move || one(it)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Config("a training thread panicked".into())))
+            })
+            .collect()
+    });
+    let (mut value, mut grads) = (0.0, GradientsParams::new());
+    for r in results {
+        let (v, g) = r?;
+        value += v;
+        crate::train::add_grads(head, &mut grads, g);
+    }
     if !value.is_finite() {
         let ids: Vec<&str> = videos.iter().map(|v| v.id.as_str()).collect();
         return Err(Error::NonFiniteLoss {
@@ -320,7 +332,7 @@ fn batch_step(
             value,
         });
     }
-    Ok((value, GradientsParams::from_grads(loss.backward(), head)))
+    Ok((value, grads))
 }
 
 /// The evaluation of `head` on the evaluation subsets' videos and its detections (None when

@@ -12,11 +12,12 @@
 //! padded positions after every norm.
 
 use crate::fastmath::gelu;
+use crate::norm::{LayerNorm, LayerNormConfig};
 use burn::config::Config;
 use burn::module::{Module, Param};
+use burn::nn::PaddingConfig1d;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::pool::{MaxPool1d, MaxPool1dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, PaddingConfig1d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 
@@ -171,6 +172,21 @@ pub(crate) fn norm(
     if masked { y * mask_float(mask) } else { y }
 }
 
+/// A 1x1 convolution as one matrix product over the channels (the convolution kernels of the
+/// CPU backend go through a 3-D im2col path that is several times slower for it).
+///
+/// # Shapes
+/// - x: `[B, C_in, T]` -> `[B, C_out, T]`
+pub(crate) fn pointwise_forward(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
+    let [cout, cin, _] = conv.weight.dims();
+    let w = conv.weight.val().reshape([1, cout, cin]);
+    let y = w.matmul(x);
+    match &conv.bias {
+        Some(b) => y + b.val().reshape([1, cout, 1]),
+        None => y,
+    }
+}
+
 /// A 1x1 convolution with its bias at zero (ActionFormer zeroes every conv bias at init).
 fn pointwise(cin: usize, cout: usize, device: &Device) -> Conv1d {
     let mut c = Conv1dConfig::new(cin, cout, 1).init(device);
@@ -269,7 +285,7 @@ impl HeadBlock {
         };
         let x = skip * m.clone() + self.branch(a, &self.attn_scale);
         let h = norm(&self.ln2, x.clone(), &out_mask, self.mask_norms);
-        let y = self.fc2.forward(gelu(self.fc1.forward(h)));
+        let y = pointwise_forward(&self.fc2, gelu(pointwise_forward(&self.fc1, h)));
         (x + self.branch(y * m, &self.mlp_scale), out_mask)
     }
 
@@ -319,7 +335,14 @@ impl PredictionHead {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> Tensor<3> {
+    /// `inside`: `[1, 1, T]`, 0 at the columns between levels laid side by side (kept at zero
+    /// after every norm, as the zero padding each level would see alone).
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        mask: Tensor<2, Bool>,
+        inside: Option<&Tensor<3>>,
+    ) -> Tensor<3> {
         let mut x = x;
         for (c, n) in self.convs.iter().zip(&self.norms) {
             x = relu(norm(
@@ -328,6 +351,9 @@ impl PredictionHead {
                 &mask,
                 self.mask_norms,
             ));
+            if let Some(keep) = inside {
+                x = x * keep.clone();
+            }
         }
         self.out.forward(x, mask).0
     }
@@ -518,18 +544,56 @@ impl TalHead {
             (x, mask) = blk.forward(x, mask);
             levels.push((x.clone(), mask.clone()));
         }
-        let (mut cls, mut off, mut masks) = (Vec::new(), Vec::new(), Vec::new());
+        self.predict(levels)
+    }
+
+    /// The neck and both prediction heads over all levels at once: the levels side by side
+    /// along time, `kernel / 2` zero columns between them, so each level's convolutions see
+    /// zeros past its ends exactly as they would alone (one call per layer instead of one per
+    /// level).
+    fn predict(&self, levels: Vec<(Tensor<3>, Tensor<2, Bool>)>) -> Result<HeadOutput> {
+        let (b, c) = {
+            let d = levels[0].0.dims();
+            (d[0], d[1])
+        };
+        let device = levels[0].0.device();
+        let gap = self.cls.out.conv.weight.dims()[2] / 2;
+        let lens: Vec<usize> = levels.iter().map(|(x, _)| x.dims()[2]).collect();
+        let (mut xs, mut ms, mut scale, mut inside) = (vec![], vec![], vec![], vec![]);
+        let mut level_masks = Vec::with_capacity(lens.len());
         for (l, (feat, m)) in levels.into_iter().enumerate() {
-            let feat = norm(&self.neck[l], feat, &m, self.mask_norms);
-            cls.push(self.cls.forward(feat.clone(), m.clone()).swap_dims(1, 2));
-            let o = self.reg.forward(feat, m.clone()) * self.scales[l].val().reshape([1, 1, 1]);
-            off.push(relu(o).swap_dims(1, 2));
-            masks.push(m);
+            if l > 0 && gap > 0 {
+                xs.push(Tensor::zeros([b, c, gap], &device));
+                ms.push(Tensor::<2, Bool>::from_data(
+                    TensorData::new(vec![false; b * gap], [b, gap]),
+                    &device,
+                ));
+                scale.push(Tensor::zeros([gap], &device));
+                inside.push(Tensor::<1>::zeros([gap], &device));
+            }
+            xs.push(norm(&self.neck[l], feat, &m, self.mask_norms));
+            level_masks.push(m.clone());
+            ms.push(m);
+            scale.push(self.scales[l].val().expand([lens[l]]));
+            inside.push(Tensor::<1>::ones([lens[l]], &device));
+        }
+        let (x, mask) = (Tensor::cat(xs, 2), Tensor::cat(ms, 1));
+        let total = x.dims()[2];
+        let inside = (gap > 0).then(|| Tensor::cat(inside, 0).reshape([1, 1, total]));
+        let cls = self.cls.forward(x.clone(), mask.clone(), inside.as_ref());
+        let scale = Tensor::cat(scale, 0).reshape([1, 1, total]);
+        let off = relu(self.reg.forward(x, mask, inside.as_ref()) * scale);
+        // Back to the levels, without the gaps.
+        let (mut keep_cls, mut keep_off, mut at) = (vec![], vec![], 0);
+        for len in &lens {
+            keep_cls.push(cls.clone().narrow(2, at, *len));
+            keep_off.push(off.clone().narrow(2, at, *len));
+            at += len + gap;
         }
         Ok(HeadOutput {
-            cls_logits: Tensor::cat(cls, 1),
-            offsets: Tensor::cat(off, 1),
-            mask: Tensor::cat(masks, 1),
+            cls_logits: Tensor::cat(keep_cls, 2).swap_dims(1, 2),
+            offsets: Tensor::cat(keep_off, 2).swap_dims(1, 2),
+            mask: Tensor::cat(level_masks, 1),
         })
     }
 }

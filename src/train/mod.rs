@@ -40,7 +40,7 @@ pub use pretrain::{
     pretrain_from, trimmed_clips,
 };
 pub use stages::{StagesOutcome, end_to_end_then_head};
-pub(crate) use step::clip_grads;
+pub(crate) use step::{add_into as add_grads, clip_grads};
 pub use trainer::{
     RUN_OUTPUTS, ResumeChanges, RunOptions, TrainOutcome, load_model, prepare_run_folder, resume,
     resume_with, train,

@@ -72,7 +72,12 @@ impl ModuleVisitor for Add<'_> {
     }
 }
 
-fn add_into<M: Module>(module: &M, into: &mut GradientsParams, mut from: GradientsParams) {
+/// Add every gradient of `from` (of `module`'s parameters) into `into`.
+pub(crate) fn add_into<M: Module>(
+    module: &M,
+    into: &mut GradientsParams,
+    mut from: GradientsParams,
+) {
     module.visit(&mut Add {
         into,
         from: &mut from,

@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub(crate) use fine_tune::BackboneRun;
-pub(crate) use grads::{StepGrads, clip_grads};
+pub(crate) use grads::{StepGrads, add_into, clip_grads};
 pub(crate) use modes::for_plan;
 
 use super::model::{Extraction, TalModel, run_head_batch};
