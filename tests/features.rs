@@ -159,6 +159,21 @@ fn train_on_features_with_an_actionformer_config_then_infer() {
                 .all(|x| CLASSES.contains(&x["label"].as_str().unwrap()))
         );
     }
+    // Fine-tuning starts from the run's head, with its configuration: at learning rate 0 the
+    // evaluation is the run's own.
+    let (ok, out) = run(
+        root,
+        "train --features features --dataset annotations.json --weights run --out tuned --quiet --epochs 1 --lr-head 0",
+    );
+    assert!(ok, "{out}");
+    let tuned: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("tuned/metrics.json")).unwrap())
+            .unwrap();
+    let again = tuned["evaluation"]["average_map"].as_f64().unwrap();
+    assert!(
+        (again - map).abs() < 1e-9,
+        "fine-tuning at lr 0: {again} vs {map}"
+    );
     // The same run again is refused; --overwrite starts over.
     let (ok, out) = run(
         root,

@@ -660,6 +660,12 @@ fn feature_workspace(root: &Path) {
             .unwrap()
             .remove("fps");
     });
+    edit("ann_long.json", &|v| {
+        for video in v["database"].as_object_mut().unwrap().values_mut() {
+            let d = video["duration"].as_f64().unwrap();
+            video["duration"] = (3.0 * d).into();
+        }
+    });
     edit("ann_train.json", &|v| {
         for video in v["database"].as_object_mut().unwrap().values_mut() {
             video["subset"] = "Validation".into();
@@ -1981,6 +1987,29 @@ fn feature_cases() -> Vec<Case> {
             &["--out"],
         ),
     ];
+    c.extend([
+        case(
+            "train --features af/features --dataset ann_train.json --out r_feat --weights vit.safetensors",
+            1,
+            &["vit.safetensors", "feature_run.json"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out r_feat --weights run_feat --config af_wide.yaml",
+            1,
+            &["do not fit"],
+        ),
+        case(
+            "train --features af/features --dataset ann_train.json --out r_feat --weights run_feat --config af_heads.yaml",
+            1,
+            &["af_heads.yaml", "head.num_heads"],
+        ),
+        // Features ending well before the annotated duration: used, with a named warning.
+        case(
+            "infer --checkpoint run_feat --dataset ann_long.json --features af/features --subset testing --out long.json",
+            0,
+            &["fewer feature rows", "video_test_"],
+        ),
+    ]);
     for (file, says) in [
         ("af_unknown.yaml", "opt.epoch"),
         ("af_fpn.yaml", "model.fpn_type"),

@@ -27,6 +27,8 @@ pub struct FeatureTrainFlags {
     pub lr: Option<f64>,
     pub overwrite: bool,
     pub quiet: bool,
+    /// A feature run to start from (fine-tuning).
+    pub init: Option<PathBuf>,
 }
 
 /// `--config`: ActionFormer's YAML (checked against the data's classes and width) or this
@@ -106,8 +108,31 @@ pub fn train(f: FeatureTrainFlags, device: &Device) -> Result<()> {
         Some(p) => e2e_tal::train::read_config(p, &FeatureTrainConfig::new())?,
         None => FeatureTrainConfig::new(),
     };
+    let start_from = match &f.init {
+        Some(dir) => Some(FeatureRun::load(dir, device)?),
+        None => None,
+    };
+    let layout = match (&start_from, &f.config) {
+        (Some((run, _)), None) => run.config.clone(),
+        _ => layout,
+    };
     let data = load(&f.dataset, &f.features, &layout)?;
-    let mut cfg = config(f.config.as_deref(), &data)?;
+    let mut cfg = match (&start_from, &f.config) {
+        // Fine-tuning: the run's head and recipe unless a configuration is given.
+        (Some((run, _)), None) => run.config.clone(),
+        _ => config(f.config.as_deref(), &data)?,
+    };
+    if let (Some((run, _)), Some(dir)) = (&start_from, &f.init)
+        && run.classes != data.classes
+    {
+        return Err(Error::Config(format!(
+            "--weights {}: its classes {:?} are not the classes of {} ({:?}), in label_id order",
+            dir.display(),
+            run.classes,
+            f.dataset.display(),
+            data.classes
+        )));
+    }
     macro_rules! set {
         ($($flag:ident => $field:ident),*) => { $(if let Some(v) = f.$flag { cfg.$field = v; })* };
     }
@@ -126,7 +151,13 @@ pub fn train(f: FeatureTrainFlags, device: &Device) -> Result<()> {
     if !f.quiet {
         e2e_tal::io::progress_to_stdout();
     }
-    let o = train_features(&cfg, &data, &f.out, f.overwrite, f.quiet, device)?;
+    let opts = e2e_tal::features::FeatureRunOptions {
+        out: &f.out,
+        overwrite: f.overwrite,
+        quiet: f.quiet,
+        init: start_from.as_ref().map(|(_, h)| h),
+    };
+    let o = train_features(&cfg, &data, &opts, device)?;
     let secs: f64 = o.epochs.iter().map(|e| e.seconds).sum();
     outln!(
         "{} epochs in {:.1}s ({:.2}s per epoch), final loss {:.4}",

@@ -74,6 +74,8 @@ pub struct TrainArgs {
     /// Backbone checkpoint to start from (.safetensors or .pth). Without it (and without
     /// --from-scratch) the backbone starts from clip-classification pretraining on a separate
     /// synthetic set (`e2e-tal pretrain`, run first if runs/pretrain has no weights for it).
+    /// With --features: a feature run (`train --features`, `weights import-actionformer`) whose
+    /// head to fine-tune, with its configuration unless --config is given.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Start the backbone from random weights instead of the pretrained ones.
@@ -196,7 +198,6 @@ fn train_features(a: &TrainArgs, features: &Path, device: &Device) -> Result<()>
     let video_only = [
         (a.mode.is_some(), "--mode"),
         (a.backbone.is_some(), "--backbone"),
-        (a.weights.is_some(), "--weights"),
         (a.from_scratch, "--from-scratch"),
         (a.family.is_some(), "--family"),
         (a.lr_backbone.is_some(), "--lr-backbone"),
@@ -238,6 +239,7 @@ fn train_features(a: &TrainArgs, features: &Path, device: &Device) -> Result<()>
             lr: a.lr_head,
             overwrite: a.overwrite,
             quiet: a.quiet,
+            init: a.weights.clone(),
         },
         device,
     )

@@ -186,6 +186,7 @@ impl FeatureDataset {
                 segments,
             });
         }
+        warn_short(annotations, cfg, &videos);
         if !missing.is_empty() {
             crate::io::warning(format_args!(
                 "warning: {} of {} videos of {} have no feature file in {} (first: {}); they \
@@ -226,6 +227,34 @@ impl FeatureDataset {
             .iter()
             .filter(|v| subsets.contains(&v.subset))
             .collect()
+    }
+}
+
+/// A named warning for videos whose features end well before their annotated duration (a
+/// feature every `feat_stride` frames, the last covering `num_frames`): they are used as they
+/// are, and detections cover only the rows there are.
+fn warn_short(annotations: &Path, cfg: &FeatureDataConfig, videos: &[FeatureVideo]) {
+    let expected = |v: &FeatureVideo| {
+        let frames = v.duration * v.fps - cfg.num_frames as f64;
+        (frames / cfg.feat_stride as f64).floor().max(0.0) as usize + 1
+    };
+    let short: Vec<(&FeatureVideo, usize)> = videos
+        .iter()
+        .map(|v| (v, expected(v)))
+        .filter(|(v, e)| v.len + 2 < *e)
+        .collect();
+    if let Some((v, e)) = short.first() {
+        crate::io::warning(format_args!(
+            "warning: {}: {} videos have fewer feature rows than their duration implies (first: \
+             `{}`, {} rows where {:.0} s at {} fps implies about {e}); they are used as they \
+             are, and their detections cover only the rows there are",
+            annotations.display(),
+            short.len(),
+            v.id,
+            v.len,
+            v.duration,
+            v.fps
+        ));
     }
 }
 

@@ -25,4 +25,7 @@ pub use run::{
     FEATURE_RUN, FeatureRun, HEAD_WEIGHTS, check_classes, check_feature_run, detect, predict,
     prepare_feature_run,
 };
-pub use train::{FeatureEpoch, FeatureOutcome, actionformer_lr, predictions_path, train_features};
+pub use train::{
+    FeatureEpoch, FeatureOutcome, FeatureRunOptions, actionformer_lr, predictions_path,
+    train_features,
+};

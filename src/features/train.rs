@@ -88,16 +88,28 @@ impl ModuleVisitor for ConvWeights<'_> {
     }
 }
 
-/// Train a head on `data` under `cfg`, writing the run into `out` (refused when it holds a
-/// run, unless `overwrite`).
+/// Where and how [`train_features`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureRunOptions<'a> {
+    /// The run folder to write (refused when it holds a run, unless `overwrite`).
+    pub out: &'a Path,
+    /// Replace the feature run in `out`.
+    pub overwrite: bool,
+    /// No per-epoch lines.
+    pub quiet: bool,
+    /// Start from these weights (fine-tuning an imported or trained head) instead of an
+    /// initialisation; they must fit `cfg.head`.
+    pub init: Option<&'a TalHead>,
+}
+
+/// Train a head on `data` under `cfg`, writing the run into `opts.out`.
 pub fn train_features(
     cfg: &FeatureTrainConfig,
     data: &FeatureDataset,
-    out: &Path,
-    overwrite: bool,
-    quiet: bool,
+    opts: &FeatureRunOptions<'_>,
     device: &Device,
 ) -> Result<FeatureOutcome> {
+    let (out, overwrite, quiet) = (opts.out, opts.overwrite, opts.quiet);
     cfg.validate()?;
     let train: Vec<&FeatureVideo> = data.subset(&cfg.data.train_subsets);
     if train.len() < cfg.batch_size {
@@ -123,7 +135,7 @@ pub fn train_features(
     let existed = out.exists();
     prepare_feature_run(out, overwrite)?;
     let lock = crate::train::RunLock::acquire(out)?;
-    let result = run_epochs(&cfg, data, &train, quiet, device).and_then(|o| {
+    let result = run_epochs(&cfg, data, &train, quiet, opts.init, device).and_then(|o| {
         write_run(&cfg, data, out, &o)?;
         Ok(o)
     });
@@ -174,11 +186,30 @@ fn run_epochs(
     data: &FeatureDataset,
     train: &[&FeatureVideo],
     quiet: bool,
+    init: Option<&TalHead>,
     device: &Device,
 ) -> Result<FeatureOutcome> {
     let ad = device.clone().autodiff();
     ad.seed(cfg.seed);
     let mut head = cfg.head.init(&ad)?;
+    if let Some(w) = init {
+        let fresh = head.valid();
+        let same = |m: &TalHead| -> Vec<Vec<usize>> {
+            use burn::store::ModuleSnapshot;
+            m.collect(None, None, false)
+                .iter()
+                .map(|s| s.shape.to_vec())
+                .collect()
+        };
+        if same(&fresh) != same(w) {
+            return Err(Error::Config(
+                "the starting weights do not fit the configured head (another width, window, \
+                 number of levels or classes)"
+                    .into(),
+            ));
+        }
+        head = w.clone().fork(&ad).train();
+    }
     let mut ema = (cfg.ema_decay > 0.0).then(|| head.valid());
     let adamw = |decay: f64| {
         AdamWConfig::new()
