@@ -84,6 +84,9 @@ fn protected(dir: &Path) -> Option<&'static str> {
     if is_dir("checkpoint") || is_dir("checkpoint.old") || run_config(&dir.join("config.json")) {
         return Some("the training run");
     }
+    if dir.join("feature_run.json").is_file() {
+        return Some("the feature run");
+    }
     if dir.join("annotations.json").is_file() && (is_dir("frames") || is_dir("videos")) {
         return Some("the dataset");
     }

@@ -2003,6 +2003,12 @@ fn feature_cases() -> Vec<Case> {
             1,
             &["af_heads.yaml", "head.num_heads"],
         ),
+        // Outputs inside a feature run it did not make.
+        case(
+            "infer --checkpoint run_feat --dataset af/annotations.json --features af/features --subset testing --out run_feat/new.json",
+            1,
+            &["feature run"],
+        ),
         // Features ending well before the annotated duration: used, with a named warning.
         case(
             "infer --checkpoint run_feat --dataset ann_long.json --features af/features --subset testing --out long.json",

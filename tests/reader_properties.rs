@@ -467,3 +467,60 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Arbitrary text as an ActionFormer YAML configuration: a configuration or an error
+    /// naming the file, never a panic.
+    #[test]
+    fn actionformer_config_reader_never_panics(bytes in noisy_text("{}[]:,-~ \n#'\"dataset_nmodel_ft0123456789.TrueFalse")) {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "c.yaml", &bytes);
+        if let Err(e) = e2e_tal::features::read_actionformer_config(&p) {
+            assert_names(&e, "c.yaml");
+        }
+    }
+
+    /// ActionFormer's THUMOS configuration with one line dropped or a value replaced: read or
+    /// refused naming the file.
+    #[test]
+    fn mutated_actionformer_configs_never_panic(
+        drop in any::<prop::sample::Index>(),
+        line in any::<prop::sample::Index>(),
+        value in prop::sample::select(vec!["-1", "0", "1e300", "nan", "[1, 2]", "{}", "~", "True", "x", "''"]),
+    ) {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/actionformer/thumos_tiny.yaml"),
+        )
+        .unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let n = lines.len();
+        lines.remove(drop.index(n));
+        let i = line.index(n - 1);
+        if let Some((k, _)) = lines[i].clone().split_once(':') {
+            lines[i] = format!("{k}: {value},");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "c.yaml", lines.join("\n").as_bytes());
+        if let Err(e) = e2e_tal::features::read_actionformer_config(&p) {
+            assert_names(&e, "c.yaml");
+        }
+    }
+
+    /// Arbitrary bytes as an ActionFormer checkpoint: an error naming the file, never a panic.
+    #[test]
+    fn actionformer_import_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400), zip in any::<bool>()) {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = if zip { b"PK\x03\x04".to_vec() } else { vec![0x80, 0x02] };
+        b.extend(bytes);
+        let p = write(d.path(), "ck.pth.tar", &b);
+        let mut head = e2e_tal::tal::head::HeadConfig::new(8, 4)
+            .with_embed_dim(8)
+            .with_window_size(9)
+            .init(&e2e_tal::backend::cpu_device())
+            .unwrap();
+        let e = e2e_tal::weights::actionformer::load_actionformer(&mut head, &p).unwrap_err();
+        assert_names(&e, "ck.pth.tar");
+    }
+}

@@ -371,7 +371,7 @@ pub struct HeadOutput {
     pub mask: Tensor<2, Bool>,
 }
 
-/// The ActionFormer-style head.
+/// ActionFormer's head.
 #[derive(Module, Debug)]
 pub struct TalHead {
     /// Projection convs.
