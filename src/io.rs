@@ -163,6 +163,16 @@ pub fn file_stem_for(id: &str) -> String {
     out
 }
 
+/// Whether a video id cannot name a file inside a folder as it is: empty, `.` or `..`,
+/// absolute, or holding a path separator (or a NUL).
+pub fn path_like_id(id: &str) -> bool {
+    id.is_empty()
+        || id == "."
+        || id == ".."
+        || id.contains(['/', '\\', '\0'])
+        || Path::new(id).is_absolute()
+}
+
 /// An output that exists must be a regular file: renaming a new file over a device node, a
 /// pipe, a socket or a symbolic link would replace it (as root, `/dev/full` with a file).
 fn refuse_special(path: &Path) -> Result<()> {

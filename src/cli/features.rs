@@ -227,16 +227,7 @@ pub fn infer(
         t.elapsed().as_secs_f64(),
         out.display()
     )?;
-    let ids: std::collections::HashSet<&str> = videos.iter().map(|v| v.id.as_str()).collect();
-    let gt = GroundTruth {
-        videos: data
-            .ground_truth
-            .videos
-            .iter()
-            .filter(|v| ids.contains(v.id.as_str()))
-            .cloned()
-            .collect(),
-    };
+    let gt = data.ground_truth_of(&videos);
     if !gt.classes(None).is_empty() {
         let opts = EvalOptions {
             subset: None,

@@ -224,12 +224,7 @@ fn open_video_file(path: &Path, _video: &str, _fps: Option<f64>) -> Result<Arc<d
 /// `media/<id>.<ext>` with one of [`VIDEO_EXTENSIONS`]. An error names both places looked at,
 /// or the two files when one video has several.
 pub fn locate_video(media: &Path, id: &str) -> Result<PathBuf> {
-    let unsafe_id = id.is_empty()
-        || id == "."
-        || id == ".."
-        || id.contains(['/', '\\', '\0'])
-        || Path::new(id).is_absolute();
-    if unsafe_id {
+    if crate::io::path_like_id(id) {
         return Err(Error::MissingFrames {
             path: media.to_path_buf(),
             video: id.to_owned(),

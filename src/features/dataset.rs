@@ -221,6 +221,20 @@ impl FeatureDataset {
         })
     }
 
+    /// The ground truth of `videos` only (what their detections are evaluated against).
+    pub fn ground_truth_of(&self, videos: &[&FeatureVideo]) -> GroundTruth {
+        let ids: std::collections::HashSet<&str> = videos.iter().map(|v| v.id.as_str()).collect();
+        GroundTruth {
+            videos: self
+                .ground_truth
+                .videos
+                .iter()
+                .filter(|v| ids.contains(v.id.as_str()))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// The videos of `subsets`.
     pub fn subset(&self, subsets: &[Subset]) -> Vec<&FeatureVideo> {
         self.videos
@@ -260,12 +274,7 @@ fn warn_short(annotations: &Path, cfg: &FeatureDataConfig, videos: &[FeatureVide
 
 /// A video id that would name a file outside the feature folder is an error.
 fn check_id(annotations: &Path, id: &str) -> Result<()> {
-    let unsafe_id = id.is_empty()
-        || id == "."
-        || id == ".."
-        || id.contains(['/', '\\', '\0'])
-        || Path::new(id).is_absolute();
-    if unsafe_id {
+    if crate::io::path_like_id(id) {
         return Err(Error::InvalidValue {
             name: format!("{}: video id `{id}`", annotations.display()),
             reason: "cannot name a feature file inside the feature folder (empty, `.` or `..`, \

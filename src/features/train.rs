@@ -19,7 +19,7 @@ use super::config::FeatureTrainConfig;
 use super::crop::truncate;
 use super::dataset::{FeatureDataset, FeatureVideo};
 use super::run::{FeatureRun, batch, predict, prepare_feature_run};
-use crate::data::{FeatureSequence, GroundTruth, Predictions};
+use crate::data::{FeatureSequence, Predictions};
 use crate::error::{Error, Result};
 use crate::eval::{EvalOptions, EvalReport, evaluate};
 use crate::seed::mix;
@@ -375,16 +375,7 @@ fn evaluate_head(
     device: &Device,
 ) -> Result<Option<(EvalReport, Predictions)>> {
     let videos = data.subset(&cfg.data.val_subsets);
-    let ids: std::collections::HashSet<&str> = videos.iter().map(|v| v.id.as_str()).collect();
-    let gt = GroundTruth {
-        videos: data
-            .ground_truth
-            .videos
-            .iter()
-            .filter(|v| ids.contains(v.id.as_str()))
-            .cloned()
-            .collect(),
-    };
+    let gt = data.ground_truth_of(&videos);
     if gt.classes(None).is_empty() {
         return Ok(None);
     }
