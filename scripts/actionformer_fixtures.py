@@ -24,7 +24,9 @@ as ActionFormer's train.py saves checkpoints, and writes, under tests/fixtures/a
                       [N, 4]: start s, end s, score, label); for the training batch of the
                       two shorter videos: label-assignment targets at valid points
                       (`<id>.gt_cls` [P, 4], `<id>.gt_off` [P, 2]) and the losses
-                      (`losses`: cls, reg, final, with the normaliser after one update)
+                      (`losses`: cls, reg, final, with the normaliser after one update) and the
+                      gradients of the final loss (`grad_norms`, one per parameter, names in
+                      the `grad_names` metadata; `grad.<name>` whole for six tensors)
 
     bash ../shared/peer/setup_peer.sh   # torch + the `actionformer` package (its nms_1d_cpu)
     git clone https://github.com/happyharrycn/actionformer_release /tmp/af  # 61ea7eb
@@ -237,8 +239,17 @@ def main():
     out["losses"] = torch.tensor([float(losses["cls_loss"]), float(losses["reg_loss"]),
                                   float(losses["final_loss"]), float(net.loss_normalizer)])
     print("losses", out["losses"].tolist())
+    # The gradients of the final loss: every parameter's norm, and a few tensors whole.
+    net.zero_grad()
+    losses["final_loss"].backward()
+    names = [n for n, p in net.named_parameters() if p.grad is not None]
+    out["grad_norms"] = torch.stack([net.get_parameter(n).grad.norm() for n in names])
+    for n in ["backbone.embd.0.conv.weight", "backbone.branch.4.drop_path_attn.scale",
+              "backbone.stem.1.attn.key.weight", "cls_head.cls_head.conv.bias",
+              "reg_head.scale.2.scale", "neck.fpn_norms.5.weight"]:
+        out["grad." + n] = net.get_parameter(n).grad.reshape(-1).contiguous()
     save_file({k: v.float().contiguous() for k, v in out.items()},
-              os.path.join(OUT, "outputs.safetensors"))
+              os.path.join(OUT, "outputs.safetensors"), metadata={"grad_names": ",".join(names)})
     size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(OUT) for f in fs)
     print(f"fixtures: {size} bytes")
 

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
 use burn::tensor::{Bool, Tensor, TensorData};
 use e2e_tal::backend::cpu_device;
 use e2e_tal::data::FeatureSequence;
@@ -281,6 +282,103 @@ fn targets_and_losses_equal_actionformer() {
         assert!(
             (got - w).abs() <= 1e-5 * w.abs().max(1.0),
             "{what} loss {got} vs {w}"
+        );
+    }
+}
+
+/// The gradients of the final loss on the training batch equal the official code's (stochastic
+/// depth off on both sides, the residual scales kept): every parameter's gradient norm, and six
+/// tensors whole, to 1e-4 relative.
+#[test]
+fn gradients_equal_actionformer() {
+    use burn::optim::GradientsParams;
+    use burn::store::ModuleSnapshot;
+    let ad = cpu_device().autodiff();
+    let mut head = imported(&fixture("epoch_003.pth.tar")).fork(&ad).train();
+    for b in head.stem.iter_mut().chain(head.branch.iter_mut()) {
+        b.drop_path = 0.0;
+    }
+    let ann = annotations();
+    let ids = ["video_test_a", "video_test_b"];
+    let seqs: Vec<FeatureSequence> = ids.iter().map(|id| features(id)).collect();
+    let t = seqs.iter().map(|s| s.len).max().unwrap();
+    let mut x = vec![0f32; 2 * t * 8];
+    let mut m = vec![false; 2 * t];
+    for (b, sq) in seqs.iter().enumerate() {
+        x[b * t * 8..b * t * 8 + sq.len * 8].copy_from_slice(&sq.data);
+        m[b * t..b * t + sq.len].iter_mut().for_each(|v| *v = true);
+    }
+    let out = head
+        .forward(
+            Tensor::<3>::from_data(TensorData::new(x, [2, t, 8]), &ad),
+            Tensor::<2, Bool>::from_data(TensorData::new(m, [2, t]), &ad),
+        )
+        .unwrap();
+    let points = head_config().pyramid.points(head.padded_len(t));
+    let targets: Vec<Targets> = ids
+        .iter()
+        .map(|id| {
+            assign(
+                &points,
+                &grid_segments(&ann, id),
+                CLASSES,
+                &AssignConfig::new(),
+            )
+        })
+        .collect();
+    let want = Outputs::load();
+    let norm = want.get("losses").1[3] as f64;
+    let loss = batch_loss(&out, &targets, norm, &LossConfig::new()).unwrap();
+    let grads = GradientsParams::from_grads(loss.backward(), &head);
+    let ours: BTreeMap<String, Vec<f32>> = head
+        .collect(None, None, false)
+        .into_iter()
+        .map(|s| {
+            let id = burn::module::ParamId::from(s.param_id.expect("a parameter"));
+            let g = match s.shape.len() {
+                1 => grads.get::<1>(id).map(|g| g.into_data()),
+                3 => grads.get::<3>(id).map(|g| g.into_data()),
+                r => panic!("{}: rank {r}", s.name),
+            };
+            let g = g.unwrap_or_else(|| panic!("no gradient for {}", s.name));
+            (s.name, g.convert::<f32>().try_to_vec().unwrap())
+        })
+        .collect();
+    let bytes = std::fs::read(fixture("outputs.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let names: Vec<String> = meta.metadata().as_ref().unwrap()["grad_names"]
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let norms = &want.get("grad_norms").1;
+    assert_eq!(
+        names.len(),
+        ours.len(),
+        "every parameter has a gradient on both sides"
+    );
+    for (name, &w) in names.iter().zip(norms) {
+        let key = e2e_tal::weights::actionformer::head_key(name).unwrap();
+        let g = &ours[&key];
+        let n = g.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            (n - w).abs() <= 1e-4 * w.max(1e-3),
+            "{name}: gradient norm {n} vs ActionFormer's {w}"
+        );
+    }
+    for name in [
+        "backbone.embd.0.conv.weight",
+        "backbone.branch.4.drop_path_attn.scale",
+        "backbone.stem.1.attn.key.weight",
+        "cls_head.cls_head.conv.bias",
+        "reg_head.scale.2.scale",
+        "neck.fpn_norms.5.weight",
+    ] {
+        let key = e2e_tal::weights::actionformer::head_key(name).unwrap();
+        assert_close(
+            name,
+            &ours[&key],
+            &want.get(&format!("grad.{name}")).1,
+            1e-4,
         );
     }
 }
