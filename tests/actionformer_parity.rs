@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 use e2e_tal::backend::cpu_device;
 use e2e_tal::data::FeatureSequence;
 use e2e_tal::tal::assign::{AssignConfig, GtSegment, Targets, assign};
@@ -84,7 +84,11 @@ fn features(id: &str) -> FeatureSequence {
 
 /// The head on videos `ids` as one padded batch.
 fn forward(head: &TalHead, ids: &[&str]) -> (HeadOutput, Vec<usize>) {
-    let device = cpu_device();
+    forward_on(head, ids, &cpu_device())
+}
+
+/// [`forward`] on `device` (the autodiff one for gradients).
+fn forward_on(head: &TalHead, ids: &[&str], device: &Device) -> (HeadOutput, Vec<usize>) {
     let seqs: Vec<FeatureSequence> = ids.iter().map(|id| features(id)).collect();
     let t = seqs.iter().map(|s| s.len).max().unwrap();
     let c = seqs[0].channels;
@@ -94,8 +98,8 @@ fn forward(head: &TalHead, ids: &[&str]) -> (HeadOutput, Vec<usize>) {
         x[b * t * c..b * t * c + s.len * c].copy_from_slice(&s.data);
         m[b * t..b * t + s.len].iter_mut().for_each(|v| *v = true);
     }
-    let x = Tensor::<3>::from_data(TensorData::new(x, [ids.len(), t, c]), &device);
-    let mask = Tensor::<2, Bool>::from_data(TensorData::new(m, [ids.len(), t]), &device);
+    let x = Tensor::<3>::from_data(TensorData::new(x, [ids.len(), t, c]), device);
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(m, [ids.len(), t]), device);
     (
         head.forward(x, mask).unwrap(),
         seqs.iter().map(|s| s.len).collect(),
@@ -300,20 +304,8 @@ fn gradients_equal_actionformer() {
     }
     let ann = annotations();
     let ids = ["video_test_a", "video_test_b"];
-    let seqs: Vec<FeatureSequence> = ids.iter().map(|id| features(id)).collect();
-    let t = seqs.iter().map(|s| s.len).max().unwrap();
-    let mut x = vec![0f32; 2 * t * 8];
-    let mut m = vec![false; 2 * t];
-    for (b, sq) in seqs.iter().enumerate() {
-        x[b * t * 8..b * t * 8 + sq.len * 8].copy_from_slice(&sq.data);
-        m[b * t..b * t + sq.len].iter_mut().for_each(|v| *v = true);
-    }
-    let out = head
-        .forward(
-            Tensor::<3>::from_data(TensorData::new(x, [2, t, 8]), &ad),
-            Tensor::<2, Bool>::from_data(TensorData::new(m, [2, t]), &ad),
-        )
-        .unwrap();
+    let (out, lens) = forward_on(&head, &ids, &ad);
+    let t = *lens.iter().max().unwrap();
     let points = head_config().pyramid.points(head.padded_len(t));
     let targets: Vec<Targets> = ids
         .iter()

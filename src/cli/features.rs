@@ -31,45 +31,61 @@ pub struct FeatureTrainFlags {
     pub init: Option<PathBuf>,
 }
 
-/// `--config`: ActionFormer's YAML (checked against the data's classes and width) or this
-/// crate's JSON; ActionFormer's THUMOS recipe without one.
-fn config(path: Option<&Path>, data: &FeatureDataset) -> Result<FeatureTrainConfig> {
-    let Some(path) = path else {
-        return Ok(FeatureTrainConfig::new());
-    };
-    let named = |c: FeatureTrainConfig| {
-        c.validate()
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        Ok(c)
-    };
-    if !is_yaml(path) {
-        return named(e2e_tal::train::read_config(
-            path,
-            &FeatureTrainConfig::new(),
-        )?);
+/// A configuration file as read, before the data is: the settings, and what an ActionFormer
+/// YAML says the data should be (classes, width).
+struct ConfigFile {
+    path: PathBuf,
+    cfg: FeatureTrainConfig,
+    num_classes: Option<usize>,
+    input_dim: Option<usize>,
+}
+
+impl ConfigFile {
+    /// `--config`: ActionFormer's YAML or this crate's JSON.
+    fn read(path: &Path) -> Result<Self> {
+        let (cfg, num_classes, input_dim) = if is_yaml(path) {
+            let af = read_actionformer_config(path)?;
+            (af.train, af.num_classes, af.input_dim)
+        } else {
+            let c = e2e_tal::train::read_config(path, &FeatureTrainConfig::new())?;
+            (c, None, None)
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            cfg,
+            num_classes,
+            input_dim,
+        })
     }
-    let af = read_actionformer_config(path)?;
-    let mismatch = |field: &str, want: usize, got: usize, what: &str| Error::InvalidValue {
-        name: format!("{}: {field}", path.display()),
-        reason: format!("{want}, but {what} {got}"),
-    };
-    if let Some(n) = af.num_classes.filter(|&n| n != data.classes.len()) {
-        return Err(mismatch(
-            "dataset.num_classes",
-            n,
-            data.classes.len(),
-            &format!("the annotations {} have", data.annotations.display()),
-        ));
+
+    /// The settings, checked against the data's classes and width and validated, errors
+    /// naming the file.
+    fn checked(self, data: &FeatureDataset) -> Result<FeatureTrainConfig> {
+        let mismatch = |field: &str, want: usize, got: usize, what: &str| Error::InvalidValue {
+            name: format!("{}: {field}", self.path.display()),
+            reason: format!("{want}, but {what} {got}"),
+        };
+        if let Some(n) = self.num_classes.filter(|&n| n != data.classes.len()) {
+            return Err(mismatch(
+                "dataset.num_classes",
+                n,
+                data.classes.len(),
+                &format!("the annotations {} have", data.annotations.display()),
+            ));
+        }
+        if let Some(d) = self.input_dim.filter(|&d| d != data.channels) {
+            return Err(mismatch(
+                "dataset.input_dim",
+                d,
+                data.channels,
+                "the features have",
+            ));
+        }
+        self.cfg
+            .validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", self.path.display())))?;
+        Ok(self.cfg)
     }
-    if let Some(d) = af.input_dim.filter(|&d| d != data.channels) {
-        return Err(mismatch(
-            "dataset.input_dim",
-            d,
-            data.channels,
-            "the features have",
-        ));
-    }
-    named(af.train)
 }
 
 /// The feature dataset `dataset` + `features` read with `cfg`'s layout.
@@ -102,25 +118,22 @@ pub fn train(f: FeatureTrainFlags, device: &Device) -> Result<()> {
     // Refuse an existing run before any work; --overwrite removes its files once the data
     // has loaded.
     check_feature_run(&f.out, f.overwrite)?;
-    // The layout (prefix, extension) comes from the configuration: read it once for the data.
-    let layout = match &f.config {
-        Some(p) if is_yaml(p) => read_actionformer_config(p)?.train,
-        Some(p) => e2e_tal::train::read_config(p, &FeatureTrainConfig::new())?,
-        None => FeatureTrainConfig::new(),
-    };
+    let file = f.config.as_deref().map(ConfigFile::read).transpose()?;
     let start_from = match &f.init {
         Some(dir) => Some(FeatureRun::load(dir, device)?),
         None => None,
     };
-    let layout = match (&start_from, &f.config) {
-        (Some((run, _)), None) => run.config.clone(),
-        _ => layout,
+    // The settings: the file's, else (fine-tuning) the run's head and recipe, else
+    // ActionFormer's THUMOS recipe; the layout (prefix, extension) read the data with them.
+    let base = match (&file, &start_from) {
+        (Some(c), _) => c.cfg.clone(),
+        (None, Some((run, _))) => run.config.clone(),
+        (None, None) => FeatureTrainConfig::new(),
     };
-    let data = load(&f.dataset, &f.features, &layout)?;
-    let mut cfg = match (&start_from, &f.config) {
-        // Fine-tuning: the run's head and recipe unless a configuration is given.
-        (Some((run, _)), None) => run.config.clone(),
-        _ => config(f.config.as_deref(), &data)?,
+    let data = load(&f.dataset, &f.features, &base)?;
+    let mut cfg = match file {
+        Some(c) => c.checked(&data)?,
+        None => base,
     };
     if let (Some((run, _)), Some(dir)) = (&start_from, &f.init)
         && run.classes != data.classes
