@@ -14,6 +14,7 @@ use e2e_tal::tal::assign::{AssignConfig, GtSegment, Targets, assign};
 use e2e_tal::tal::decode::decode_video;
 use e2e_tal::tal::head::{HeadConfig, HeadOutput, TalHead};
 use e2e_tal::tal::loss::{LossConfig, batch_loss};
+use e2e_tal::tal::points::Point;
 use e2e_tal::tal::postprocess::{GridToTime, PostProcessConfig};
 use e2e_tal::weights::actionformer::load_actionformer;
 
@@ -215,6 +216,20 @@ fn grid_segments(ann: &serde_json::Value, id: &str) -> Vec<GtSegment> {
         .collect()
 }
 
+/// Each video's label-assignment targets over `points`.
+fn targets_for(points: &[Point], ann: &serde_json::Value, ids: &[&str]) -> Vec<Targets> {
+    ids.iter()
+        .map(|id| {
+            assign(
+                points,
+                &grid_segments(ann, id),
+                CLASSES,
+                &AssignConfig::new(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn targets_and_losses_equal_actionformer() {
     let head = imported(&fixture("epoch_003.pth.tar"));
@@ -224,17 +239,7 @@ fn targets_and_losses_equal_actionformer() {
     let (out, lens) = forward(&head, &ids);
     let padded = head.padded_len(*lens.iter().max().unwrap());
     let points = head_config().pyramid.points(padded);
-    let targets: Vec<Targets> = ids
-        .iter()
-        .map(|id| {
-            assign(
-                &points,
-                &grid_segments(&ann, id),
-                CLASSES,
-                &AssignConfig::new(),
-            )
-        })
-        .collect();
+    let targets = targets_for(&points, &ann, &ids);
     let mut positives = 0;
     for (b, id) in ids.iter().enumerate() {
         let rows: Vec<usize> = valid_rows(padded, lens[b], 6).concat();
@@ -307,17 +312,7 @@ fn gradients_equal_actionformer() {
     let (out, lens) = forward_on(&head, &ids, &ad);
     let t = *lens.iter().max().unwrap();
     let points = head_config().pyramid.points(head.padded_len(t));
-    let targets: Vec<Targets> = ids
-        .iter()
-        .map(|id| {
-            assign(
-                &points,
-                &grid_segments(&ann, id),
-                CLASSES,
-                &AssignConfig::new(),
-            )
-        })
-        .collect();
+    let targets = targets_for(&points, &ann, &ids);
     let want = Outputs::load();
     let norm = want.get("losses").1[3] as f64;
     let loss = batch_loss(&out, &targets, norm, &LossConfig::new()).unwrap();

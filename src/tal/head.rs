@@ -404,14 +404,11 @@ pub struct TalHead {
 impl HeadConfig {
     /// Build the head.
     pub fn init(&self, device: &Device) -> Result<TalHead> {
+        self.pyramid
+            .check()
+            .map_err(|(field, reason)| Error::Config(format!("head.pyramid.{field}: {reason}")))?;
         let strides = &self.pyramid.strides;
         let levels = strides.len();
-        let doubling = strides.iter().enumerate().all(|(i, &s)| s == 1 << i);
-        if levels == 0 || !doubling || self.pyramid.regression_ranges.len() != levels {
-            return Err(Error::Config(format!(
-                "head pyramid strides must be 1, 2, 4, ... with one regression range each, got {strides:?}"
-            )));
-        }
         if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(Error::Config(format!(
                 "embed_dim {} is not divisible by num_heads {}",

@@ -32,6 +32,42 @@ pub struct PyramidConfig {
 }
 
 impl PyramidConfig {
+    /// The layout's first problem as `(field, reason)`: strides other than 1, 2, 4, ... (1 to
+    /// 16 levels), not one regression range per level, or a range without `0 <= lo < hi`.
+    pub fn check(&self) -> std::result::Result<(), (&'static str, String)> {
+        let doubling = self.strides.iter().enumerate().all(|(i, &s)| s == 1 << i);
+        if self.strides.is_empty() || self.strides.len() > 16 || !doubling {
+            return Err((
+                "strides",
+                format!(
+                    "must be 1, 2, 4, ... (1 to 16 levels), got {:?}",
+                    self.strides
+                ),
+            ));
+        }
+        if self.regression_ranges.len() != self.strides.len() {
+            return Err((
+                "regression_ranges",
+                format!(
+                    "needs one range per level ({}), got {}",
+                    self.strides.len(),
+                    self.regression_ranges.len()
+                ),
+            ));
+        }
+        match self
+            .regression_ranges
+            .iter()
+            .find(|&&(lo, hi)| !(lo >= 0.0 && hi > lo && !hi.is_nan()))
+        {
+            Some((lo, hi)) => Err((
+                "regression_ranges",
+                format!("each range needs 0 <= lo < hi, got ({lo}, {hi})"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Number of positions of each level for a base sequence of `len` positions.
     pub fn level_lengths(&self, len: usize) -> Vec<usize> {
         self.strides.iter().map(|s| len.div_ceil(*s)).collect()

@@ -129,31 +129,8 @@ fn head(c: &mut Check, h: &HeadConfig) {
             format!("must be in (0, 1), got {}", h.prior_prob),
         );
     }
-    let p = &h.pyramid;
-    let doubling = p.strides.iter().enumerate().all(|(i, &s)| s == 1 << i);
-    if p.strides.is_empty() || p.strides.len() > 16 || !doubling {
-        c.fail(
-            "head.pyramid.strides",
-            format!("must be 1, 2, 4, ... (1 to 16 levels), got {:?}", p.strides),
-        );
-    }
-    if p.regression_ranges.len() != p.strides.len() {
-        c.fail(
-            "head.pyramid.regression_ranges",
-            format!(
-                "needs one range per level ({}), got {}",
-                p.strides.len(),
-                p.regression_ranges.len()
-            ),
-        );
-    }
-    for &(lo, hi) in &p.regression_ranges {
-        if !(lo >= 0.0 && hi > lo && !hi.is_nan()) {
-            c.fail(
-                "head.pyramid.regression_ranges",
-                format!("each range needs 0 <= lo < hi, got ({lo}, {hi})"),
-            );
-        }
+    if let Err((field, reason)) = h.pyramid.check() {
+        c.fail(&format!("head.pyramid.{field}"), reason);
     }
 }
 
