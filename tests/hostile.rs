@@ -258,6 +258,16 @@ fn workspace(root: &Path) {
         b"{\"backbone\": {\"Vit\": {\"drop_path_rate\": 7.0}}}",
     );
     w("cfg_clip0.json", b"{\"clips\": {\"clip_frames\": 0}}");
+    // Temporal tokens: a position count the backbone does not have; overlapping clips.
+    w(
+        "cfg_tokens3.json",
+        b"{\"clips\": {\"positions_per_clip\": 3, \"snippet_stride\": 16}}",
+    );
+    w(
+        "cfg_tokens_overlap.json",
+        b"{\"clips\": {\"positions_per_clip\": 4, \"snippet_stride\": 4}}",
+    );
+    w("cfg_tokens0.json", b"{\"clips\": {\"positions_per_clip\": 0}}");
     w(
         "cfg_scale0.json",
         b"{\"precision\": \"f16\", \"loss_scale\": {\"init\": 0}}",
@@ -1078,6 +1088,31 @@ fn cases() -> Vec<Case> {
             "train --data ds --out new --config cfg_clip0.json --from-scratch --quiet",
             1,
             &["clips.clip_frames", "at least 1"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_tokens3.json --from-scratch --quiet",
+            1,
+            &["clips.positions_per_clip", "3", "temporal positions"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_tokens_overlap.json --from-scratch --quiet",
+            1,
+            &["clips.positions_per_clip", "tile"],
+        ),
+        case(
+            "train --data ds --out new --config cfg_tokens0.json --from-scratch --quiet",
+            1,
+            &["clips.positions_per_clip", "at least 1"],
+        ),
+        case(
+            "train --data ds --out new --temporal-tokens --clips-per-video 8 --quiet",
+            2,
+            &["--temporal-tokens", "--clips-per-video"],
+        ),
+        case(
+            "train --features feat_none --dataset af/annotations.json --out r_feat --temporal-tokens",
+            1,
+            &["--temporal-tokens", "--features"],
         ),
         case(
             "train --data ds --out new --config cfg_scale0.json --from-scratch --quiet",

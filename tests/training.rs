@@ -783,3 +783,54 @@ fn f16_loss_scaling_skips_overflowing_steps_and_resumes_exactly() {
         top(&f32)
     );
 }
+
+/// Temporal tokens (AdaTAD's layout) end to end on the synthetic benchmark: the backbone's
+/// temporal positions feed the head (4 per 8-frame clip), the run learns the actions in mode
+/// full, and head-only (cached features), LoSA (per-position layers) and the reversible pass
+/// train and evaluate on the same grid; a wrong position count is refused by name.
+#[test]
+fn temporal_tokens_train_and_infer_end_to_end() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let tokens = |mode| {
+        let cfg = tiny_config(mode, 25);
+        let clips = cfg.backbone.temporal_tokens(&cfg.clips).unwrap();
+        cfg.with_clips(clips)
+    };
+    let cfg = tokens(TrainMode::Full);
+    assert_eq!(
+        (cfg.clips.positions_per_clip, cfg.clips.snippet_stride),
+        (4, 16)
+    );
+    let trained = run(cfg.clone(), &data, &dir.path().join("full"), None);
+    let t = map_at_05(&data, &trained);
+    eprintln!("temporal tokens, full: mAP@0.5 {t:.3}");
+    assert!(t > 0.5, "mAP@0.5 {t}");
+    // Inference with the trained model: one feature per temporal position.
+    let device = test_device();
+    let det = e2e_tal::train::Detector::new(&trained.model, &cfg, &device).unwrap();
+    let v = &data.videos[0];
+    let f = det.features(v).unwrap();
+    let clips = cfg.clips.num_clips(&v.id, v.len()).unwrap();
+    assert_eq!((f.positions, f.features.dims()[0]), (4, 4 * clips));
+    assert!(!det.detect(v).unwrap().is_empty());
+    for mode in [
+        TrainMode::HeadOnly,
+        TrainMode::Adapter,
+        TrainMode::Reversible,
+    ] {
+        let cfg = tokens(mode).with_epochs(2);
+        let o = run(cfg, &data, &dir.path().join(mode.to_string()), None);
+        let (preds, _) = o.evaluation.as_ref().unwrap();
+        assert!(!preds.videos.is_empty(), "{mode}");
+    }
+    let mut bad = tiny_config(TrainMode::Full, 1);
+    bad.clips = bad
+        .clips
+        .clone()
+        .with_snippet_stride(16)
+        .with_positions_per_clip(2);
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("clips.positions_per_clip"), "{err}");
+}

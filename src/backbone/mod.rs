@@ -10,26 +10,46 @@ use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
 
+/// How a backbone turns its last layer into the head's feature sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FeatureLayout {
+    /// One feature per clip: the mean over the clip's last-layer tokens, time and space.
+    #[default]
+    Clip,
+    /// The backbone's temporal tokens (AdaTAD's layout): per clip, one feature per temporal
+    /// position of the last layer, the mean over space only (ViT: `F / tubelet` positions;
+    /// Swin: `F / temporal patch`; ResNet: `F` halved by each downsampling stage). Tapped
+    /// layers are split the same way, each position keeping its own tokens.
+    Temporal,
+}
+
 /// What a backbone returns for a batch of clips (or for a whole video, its clips in order along
 /// the first axis).
 #[derive(Debug, Clone)]
 pub struct BackboneOutput {
-    /// One feature vector per clip, `[N, C]`.
+    /// The feature sequence, `[N * P, C]`: `P` positions per clip ([`FeatureLayout`]), clip
+    /// by clip.
     pub features: Tensor<2>,
-    /// Outputs of the tapped layers ([`LayerTaps`]), as token sequences `[N, L, C_l]`.
+    /// Outputs of the tapped layers ([`LayerTaps`]), as token sequences `[N * P, L_l, C_l]`
+    /// (with temporal tokens, each position's own tokens).
     pub layers: Vec<Tensor<3>>,
+    /// Feature positions per clip (`P`: 1 for [`FeatureLayout::Clip`]).
+    pub positions: usize,
 }
 
 impl BackboneOutput {
     /// Clips `start..start + count` of every tensor.
     pub fn narrow(self, start: usize, count: usize) -> Self {
+        let p = self.positions;
         Self {
-            features: self.features.narrow(0, start, count),
+            features: self.features.narrow(0, start * p, count * p),
             layers: self
                 .layers
                 .into_iter()
-                .map(|t| t.narrow(0, start, count))
+                .map(|t| t.narrow(0, start * p, count * p))
                 .collect(),
+            positions: p,
         }
     }
 
@@ -89,6 +109,48 @@ pub fn subsample_tokens(tokens: Tensor<3>, max_tokens: usize) -> Tensor<3> {
         &tokens.device(),
     );
     tokens.select(1, idx)
+}
+
+/// Pools a last layer given as `[N, T, S, C]` (temporal positions, spatial tokens) into the
+/// feature sequence of `layout`; returns it with its positions per clip.
+///
+/// # Shapes
+/// - x: `[N, T, S, C]` -> `[N, C]` (clip) or `[N * T, C]` (temporal)
+pub(crate) fn pool_layout(x: Tensor<4>, layout: FeatureLayout) -> (Tensor<2>, usize) {
+    let [n, t, s, c] = x.dims();
+    match layout {
+        FeatureLayout::Clip => (x.reshape([n, t * s, c]).mean_dim(1).reshape([n, c]), 1),
+        FeatureLayout::Temporal => (x.mean_dim(2).reshape([n * t, c]), t),
+    }
+}
+
+/// A tapped layer's tokens (`[N, L, C]`, time-major: `L = T_l x S`) as `layout` keeps them:
+/// the clip's tokens, or with temporal tokens each of the `positions` positions' own tokens,
+/// then at most `max_tokens` of them ([`subsample_tokens`]).
+///
+/// # Shapes
+/// - tokens: `[N, L, C]` -> `[N, min(L, max), C]` or `[N * P, min(L / P, max), C]`
+pub(crate) fn tap_tokens(
+    name: &str,
+    tokens: Tensor<3>,
+    layout: FeatureLayout,
+    positions: usize,
+    max_tokens: usize,
+) -> Result<Tensor<3>> {
+    let [n, l, c] = tokens.dims();
+    let tokens = match layout {
+        FeatureLayout::Clip => tokens,
+        FeatureLayout::Temporal => {
+            if positions == 0 || l % positions != 0 {
+                return Err(Error::Config(format!(
+                    "{name}: a tapped layer of {l} tokens cannot be split into {positions} \
+                     temporal positions"
+                )));
+            }
+            tokens.reshape([n * positions, l / positions, c])
+        }
+    };
+    Ok(subsample_tokens(tokens, max_tokens))
 }
 
 pub(crate) fn check_input(name: &str, clips: &Tensor<5>) -> Result<[usize; 5]> {
@@ -273,6 +335,50 @@ impl VideoBackbone for Backbone {
 }
 
 impl Backbone {
+    /// The feature layout its forwards produce.
+    pub fn layout(&self) -> FeatureLayout {
+        match self {
+            Backbone::Vit(m) => m.layout,
+            Backbone::Swin(m) => m.layout,
+            Backbone::ResNet(m) => m.layout,
+        }
+    }
+
+    /// The same backbone producing `layout` (no parameter changes).
+    pub fn with_layout(mut self, layout: FeatureLayout) -> Self {
+        match &mut self {
+            Backbone::Vit(m) => m.layout = layout,
+            Backbone::Swin(m) => m.layout = layout,
+            Backbone::ResNet(m) => m.layout = layout,
+        }
+        self
+    }
+
+    /// Temporal positions of the last layer for clips of `frames` frames (the positions per
+    /// clip of [`FeatureLayout::Temporal`]); an error when `frames` does not fit the
+    /// backbone's temporal patch.
+    pub fn temporal_positions(&self, frames: usize) -> Result<usize> {
+        let (name, p) = match self {
+            Backbone::Vit(m) => (
+                "vit",
+                frames
+                    .is_multiple_of(m.tubelet_size)
+                    .then(|| frames / m.tubelet_size),
+            ),
+            Backbone::Swin(m) => {
+                let pt = m.patch_embed.patch_size[0];
+                ("swin", Some(frames.div_ceil(pt)))
+            }
+            Backbone::ResNet(m) => ("resnet3d", Some(m.temporal_positions(frames))),
+        };
+        match p {
+            Some(p) if p > 0 && frames > 0 => Ok(p),
+            _ => Err(Error::Config(format!(
+                "{name}: clips of {frames} frames do not fit the backbone's temporal patch"
+            ))),
+        }
+    }
+
     /// Load a checkpoint into the backbone.
     pub fn load(&mut self, path: &Path, family: CheckpointFamily) -> Result<LoadReport> {
         match self {
@@ -296,6 +402,7 @@ impl Backbone {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Distribution;
 
     #[test]
     fn wrong_clip_shapes_are_shape_errors() {
@@ -391,6 +498,71 @@ mod tests {
                 let d: f32 = (k - subsample_tokens(a, 5)).abs().max().into_scalar();
                 assert_eq!(d, 0.0, "{name}: kept tokens");
             }
+        }
+    }
+
+    /// Temporal tokens: `P` features per clip, whose mean is the clip's pooled feature (every
+    /// family pools a norm-free mean), tapped layers split per position, for every family.
+    #[test]
+    fn temporal_tokens_have_the_documented_shapes_and_average_to_the_clip_feature() {
+        let device = crate::backend::cpu_device();
+        let vit = Backbone::Vit(
+            vit::VitConfig::new()
+                .with_embed_dim(16)
+                .with_depth(2)
+                .with_num_heads(2)
+                .with_mlp_dim(32)
+                .with_patch_size(8)
+                .with_num_frames(8)
+                .with_image_size(16)
+                .init(&device),
+        );
+        let swin = Backbone::Swin(
+            swin::SwinConfig::new()
+                .with_embed_dim(8)
+                .with_depths(vec![1, 1])
+                .with_num_heads(vec![1, 2])
+                .with_window_size([2, 3, 3])
+                .init(&device),
+        );
+        let resnet = Backbone::ResNet(
+            resnet3d::ResNet3dConfig::new()
+                .with_widths(vec![4, 8])
+                .with_layers(vec![1, 1])
+                .init(&device),
+        );
+        // (name, model, positions for 8 frames, tapped layer, its tokens per clip)
+        for (name, m, p, tokens) in [
+            ("vit", vit, 4, 4 * 2 * 2),
+            ("swin", swin, 4, 4 * 4 * 4),
+            ("resnet", resnet, 4, 8 * 8 * 8),
+        ] {
+            assert_eq!(m.temporal_positions(8).unwrap(), p, "{name}");
+            let x = Tensor::<5>::random([3, 3, 8, 16, 16], Distribution::Default, &device);
+            let clip = m.forward(x.clone(), &[0]).unwrap();
+            assert_eq!(clip.positions, 1);
+            let m = m.with_layout(FeatureLayout::Temporal);
+            let t = m.forward(x, &[0]).unwrap();
+            let c = clip.features.dims()[1];
+            assert_eq!(t.positions, p, "{name}");
+            assert_eq!(t.features.dims(), [3 * p, c], "{name}");
+            assert_eq!(t.layers[0].dims()[..2], [3 * p, tokens / p], "{name}");
+            let mean = t
+                .features
+                .clone()
+                .reshape([3, p, c])
+                .mean_dim(1)
+                .reshape([3, c]);
+            let d: f32 = (mean - clip.features).abs().max().into_scalar();
+            assert!(d < 1e-5, "{name}: mean of positions vs clip feature {d}");
+            // Narrowing counts clips.
+            let one = t.clone().narrow(1, 1);
+            assert_eq!(one.features.dims(), [p, c]);
+            let d: f32 = (one.features - t.features.narrow(0, p, p))
+                .abs()
+                .max()
+                .into_scalar();
+            assert_eq!(d, 0.0);
         }
     }
 }

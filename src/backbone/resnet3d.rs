@@ -11,7 +11,9 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::residual::{ResidualBranch, drop_path, drop_path_schedule};
-use super::{BackboneOutput, LayerTaps, VideoBackbone, check_input, check_layers};
+use super::{
+    BackboneOutput, FeatureLayout, LayerTaps, VideoBackbone, check_input, check_layers, tap_tokens,
+};
 use crate::error::Result;
 
 /// Which convolution the residual blocks use.
@@ -239,6 +241,9 @@ pub struct ResNet3d {
     pub stem: Vec<ConvBn>,
     /// Stages of residual blocks.
     pub stages: Vec<Vec<BasicBlock>>,
+    /// How the last layer is pooled into features (not a parameter: set by the run).
+    #[module(skip)]
+    pub layout: FeatureLayout,
 }
 
 impl ResNet3dConfig {
@@ -309,7 +314,11 @@ impl ResNet3dConfig {
                 blocks
             })
             .collect::<Vec<_>>();
-        ResNet3d { stem, stages }
+        ResNet3d {
+            stem,
+            stages,
+            layout: FeatureLayout::Clip,
+        }
     }
 }
 
@@ -322,9 +331,16 @@ impl ResNet3d {
         Ok(self.run(clips, LayerTaps::default())?.0)
     }
 
+    /// Temporal positions of the last stage for clips of `frames` frames: every stage after
+    /// the first halves time (stride 2, rounded up).
+    pub fn temporal_positions(&self, frames: usize) -> usize {
+        (1..self.stages.len()).fold(frames, |t, _| t.div_ceil(2))
+    }
+
     fn run(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
         let LayerTaps { layers, max_tokens } = taps;
         check_input("resnet3d", &clips)?;
+        let positions = self.temporal_positions(clips.dims()[2]);
         check_layers("resnet3d", layers, self.stages.len())?;
         let mut x = clips;
         for s in &self.stem {
@@ -338,7 +354,13 @@ impl ResNet3d {
             if layers.contains(&i) {
                 let [n, c, t, h, w] = x.dims();
                 let tokens = x.clone().reshape([n, c, t * h * w]).swap_dims(1, 2);
-                inter.push(super::subsample_tokens(tokens, max_tokens));
+                inter.push(tap_tokens(
+                    "resnet3d",
+                    tokens,
+                    self.layout,
+                    positions,
+                    max_tokens,
+                )?);
             }
         }
         Ok((x, inter))
@@ -349,14 +371,22 @@ impl VideoBackbone for ResNet3d {
     /// Per-clip features (global average pool) and the tapped stages' outputs as tokens.
     ///
     /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, layers `[N, T'H'W', C_i]`
+    /// - clips: `[N, 3, F, H, W]` -> features `[N * P, C]`, layers `[N * P, T'H'W' / P, C_i]`
+    ///   (`P` = the last stage's temporal positions with temporal tokens, else 1)
     fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
         let (x, kept) = self.run(clips, taps)?;
         let [n, c, t, h, w] = x.dims();
-        let features = x.reshape([n, c, t * h * w]).mean_dim(2).reshape([n, c]);
+        let (features, positions) = match self.layout {
+            FeatureLayout::Clip => (x.reshape([n, c, t * h * w]).mean_dim(2).reshape([n, c]), 1),
+            FeatureLayout::Temporal => {
+                let x = x.reshape([n, c, t, h * w]).mean_dim(3).reshape([n, c, t]);
+                (x.swap_dims(1, 2).reshape([n * t, c]), t)
+            }
+        };
         Ok(BackboneOutput {
             features,
             layers: kept,
+            positions,
         })
     }
 }

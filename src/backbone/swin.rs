@@ -13,7 +13,9 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::residual::{MlpBranch, ResidualBranch, TransformerBlock, drop_path, drop_path_schedule};
-use super::{BackboneOutput, LayerTaps, VideoBackbone, check_input, check_layers};
+use super::{
+    BackboneOutput, FeatureLayout, LayerTaps, VideoBackbone, check_input, check_layers, tap_tokens,
+};
 use crate::error::Result;
 
 /// Published Video Swin sizes.
@@ -142,6 +144,7 @@ impl SwinConfig {
             },
             stages,
             norm: ln(last),
+            layout: FeatureLayout::Clip,
         }
     }
 }
@@ -444,6 +447,9 @@ pub struct VideoSwin {
     pub stages: Vec<SwinStage>,
     /// Final norm.
     pub norm: LayerNorm,
+    /// How the last layer is pooled into features (not a parameter: set by the run).
+    #[module(skip)]
+    pub layout: FeatureLayout,
 }
 
 impl VideoSwin {
@@ -458,6 +464,7 @@ impl VideoSwin {
     fn run(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<(Tensor<5>, Vec<Tensor<3>>)> {
         let LayerTaps { layers, max_tokens } = taps;
         check_input("swin", &clips)?;
+        let layout = self.layout;
         check_layers("swin", layers, self.stages.len())?;
         let mut x = self.patch_embed.forward(clips);
         let mut inter = Vec::new();
@@ -468,7 +475,7 @@ impl VideoSwin {
             if layers.contains(&i) {
                 let [n, t, h, w, c] = x.dims();
                 let tokens = x.clone().reshape([n, t * h * w, c]);
-                inter.push(crate::backbone::subsample_tokens(tokens, max_tokens));
+                inter.push(tap_tokens("swin", tokens, layout, t, max_tokens)?);
             }
             if let Some(m) = &stage.merge {
                 x = m.forward(x);
@@ -477,17 +484,18 @@ impl VideoSwin {
         Ok((self.norm.forward(x), inter))
     }
 
-    /// Per-clip features from the last stage's token map: final norm, then the mean over tokens.
+    /// Features from the last stage's token map: final norm, then the mean over tokens (all
+    /// of a clip's, or per temporal position with [`FeatureLayout::Temporal`]).
     ///
     /// # Shapes
-    /// - x: `[N, T', H', W', C]` -> `[N, C]`
+    /// - x: `[N, T', H', W', C]` -> `[N * P, C]`
     pub fn pool_map(&self, x: Tensor<5>) -> Tensor<2> {
-        Self::mean_tokens(self.norm.forward(x))
+        self.mean_tokens(self.norm.forward(x)).0
     }
 
-    fn mean_tokens(x: Tensor<5>) -> Tensor<2> {
+    fn mean_tokens(&self, x: Tensor<5>) -> (Tensor<2>, usize) {
         let [n, t, h, w, c] = x.dims();
-        x.reshape([n, t * h * w, c]).mean_dim(1).reshape([n, c])
+        crate::backbone::pool_layout(x.reshape([n, t, h * w, c]), self.layout)
     }
 }
 
@@ -496,12 +504,15 @@ impl VideoBackbone for VideoSwin {
     /// merging) as tokens.
     ///
     /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> features `[N, C]`, layers `[N, T'H_iW_i, C_i]`
+    /// - clips: `[N, 3, F, H, W]` -> features `[N * P, C]`, layers `[N * P, T'H_iW_i / P, C_i]`
+    ///   (`P = T'` with temporal tokens, else 1)
     fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
         let (x, kept) = self.run(clips, taps)?;
+        let (features, positions) = self.mean_tokens(x);
         Ok(BackboneOutput {
-            features: Self::mean_tokens(x),
+            features,
             layers: kept,
+            positions,
         })
     }
 }

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::residual::MlpBranch;
 use super::residual::{ResidualBranch, TransformerBlock, drop_path, drop_path_schedule};
-use super::{BackboneOutput, LayerTaps, VideoBackbone, check_input};
+use super::{BackboneOutput, FeatureLayout, LayerTaps, VideoBackbone, check_input};
 use crate::error::Result;
 
 /// Published VideoMAE / VideoMAEv2 sizes.
@@ -143,6 +143,7 @@ impl VitConfig {
                 self.image_size / self.patch_size,
                 self.image_size / self.patch_size,
             ],
+            layout: FeatureLayout::Clip,
         }
     }
 }
@@ -208,6 +209,9 @@ pub struct VisionTransformer {
     pub tubelet_size: usize,
     /// Token grid `[T', H', W']` the sinusoid table is defined on.
     pub pos_grid: [usize; 3],
+    /// How the last layer is pooled into features (not a parameter: set by the run).
+    #[module(skip)]
+    pub layout: FeatureLayout,
 }
 
 /// VideoMAE's sinusoid table for `n` positions (`[n, d]`, row-major, f64).
@@ -303,20 +307,23 @@ impl VisionTransformer {
         Ok(self.forward_with(clips, &[], 0)?.tokens)
     }
 
-    /// Final norm (if any), mean over tokens, `fc_norm` (if any): block output to features.
+    /// Final norm (if any), mean over tokens (over all of a clip's, or per temporal position
+    /// with [`FeatureLayout::Temporal`]), `fc_norm` (if any): block output to features, for
+    /// clips of `frames` frames.
     ///
     /// # Shapes
-    /// - tokens: `[N, L, D]` (output of the last block) -> `[N, D]`
-    pub fn pool(&self, tokens: Tensor<3>) -> Tensor<2> {
+    /// - tokens: `[N, L, D]` (output of the last block) -> `[N * P, D]`
+    pub fn pool(&self, tokens: Tensor<3>, frames: usize) -> Tensor<2> {
         let tokens = match &self.norm {
             Some(n) => n.forward(tokens),
             None => tokens,
         };
-        self.pool_tokens(tokens)
+        self.pool_tokens(tokens, frames / self.tubelet_size)
     }
 
-    fn pool_tokens(&self, tokens: Tensor<3>) -> Tensor<2> {
-        let pooled = tokens.mean_dim(1).squeeze_dim::<2>(1);
+    fn pool_tokens(&self, tokens: Tensor<3>, t: usize) -> Tensor<2> {
+        let [n, l, d] = tokens.dims();
+        let (pooled, _) = super::pool_layout(tokens.reshape([n, t, l / t, d]), self.layout);
         match &self.fc_norm {
             Some(n) => n.forward(pooled),
             None => pooled,
@@ -348,12 +355,19 @@ impl VisionTransformer {
     ) -> Result<TokenOutput> {
         self.check_clips(&clips)?;
         super::check_layers("vit", layers, self.blocks.len())?;
+        let t = clips.dims()[2] / self.tubelet_size;
         let mut x = self.embed(clips);
         let mut kept = Vec::new();
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward(x);
             if layers.contains(&i) {
-                kept.push(super::subsample_tokens(x.clone(), max_tokens));
+                kept.push(super::tap_tokens(
+                    "vit",
+                    x.clone(),
+                    self.layout,
+                    t,
+                    max_tokens,
+                )?);
             }
         }
         if let Some(n) = &self.norm {
@@ -362,6 +376,7 @@ impl VisionTransformer {
         Ok(TokenOutput {
             tokens: x,
             layers: kept,
+            t,
         })
     }
 }
@@ -369,18 +384,25 @@ impl VisionTransformer {
 struct TokenOutput {
     tokens: Tensor<3>,
     layers: Vec<Tensor<3>>,
+    /// Temporal positions.
+    t: usize,
 }
 
 impl VideoBackbone for VisionTransformer {
     /// Per-clip features and the tapped blocks' output tokens.
     ///
     /// # Shapes
-    /// - clips: `[N, 3, F, H, W]` -> features `[N, D]`, layers `[N, L, D]`
+    /// - clips: `[N, 3, F, H, W]` -> features `[N * P, D]`, layers `[N * P, L / P, D]`
+    ///   (`P = F / tubelet` with temporal tokens, else 1)
     fn forward_tapped(&self, clips: Tensor<5>, taps: LayerTaps<'_>) -> Result<BackboneOutput> {
         let out = self.forward_with(clips, taps.layers, taps.max_tokens)?;
         Ok(BackboneOutput {
-            features: self.pool_tokens(out.tokens),
+            features: self.pool_tokens(out.tokens, out.t),
             layers: out.layers,
+            positions: match self.layout {
+                FeatureLayout::Clip => 1,
+                FeatureLayout::Temporal => out.t,
+            },
         })
     }
 }

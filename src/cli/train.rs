@@ -105,6 +105,11 @@ pub struct TrainArgs {
     /// practice: a fixed-length feature sequence); default: a clip every snippet stride.
     #[arg(long, value_parser = at_least_two)]
     clips_per_video: Option<usize>,
+    /// Temporal tokens as the head's features (AdaTAD's layout): clips tile the video and each
+    /// gives one feature per temporal position of the backbone's last layer, pooled over space
+    /// only (a 16-frame ViT clip: 8 positions, 2 frames apart). Default: one feature per clip.
+    #[arg(long, conflicts_with = "clips_per_video")]
+    temporal_tokens: bool,
     /// Videos per optimisation step (the batch): one padded batch through the head in mode
     /// head-only, micro-batches with accumulated gradients in the other modes (a step's memory
     /// stays that of one video).
@@ -203,6 +208,7 @@ fn train_features(a: &TrainArgs, features: &Path, device: &Device) -> Result<()>
         (a.lr_backbone.is_some(), "--lr-backbone"),
         (a.max_clips.is_some(), "--max-clips"),
         (a.clips_per_video.is_some(), "--clips-per-video"),
+        (a.temporal_tokens, "--temporal-tokens"),
         (a.frame_size.is_some(), "--frame-size"),
         (a.lofi.is_some(), "--lofi"),
         (a.memory_budget.is_some(), "--memory-budget"),
@@ -272,6 +278,9 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
     if let Some(n) = a.clips_per_video {
         cfg.clips.fixed_clips = n;
     }
+    if a.temporal_tokens {
+        cfg.clips = cfg.backbone.temporal_tokens(&cfg.clips)?;
+    }
     if let Some(n) = a.videos_per_step {
         cfg.videos_per_step = n;
     }
@@ -328,6 +337,7 @@ fn resume_conflicts(a: &TrainArgs, ck: &TrainConfig) -> Result<Vec<String>> {
             let flag = match k.as_str() {
                 "cache_features" => "--no-feature-cache".to_string(),
                 "transform" => "--frame-size".into(),
+                "clips" => "--clips-per-video / --temporal-tokens".into(),
                 "lofi" => "--lofi".into(),
                 "drift" => "--drift-every / --drift-tolerance".into(),
                 other => format!("--{}", other.replace('_', "-")),

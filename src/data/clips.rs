@@ -25,6 +25,14 @@ pub struct ClipSamplingConfig {
     /// feature sequence whatever the video's duration).
     #[config(default = 0)]
     pub fixed_clips: usize,
+    /// Feature positions per clip. 1: one feature per clip, pooled over time and space. P > 1:
+    /// the backbone's temporal tokens (`FeatureLayout::Temporal`, AdaTAD's layout), P
+    /// positions of `clip_frames * frame_stride / P` frames each; the clips then tile the
+    /// video (`snippet_stride = clip_frames * frame_stride`, `fixed_clips` 0) so the positions
+    /// form one even grid. P must be the backbone's temporal positions for `clip_frames`
+    /// (`Backbone::temporal_positions`; `--temporal-tokens` sets it).
+    #[config(default = 1)]
+    pub positions_per_clip: usize,
     /// Per-channel mean subtracted from pixels scaled to [0, 1] (ImageNet / VideoMAE).
     #[config(default = "[0.485, 0.456, 0.406]")]
     pub mean: [f32; 3],
@@ -39,11 +47,30 @@ impl ClipSamplingConfig {
         (self.clip_frames.max(1) - 1) * self.frame_stride + 1
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Check the settings agree with each other (positive sizes; temporal tokens on clips
+    /// that tile the video).
+    pub fn validate(&self) -> Result<()> {
         if self.clip_frames == 0 || self.frame_stride == 0 || self.snippet_stride == 0 {
             return Err(Error::Config(format!(
                 "clip_frames, frame_stride and snippet_stride must be positive, got {}, {}, {}",
                 self.clip_frames, self.frame_stride, self.snippet_stride
+            )));
+        }
+        let p = self.positions_per_clip;
+        let tile = self.clip_frames * self.frame_stride;
+        if p == 0 {
+            return Err(Error::Config(
+                "positions_per_clip must be at least 1 (1: one feature per clip)".into(),
+            ));
+        }
+        if p > 1
+            && (self.fixed_clips != 0 || self.snippet_stride != tile || !tile.is_multiple_of(p))
+        {
+            return Err(Error::Config(format!(
+                "temporal tokens ({p} positions per clip) need clips that tile the video: \
+                 snippet_stride = clip_frames x frame_stride = {tile} (got {}), no \
+                 fixed_clips (got {}), and {tile} frames divisible by {p}",
+                self.snippet_stride, self.fixed_clips
             )));
         }
         if self.fixed_clips == 1 {
@@ -111,22 +138,41 @@ impl ClipSamplingConfig {
         out
     }
 
-    /// Mapping from clip index (feature-grid position) to seconds, for a stride grid
-    /// (`fixed_clips` 0); [`ClipSamplingConfig::grid_of`] for any grid.
+    /// Mapping from feature-grid position (a clip, or with temporal tokens a clip's temporal
+    /// position) to seconds, for a stride grid (`fixed_clips` 0);
+    /// [`ClipSamplingConfig::grid_of`] for any grid.
     pub fn grid(&self, fps: f64) -> GridToTime {
-        GridToTime {
-            stride_frames: self.snippet_stride as f64,
-            span_frames: self.span() as f64,
-            fps,
+        match self.positions_per_clip {
+            0 | 1 => GridToTime {
+                stride_frames: self.snippet_stride as f64,
+                span_frames: self.span() as f64,
+                fps,
+            },
+            p => {
+                let step = self.snippet_stride as f64 / p as f64;
+                GridToTime {
+                    stride_frames: step,
+                    span_frames: step,
+                    fps,
+                }
+            }
         }
     }
 
-    /// Mapping from clip index to seconds in a video of `frames` frames.
+    /// Mapping from feature-grid position to seconds in a video of `frames` frames.
     pub fn grid_of(&self, fps: f64, frames: usize) -> GridToTime {
-        GridToTime {
-            stride_frames: self.stride_in(frames),
-            ..self.grid(fps)
+        match self.positions_per_clip {
+            0 | 1 => GridToTime {
+                stride_frames: self.stride_in(frames),
+                ..self.grid(fps)
+            },
+            _ => self.grid(fps),
         }
+    }
+
+    /// Feature positions of a video of `clips` clips (`clips x positions_per_clip`).
+    pub fn positions(&self, clips: usize) -> usize {
+        clips * self.positions_per_clip.max(1)
     }
 }
 
@@ -498,5 +544,30 @@ mod tests {
             .unwrap();
         assert_eq!(got, want);
         assert!(cfg.clone().with_fixed_clips(1).num_clips("v", 100).is_err());
+    }
+
+    #[test]
+    fn temporal_token_grid_puts_each_position_at_its_frames_centre() {
+        let c = ClipSamplingConfig::new()
+            .with_clip_frames(16)
+            .with_snippet_stride(16)
+            .with_positions_per_clip(8);
+        c.validate().unwrap();
+        let g = c.grid(10.0);
+        // Position 0 covers frames 0-1 (centre 1.0), position 9 is clip 1's second: frames
+        // 18-19 (centre 19.0).
+        assert!((g.seconds(0.0) - 0.1).abs() < 1e-12);
+        assert!((g.seconds(9.0) - 1.9).abs() < 1e-12);
+        assert_eq!(c.positions(48), 384);
+        assert_eq!(c.num_clips("v", 768).unwrap(), 48);
+        // Overlapping clips, a fixed clip count or an uneven split are refused.
+        for bad in [
+            c.clone().with_snippet_stride(4),
+            c.clone().with_fixed_clips(10),
+            c.clone().with_positions_per_clip(5),
+            c.clone().with_positions_per_clip(0),
+        ] {
+            assert!(bad.validate().is_err());
+        }
     }
 }

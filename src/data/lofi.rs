@@ -52,11 +52,18 @@ impl Fidelity {
     }
 
     /// Clip sampling at this fidelity: the snippet stride times `r_t` (with a fixed number of
-    /// clips per video, `r_t` times fewer clips).
+    /// clips per video, `r_t` times fewer clips). With temporal tokens (clips tiling the
+    /// video) the frame stride is multiplied too: each clip then covers `r_t` times the time
+    /// with the same frames, and the video has `r_t` times fewer positions.
     pub fn clips(&self, full: &ClipSamplingConfig) -> ClipSamplingConfig {
         let r = self.temporal.max(1);
+        let frame_stride = match full.positions_per_clip {
+            0 | 1 => full.frame_stride,
+            _ => full.frame_stride * r,
+        };
         full.clone()
             .with_snippet_stride(full.snippet_stride * r)
+            .with_frame_stride(frame_stride)
             .with_fixed_clips(full.fixed_clips.div_ceil(r))
     }
 

@@ -13,18 +13,20 @@ use crate::error::Result;
 impl RewiredBackbone for VisionTransformer {
     fn forward_rewired(&self, clips: Tensor<5>, seed: u64) -> Result<Tensor<2>> {
         self.check_clips(&clips)?;
+        let frames = clips.dims()[2];
         let x = self.embed(clips);
         let y = RevChain::new(self.blocks.as_slice())
             .with_drop_path_seed(seed)
             .forward(x);
-        Ok(self.pool(y))
+        Ok(self.pool(y, frames))
     }
 
     fn forward_rewired_inference(&self, clips: Tensor<5>) -> Result<Tensor<2>> {
         self.check_clips(&clips)?;
+        let frames = clips.dims()[2];
         let x = self.embed(clips);
         let y = RevChain::new(self.blocks.as_slice()).forward_inference(x);
-        Ok(self.pool(y))
+        Ok(self.pool(y, frames))
     }
 
     fn forward_reversible<'a>(
@@ -33,8 +35,9 @@ impl RewiredBackbone for VisionTransformer {
         tape: &mut ReversibleTape<'a>,
     ) -> Result<Tensor<2>> {
         self.check_clips(&clips)?;
+        let frames = clips.dims()[2];
         let x = self.embed(clips);
         let chain = RevChain::new(self.blocks.as_slice()).with_drop_path_seed(tape.seed());
-        Ok(self.pool(tape.forward(chain, x)))
+        Ok(self.pool(tape.forward(chain, x), frames))
     }
 }

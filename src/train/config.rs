@@ -143,6 +143,39 @@ impl BackboneConfig {
         }
     }
 
+    /// Temporal positions of the last layer for clips of `frames` frames (the positions per
+    /// clip of temporal tokens), from the architecture alone: the ViT's `frames / tubelet`,
+    /// Video Swin's `frames / temporal patch` (rounded up), a ResNet's `frames` halved (rounded
+    /// up) by each stage after the first.
+    pub fn temporal_positions(&self, frames: usize) -> Result<usize> {
+        let p = match self {
+            Self::Vit(c) => (c.tubelet_size > 0 && frames.is_multiple_of(c.tubelet_size))
+                .then(|| frames / c.tubelet_size),
+            Self::Swin(c) => (c.patch_size[0] > 0).then(|| frames.div_ceil(c.patch_size[0])),
+            Self::ResNet(c) => Some((1..c.layers.len()).fold(frames, |t, _| t.div_ceil(2))),
+        };
+        match p {
+            Some(p) if p > 0 => Ok(p),
+            _ => Err(Error::Config(format!(
+                "clips of {frames} frames do not fit the backbone's temporal patch"
+            ))),
+        }
+    }
+
+    /// Clip sampling `clips` switched to temporal tokens for this backbone: one position per
+    /// temporal token of the last layer, clips tiling the video (`snippet_stride = clip_frames
+    /// x frame_stride`).
+    pub fn temporal_tokens(&self, clips: &ClipSamplingConfig) -> Result<ClipSamplingConfig> {
+        let p = self.temporal_positions(clips.clip_frames)?;
+        let out = clips
+            .clone()
+            .with_positions_per_clip(p)
+            .with_snippet_stride(clips.clip_frames * clips.frame_stride)
+            .with_fixed_clips(0);
+        out.validate()?;
+        Ok(out)
+    }
+
     /// Build the model.
     pub fn init(&self, device: &Device) -> Backbone {
         match self {

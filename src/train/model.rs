@@ -6,7 +6,7 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::config::{TrainConfig, TrainMode};
 use crate::adapter::{Losa, LosaInput};
-use crate::backbone::{Backbone, BackboneOutput, LayerTaps, Network, VideoBackbone};
+use crate::backbone::{Backbone, BackboneOutput, FeatureLayout, LayerTaps, Network, VideoBackbone};
 use crate::data::clips::{ClipFrames, ClipSamplingConfig};
 use crate::data::source::FrameSource;
 use crate::data::spatial::SpatialOp;
@@ -86,6 +86,8 @@ impl TalModel {
         } else {
             Vec::new()
         };
+        let layout = feature_layout(cfg, &backbone)?;
+        let backbone = backbone.with_layout(layout);
         let probe = Tensor::<5>::zeros(
             [1, 3, cfg.clips.clip_frames, frame_size.0, frame_size.1],
             &device.clone().without_autodiff(),
@@ -118,6 +120,24 @@ impl TalModel {
     }
 }
 
+/// The backbone's feature layout for `cfg`: temporal tokens when `cfg.clips` asks for more
+/// than one position per clip, which must be the backbone's temporal positions.
+pub(crate) fn feature_layout(cfg: &TrainConfig, backbone: &Backbone) -> Result<FeatureLayout> {
+    let p = cfg.clips.positions_per_clip;
+    if p <= 1 {
+        return Ok(FeatureLayout::Clip);
+    }
+    let f = cfg.clips.clip_frames;
+    let have = backbone.temporal_positions(f)?;
+    if have != p {
+        return Err(Error::Config(format!(
+            "clips.positions_per_clip is {p}, but the backbone gives {have} temporal positions \
+             for clips of {f} frames (--temporal-tokens sets it from the backbone)"
+        )));
+    }
+    Ok(FeatureLayout::Temporal)
+}
+
 /// How a frozen backbone runs: which network, which layers it also returns, how many clips per
 /// call.
 #[derive(Debug, Clone, Copy)]
@@ -143,10 +163,16 @@ impl Extraction<'_> {
     /// `backbone`'s outputs for one batch of clips (no graph when `clips` has none).
     pub(crate) fn outputs(&self, backbone: &Backbone, clips: Tensor<5>) -> Result<BackboneOutput> {
         match self.network {
-            Network::Rewired => Ok(BackboneOutput {
-                features: backbone.forward_rewired_inference(clips)?,
-                layers: Vec::new(),
-            }),
+            Network::Rewired => {
+                let n = clips.dims()[0];
+                let features = backbone.forward_rewired_inference(clips)?;
+                let positions = features.dims()[0] / n.max(1);
+                Ok(BackboneOutput {
+                    features,
+                    layers: Vec::new(),
+                    positions,
+                })
+            }
             Network::Plain => backbone.forward_tapped(clips, self.taps),
         }
     }
@@ -169,11 +195,12 @@ pub fn extract_features(
     let device = device.clone().without_autodiff();
     let n = clips.num_clips(video.video(), video.len())?;
     let (mut feats, mut inter) = (Vec::new(), vec![Vec::new(); how.taps.layers.len()]);
-    let mut start = 0;
+    let (mut start, mut positions) = (0, 1);
     while start < n {
         let count = how.chunk.max(1).min(n - start);
         let frames = ClipFrames::read(video, clips, start, count, op)?;
         let out = how.outputs(backbone, frames.clips(clips, start, count, &device)?)?;
+        positions = out.positions;
         feats.push(out.features);
         for (acc, t) in inter.iter_mut().zip(out.layers) {
             acc.push(t);
@@ -183,6 +210,7 @@ pub fn extract_features(
     Ok(BackboneOutput {
         features: Tensor::cat(feats, 0),
         layers: inter.into_iter().map(|v| Tensor::cat(v, 0)).collect(),
+        positions,
     })
 }
 

@@ -844,10 +844,15 @@ fn step_batch<'a>(
 ) -> Result<Vec<(Window<'a>, Objective<'a>)>> {
     let cfg = ctx.cfg;
     let clips = &input.clips;
+    // Lengths on the feature grid: clips, or with temporal tokens their positions.
+    let on_grid = |w: &ClipWindow| ClipWindow {
+        start: clips.positions(w.start),
+        count: clips.positions(w.count),
+    };
     let len = input
         .videos
         .iter()
-        .map(|v| v.window.count)
+        .map(|v| on_grid(&v.window).count)
         .max()
         .unwrap_or(0);
     let points = cfg.head.pyramid.points(model.head.padded_len(len));
@@ -855,13 +860,12 @@ fn step_batch<'a>(
     let mut targets = Vec::with_capacity(input.videos.len());
     for vi in &input.videos {
         let video = &ctx.data.videos[vi.video];
-        let n = clips.num_clips(&video.id, video.len())?;
-        let gts = vi
-            .window
-            .segments(&video.grid_segments(clips), n, cfg.trunc_thresh);
+        let n = clips.positions(clips.num_clips(&video.id, video.len())?);
+        let window = on_grid(&vi.window);
+        let gts = window.segments(&video.grid_segments(clips), n, cfg.trunc_thresh);
         let t = assign(&points, &gts, ctx.data.classes.len(), &cfg.assign);
         // Positives on the video's own points (the padding is masked out of the loss).
-        let count = vi.window.count as f64;
+        let count = window.count as f64;
         positives += t
             .positive
             .iter()

@@ -80,6 +80,7 @@ pub(crate) fn check_numbers(cfg: &TrainConfig) -> Result<()> {
     );
     c.rate("adapter.dropout", a.dropout);
     clips(&mut c, &cfg.clips);
+    temporal_tokens(&mut c, cfg);
     c.positive("inference_chunk", cfg.inference_chunk);
     c.positive_f("loss_scale.init", cfg.loss_scale.init);
     c.positive("loss_scale.growth_interval", cfg.loss_scale.growth_interval);
@@ -105,6 +106,33 @@ fn clips(c: &mut Check, k: &ClipSamplingConfig) {
     c.positive("clips.snippet_stride", k.snippet_stride);
     if k.fixed_clips == 1 {
         c.fail("clips.fixed_clips", "must be 0 or at least 2, got 1".into());
+    }
+    c.positive("clips.positions_per_clip", k.positions_per_clip);
+    if k.clip_frames > 0
+        && k.positions_per_clip > 1
+        && let Err(Error::Config(m)) = k.validate()
+    {
+        c.fail("clips.positions_per_clip", m);
+    }
+}
+
+/// Temporal tokens: as many positions per clip as the backbone's last layer has.
+fn temporal_tokens(c: &mut Check, cfg: &TrainConfig) {
+    let (p, f) = (cfg.clips.positions_per_clip, cfg.clips.clip_frames);
+    if p <= 1 || f == 0 {
+        return;
+    }
+    match cfg.backbone.temporal_positions(f) {
+        Ok(have) if have == p => {}
+        Ok(have) => c.fail(
+            "clips.positions_per_clip",
+            format!(
+                "{p}, but the backbone gives {have} temporal positions for clips of {f} frames \
+                 (--temporal-tokens sets it from the backbone)"
+            ),
+        ),
+        Err(Error::Config(m)) => c.fail("clips.positions_per_clip", m),
+        Err(e) => c.fail("clips.positions_per_clip", e.to_string()),
     }
 }
 

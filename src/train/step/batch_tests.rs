@@ -266,6 +266,7 @@ fn adapter_micro_batches_equal_one_graph_over_both_videos() {
         let f = BackboneOutput {
             features: f.features.autodiff(),
             layers: f.layers.into_iter().map(|t| t.autodiff()).collect(),
+            positions: f.positions,
         };
         head_input(Some(adapter), f).unwrap()
     });

@@ -117,6 +117,7 @@ impl ModeStep for Adapter {
         let f = BackboneOutput {
             features: f.features.autodiff(),
             layers: f.layers.into_iter().map(|t| t.autodiff()).collect(),
+            positions: f.positions,
         };
         let (loss, value) = obj.loss(&model.head, head_input(Some(adapter), f)?)?;
         Ok(computed(
