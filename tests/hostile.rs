@@ -260,14 +260,17 @@ fn workspace(root: &Path) {
     w("cfg_clip0.json", b"{\"clips\": {\"clip_frames\": 0}}");
     // Temporal tokens: a position count the backbone does not have; overlapping clips.
     w(
-        "cfg_tokens3.json",
-        b"{\"clips\": {\"positions_per_clip\": 3, \"snippet_stride\": 16}}",
+        "cfg_tokens2.json",
+        b"{\"clips\": {\"positions_per_clip\": 2, \"snippet_stride\": 16}}",
     );
     w(
         "cfg_tokens_overlap.json",
         b"{\"clips\": {\"positions_per_clip\": 4, \"snippet_stride\": 4}}",
     );
-    w("cfg_tokens0.json", b"{\"clips\": {\"positions_per_clip\": 0}}");
+    w(
+        "cfg_tokens0.json",
+        b"{\"clips\": {\"positions_per_clip\": 0}}",
+    );
     w(
         "cfg_scale0.json",
         b"{\"precision\": \"f16\", \"loss_scale\": {\"init\": 0}}",
@@ -1090,9 +1093,9 @@ fn cases() -> Vec<Case> {
             &["clips.clip_frames", "at least 1"],
         ),
         case(
-            "train --data ds --out new --config cfg_tokens3.json --from-scratch --quiet",
+            "train --data ds --out new --config cfg_tokens2.json --from-scratch --quiet",
             1,
-            &["clips.positions_per_clip", "3", "temporal positions"],
+            &["clips.positions_per_clip", "2", "temporal positions"],
         ),
         case(
             "train --data ds --out new --config cfg_tokens_overlap.json --from-scratch --quiet",
@@ -1103,6 +1106,21 @@ fn cases() -> Vec<Case> {
             "train --data ds --out new --config cfg_tokens0.json --from-scratch --quiet",
             1,
             &["clips.positions_per_clip", "at least 1"],
+        ),
+        case(
+            &format!("train --data ds --out new {t} --mode adapter --checkpointing"),
+            1,
+            &["checkpointing", "mode full"],
+        ),
+        case(
+            &format!("train --data ds --out new {t} --rewired --checkpointing"),
+            1,
+            &["checkpointing", "rewired"],
+        ),
+        case(
+            &format!("train --data ds --out new {t} --backbone r3d-18 --checkpointing"),
+            1,
+            &["checkpointing", "ViT and Swin"],
         ),
         case(
             "train --data ds --out new --temporal-tokens --clips-per-video 8 --quiet",

@@ -277,6 +277,25 @@ fn rewiring_a_loaded_checkpoint_keeps_every_parameter() {
 /// step's gradients for every backbone and head parameter against ordinary autodiff through the
 /// same rewired backbone. Returns (parameters compared, worst relative error).
 fn whole_model_step(backbone: &Backbone, width: usize, clips: Tensor<5>) -> (usize, f64) {
+    compare_step(
+        backbone,
+        width,
+        clips,
+        |b, x| b.forward_rewired(x, 9).unwrap(),
+        |b, x, tape| b.forward_reversible(x, tape).unwrap(),
+    )
+}
+
+/// One whole-backbone step (features -> linear head -> squared error) two ways: `reference`
+/// with ordinary autodiff, `taped` through a tape seeded 9. Returns (parameters compared,
+/// worst relative error).
+fn compare_step(
+    backbone: &Backbone,
+    width: usize,
+    clips: Tensor<5>,
+    reference: impl Fn(&Backbone, Tensor<5>) -> Tensor<2>,
+    taped: impl for<'a> Fn(&'a Backbone, Tensor<5>, &mut ReversibleTape<'a>) -> Tensor<2>,
+) -> (usize, f64) {
     use burn::nn::LinearConfig;
     let device = clips.device();
     let head = LinearConfig::new(width, 3).init(&device);
@@ -289,14 +308,14 @@ fn whole_model_step(backbone: &Backbone, width: usize, clips: Tensor<5>) -> (usi
     };
 
     // Reference: ordinary autodiff through the rewired backbone.
-    let mut grads = loss_of(backbone.forward_rewired(clips.clone(), 9).unwrap()).backward();
+    let mut grads = loss_of(reference(backbone, clips.clone())).backward();
     let mut reference = GradientsParams::from_module(&mut grads, backbone);
     let mut head_ref = GradientsParams::from_module(&mut grads, &head);
     e2e_tal::reversible::merge_grads(&head, &mut head_ref, &mut reference);
 
     // Reversible step: the blocks on a tape, one backward for the whole model.
     let mut tape = ReversibleTape::new().with_seed(9);
-    let loss = loss_of(backbone.forward_reversible(clips, &mut tape).unwrap());
+    let loss = loss_of(taped(backbone, clips, &mut tape));
     let mut grads = tape.backward(loss).unwrap();
     let mut reversible = grads.params(backbone);
     let mut head_rev = grads.params(&head);
@@ -355,4 +374,83 @@ fn whole_swin_training_step_matches_autodiff() {
     println!("whole Swin + head: {count} parameters, max rel grad err {worst:.2e}");
     assert!(count > 12 * 13, "{count}");
     assert!(worst <= GRAD_TOL, "{worst}");
+}
+
+/// Activation checkpointing per block (the plain network, each block recomputed from its kept
+/// input in the backward) gives ordinary autodiff's gradients: whole ViT and Swin steps
+/// without stochastic depth against the plain forward, and a depth-24 chain with drop path
+/// against autodiff under the same keyed draws.
+#[test]
+fn checkpointed_training_steps_match_autodiff() {
+    use e2e_tal::backbone::VideoBackbone;
+    use e2e_tal::reversible::CheckpointChain;
+    let device = test_device().autodiff();
+    let vit = VitConfig::new()
+        .with_embed_dim(16)
+        .with_depth(6)
+        .with_num_heads(2)
+        .with_mlp_dim(32)
+        .with_patch_size(8)
+        .with_num_frames(4)
+        .with_image_size(16)
+        .init(&device);
+    let swin = SwinConfig::new()
+        .with_embed_dim(8)
+        .with_depths(vec![2, 2])
+        .with_num_heads(vec![2, 2])
+        .with_window_size([2, 2, 2])
+        .init(&device);
+    for (name, b, clips) in [
+        (
+            "vit",
+            Backbone::Vit(vit),
+            Tensor::<5>::random([3, 3, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device),
+        ),
+        (
+            "swin",
+            Backbone::Swin(swin),
+            Tensor::<5>::random([2, 3, 4, 20, 12], Distribution::Normal(0.0, 1.0), &device),
+        ),
+    ] {
+        let (count, worst) = compare_step(
+            &b,
+            16,
+            clips,
+            |b, x| b.forward(x, &[]).unwrap().features,
+            |b, x, tape| b.forward_checkpointed(x, tape).unwrap(),
+        );
+        println!("checkpointed {name}: {count} parameters, max rel grad err {worst:.2e}");
+        assert!(count > 20 && worst <= 1e-5, "{name}: {worst}");
+    }
+    // A chain with stochastic depth: the recompute replays the forward's draws.
+    let m = VitConfig::new()
+        .with_embed_dim(16)
+        .with_depth(24)
+        .with_num_heads(2)
+        .with_mlp_dim(32)
+        .with_drop_path_rate(0.3)
+        .init(&device);
+    let blocks: &[VitBlock] = &m.blocks;
+    let ck = CheckpointChain::new(blocks, 2, 5);
+    let x = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &test_device());
+    let w = Tensor::<3>::random([2, 6, 16], Distribution::Normal(0.0, 1.0), &test_device());
+    let x_ref = x.clone().autodiff().require_grad();
+    let mut g = (ck.forward(x_ref.clone()) * w.clone().autodiff())
+        .sum()
+        .backward();
+    let gx_ref = x_ref.grad(&g).unwrap();
+    let reference = GradientsParams::from_module(&mut g, &m.blocks.to_vec());
+    let (out, inputs) = ck.forward_no_graph(x);
+    let g = (out.clone() * w.autodiff()).sum().backward();
+    let (gx, params) = ck.backward(inputs, out.grad(&g).unwrap());
+    assert!(rel_err(gx, gx_ref) <= 1e-5);
+    let mut cmp = Compare {
+        reference: &reference,
+        reversible: &params,
+        worst: 0.0,
+        count: 0,
+        without_grad: 0,
+    };
+    m.blocks.visit(&mut cmp);
+    assert!(cmp.count == 24 * 15 && cmp.worst <= 1e-5, "{}", cmp.worst);
 }

@@ -834,3 +834,26 @@ fn temporal_tokens_train_and_infer_end_to_end() {
     let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("clips.positions_per_clip"), "{err}");
 }
+
+/// Activation checkpointing trains exactly like plain autodiff (without stochastic depth,
+/// whose draws the two key differently): the same weights after several steps.
+#[test]
+fn checkpointed_full_training_equals_plain_autodiff() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let mut cfg = tiny_config(TrainMode::Full, 1);
+    if let BackboneConfig::Vit(v) = &mut cfg.backbone {
+        v.drop_path_rate = 0.0;
+    }
+    let plain = run(cfg.clone(), &data, &dir.path().join("plain"), Some(3));
+    let ck = run(
+        cfg.with_checkpointing(true),
+        &data,
+        &dir.path().join("ck"),
+        Some(3),
+    );
+    let (a, b) = (values(&plain.model), values(&ck.model));
+    let max = max_abs_diff(&a, &b);
+    assert!(max < 1e-5, "checkpointed vs plain differ by {max}");
+}

@@ -160,6 +160,10 @@ pub struct TrainArgs {
     /// reversible always does).
     #[arg(long)]
     rewired: bool,
+    /// Mode full: activation checkpointing per block (each block's input kept, the block
+    /// recomputed in the backward; `torch.utils.checkpoint` per block, AdaTAD's `with_cp`).
+    #[arg(long)]
+    checkpointing: bool,
     /// Precision of the backbone's residual branches (f32 master weights either way; f16
     /// scales the loss dynamically).
     #[arg(long, value_enum)]
@@ -215,6 +219,7 @@ fn train_features(a: &TrainArgs, features: &Path, device: &Device) -> Result<()>
         (a.no_feature_cache, "--no-feature-cache"),
         (a.augment, "--augment"),
         (a.rewired, "--rewired"),
+        (a.checkpointing, "--checkpointing"),
         (a.precision.is_some(), "--precision"),
         (a.drift_every.is_some(), "--drift-every"),
         (a.drift_tolerance.is_some(), "--drift-tolerance"),
@@ -316,6 +321,9 @@ fn apply_flags(a: &TrainArgs, cfg: &mut TrainConfig) -> Result<()> {
     }
     if a.rewired {
         cfg.rewired = true;
+    }
+    if a.checkpointing {
+        cfg.checkpointing = true;
     }
     Ok(())
 }

@@ -75,3 +75,29 @@ impl RewiredBackbone for Backbone {
         }
     }
 }
+
+impl Backbone {
+    /// The plain network's training forward with activation checkpointing per block (what
+    /// `torch.utils.checkpoint` around each block does): each chain recorded on `tape`
+    /// keeping only its blocks' inputs, stochastic depth keyed by [`ReversibleTape::seed`].
+    /// Build the loss from the features, then `tape.backward(loss)`. ResNets are refused
+    /// (a recomputed training-mode BatchNorm would update its statistics twice).
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> `[N * P, C]`
+    pub fn forward_checkpointed<'a>(
+        &'a self,
+        clips: Tensor<5>,
+        tape: &mut ReversibleTape<'a>,
+    ) -> Result<Tensor<2>> {
+        match self {
+            Backbone::Vit(m) => m.forward_checkpointed(clips, tape),
+            Backbone::Swin(m) => m.forward_checkpointed(clips, tape),
+            Backbone::ResNet(_) => Err(Error::Config(
+                "activation checkpointing is implemented for ViT and Video Swin backbones (a \
+                 recomputed training-mode BatchNorm would update its statistics twice)"
+                    .into(),
+            )),
+        }
+    }
+}

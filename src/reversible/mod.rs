@@ -22,6 +22,7 @@
 mod backbone;
 mod block;
 mod chain;
+mod checkpoint;
 mod grads;
 mod impls;
 mod swin;
@@ -31,5 +32,6 @@ mod vit;
 pub use backbone::RewiredBackbone;
 pub use block::ResidualBlock;
 pub use chain::{CheckedBackward, Drift, ResidualChain, RevChain, RevState};
+pub use checkpoint::CheckpointChain;
 pub use grads::merge_grads;
 pub use tape::{DriftMonitor, ReversibleGrads, ReversibleTape, SegmentDrift};

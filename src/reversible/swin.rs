@@ -10,6 +10,7 @@ use burn::tensor::Tensor;
 
 use super::backbone::RewiredBackbone;
 use super::chain::RevChain;
+use super::checkpoint::CheckpointChain;
 use super::tape::ReversibleTape;
 use crate::backbone::check_input;
 use crate::backbone::swin::{SwinBlock, VideoSwin};
@@ -67,6 +68,24 @@ impl RewiredBackbone for VideoSwin {
                 RevChain::new(blocks).with_drop_path_seed(stage_seed(seed, i)),
                 x,
             )
+        })
+    }
+}
+
+impl VideoSwin {
+    /// The plain stages with activation checkpointing per block (see
+    /// `Backbone::forward_checkpointed`), each stage's chain keyed by its own seed.
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> `[N * P, C]`
+    pub fn forward_checkpointed<'a>(
+        &'a self,
+        clips: Tensor<5>,
+        tape: &mut ReversibleTape<'a>,
+    ) -> Result<Tensor<2>> {
+        let seed = tape.seed();
+        self.through_rewired_stages(clips, |i, blocks, x| {
+            tape.checkpoint(CheckpointChain::new(blocks, 2, stage_seed(seed, i)), x)
         })
     }
 }

@@ -20,6 +20,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Gradients, Tensor};
 
 use super::chain::{Drift, ResidualChain, RevChain, RevState};
+use super::checkpoint::CheckpointChain;
 use super::grads::merge_grads;
 use crate::error::{Error, Result};
 
@@ -130,6 +131,42 @@ impl<C: ResidualChain<D> + ?Sized, const D: usize> PendingSegment for Segment<'_
     }
 }
 
+/// A checkpointed plain chain between the forward and the backward: its blocks' inputs.
+struct CheckpointSegment<'a, C: ?Sized, const D: usize> {
+    chain: CheckpointChain<'a, C>,
+    input: Tensor<D>,
+    output: Tensor<D>,
+    inputs: Vec<Tensor<D>>,
+}
+
+impl<C: ResidualChain<D> + ?Sized, const D: usize> PendingSegment for CheckpointSegment<'_, C, D> {
+    fn backward(
+        self: Box<Self>,
+        graphs: &mut [Gradients],
+        _tolerance: Option<f64>,
+    ) -> Option<SegmentGrads> {
+        let CheckpointSegment {
+            chain,
+            input,
+            output,
+            inputs,
+        } = *self;
+        let grad_out = graphs
+            .iter_mut()
+            .filter_map(|g| output.grad_remove(g))
+            .reduce(|a, b| a + b)?;
+        let (grad_in, params) = chain.backward(inputs, grad_out);
+        let input_product = input
+            .is_tracked()
+            .then(|| (input * grad_in.autodiff()).sum().backward());
+        Some(SegmentGrads {
+            input_product,
+            params,
+            drift: None,
+        })
+    }
+}
+
 /// Records rewired segments in a forward pass and runs the whole model's backward. Build one per
 /// training step (it borrows the chains' modules).
 pub struct ReversibleTape<'a> {
@@ -193,6 +230,31 @@ impl<'a> ReversibleTape<'a> {
             input: x,
             output: output.clone(),
             state,
+        }));
+        output
+    }
+
+    /// Run the plain `chain` on `x` with activation checkpointing: no activations recorded
+    /// but each block's input, the output an autodiff leaf for the rest of the model; the
+    /// backward recomputes one block at a time ([`CheckpointChain`]). `x` keeps its graph, as
+    /// in [`ReversibleTape::forward`].
+    ///
+    /// # Shapes
+    /// - x: any -> same
+    pub fn checkpoint<C, const D: usize>(
+        &mut self,
+        chain: CheckpointChain<'a, C>,
+        x: Tensor<D>,
+    ) -> Tensor<D>
+    where
+        C: ResidualChain<D> + ?Sized + 'a,
+    {
+        let (output, inputs) = chain.forward_no_graph(x.clone());
+        self.segments.push(Box::new(CheckpointSegment {
+            chain,
+            input: x,
+            output: output.clone(),
+            inputs,
         }));
         output
     }

@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 
 use super::backbone::RewiredBackbone;
 use super::chain::RevChain;
+use super::checkpoint::CheckpointChain;
 use super::tape::ReversibleTape;
 use crate::backbone::vit::VisionTransformer;
 use crate::error::Result;
@@ -39,5 +40,24 @@ impl RewiredBackbone for VisionTransformer {
         let x = self.embed(clips);
         let chain = RevChain::new(self.blocks.as_slice()).with_drop_path_seed(tape.seed());
         Ok(self.pool(tape.forward(chain, x), frames))
+    }
+}
+
+impl VisionTransformer {
+    /// The plain blocks with activation checkpointing per block (see
+    /// `Backbone::forward_checkpointed`).
+    ///
+    /// # Shapes
+    /// - clips: `[N, 3, F, H, W]` -> `[N * P, D]`
+    pub fn forward_checkpointed<'a>(
+        &'a self,
+        clips: Tensor<5>,
+        tape: &mut ReversibleTape<'a>,
+    ) -> Result<Tensor<2>> {
+        self.check_clips(&clips)?;
+        let frames = clips.dims()[2];
+        let x = self.embed(clips);
+        let chain = CheckpointChain::new(self.blocks.as_slice(), 2, tape.seed());
+        Ok(self.pool(tape.checkpoint(chain, x), frames))
     }
 }

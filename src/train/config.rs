@@ -233,6 +233,11 @@ pub struct TrainConfig {
     /// same network trained with ordinary autodiff (the memory-hungry reference).
     #[config(default = false)]
     pub rewired: bool,
+    /// Mode `full`: activation checkpointing per block (`torch.utils.checkpoint` around each
+    /// block, AdaTAD's `with_cp`): the forward keeps each block's input only, the backward
+    /// recomputes one block at a time. Same gradients, one more forward's time; ViT and Swin.
+    #[config(default = false)]
+    pub checkpointing: bool,
     /// Reconstruction checks of the reversible backward (mode `reversible`): on every
     /// `drift.every`-th step the reconstructed stage inputs are compared with the true ones, and
     /// a step whose relative drift reaches `drift.tolerance` takes its gradients from an

@@ -51,6 +51,8 @@ pub enum TrainPlan {
     Full {
         /// The backbone's network (rewired: the memory-hungry reference of `Reversible`).
         network: Network,
+        /// Activation checkpointing per block (the plain network only).
+        checkpointing: bool,
         /// The data side.
         sampling: Sampling,
     },
@@ -117,7 +119,25 @@ impl TrainPlan {
                 network,
                 features: frozen()?,
             },
-            TrainMode::Full => TrainPlan::Full { network, sampling },
+            TrainMode::Full if cfg.checkpointing && cfg.rewired => {
+                return bad(
+                    "checkpointing recomputes the plain network's blocks; the rewired one is \
+                     trained without activations by mode reversible (drop `rewired`)"
+                        .into(),
+                );
+            }
+            TrainMode::Full => TrainPlan::Full {
+                network,
+                sampling,
+                checkpointing: cfg.checkpointing,
+            },
+            _ if cfg.checkpointing => {
+                return bad(format!(
+                    "checkpointing applies to mode full (the backbone learning with autodiff), \
+                     not {}",
+                    cfg.mode
+                ));
+            }
             TrainMode::Reversible => TrainPlan::Reversible {
                 drift: cfg.drift.clone(),
                 sampling,
@@ -132,6 +152,13 @@ impl TrainPlan {
             },
         };
         cfg.check_precision(cfg.precision)?;
+        if cfg.checkpointing && matches!(cfg.backbone, BackboneConfig::ResNet(_)) {
+            return bad(
+                "activation checkpointing is implemented for ViT and Swin backbones (a \
+                 recomputed training-mode BatchNorm would update its statistics twice)"
+                    .into(),
+            );
+        }
         if plan.network() == Network::Rewired && matches!(cfg.backbone, BackboneConfig::ResNet(_)) {
             return bad(
                 "rewired (reversible) training of whole models is implemented for ViT and Swin \

@@ -8,7 +8,9 @@ use burn::tensor::{Gradients, Tensor};
 
 use crate::backbone::{Backbone, Network, VideoBackbone};
 use crate::error::Result;
-use crate::reversible::{DriftMonitor, ReversibleGrads, RewiredBackbone, SegmentDrift};
+use crate::reversible::{
+    DriftMonitor, ReversibleGrads, ReversibleTape, RewiredBackbone, SegmentDrift,
+};
 
 /// How a learning backbone runs.
 #[derive(Clone, Debug)]
@@ -19,6 +21,9 @@ pub(crate) enum BackboneRun {
     /// Re2TAL: the rewired network on a reversible tape (no block activations kept; the
     /// backward pass reconstructs them), checked as the monitor says.
     Reversible(DriftMonitor),
+    /// The plain network with activation checkpointing per block: each block's input kept,
+    /// the block recomputed in the backward.
+    Checkpointed,
 }
 
 /// The gradients a step left: autodiff's store, or the reversible tape's.
@@ -74,6 +79,12 @@ impl BackboneRun {
             BackboneRun::Reversible(drift) => {
                 let mut tape = drift.tape(step).with_seed(seed);
                 let features = backbone.forward_reversible(clips, &mut tape)?;
+                let (loss, value) = loss_of(features)?;
+                Ok((value, LeftGrads::Reversible(tape.backward(loss)?)))
+            }
+            BackboneRun::Checkpointed => {
+                let mut tape = ReversibleTape::new().with_seed(seed);
+                let features = backbone.forward_checkpointed(clips, &mut tape)?;
                 let (loss, value) = loss_of(features)?;
                 Ok((value, LeftGrads::Reversible(tape.backward(loss)?)))
             }

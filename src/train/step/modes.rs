@@ -11,6 +11,12 @@ use crate::train::plan::TrainPlan;
 pub(crate) fn for_plan(plan: &TrainPlan, layers: Vec<usize>) -> Box<dyn ModeStep> {
     match plan {
         TrainPlan::HeadOnly { network, .. } => Box::new(HeadOnly { network: *network }),
+        TrainPlan::Full {
+            checkpointing: true,
+            ..
+        } => Box::new(FineTune {
+            run: BackboneRun::Checkpointed,
+        }),
         TrainPlan::Full { network, .. } => Box::new(FineTune {
             run: BackboneRun::Autodiff(*network),
         }),
