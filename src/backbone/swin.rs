@@ -425,7 +425,7 @@ impl PatchMerging {
             w2,
             4 * c,
         ]);
-        self.reduction.forward(self.norm.forward(x))
+        linear(&self.reduction, self.norm.forward(x))
     }
 }
 

@@ -121,9 +121,6 @@ pub fn up<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// # Shapes
 /// - x: `[..., in]` -> `[..., out]`
 pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
-    if x.dtype() == DType::F32 {
-        return linear.forward(x);
-    }
     let bias = linear.bias.as_ref().map(|b| b.val());
     affine(x, linear.weight.val(), bias)
 }
@@ -138,6 +135,18 @@ pub fn affine<const D: usize>(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
+    if D > 2 {
+        // One `[rows, in] x [in, out]` product: a batched product would broadcast the weight
+        // over the leading axes, and its backward would hold one `[in, out]` weight gradient
+        // per leading index before summing them (a Swin block's MLP on `[N, T, H, W, C]`:
+        // N x T x H of them, hundreds of MiB at video sizes).
+        let dims = x.dims();
+        let rows: usize = dims[..D - 1].iter().product();
+        let out = weight.dims()[1];
+        let mut to = dims;
+        to[D - 1] = out;
+        return affine(x.reshape([rows, dims[D - 1]]), weight, bias).reshape(to);
+    }
     if x.dtype() == DType::F32 {
         return burn::tensor::module::linear(x, weight, bias);
     }
