@@ -59,6 +59,7 @@ pub mod io;
 pub mod memory;
 pub mod norm;
 pub mod pipeline;
+pub mod planner;
 pub mod precision;
 pub mod reversible;
 mod seed;

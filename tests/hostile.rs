@@ -701,6 +701,60 @@ fn cases() -> Vec<Case> {
         case("", 2, &["Usage"]),
         case("frobnicate", 2, &["frobnicate"]),
         case("train --no-such-flag", 2, &["--no-such-flag"]),
+        // plan
+        case(
+            "plan --backbone vit-q --frames 96",
+            2,
+            &["vit-q", "--backbone"],
+        ),
+        case("plan --frames 0", 2, &["--frames", "0"]),
+        case("plan --backbone vit-b", 2, &["--frames"]),
+        case(
+            "plan --frames 96 --budget 12parsecs",
+            1,
+            &["--budget 12parsecs", "parsecs"],
+        ),
+        case(
+            "plan --frames 96 --budget 0",
+            1,
+            &["--budget 0", "positive"],
+        ),
+        case("plan --frames 96 --budget -3GiB", 2, &["-3"]),
+        case(
+            "plan --frames 96 --frame-size 150",
+            1,
+            &["--frame-size 150", "patch"],
+        ),
+        case("plan --frames 96 --frame-size 0", 2, &["--frame-size", "0"]),
+        case("plan --frames 4", 1, &["--frames 4", "one clip"]),
+        case("plan --frames 96 --clip-frames 0", 2, &["--clip-frames"]),
+        case(
+            "plan --frames 96 --videos-per-step 0",
+            2,
+            &["--videos-per-step"],
+        ),
+        case("plan --frames 96 --device tpu", 2, &["tpu", "--device"]),
+        case("plan --frames 96 --precision f8", 2, &["f8", "--precision"]),
+        case(
+            "plan --backbone r3d-18 --frames 96 --frame-size 112 --precision bf16",
+            1,
+            &["bf16", "ResNet"],
+        ),
+        case(
+            "plan --frames 96 --config cfg_bad.json",
+            1,
+            &["cfg_bad.json", "line 1"],
+        ),
+        case(
+            "plan --frames 96 --config cfg_nested.json",
+            1,
+            &["cfg_nested.json"],
+        ),
+        case(
+            "plan --frames 96 --config missing.json",
+            1,
+            &["missing.json"],
+        ),
         // synth
         case("synth --out x --size 100000", 2, &["--size", "100000"]),
         case("synth --out x --size 8", 2, &["--size"]),

@@ -15,6 +15,7 @@ mod convert_thumos;
 mod eval;
 mod features;
 mod infer;
+mod plan;
 mod pretrain;
 mod synth;
 mod train;
@@ -56,6 +57,11 @@ enum Command {
     /// Detect actions with a trained run's checkpoint: ActivityNet results JSON, optional PNG
     /// timelines (ground truth vs detections).
     Infer(infer::InferArgs),
+    /// The memory planner: the predicted peak memory of one training step for every strategy
+    /// (head-only, LoSA, full, full with checkpointing, reversible) and LoFi fidelity, broken
+    /// down by what holds it, what fits a budget and the configuration to train with, from the
+    /// model's shapes alone (any size; no weights, no data).
+    Plan(plan::PlanArgs),
     /// Noisy-oracle baseline: generate the synthetic benchmark if missing, load every
     /// validation video through the clip pipeline, make detections from the ground truth plus
     /// noise and print their mAP (a check of the evaluation pipeline, not a model).
@@ -73,6 +79,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(a) => pretrain::run(a),
         Command::Infer(a) => infer::run(a),
         Command::Baseline(a) => baseline::run(a),
+        Command::Plan(a) => plan::run(a),
     }
 }
 

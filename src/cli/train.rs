@@ -138,9 +138,10 @@ pub struct TrainArgs {
     /// Low-fidelity sampling of the training steps (LoFi-E2E; default full).
     #[arg(long, value_enum)]
     lofi: Option<LoFiSampler>,
-    /// LoFi-E2E budget mode: measure one training step at r_t in {1,2,4} x r_s in {1, sqrt 2,
-    /// 2} on the longest training video and train at the highest fidelity whose step fits this
-    /// many bytes (e.g. 300MiB, 2GiB; a bare number is MiB). Prints the measurements.
+    /// LoFi-E2E budget mode: train at the highest fidelity among r_t in {1,2,4} x r_s in {1,
+    /// sqrt 2, 2} whose training step on the longest training video fits this many bytes (e.g.
+    /// 300MiB, 2GiB; a bare number is MiB): the memory planner predicts each (`e2e-tal plan`),
+    /// one trial step confirms the choice. Prints both.
     #[arg(long, conflicts_with = "lofi")]
     memory_budget: Option<String>,
     /// Head-only / adapter: run the frozen backbone at every step instead of extracting its
@@ -481,7 +482,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     report_outcome(&st.head, &data, &head_cfg, &out.join("stage3"), start)
 }
 
-/// `--memory-budget`: the fidelity chosen by probe steps run in a scratch folder of the
+/// `--memory-budget`: the fidelity the memory planner predicts to fit, confirmed by a probe step
+/// (more only when a measurement exceeds the budget), run in a scratch folder of the
 /// system's temporary directory (removed afterwards), so a refused budget leaves `out` as it
 /// was: no half-made run, and an existing run untouched (`--overwrite` removes its outputs only
 /// once training starts).
@@ -500,7 +502,7 @@ fn budget_choice(
         std::env::temp_dir().join(format!("e2e-tal-budget-{}-{nanos}", std::process::id()));
     let candidates = e2e_tal::train::candidate_fidelities();
     let choice =
-        e2e_tal::train::choose_fidelity(cfg, data, backbone, bytes, &candidates, &scratch, device);
+        e2e_tal::train::plan_fidelity(cfg, data, backbone, bytes, &candidates, &scratch, device);
     let _ = std::fs::remove_dir_all(&scratch);
     choice
 }

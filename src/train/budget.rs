@@ -41,7 +41,7 @@ pub fn candidate_fidelities() -> Vec<Fidelity> {
     out
 }
 
-/// One measured candidate.
+/// One candidate, predicted and/or measured.
 #[derive(Debug, Clone)]
 pub struct BudgetProbe {
     /// Its factors.
@@ -49,9 +49,14 @@ pub struct BudgetProbe {
     /// Pixels of the probed video's clips at this fidelity, frame sizes snapped to the
     /// backbone's patch as the trainer does (the cost before measuring).
     pub pixels: usize,
-    /// Peak bytes of the training step.
+    /// Peak bytes of the training step: measured when `measured`, else the planner's.
     pub peak_bytes: usize,
-    /// Wall time of the probe (model set-up included).
+    /// Whether `peak_bytes` was measured by a trial step.
+    pub measured: bool,
+    /// The planner's prediction of the first step's peak (its optimizer state included), when
+    /// the planner covers the configuration.
+    pub predicted_bytes: Option<usize>,
+    /// Wall time of the probe (model set-up included; 0 when only predicted).
     pub seconds: f64,
 }
 
@@ -81,20 +86,28 @@ impl fmt::Display for BudgetChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "Memory budget {} MiB per training step; measured one step on `{}`:",
+            "Memory budget {} MiB per training step; the longest training video `{}`:",
             mib(self.budget_bytes),
             self.video
         )?;
-        writeln!(f, "| r_t | r_s | pixels | step peak (MiB) | fits | |")?;
-        writeln!(f, "|---|---|---|---|---|---|")?;
+        writeln!(
+            f,
+            "| r_t | r_s | pixels | predicted (MiB) | measured (MiB) | fits | |"
+        )?;
+        writeln!(f, "|---|---|---|---|---|---|---|")?;
         for p in &self.probes {
             writeln!(
                 f,
-                "| {} | {:.3} | {} | {} | {} | {} |",
+                "| {} | {:.3} | {} | {} | {} | {} | {} |",
                 p.fidelity.temporal,
                 p.fidelity.spatial,
                 p.pixels,
-                mib(p.peak_bytes),
+                p.predicted_bytes.map_or("-".into(), mib),
+                if p.measured {
+                    mib(p.peak_bytes)
+                } else {
+                    "-".into()
+                },
                 if p.peak_bytes <= self.budget_bytes {
                     "yes"
                 } else {
@@ -168,32 +181,16 @@ pub fn choose_fidelity(
     materialize(backbone);
     let mut probes = Vec::new();
     for (i, (fidelity, pixels)) in order.into_iter().enumerate() {
-        let mut probe_cfg = cfg.clone().with_epochs(2).with_ema_decay(0.0);
-        probe_cfg.lofi.mode = LoFiMode::Fixed { fidelity };
-        let opts = RunOptions {
-            out_dir: scratch.join(format!("probe-{i}")),
-            quiet: true,
-            stop_after_steps: Some(1),
-            overwrite: true,
-            // Decoding on the training thread, outside the measured step: the probe measures
-            // the step's own memory.
-            loader: LoaderConfig::new().with_workers(0),
-        };
-        let t0 = Instant::now();
-        let outcome = train(probe_cfg, &probe_data, backbone.clone(), &opts, device);
-        let _ = std::fs::remove_dir_all(&opts.out_dir);
-        let peak_bytes = outcome?.peak_step_bytes.ok_or_else(|| {
-            Error::Config(
-                "budget mode cannot measure memory here: on CPU backends install \
-                 e2e_tal::memory::CountingAllocator as the #[global_allocator]"
-                    .into(),
-            )
-        })?;
+        let scratch = scratch.join(format!("probe-{i}"));
+        let (peak_bytes, seconds) =
+            measure_step(cfg, &probe_data, backbone, fidelity, &scratch, device)?;
         probes.push(BudgetProbe {
             fidelity,
             pixels,
             peak_bytes,
-            seconds: t0.elapsed().as_secs_f64(),
+            measured: true,
+            predicted_bytes: None,
+            seconds,
         });
     }
     let _ = std::fs::remove_dir(scratch);
@@ -209,6 +206,160 @@ pub fn choose_fidelity(
             cheapest.fidelity.temporal,
             cheapest.fidelity.spatial,
             mib(cheapest.peak_bytes),
+            video.id
+        )));
+    };
+    Ok(BudgetChoice {
+        budget_bytes,
+        video: video.id.clone(),
+        probes,
+        chosen,
+    })
+}
+
+/// One training step of `cfg` at `fidelity` on `data` (one video), in the run folder
+/// `scratch` (removed afterwards): its peak bytes and the probe's seconds.
+fn measure_step(
+    cfg: &TrainConfig,
+    data: &TalDataset,
+    backbone: &Backbone,
+    fidelity: Fidelity,
+    scratch: &Path,
+    device: &Device,
+) -> Result<(usize, f64)> {
+    let mut probe_cfg = cfg.clone().with_epochs(2).with_ema_decay(0.0);
+    probe_cfg.lofi.mode = LoFiMode::Fixed { fidelity };
+    let opts = RunOptions {
+        out_dir: scratch.to_path_buf(),
+        quiet: true,
+        stop_after_steps: Some(1),
+        overwrite: true,
+        // Decoding on the training thread, outside the measured step: the probe measures
+        // the step's own memory.
+        loader: LoaderConfig::new().with_workers(0),
+    };
+    let t0 = Instant::now();
+    let outcome = train(probe_cfg, data, backbone.clone(), &opts, device);
+    let _ = std::fs::remove_dir_all(&opts.out_dir);
+    let peak_bytes = outcome?.peak_step_bytes.ok_or_else(|| {
+        Error::Config(
+            "budget mode cannot measure memory here: on CPU backends install \
+             e2e_tal::memory::CountingAllocator as the #[global_allocator]"
+                .into(),
+        )
+    })?;
+    Ok((peak_bytes, t0.elapsed().as_secs_f64()))
+}
+
+/// The budget choice from the memory planner (`crate::planner`), confirmed by measurement:
+/// every candidate's first step is predicted from the model's shapes (no trial steps), the
+/// candidate of the most pixels whose prediction fits `budget_bytes` is run for one step, and
+/// kept when its measured peak fits too (otherwise the next one is tried). Configurations the
+/// planner does not cover fall back to [`choose_fidelity`]'s trial step per candidate.
+pub fn plan_fidelity(
+    cfg: &TrainConfig,
+    data: &TalDataset,
+    backbone: &Backbone,
+    budget_bytes: usize,
+    candidates: &[Fidelity],
+    scratch: &Path,
+    device: &Device,
+) -> Result<BudgetChoice> {
+    let video = data
+        .indices(Subset::Training)
+        .into_iter()
+        .map(|i| &data.videos[i])
+        .max_by_key(|v| v.len())
+        .ok_or_else(|| Error::Config("budget mode: the dataset has no training video".into()))?;
+    let (height, width) = cfg.frame_size();
+    let shape = crate::planner::VideoShape {
+        frames: video.len(),
+        height,
+        width,
+    };
+    let predicted: Result<Vec<(Fidelity, usize, usize)>> = candidates
+        .iter()
+        .map(|&f| {
+            let r = crate::planner::predict(cfg, f, shape)?;
+            Ok((f, r.pixels, r.memory.step + r.memory.optimizer))
+        })
+        .collect();
+    let Ok(mut predicted) = predicted else {
+        return choose_fidelity(
+            cfg,
+            data,
+            backbone,
+            budget_bytes,
+            candidates,
+            scratch,
+            device,
+        );
+    };
+    if !cfg.mode.trains_backbone() {
+        return choose_fidelity(
+            cfg,
+            data,
+            backbone,
+            budget_bytes,
+            candidates,
+            scratch,
+            device,
+        );
+    }
+    predicted.sort_by_key(|&(_, px, bytes)| (px, bytes));
+    let probe_data = TalDataset {
+        classes: data.classes.clone(),
+        ground_truth: data.ground_truth.clone(),
+        videos: vec![video.clone()],
+        source: data.source.clone(),
+    };
+    materialize(backbone);
+    let mut probes: Vec<BudgetProbe> = predicted
+        .iter()
+        .map(|&(fidelity, pixels, bytes)| BudgetProbe {
+            fidelity,
+            pixels,
+            peak_bytes: bytes,
+            measured: false,
+            predicted_bytes: Some(bytes),
+            seconds: 0.0,
+        })
+        .collect();
+    let mut chosen = None;
+    // From the most pixels down: the first whose prediction, then measurement, fits.
+    for i in (0..probes.len()).rev() {
+        if probes[i].peak_bytes > budget_bytes {
+            continue;
+        }
+        let dir = scratch.join(format!("probe-{i}"));
+        let (bytes, secs) =
+            measure_step(cfg, &probe_data, backbone, probes[i].fidelity, &dir, device)?;
+        probes[i].peak_bytes = bytes;
+        probes[i].measured = true;
+        probes[i].seconds = secs;
+        if bytes <= budget_bytes {
+            chosen = Some(probes[i].fidelity);
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir(scratch);
+    let Some(chosen) = chosen else {
+        let cheapest = probes
+            .iter()
+            .min_by_key(|p| p.peak_bytes)
+            .expect("at least one candidate");
+        return Err(Error::Config(format!(
+            "no fidelity fits the memory budget of {} MiB per step: the cheapest, r_t {} r_s \
+             {:.3}, needs {} MiB ({}) on video `{}`",
+            mib(budget_bytes),
+            cheapest.fidelity.temporal,
+            cheapest.fidelity.spatial,
+            mib(cheapest.peak_bytes),
+            if cheapest.measured {
+                "measured"
+            } else {
+                "predicted"
+            },
             video.id
         )));
     };
@@ -284,6 +435,8 @@ mod tests {
                 .with_spatial(spatial),
             pixels,
             peak_bytes,
+            measured: true,
+            predicted_bytes: None,
             seconds: 0.0,
         };
         let probes = [

@@ -21,8 +21,12 @@ mod step;
 mod trainer;
 mod validate;
 
+/// The memory planner's entry point (`crate::planner::plan`): a run's configuration planned
+/// for every strategy and fidelity before it starts.
+pub use crate::planner::plan;
 pub use budget::{
-    BudgetChoice, BudgetProbe, candidate_fidelities, choose_fidelity, parse_bytes, select_fidelity,
+    BudgetChoice, BudgetProbe, candidate_fidelities, choose_fidelity, parse_bytes, plan_fidelity,
+    select_fidelity,
 };
 pub use checkpoint::{Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState, find_checkpoint};
 pub use config::{BackboneConfig, TrainConfig, TrainMode, read_config};
