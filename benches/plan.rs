@@ -91,6 +91,7 @@ fn run(
         stop_after_steps: None,
         overwrite: true,
         loader: e2e_tal::pipeline::LoaderConfig::new().with_workers(0),
+        ranks: Default::default(),
     };
     let o = train(cfg, data, backbone, &opts, &device).map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(out);

@@ -96,6 +96,7 @@ fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, usize, f64, 
         overwrite: true,
         // Frames decoded on the training thread, outside the measured step.
         loader: e2e_tal::pipeline::LoaderConfig::new().with_workers(0),
+        ranks: Default::default(),
     };
     let mode = cfg.mode;
     let o = train(cfg, data, backbone, &opts, &device).expect("training step");

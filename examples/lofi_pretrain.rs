@@ -119,6 +119,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             stop_after_steps: None,
             overwrite: true,
             loader: Default::default(),
+            ranks: Default::default(),
         };
         let o = train(acp, &data, stage1()?, &opts, &device)?;
         rows.push(("ACP: head on the stage-1 backbone".to_string(), o));
@@ -137,6 +138,7 @@ fn main() -> Result<(), e2e_tal::Report> {
             stop_after_steps: None,
             overwrite: true,
             loader: Default::default(),
+            ranks: Default::default(),
         },
         &device,
     )?;

@@ -144,6 +144,7 @@ fn main() -> Result<(), e2e_tal::Report> {
                 stop_after_steps: None,
                 overwrite: true,
                 loader: Default::default(),
+                ranks: Default::default(),
             };
             let t0 = Instant::now();
             let cfg_used = cfg.clone();

@@ -78,6 +78,21 @@ pub fn device(kind: BackendKind) -> Result<Device> {
     }
 }
 
+/// Device number `index` of `kind` (GPU `index` of the machine; the CPU has one): a
+/// data-parallel run's ranks on one machine take one GPU each, by their local rank.
+pub fn device_numbered(kind: BackendKind, index: usize) -> Result<Device> {
+    match kind {
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu(index))),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Ok(Device::cuda(index)),
+        _ => {
+            let _ = index;
+            device(kind)
+        }
+    }
+}
+
 /// The backend named by `--backend <name>` (or `--backend=<name>`) among the process's
 /// arguments, else by the `E2E_TAL_BACKEND` environment variable, else the CPU. For benches and
 /// examples whose other arguments are parsed elsewhere.

@@ -215,6 +215,18 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+
+    /// A data-parallel run's rank failed, or disagrees with rank 0 (its configuration, data
+    /// or parameters).
+    #[error("rank {rank} of {size}: {reason}")]
+    Rank {
+        /// The rank concerned.
+        rank: usize,
+        /// Number of ranks.
+        size: usize,
+        /// What failed or differs.
+        reason: String,
+    },
 }
 
 fn video_prefix(video: &Option<String>) -> String {

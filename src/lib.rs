@@ -50,6 +50,7 @@ pub mod backend;
 pub mod baseline;
 pub mod choice;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod extension;

@@ -6,12 +6,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// Print a line of the command's output. A closed or full standard output (`| head -1`,
-/// `> /dev/full`) is an error naming it, never a panic.
+/// `> /dev/full`) is an error naming it, never a panic. Ranks other than 0 of a data-parallel
+/// `train` print nothing.
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($t)*)
-            .map_err(|e| e2e_tal::Error::io("standard output", e))
+        if crate::cli::ranks::silent() {
+            Ok(())
+        } else {
+            writeln!(std::io::stdout().lock(), $($t)*)
+                .map_err(|e| e2e_tal::Error::io("standard output", e))
+        }
     }};
 }
 
@@ -25,7 +30,10 @@ fn main() -> ExitCode {
     match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            e2e_tal::io::warning(format_args!("error: {e}"));
+            // An error all ranks of a data-parallel run share is printed once, by rank 0.
+            if !cli::ranks::silent() {
+                e2e_tal::io::warning(format_args!("error: {e}"));
+            }
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,8 @@ use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::tal::head::HeadConfig;
 use e2e_tal::train::{BackboneConfig, TrainConfig};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_e2e-tal");
 
 /// How a case's standard output is connected.
@@ -2315,4 +2317,144 @@ fn two_trains_on_one_run_folder_do_not_interleave() {
         serde_json::from_str(&std::fs::read_to_string(root.join("run/metrics.json")).unwrap())
             .unwrap();
     assert_eq!(metrics.as_array().unwrap().len(), 40);
+}
+
+/// Started as several processes by an MPI launcher (its variables faked here): every command
+/// but `train` refuses, since each process would do the whole work and write the same outputs.
+#[test]
+fn commands_other_than_train_refuse_several_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    small_dataset_and_config(root, &tiny_config());
+    let before = snapshot(root);
+    let mut cases = vec![
+        "synth --out more --videos 2",
+        "eval --gt ds/annotations.json --pred none.json",
+        "infer --checkpoint none --dataset ds --out preds.json",
+        "plan --frames 96",
+        "baseline --data ds",
+        "pretrain --data ds --out pre",
+    ];
+    if !cfg!(feature = "mpi") {
+        // Without the `mpi` feature `train` would run alone in every process.
+        cases.push("train --data ds --out run --config tiny.json --from-scratch");
+    }
+    for args in cases {
+        let o = Command::new(BIN)
+            .args(split(args))
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .env("OMPI_COMM_WORLD_RANK", "0")
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "`{args}`: {err}");
+        let want = match args.starts_with("train") {
+            true => "without the `mpi` feature",
+            false => "only `train` runs on several ranks",
+        };
+        assert!(
+            err.contains(want) && err.contains("2 processes"),
+            "`{args}`: {err}"
+        );
+    }
+    assert_eq!(snapshot(root), before, "a refused command wrote");
+}
+
+/// `mpirun` jobs whose ranks cannot train one model together: each stops with an error naming
+/// the rank concerned, no rank hangs, and nothing is written.
+#[cfg(feature = "mpi")]
+#[test]
+fn ranks_that_disagree_or_fail_stop_together_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let cfg = tiny_config().with_mode(e2e_tal::train::TrainMode::Full);
+    small_dataset_and_config(root, &cfg);
+    sh(
+        root,
+        "synth --out ds4 --videos 4 --size 32 --classes 2 --seed 3",
+    );
+    // A trained backbone (written where the dataset has validation videos).
+    sh(
+        root,
+        "train --data ds4 --out trained --config tiny.json --from-scratch --quiet",
+    );
+    let base = "train --data ds4 --out run --config tiny.json --quiet";
+    let two = format!("{base} --from-scratch --videos-per-step 2");
+    let other = |change: &str| format!("{base} --videos-per-step 2 {change}");
+    // Rank 0's arguments, then rank 1's (MPMD: `mpirun -np 1 A : -np 1 B`); expected words.
+    let cases: Vec<(String, String, Vec<&str>)> =
+        vec![
+        (
+            two.clone(),
+            other("--from-scratch").replace("ds4", "tiny.json"),
+            vec!["rank 1", "tiny.json"],
+        ),
+        (
+            two.clone(),
+            other("--from-scratch --seed 4"),
+            vec!["rank 1 of 2", "configuration not the same as rank 0's"],
+        ),
+        (
+            two.clone(),
+            other("--weights trained/backbone.safetensors"),
+            vec!["rank 1 of 2", "parameters not the same as rank 0's"],
+        ),
+        (
+            two.clone(),
+            other("--resume").replace("run", "elsewhere"),
+            vec!["rank 1", "elsewhere"],
+        ),
+        (
+            format!("{base} --from-scratch --videos-per-step 1"),
+            String::new(),
+            vec!["fewer than the 2 ranks"],
+        ),
+        (format!("{two} --memory-budget 1G"), String::new(), vec!["--memory-budget"]),
+        (
+            "train --features ds --dataset ds --out run".into(),
+            String::new(),
+            vec!["runs in one process"],
+        ),
+        (
+            "train --data ds4 --out trained --config tiny.json --from-scratch --videos-per-step 2"
+                .into(),
+            String::new(),
+            vec!["trained", "holds a run"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (rank0, rank1, says) in &cases {
+        let before = snapshot(root);
+        let mut cmd = common::mpirun(1);
+        cmd.arg(BIN)
+            .args(split(rank0))
+            .arg(":")
+            .args(["-np", "1", BIN]);
+        cmd.args(split(if rank1.is_empty() { rank0 } else { rank1 }));
+        let t0 = std::time::Instant::now();
+        let o = cmd.current_dir(root).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let shown = format!("rank 0 `{rank0}`, rank 1 `{rank1}`");
+        if o.status.success() {
+            failures.push(format!("{shown}: succeeded: {text}"));
+        }
+        if text.contains("panicked") {
+            failures.push(format!("{shown}: panicked: {text}"));
+        }
+        for s in says {
+            if !text.contains(s) {
+                failures.push(format!("{shown}: message lacks `{s}`: {text}"));
+            }
+        }
+        if snapshot(root) != before {
+            failures.push(format!("{shown}: wrote or removed files"));
+        }
+        eprintln!("{shown}: stopped in {:.1}s", t0.elapsed().as_secs_f64());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -59,6 +59,7 @@ fn both(cfg: TrainConfig, data: &TalDataset, size: usize, out: &std::path::Path)
         stop_after_steps: None,
         overwrite: true,
         loader: e2e_tal::pipeline::LoaderConfig::new().with_workers(0),
+        ranks: Default::default(),
     };
     let o = train(cfg, data, backbone, &opts, &device).unwrap();
     (predicted, o.steady_step_bytes.unwrap())

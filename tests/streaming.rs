@@ -112,6 +112,7 @@ fn opts(out: PathBuf, stop: Option<usize>) -> RunOptions {
         stop_after_steps: stop,
         overwrite: false,
         loader: LoaderConfig::new().with_workers(2),
+        ranks: Default::default(),
     }
 }
 

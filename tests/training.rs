@@ -106,6 +106,7 @@ fn quiet_run(out: std::path::PathBuf, stop: Option<usize>) -> RunOptions {
         stop_after_steps: stop,
         overwrite: false,
         loader: Default::default(),
+        ranks: Default::default(),
     }
 }
 
@@ -243,6 +244,7 @@ fn streamed_runs_resume_bit_exactly_whatever_the_workers() {
     let device = test_device();
     let opts = |out: &str, stop, workers| RunOptions {
         loader: LoaderConfig::new().with_workers(workers),
+        ranks: Default::default(),
         ..quiet_run(dir.path().join(out), stop)
     };
     let go = |out: &str, stop, workers| {

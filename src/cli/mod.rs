@@ -17,6 +17,7 @@ mod features;
 mod infer;
 mod plan;
 mod pretrain;
+pub mod ranks;
 mod synth;
 mod train;
 mod weights;
@@ -70,6 +71,20 @@ enum Command {
 
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let name = match &cli.command {
+        Command::Train(_) => None,
+        Command::Synth(_) => Some("synth"),
+        Command::Eval(_) => Some("eval"),
+        Command::ConvertThumos(_) => Some("convert-thumos"),
+        Command::Weights { .. } => Some("weights"),
+        Command::Pretrain(_) => Some("pretrain"),
+        Command::Infer(_) => Some("infer"),
+        Command::Baseline(_) => Some("baseline"),
+        Command::Plan(_) => Some("plan"),
+    };
+    if let Some(name) = name {
+        ranks::refuse_several(name)?;
+    }
     match cli.command {
         Command::Synth(a) => synth::run(a),
         Command::Eval(a) => eval::run(a),

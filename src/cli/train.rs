@@ -11,6 +11,7 @@ use e2e_tal::backbone::{Backbone, BackbonePreset};
 use e2e_tal::backend::{self, BackendKind};
 use e2e_tal::data::LoFiSampler;
 use e2e_tal::data::{Subset, SynthConfig};
+use e2e_tal::distributed::Ranks;
 use e2e_tal::eval::{EvalOptions, ThresholdSet, evaluate};
 use e2e_tal::pipeline::{FrameTransformConfig, LoaderConfig};
 use e2e_tal::precision::Precision;
@@ -415,13 +416,31 @@ fn default_out(mode: TrainMode) -> PathBuf {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    let ranks = super::ranks::join()?;
+    let result = run_on(a, &ranks);
+    super::ranks::finish(&ranks, result)
+}
+
+/// `train` as one of `ranks` (one process, or a rank of an MPI job).
+fn run_on(a: TrainArgs, ranks: &Ranks) -> Result<()> {
     let start = Instant::now();
-    let device = backend::device(a.backend)?;
+    // One device per rank: the ranks on a machine take its GPUs in local-rank order.
+    let device = match (ranks.is_distributed(), e2e_tal::distributed::local_rank()) {
+        (true, Some(local)) => backend::device_numbered(a.backend, local)?,
+        _ => backend::device(a.backend)?,
+    };
     if let Some(f) = &a.features {
+        if ranks.is_distributed() {
+            return Err(Error::Config(
+                "training on pre-extracted features (--features) runs in one process; start it \
+                 without mpirun/srun"
+                    .into(),
+            ));
+        }
         return train_features(&a, f, &device);
     }
     if a.resume {
-        return resume(&a, &device, start);
+        return resume(&a, ranks, &device, start);
     }
     let mut cfg = match &a.config {
         Some(p) => e2e_tal::train::read_config(p, &TrainConfig::new())?,
@@ -442,10 +461,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
         stop_after_steps: a.stop_after_steps,
         overwrite: a.overwrite,
         loader: loader(&a),
+        ranks: ranks.clone(),
     };
-    let data = dataset(&a.data, cfg.clips.span())?;
-    let backbone = start_backbone(&a, &cfg, &device)?;
+    // Rank 0 first: it generates a missing synthetic dataset or pretrained backbone, which the
+    // other ranks then read.
+    let data = ranks.root_first(|| dataset(&a.data, cfg.clips.span()))?;
+    let backbone = ranks.root_first(|| start_backbone(&a, &cfg, &device))?;
     if let Some(b) = &a.memory_budget {
+        if ranks.is_distributed() {
+            return Err(Error::Config(
+                "--memory-budget measures one process's step; choose the fidelity with \
+                 `e2e-tal plan` and pass it as --lofi to a run on several ranks"
+                    .into(),
+            ));
+        }
         let choice = budget_choice(&cfg, &data, &backbone, b, &device)?;
         outln!("{choice}")?;
         cfg.lofi.mode = choice.mode();
@@ -460,7 +489,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let outcome = e2e_tal::train::train(cfg.clone(), &data, backbone, &opts, &device)?;
         return report_outcome(&outcome, &data, &cfg, &out, start);
     }
-    e2e_tal::train::prepare_run_folder(&out, a.overwrite)?;
+    let prepared = match ranks.is_root() {
+        true => e2e_tal::train::prepare_run_folder(&out, a.overwrite),
+        false => Ok(()),
+    };
+    ranks.all_ok(prepared)?;
     // LoFi-E2E stages 2 and 3: report stage 2, then continue with stage 3's run.
     let st = e2e_tal::train::end_to_end_then_head(
         cfg.clone(),
@@ -509,7 +542,7 @@ fn budget_choice(
 
 /// `train --resume`: continue the run in `--out` (or the mode's default folder) where its last
 /// checkpoint stopped, refusing flags that contradict its configuration.
-fn resume(a: &TrainArgs, device: &Device, start: Instant) -> Result<()> {
+fn resume(a: &TrainArgs, ranks: &Ranks, device: &Device, start: Instant) -> Result<()> {
     let out = a
         .out
         .clone()
@@ -522,7 +555,8 @@ fn resume(a: &TrainArgs, device: &Device, start: Instant) -> Result<()> {
             conflicts: conflicts.join("; "),
         });
     }
-    let data = load_dataset(&a.data, &SynthConfig::new(), ck.meta.config.clips.span())?;
+    let span = ck.meta.config.clips.span();
+    let data = ranks.root_first(|| load_dataset(&a.data, &SynthConfig::new(), span))?;
     outln!(
         "resuming {} at epoch {}, step {}",
         out.display(),
@@ -535,6 +569,7 @@ fn resume(a: &TrainArgs, device: &Device, start: Instant) -> Result<()> {
         stop_after_steps: a.stop_after_steps,
         overwrite: false,
         loader: loader(a),
+        ranks: ranks.clone(),
     };
     let changes = e2e_tal::train::ResumeChanges { epochs: a.epochs };
     let mut cfg = ck.meta.config.clone();
@@ -591,6 +626,10 @@ fn report_outcome(
     out: &Path,
     start: Instant,
 ) -> Result<()> {
+    // Rank 0 reports and writes the weights for all.
+    if super::ranks::silent() {
+        return Ok(());
+    }
     if let Some(t) = outcome.first_step_after {
         outln!(
             "input pipeline: first step done {t:.1}s after the run started; steps waited \

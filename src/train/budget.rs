@@ -237,6 +237,7 @@ fn measure_step(
         // Decoding on the training thread, outside the measured step: the probe measures
         // the step's own memory.
         loader: LoaderConfig::new().with_workers(0),
+        ranks: Default::default(),
     };
     let t0 = Instant::now();
     let outcome = train(probe_cfg, data, backbone.clone(), &opts, device);

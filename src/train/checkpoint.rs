@@ -49,6 +49,23 @@ pub struct EpochLog {
     /// end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<ScaleLog>,
+    /// Data-parallel runs: the number of ranks and the seconds rank 0's steps spent summing
+    /// gradients over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<RanksLog>,
+}
+
+/// A data-parallel epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RanksLog {
+    /// Number of ranks.
+    pub size: usize,
+    /// Seconds of the epoch's steps spent in the gradient sum over the ranks (moving the
+    /// gradients to host memory and back included), on rank 0.
+    pub sum_seconds: f64,
+    /// SHA-256 of the parameters (f32 values in visiting order, then the EMA's) at the end of
+    /// the epoch, which every rank was checked to hold.
+    pub parameters_sha256: String,
 }
 
 /// The loss scaler over one epoch.
@@ -111,6 +128,9 @@ pub struct TrainState {
     /// Seconds of those the steps waited for data.
     #[serde(default)]
     pub epoch_data_wait: f64,
+    /// Of those, seconds spent summing gradients over the ranks (data-parallel runs).
+    #[serde(default)]
+    pub epoch_sum_seconds: f64,
     /// Drift readings of the current epoch so far.
     #[serde(default)]
     pub epoch_drift: Option<DriftLog>,

@@ -7,6 +7,7 @@
 mod budget;
 mod checkpoint;
 mod config;
+mod data_parallel;
 mod dataset;
 mod ema;
 mod infer;
@@ -28,7 +29,9 @@ pub use budget::{
     BudgetChoice, BudgetProbe, candidate_fidelities, choose_fidelity, parse_bytes, plan_fidelity,
     select_fidelity,
 };
-pub use checkpoint::{Checkpoint, CheckpointMeta, DriftLog, EpochLog, TrainState, find_checkpoint};
+pub use checkpoint::{
+    Checkpoint, CheckpointMeta, DriftLog, EpochLog, RanksLog, TrainState, find_checkpoint,
+};
 pub use config::{BackboneConfig, TrainConfig, TrainMode, read_config};
 pub use dataset::{TalDataset, TalVideo};
 pub(crate) use ema::ema_update;

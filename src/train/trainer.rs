@@ -21,9 +21,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{
-    self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, ScaleLog, TrainState,
+    self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, RanksLog, ScaleLog, TrainState,
 };
 use super::config::TrainConfig;
+use super::data_parallel;
 use super::dataset::TalDataset;
 use super::ema::ema_update;
 use super::lock::RunLock;
@@ -34,10 +35,11 @@ use super::schedule::WarmupCosine;
 use super::step::{self, Computed, ModeStep, Objective, Window};
 use crate::backbone::{Backbone, BackboneOutput};
 use crate::data::ClipSamplingConfig;
-use crate::data::annotations::{Predictions, Subset, VideoDetections};
+use crate::data::annotations::{Predictions, Subset};
 use crate::data::clips::ClipFrames;
 use crate::data::lofi::Fidelity;
 use crate::data::npy::FeatureSequence;
+use crate::distributed::{Ranks, share};
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
 use crate::pipeline::{ClipWindow, LoaderConfig, Prefetcher};
@@ -61,6 +63,9 @@ pub struct RunOptions {
     pub overwrite: bool,
     /// The input pipeline's workers and queue (results do not depend on them).
     pub loader: LoaderConfig,
+    /// The processes training this model together ([`Ranks`]; one by default). Each takes its
+    /// share of every step's videos; rank 0 alone writes the run folder and reports progress.
+    pub ranks: Ranks,
 }
 
 /// What a run writes into its folder ([`prepare_run_folder`] removes these and nothing else).
@@ -155,27 +160,13 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     check_trainable(data, &cfg)?;
-    // A run is never made inside another run, a dataset or a frame folder.
-    let parent = std::path::absolute(&opts.out_dir)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf));
-    if let Some(parent) = parent {
-        crate::io::check_output_dir(&parent).map_err(|_| Error::WouldOverwrite {
-            path: opts.out_dir.clone(),
-            reason: format!(
-                "{} is a run, a dataset or a frame folder, or lies inside one; make runs \
-                 outside them",
-                parent.display()
-            ),
-        })?;
-    }
-    let existed = opts.out_dir.exists();
-    // Locked before anything in the folder is removed or written.
-    let lock = RunLock::acquire(&opts.out_dir)?;
-    if let Err(e) = prepare_run_folder(&opts.out_dir, opts.overwrite) {
-        lock.release_unused();
-        return Err(e);
-    }
+    data_parallel::check_batch(&opts.ranks, &cfg)?;
+    // Rank 0 alone owns the run folder; every rank learns whether it could claim it.
+    let claimed = match opts.ranks.is_root() {
+        true => claim_run_folder(opts).map(Some),
+        false => Ok(None),
+    };
+    let claimed = opts.ranks.all_ok(claimed)?;
     let device = device.clone().autodiff();
     let frame_size = cfg.frame_size();
     // Burn initialises parameters lazily, at first use: fix the backbone's values now (under
@@ -199,6 +190,7 @@ pub fn train(
             epoch_loss_sum: 0.0,
             epoch_seconds: 0.0,
             epoch_data_wait: 0.0,
+            epoch_sum_seconds: 0.0,
             epoch_drift: None,
             loss_scale: (cfg.precision == Precision::F16).then(|| LossScale::new(&cfg.loss_scale)),
             history: Vec::new(),
@@ -208,10 +200,36 @@ pub fn train(
     let optims = new_optimizers(&meta.config);
     let ema = (meta.config.ema_decay > 0.0).then(|| model.valid());
     let outcome = run(meta, model, ema, optims, data, opts, &device);
-    if outcome.is_err() {
+    if let (Err(_), Some((existed, lock))) = (&outcome, claimed) {
         undo_failed_start(&opts.out_dir, existed, lock);
     }
     outcome
+}
+
+/// Make `opts.out_dir` this run's: never inside another run, a dataset or a frame folder;
+/// locked before anything in it is removed or written; emptied of an old run's outputs with
+/// `overwrite`. Returns whether the folder existed before, and the lock.
+fn claim_run_folder(opts: &RunOptions) -> Result<(bool, RunLock)> {
+    let parent = std::path::absolute(&opts.out_dir)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    if let Some(parent) = parent {
+        crate::io::check_output_dir(&parent).map_err(|_| Error::WouldOverwrite {
+            path: opts.out_dir.clone(),
+            reason: format!(
+                "{} is a run, a dataset or a frame folder, or lies inside one; make runs \
+                 outside them",
+                parent.display()
+            ),
+        })?;
+    }
+    let existed = opts.out_dir.exists();
+    let lock = RunLock::acquire(&opts.out_dir)?;
+    if let Err(e) = prepare_run_folder(&opts.out_dir, opts.overwrite) {
+        lock.release_unused();
+        return Err(e);
+    }
+    Ok((existed, lock))
 }
 
 /// Remove one of a run's outputs, a folder with its contents or a file.
@@ -297,7 +315,12 @@ pub fn resume_with(
     changes: &ResumeChanges,
     device: &Device,
 ) -> Result<TrainOutcome> {
-    let _lock = RunLock::acquire(&opts.out_dir)?;
+    data_parallel::check_batch(&opts.ranks, &ck.meta.config)?;
+    let lock = match opts.ranks.is_root() {
+        true => RunLock::acquire(&opts.out_dir).map(Some),
+        false => Ok(None),
+    };
+    let _lock = opts.ranks.all_ok(lock)?;
     let device = device.clone().autodiff();
     let mut meta = ck.meta.clone();
     if let Some(epochs) = changes.epochs {
@@ -393,6 +416,9 @@ struct StepFeed {
     out_size: (usize, usize),
     /// Frame sizes must be multiples of this (the backbone's patch).
     spatial_multiple: usize,
+    /// This process's rank and the number of ranks: a rank decodes its share of a step's
+    /// videos only.
+    rank: (usize, usize),
 }
 
 /// Everything one step trains on, prepared off the training thread.
@@ -413,8 +439,12 @@ struct VideoInput {
     video: usize,
     /// The clips the step reads.
     window: ClipWindow,
-    /// Their frames, decoded and transformed (`None` on cached features).
+    /// Their frames, decoded and transformed (`None` on cached features, and for the videos
+    /// of other ranks).
     frames: Option<ClipFrames>,
+    /// This rank's to train on (its window still counts for the step's padding and loss
+    /// normaliser on every rank).
+    mine: bool,
     /// The video's seed in the step (window, crop, flip, augmentation, drop-path keys): the
     /// step's own for its first video.
     seed: u64,
@@ -434,12 +464,14 @@ impl StepFeed {
         let clips = fidelity.clips(&cfg.clips);
         let seed = mix(cfg.seed ^ 0x5EED, step as u64);
         let per = cfg.videos_per_step.max(1);
-        let videos = self.order[i * per..((i + 1) * per).min(self.order.len())]
+        let step_videos = &self.order[i * per..((i + 1) * per).min(self.order.len())];
+        let mine = share(step_videos.len(), self.rank.0, self.rank.1);
+        let videos = step_videos
             .iter()
             .enumerate()
             .map(|(k, &v)| {
                 let own = if k == 0 { seed } else { mix(seed, k as u64) };
-                self.video(v, &clips, &fidelity, own)
+                self.video(v, &clips, &fidelity, own, mine.contains(&k))
             })
             .collect::<Result<_>>()?;
         Ok(StepInput {
@@ -450,13 +482,14 @@ impl StepFeed {
         })
     }
 
-    /// Video `v` of a step at `fidelity`, drawn from `seed`.
+    /// Video `v` of a step at `fidelity`, drawn from `seed`; its frames only when `mine`.
     fn video(
         &self,
         v: usize,
         clips: &ClipSamplingConfig,
         fidelity: &Fidelity,
         seed: u64,
+        mine: bool,
     ) -> Result<VideoInput> {
         let cfg = &self.cfg;
         let video = &self.data.videos[v];
@@ -464,8 +497,7 @@ impl StepFeed {
         let n = clips.num_clips(&video.id, video.len())?;
         let window = ClipWindow::choose(n, cfg.max_train_clips, &mut rng);
         let frames = match &self.sampling {
-            None => None,
-            Some(_) => {
+            Some(_) if mine => {
                 let (h, w) = self.out_size;
                 let out = fidelity.frame_size_snapped(h, w, self.spatial_multiple);
                 let op = cfg.transform.train_op(
@@ -475,11 +507,13 @@ impl StepFeed {
                 );
                 Some(video.read_clips(clips, window.start, window.count, &op)?)
             }
+            _ => None,
         };
         Ok(VideoInput {
             video: v,
             window,
             frames,
+            mine,
             seed,
         })
     }
@@ -513,9 +547,16 @@ fn run_scoped(
 ) -> Result<TrainOutcome> {
     let began = Instant::now();
     let cfg = meta.config.clone();
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
-    crate::io::write_json_atomic(&opts.out_dir.join("config.json"), &cfg)?;
+    let ranks = &opts.ranks;
+    // Rank 0 writes the run's files and reports; the others train and keep quiet.
+    let root = ranks.is_root();
+    let quiet = opts.quiet || !root;
     check_trainable(data, &cfg)?;
+    data_parallel::check_start(ranks, &meta, data, &model)?;
+    if root {
+        std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
+        crate::io::write_json_atomic(&opts.out_dir.join("config.json"), &cfg)?;
+    }
     let train_idx = data.indices(Subset::Training);
     let steps_per_epoch = train_idx.len().div_ceil(cfg.videos_per_step.max(1));
     let total = steps_per_epoch * cfg.epochs;
@@ -549,11 +590,12 @@ fn run_scoped(
         },
     };
     if ctx.plan.caches_features() {
-        cache_features(&mut ctx, &model, &opts.out_dir, opts.quiet)?;
+        let run = root.then_some(opts.out_dir.as_path());
+        cache_features(&mut ctx, &model, run, quiet)?;
     }
     // The workers' view of the dataset (they outlive no borrow).
     let shared = Arc::new(data.clone());
-    let bar = if opts.quiet {
+    let bar = if quiet {
         ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden())
     } else {
         ProgressBar::new(total as u64)
@@ -574,17 +616,21 @@ fn run_scoped(
     let mut stopped = false;
     let mut data_wait = 0.0;
     let mut first_step_after = None;
-    // Everything a checkpoint holds, as it stands at the call.
+    // Everything a checkpoint holds, as it stands at the call, written by rank 0 once every
+    // rank is known to hold the same parameters.
     macro_rules! save_checkpoint {
         () => {
-            checkpoint::save(
-                &opts.out_dir,
-                &meta,
-                &model,
-                ema.as_ref(),
-                &opt_backbone,
-                &opt_head,
-            )
+            data_parallel::check_params(ranks, &model, ema.as_ref()).and_then(|_| match root {
+                true => checkpoint::save(
+                    &opts.out_dir,
+                    &meta,
+                    &model,
+                    ema.as_ref(),
+                    &opt_backbone,
+                    &opt_head,
+                ),
+                false => Ok(()),
+            })
         };
     }
     while meta.state.epoch < cfg.epochs {
@@ -601,6 +647,7 @@ fn run_scoped(
             first: (first, meta.state.global_step),
             out_size: ctx.out_size,
             spatial_multiple: ctx.spatial_multiple,
+            rank: (ranks.rank(), ranks.size()),
         };
         let mut inputs = Prefetcher::spawn(
             &opts.loader,
@@ -622,7 +669,7 @@ fn run_scoped(
             let scaler = &mut meta.state.loss_scale;
             let (result, bytes) = crate::memory::measure_on(&ctx.device, || {
                 let optims = (&mut opt_backbone, &mut opt_head);
-                train_step(&ctx, model, optims, &mut normalizer, scaler, input)
+                train_step(&ctx, ranks, model, optims, &mut normalizer, scaler, input)
             });
             let (m, report) = result?;
             model = m;
@@ -639,6 +686,7 @@ fn run_scoped(
             let st = &mut meta.state;
             st.epoch_seconds += t0.elapsed().as_secs_f64();
             st.epoch_data_wait += waited;
+            st.epoch_sum_seconds += report.sum_seconds;
             data_wait += waited;
             first_step_after.get_or_insert(began.elapsed().as_secs_f64());
             st.epoch_loss_sum += report.loss;
@@ -675,17 +723,25 @@ fn run_scoped(
                 skipped: s.skipped,
                 scale: s.scale,
             }),
+            ranks: None,
         };
+        if ranks.is_distributed() {
+            log.ranks = Some(RanksLog {
+                size: ranks.size(),
+                sum_seconds: st.epoch_sum_seconds,
+                parameters_sha256: data_parallel::check_params(ranks, &model, ema.as_ref())?,
+            });
+        }
         let last = epoch + 1 == cfg.epochs;
         if !last
             && cfg.eval_every > 0
             && (epoch + 1).is_multiple_of(cfg.eval_every)
             && !ctx.val_idx.is_empty()
         {
-            let (_, report) = evaluate_model(&ctx, ema.as_ref().unwrap_or(&model))?;
+            let (_, report) = evaluate_model(&ctx, ranks, ema.as_ref().unwrap_or(&model))?;
             log.val_average_map = Some(report.average_map);
         }
-        if !opts.quiet {
+        if !quiet {
             bar.println(format!(
                 "epoch {:>3}: loss {:.4}, {:.1}s (waited {:.1}s for data){}",
                 epoch + 1,
@@ -695,6 +751,14 @@ fn run_scoped(
                 log.val_average_map
                     .map(|m| format!(", val avg mAP {:.2}%", 100.0 * m))
                     .unwrap_or_default()
+                    + &log
+                        .ranks
+                        .as_ref()
+                        .map(|r| format!(
+                            ", {:.1}s summing gradients over {} ranks",
+                            r.sum_seconds, r.size
+                        ))
+                        .unwrap_or_default()
                     + &log
                         .drift
                         .map(|d| format!(
@@ -710,22 +774,28 @@ fn run_scoped(
         st.epoch_loss_sum = 0.0;
         st.epoch_seconds = 0.0;
         st.epoch_data_wait = 0.0;
+        st.epoch_sum_seconds = 0.0;
         save_checkpoint!()?;
     }
     if stopped {
         save_checkpoint!()?;
     }
     bar.finish_and_clear();
-    crate::io::write_json_atomic(&opts.out_dir.join("metrics.json"), &meta.state.history)?;
+    let metrics = opts.out_dir.join("metrics.json");
+    if root {
+        crate::io::write_json_atomic(&metrics, &meta.state.history)?;
+    }
     let evaluation = if stopped || ctx.val_idx.is_empty() {
         None
     } else {
-        let (preds, report) = evaluate_model(&ctx, ema.as_ref().unwrap_or(&model))?;
-        preds.write_json(&opts.out_dir.join("predictions.json"))?;
+        let (preds, report) = evaluate_model(&ctx, ranks, ema.as_ref().unwrap_or(&model))?;
         if let Some(last) = meta.state.history.last_mut() {
             last.val_average_map = Some(report.average_map);
         }
-        crate::io::write_json_atomic(&opts.out_dir.join("metrics.json"), &meta.state.history)?;
+        if root {
+            preds.write_json(&opts.out_dir.join("predictions.json"))?;
+            crate::io::write_json_atomic(&metrics, &meta.state.history)?;
+        }
         Some((preds, report))
     };
     Ok(TrainOutcome {
@@ -743,14 +813,15 @@ fn run_scoped(
 /// Frozen-backbone modes: run the frozen backbone once over every video and keep its outputs in
 /// memory (head-only: the last layer's features, also written to `run/features/<id>.npy`;
 /// adapter: the tapped layers too, `clips x layers x max_tokens x width` floats per video).
-fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> Result<()> {
+/// `run`: the run folder the features go to (`None`: written by another rank).
+fn cache_features(ctx: &mut Ctx, model: &TalModel, run: Option<&Path>, quiet: bool) -> Result<()> {
     let t0 = Instant::now();
     let valid = model.valid();
     let det = Detector::new(&valid, ctx.cfg, &ctx.device)?;
     let mut bytes = 0usize;
     for (i, v) in ctx.data.videos.iter().enumerate() {
         let mut f = det.features(v)?;
-        if det.layers().is_empty() {
+        if let (true, Some(run)) = (det.layers().is_empty(), run) {
             FeatureSequence::from_tensor(f.features.clone()).write(
                 &run.join("features")
                     .join(format!("{}.npy", crate::io::file_stem_for(&v.id))),
@@ -763,10 +834,11 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
         ctx.cached[i] = Some(f);
     }
     if !quiet {
-        let written = if det.layers().is_empty() {
-            format!(" -> {}", run.join("features").display())
-        } else {
-            String::new()
+        let written = match run {
+            Some(run) if det.layers().is_empty() => {
+                format!(" -> {}", run.join("features").display())
+            }
+            _ => String::new(),
         };
         say!(
             "{}: backbone outputs of {} videos extracted in {:.1}s ({:.1} MiB held){written}",
@@ -782,6 +854,7 @@ fn cache_features(ctx: &mut Ctx, model: &TalModel, run: &Path, quiet: bool) -> R
 /// One optimisation step on the prepared `input`; returns the updated model and the loss.
 fn train_step(
     ctx: &Ctx,
+    ranks: &Ranks,
     model: TalModel,
     (opt_backbone, opt_head): (&mut ModuleOptimizer, &mut ModuleOptimizer),
     normalizer: &mut LossNormalizer,
@@ -793,19 +866,40 @@ fn train_step(
     // Burn's own randomness (stochastic depth outside the reversible chain) replays on resume.
     ctx.device.seed(input.seed);
     let scale = scaler.map_or(1.0, |s| s.scale);
+    let mut sum_seconds = 0.0;
     let batch = step_batch(ctx, &model, &input, normalizer, scale)?;
+    // A rank whose share of the step is empty (its last, short step) only joins the sum.
+    let mine = match batch.is_empty() && ranks.is_distributed() {
+        true => None,
+        false => Some(ctx.step.compute_step(&model, &batch)?),
+    };
+    drop(batch);
     let Computed {
         loss,
         mut grads,
         drift,
-    } = ctx.step.compute_step(&model, &batch)?;
-    drop(batch);
+    } = match mine {
+        Some(c) if !ranks.is_distributed() => c,
+        mine => {
+            let t = Instant::now();
+            let c = data_parallel::sum_step(ranks, &model, cfg.mode, mine);
+            sum_seconds = t.elapsed().as_secs_f64();
+            c
+        }
+    };
     if let Some(s) = scaler {
         grads.scale(&model, 1.0 / s.scale);
         let finite = grads.norm(&model).is_finite();
         if !s.update(finite, &cfg.loss_scale) {
             // Overflow in f16: no parameter moves, the next step tries half the scale.
-            return Ok((model, StepReport { loss, drift }));
+            return Ok((
+                model,
+                StepReport {
+                    loss,
+                    drift,
+                    sum_seconds,
+                },
+            ));
         }
     }
     grads.clip(&model, cfg.clip_grad_norm);
@@ -828,13 +922,18 @@ fn train_step(
             adapter,
             head,
         },
-        StepReport { loss, drift },
+        StepReport {
+            loss,
+            drift,
+            sum_seconds,
+        },
     ))
 }
 
-/// The windows and objectives of a step's videos: the ground truth inside each window on
-/// the points of the step's longest window (every video's features are padded to it), one
-/// loss normaliser update for the positives of all of them.
+/// The windows and objectives of this rank's videos of a step: the ground truth inside each
+/// window on the points of the step's longest window (every video's features are padded to
+/// it), one loss normaliser update for the positives of all the step's videos (every rank's,
+/// so the normaliser is the same everywhere).
 fn step_batch<'a>(
     ctx: &'a Ctx,
     model: &TalModel,
@@ -884,6 +983,7 @@ fn step_batch<'a>(
         .videos
         .iter()
         .zip(targets)
+        .filter(|(vi, _)| vi.mine)
         .map(|(vi, targets)| {
             let window = Window {
                 frames: vi.frames.as_ref(),
@@ -914,24 +1014,15 @@ struct StepReport {
     loss: f64,
     /// The drift monitor's worst reading, on checked reversible steps.
     drift: Option<SegmentDrift>,
+    /// Seconds spent summing the gradients over the ranks.
+    sum_seconds: f64,
 }
 
-/// Detect on every validation video and compute mAP at THUMOS thresholds.
-fn evaluate_model(ctx: &Ctx, model: &TalModel) -> Result<(Predictions, EvalReport)> {
+/// Detect on every validation video (each rank its share) and compute mAP at THUMOS
+/// thresholds; every rank gets the same result.
+fn evaluate_model(ctx: &Ctx, ranks: &Ranks, model: &TalModel) -> Result<(Predictions, EvalReport)> {
     let valid = model.valid();
     let det = Detector::new(&valid, ctx.cfg, &ctx.device)?;
-    let mut videos = Vec::new();
-    for &i in &ctx.val_idx {
-        let v = &ctx.data.videos[i];
-        let segs = match &ctx.cached[i] {
-            Some(f) => det.detect_from_features(v, f.clone())?,
-            None => det.detect(v)?,
-        };
-        videos.push(VideoDetections::from_segments(
-            &v.id,
-            segs,
-            &ctx.data.classes,
-        ));
-    }
+    let videos = data_parallel::detect_shared(ranks, &det, ctx.data, &ctx.val_idx, &ctx.cached)?;
     super::model::validation_report(ctx.data, videos)
 }

@@ -193,6 +193,10 @@ pub(crate) trait ModeStep {
     ) -> Result<Computed> {
         let mut total: Option<Computed> = None;
         for (w, o) in videos {
+            // Burn's generator (stochastic depth outside the reversible chain) restarts from
+            // the video's own seed: a video draws the same whichever rank of a data-parallel
+            // run computes it, and in whatever place of the step.
+            w.device.seed(w.seed);
             let c = self.compute(model, w, o)?;
             total = Some(match total {
                 None => c,
@@ -211,19 +215,20 @@ impl Computed {
             loss: self.loss + other.loss,
             grads: self.grads,
             drift: match (self.drift, other.drift) {
-                (Some(a), Some(b)) => Some(if b.drift.max_rel > a.drift.max_rel {
-                    SegmentDrift {
-                        fell_back: a.fell_back || b.fell_back,
-                        ..b
-                    }
-                } else {
-                    SegmentDrift {
-                        fell_back: a.fell_back || b.fell_back,
-                        ..a
-                    }
-                }),
+                (Some(a), Some(b)) => Some(worse_drift(a, b)),
                 (a, b) => a.or(b),
             },
         }
     }
+}
+
+/// The reading with the larger relative drift; fell back if either did.
+pub(crate) fn worse_drift(a: SegmentDrift, b: SegmentDrift) -> SegmentDrift {
+    let fell_back = a.fell_back || b.fell_back;
+    let worse = if b.drift.max_rel > a.drift.max_rel {
+        b
+    } else {
+        a
+    };
+    SegmentDrift { fell_back, ..worse }
 }
