@@ -26,6 +26,8 @@ struct Measured {
     step: f64,
     /// Of those, seconds summing gradients.
     sum: f64,
+    /// And seconds waiting for the other ranks before the sum.
+    wait: f64,
     parameters: usize,
 }
 
@@ -134,6 +136,7 @@ fn worker(a: &Args, name: &str, out: &Path) {
             threads: rayon::current_num_threads(),
             step: last.seconds / steps,
             sum: last.ranks.as_ref().map_or(0.0, |r| r.sum_seconds) / steps,
+            wait: last.ranks.as_ref().map_or(0.0, |r| r.wait_seconds) / steps,
             parameters: o.model.backbone.num_params() + o.model.head.num_params(),
         };
         std::fs::write(out, serde_json::to_vec(&m).unwrap()).unwrap();
@@ -181,9 +184,10 @@ fn main() {
         cores
     );
     println!(
-        "| backbone | parameters | processes x threads | step (s) | gradient sum (s) | sum share | speed-up |"
+        "| backbone | parameters | processes x threads | step (s) | waiting for ranks (s) | \
+         gradient sum (s) | sum share | speed-up |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for name in presets {
         let one = tmp.path().join(format!("{name}-1.json"));
         let mut c = Command::new(&exe);
@@ -220,11 +224,12 @@ fn main() {
         let (m1, mn) = (read(&one), read(&many));
         for m in [&m1, &mn] {
             println!(
-                "| {name} | {:.1} M | {} x {} | {:.2} | {:.3} | {:.1}% | {:.2}x |",
+                "| {name} | {:.1} M | {} x {} | {:.2} | {:.3} | {:.3} | {:.1}% | {:.2}x |",
                 m.parameters as f64 / 1e6,
                 m.ranks,
                 m.threads,
                 m.step,
+                m.wait,
                 m.sum,
                 100.0 * m.sum / m.step,
                 m1.step / m.step

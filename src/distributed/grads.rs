@@ -37,6 +37,7 @@ impl GradSum {
     /// Append the gradients in `grads` of `module`'s float parameters, in its visiting order
     /// (`None`: this rank has none, every parameter counts as absent).
     pub fn pack<M: Module>(&mut self, module: &M, grads: Option<&GradientsParams>) {
+        self.values.reserve(module.num_params());
         module.visit(&mut Pack { sum: self, grads });
     }
 
@@ -55,10 +56,8 @@ impl GradSum {
         if !ranks.is_distributed() {
             return;
         }
-        let n = self.values.len();
-        self.values.append(&mut self.present);
         ranks.collective().sum_f32(&mut self.values);
-        self.present = self.values.split_off(n);
+        ranks.collective().sum_f32(&mut self.present);
     }
 
     /// The summed gradients of `module`, which must be the next module in packing order.

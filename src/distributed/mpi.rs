@@ -51,17 +51,26 @@ impl Collective for Mpi {
         }
         let mut send: Vec<f32> = Vec::new();
         let mut mine: Vec<f32> = Vec::new();
+        let sum = SystemOperation::sum();
         for chunk in buf.chunks_mut(BUCKET) {
             let part = chunk.len().div_ceil(n);
-            send.clear();
-            send.extend_from_slice(chunk);
-            send.resize(part * n, 0.0);
             mine.clear();
             mine.resize(part, 0.0);
-            self.world
-                .reduce_scatter_block_into(&send[..], &mut mine[..], SystemOperation::sum());
-            self.world.all_gather_into(&mine[..], &mut send[..]);
-            chunk.copy_from_slice(&send[..chunk.len()]);
+            if chunk.len() == part * n {
+                // In place: no copy of the bucket on either side.
+                self.world
+                    .reduce_scatter_block_into(&chunk[..], &mut mine[..], sum);
+                self.world.all_gather_into(&mine[..], chunk);
+            } else {
+                // The last bucket, padded to a multiple of the ranks.
+                send.clear();
+                send.extend_from_slice(chunk);
+                send.resize(part * n, 0.0);
+                self.world
+                    .reduce_scatter_block_into(&send[..], &mut mine[..], sum);
+                self.world.all_gather_into(&mine[..], &mut send[..]);
+                chunk.copy_from_slice(&send[..chunk.len()]);
+            }
         }
     }
 

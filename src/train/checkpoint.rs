@@ -63,6 +63,9 @@ pub struct RanksLog {
     /// Seconds of the epoch's steps spent in the gradient sum over the ranks (moving the
     /// gradients to host memory and back included), on rank 0.
     pub sum_seconds: f64,
+    /// Seconds rank 0's steps waited for the other ranks to finish their backward before the
+    /// sum (uneven shares: longer videos, slower devices).
+    pub wait_seconds: f64,
     /// SHA-256 of the parameters (f32 values in visiting order, then the EMA's) at the end of
     /// the epoch, which every rank was checked to hold.
     pub parameters_sha256: String,
@@ -131,6 +134,9 @@ pub struct TrainState {
     /// Of those, seconds spent summing gradients over the ranks (data-parallel runs).
     #[serde(default)]
     pub epoch_sum_seconds: f64,
+    /// And seconds spent waiting for the other ranks before the sum.
+    #[serde(default)]
+    pub epoch_wait_seconds: f64,
     /// Drift readings of the current epoch so far.
     #[serde(default)]
     pub epoch_drift: Option<DriftLog>,

@@ -2,6 +2,8 @@
 //! start and the parameters checked equal on every rank, a step's gradients, loss and drift
 //! summed over them, validation detections split across them. With one rank each is a no-op.
 
+use std::time::Instant;
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use sha2::{Digest, Sha256};
@@ -96,9 +98,35 @@ impl ModuleVisitor for ValueDigest {
     }
 }
 
+/// Seconds a step's gradient sum took, split into waiting for the slowest rank to finish its
+/// backward and the sum itself (moving the gradients to host memory, the transfers and the
+/// additions, back into tensors).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SumTime {
+    pub wait: f64,
+    pub sum: f64,
+}
+
 /// Collective: the step's gradients, loss and drift reading summed (drift: the worst) over the
-/// ranks. A rank with no video in the step passes `None`.
+/// ranks, and how long that took. A rank with no video in the step passes `None`.
 pub(crate) fn sum_step(
+    ranks: &Ranks,
+    model: &TalModel,
+    mode: TrainMode,
+    mine: Option<Computed>,
+) -> (Computed, SumTime) {
+    let t0 = Instant::now();
+    ranks.barrier();
+    let t1 = Instant::now();
+    let c = sum_computed(ranks, model, mode, mine);
+    let time = SumTime {
+        wait: (t1 - t0).as_secs_f64(),
+        sum: t1.elapsed().as_secs_f64(),
+    };
+    (c, time)
+}
+
+fn sum_computed(
     ranks: &Ranks,
     model: &TalModel,
     mode: TrainMode,

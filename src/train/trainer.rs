@@ -24,7 +24,7 @@ use super::checkpoint::{
     self, Checkpoint, CheckpointMeta, DriftLog, EpochLog, RanksLog, ScaleLog, TrainState,
 };
 use super::config::TrainConfig;
-use super::data_parallel;
+use super::data_parallel::{self, SumTime};
 use super::dataset::TalDataset;
 use super::ema::ema_update;
 use super::lock::RunLock;
@@ -191,6 +191,7 @@ pub fn train(
             epoch_seconds: 0.0,
             epoch_data_wait: 0.0,
             epoch_sum_seconds: 0.0,
+            epoch_wait_seconds: 0.0,
             epoch_drift: None,
             loss_scale: (cfg.precision == Precision::F16).then(|| LossScale::new(&cfg.loss_scale)),
             history: Vec::new(),
@@ -686,7 +687,8 @@ fn run_scoped(
             let st = &mut meta.state;
             st.epoch_seconds += t0.elapsed().as_secs_f64();
             st.epoch_data_wait += waited;
-            st.epoch_sum_seconds += report.sum_seconds;
+            st.epoch_sum_seconds += report.sum_time.sum;
+            st.epoch_wait_seconds += report.sum_time.wait;
             data_wait += waited;
             first_step_after.get_or_insert(began.elapsed().as_secs_f64());
             st.epoch_loss_sum += report.loss;
@@ -729,6 +731,7 @@ fn run_scoped(
             log.ranks = Some(RanksLog {
                 size: ranks.size(),
                 sum_seconds: st.epoch_sum_seconds,
+                wait_seconds: st.epoch_wait_seconds,
                 parameters_sha256: data_parallel::check_params(ranks, &model, ema.as_ref())?,
             });
         }
@@ -755,8 +758,8 @@ fn run_scoped(
                         .ranks
                         .as_ref()
                         .map(|r| format!(
-                            ", {:.1}s summing gradients over {} ranks",
-                            r.sum_seconds, r.size
+                            ", {:.1}s summing gradients over {} ranks ({:.1}s waiting for them)",
+                            r.sum_seconds, r.size, r.wait_seconds
                         ))
                         .unwrap_or_default()
                     + &log
@@ -775,6 +778,7 @@ fn run_scoped(
         st.epoch_seconds = 0.0;
         st.epoch_data_wait = 0.0;
         st.epoch_sum_seconds = 0.0;
+        st.epoch_wait_seconds = 0.0;
         save_checkpoint!()?;
     }
     if stopped {
@@ -866,7 +870,7 @@ fn train_step(
     // Burn's own randomness (stochastic depth outside the reversible chain) replays on resume.
     ctx.device.seed(input.seed);
     let scale = scaler.map_or(1.0, |s| s.scale);
-    let mut sum_seconds = 0.0;
+    let mut sum_time = SumTime::default();
     let batch = step_batch(ctx, &model, &input, normalizer, scale)?;
     // A rank whose share of the step is empty (its last, short step) only joins the sum.
     let mine = match batch.is_empty() && ranks.is_distributed() {
@@ -881,9 +885,8 @@ fn train_step(
     } = match mine {
         Some(c) if !ranks.is_distributed() => c,
         mine => {
-            let t = Instant::now();
-            let c = data_parallel::sum_step(ranks, &model, cfg.mode, mine);
-            sum_seconds = t.elapsed().as_secs_f64();
+            let (c, t) = data_parallel::sum_step(ranks, &model, cfg.mode, mine);
+            sum_time = t;
             c
         }
     };
@@ -897,7 +900,7 @@ fn train_step(
                 StepReport {
                     loss,
                     drift,
-                    sum_seconds,
+                    sum_time,
                 },
             ));
         }
@@ -925,7 +928,7 @@ fn train_step(
         StepReport {
             loss,
             drift,
-            sum_seconds,
+            sum_time,
         },
     ))
 }
@@ -1014,8 +1017,8 @@ struct StepReport {
     loss: f64,
     /// The drift monitor's worst reading, on checked reversible steps.
     drift: Option<SegmentDrift>,
-    /// Seconds spent summing the gradients over the ranks.
-    sum_seconds: f64,
+    /// Seconds spent waiting for the other ranks and summing the gradients over them.
+    sum_time: SumTime,
 }
 
 /// Detect on every validation video (each rank its share) and compute mAP at THUMOS
