@@ -11,6 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `mpirun` on this machine, as the tests start it.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use burn::module::Module;
 use e2e_tal::backbone::BackbonePreset;
 use e2e_tal::data::{FRAMES_DIR, SynthConfig};
@@ -143,17 +147,6 @@ fn worker(a: &Args, name: &str, out: &Path) {
     }
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn main() {
     let (a, w) = args();
     if let Some((name, out)) = w {
@@ -180,7 +173,7 @@ fn main() {
          cores)\n",
         a.frames,
         a.size,
-        cpu_model(),
+        e2e_tal::memory::cpu_model(),
         cores
     );
     println!(
@@ -199,20 +192,10 @@ fn main() {
             "one process failed"
         );
         let many = tmp.path().join(format!("{name}-{}.json", a.ranks));
-        let mut c = Command::new("mpirun");
-        c.args([
-            "-np",
-            &a.ranks.to_string(),
-            "--oversubscribe",
-            "--mca",
-            "btl",
-            "self,vader",
-        ])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("RAYON_NUM_THREADS", (cores / a.ranks).max(1).to_string())
-        .arg(&exe)
-        .args(["--worker", name, many.to_str().unwrap()]);
+        let mut c = common::mpirun(a.ranks);
+        c.env("RAYON_NUM_THREADS", (cores / a.ranks).max(1).to_string())
+            .arg(&exe)
+            .args(["--worker", name, many.to_str().unwrap()]);
         pass(&mut c);
         assert!(
             c.status().expect("mpirun runs").success(),

@@ -227,14 +227,7 @@ fn main() {
     let t = Instant::now();
     encode(&root.join("testsrc2.mp4"), "testsrc2");
     encode(&root.join("smptehdbars.mp4"), "smptehdbars");
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
+    let cpu = e2e_tal::memory::cpu_model();
     let flags = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

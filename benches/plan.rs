@@ -190,7 +190,7 @@ fn main() {
     }));
     println!(
         "Planner vs measured step peak (MiB), CPU: {}, Flex, {} threads",
-        cpu_model(),
+        e2e_tal::memory::cpu_model(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();
@@ -281,7 +281,7 @@ fn paper(root: &Path, strategies: &[Strategy], precisions: &[Precision], run: bo
     let available = memory::available_memory().unwrap_or(usize::MAX);
     println!(
         "VideoMAE-B, 768 frames at 160x160 per step (48 clips, 384 temporal tokens), CPU: {}, Flex, {} threads, {:.1} GiB available",
-        cpu_model(),
+        e2e_tal::memory::cpu_model(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         available as f64 / (1u64 << 30) as f64
     );
@@ -353,19 +353,6 @@ fn strategy_name(s: Strategy) -> &'static str {
         Strategy::Checkpointed => "checkpointing",
         Strategy::Reversible => "reversible",
     }
-}
-
-/// The CPU's model name (`/proc/cpuinfo`).
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// One ViT block (ViT-S width) and one Swin-T stage-1 block pair, measured against the

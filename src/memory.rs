@@ -133,6 +133,20 @@ pub fn peak_rss() -> Option<usize> {
     Some(kib * 1024)
 }
 
+/// The CPU's model name (Linux's `/proc/cpuinfo`; "unknown CPU" elsewhere): benchmarks print it
+/// beside every table, since figures move between machines.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
 /// The memory the system can still give (Linux's `MemAvailable`), in bytes (`None` elsewhere).
 pub fn available_memory() -> Option<usize> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;

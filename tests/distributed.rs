@@ -115,10 +115,7 @@ fn digest(values: &[f32]) -> String {
 
 /// The parameters' SHA-256 every rank held at the end of each epoch, as the run recorded it.
 fn agreed(run: &Path) -> Vec<String> {
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
-    m.as_array()
-        .unwrap()
+    epochs(run)
         .iter()
         .map(|e| {
             assert_eq!(e["ranks"]["size"], 2, "{e}");
@@ -130,11 +127,15 @@ fn agreed(run: &Path) -> Vec<String> {
         .collect()
 }
 
-fn losses(run: &Path) -> Vec<f64> {
+/// The run's per-epoch records (`metrics.json`).
+fn epochs(run: &Path) -> Vec<serde_json::Value> {
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
-    m.as_array()
-        .unwrap()
+    m.as_array().unwrap().clone()
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    epochs(run)
         .iter()
         .map(|e| e["mean_loss"].as_f64().unwrap())
         .collect()
