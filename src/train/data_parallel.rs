@@ -65,13 +65,17 @@ pub(crate) fn check_batch(ranks: &Ranks, cfg: &TrainConfig) -> Result<()> {
     )))
 }
 
-/// Collective: the SHA-256 of the parameters (and EMA) every rank holds, in hex; an error naming
-/// the first rank whose parameters are not bit for bit rank 0's.
+/// Collective: the SHA-256 of the parameters (and EMA) every rank holds, in hex (`None` with one
+/// rank: nothing to compare, nothing hashed); an error naming the first rank whose parameters
+/// are not bit for bit rank 0's.
 pub(crate) fn check_params(
     ranks: &Ranks,
     model: &TalModel,
     ema: Option<&TalModel>,
-) -> Result<String> {
+) -> Result<Option<String>> {
+    if !ranks.is_distributed() {
+        return Ok(None);
+    }
     let mut d = ValueDigest(Sha256::new());
     model.visit(&mut d);
     if let Some(e) = ema {
@@ -79,7 +83,7 @@ pub(crate) fn check_params(
     }
     let digest = d.0.finalize();
     ranks.check_same("parameters", &digest)?;
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(Some(digest.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// SHA-256 of the float parameters' values (f32, little-endian) in visiting order. A module

@@ -617,11 +617,10 @@ fn run_scoped(
     let mut stopped = false;
     let mut data_wait = 0.0;
     let mut first_step_after = None;
-    // Everything a checkpoint holds, as it stands at the call, written by rank 0 once every
-    // rank is known to hold the same parameters.
-    macro_rules! save_checkpoint {
+    // Everything a checkpoint holds, as it stands at the call, written by rank 0.
+    macro_rules! write_checkpoint {
         () => {
-            data_parallel::check_params(ranks, &model, ema.as_ref()).and_then(|_| match root {
+            match root {
                 true => checkpoint::save(
                     &opts.out_dir,
                     &meta,
@@ -631,7 +630,14 @@ fn run_scoped(
                     &opt_head,
                 ),
                 false => Ok(()),
-            })
+            }
+        };
+    }
+    // The same once every rank is known to hold the same parameters.
+    macro_rules! save_checkpoint {
+        () => {
+            data_parallel::check_params(ranks, &model, ema.as_ref())
+                .and_then(|_| write_checkpoint!())
         };
     }
     while meta.state.epoch < cfg.epochs {
@@ -727,12 +733,14 @@ fn run_scoped(
             }),
             ranks: None,
         };
-        if ranks.is_distributed() {
+        // Several ranks: checked to hold the same parameters (the checkpoint below is written
+        // without checking again), their hash recorded.
+        if let Some(sha) = data_parallel::check_params(ranks, &model, ema.as_ref())? {
             log.ranks = Some(RanksLog {
                 size: ranks.size(),
                 sum_seconds: st.epoch_sum_seconds,
                 wait_seconds: st.epoch_wait_seconds,
-                parameters_sha256: data_parallel::check_params(ranks, &model, ema.as_ref())?,
+                parameters_sha256: sha,
             });
         }
         let last = epoch + 1 == cfg.epochs;
@@ -779,7 +787,7 @@ fn run_scoped(
         st.epoch_data_wait = 0.0;
         st.epoch_sum_seconds = 0.0;
         st.epoch_wait_seconds = 0.0;
-        save_checkpoint!()?;
+        write_checkpoint!()?;
     }
     if stopped {
         save_checkpoint!()?;
