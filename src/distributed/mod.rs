@@ -136,29 +136,27 @@ impl Ranks {
 /// The number of processes an MPI launcher started, as its variables for each rank say
 /// (`None`: not started by one, or one that does not say).
 pub fn launcher_size() -> Option<usize> {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "MPI_LOCALNRANKS",
-        "SLURM_NTASKS",
-    ]
-    .iter()
-    .filter(|_| launched_by_mpi())
-    .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+    launcher_number(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"])
 }
 
 /// This process's rank among the job's processes on the same machine, as the launcher says
 /// (Open MPI, MPICH, SLURM): which of the machine's GPUs it takes.
 pub fn local_rank() -> Option<usize> {
-    [
+    launcher_number(&[
         "OMPI_COMM_WORLD_LOCAL_RANK",
         "MPI_LOCALRANKID",
         "PMI_LOCAL_RANK",
         "SLURM_LOCALID",
-    ]
-    .iter()
-    .filter(|_| launched_by_mpi())
-    .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+    ])
+}
+
+/// The first of `vars` that holds a number, when started by an MPI launcher.
+fn launcher_number(vars: &[&str]) -> Option<usize> {
+    if !launched_by_mpi() {
+        return None;
+    }
+    vars.iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
 }
 
 /// Whether this process was started by an MPI launcher (`mpirun`/`mpiexec` of Open MPI or
