@@ -6,12 +6,14 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::nn::{LayerNormConfig, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Tensor};
 use e2e_tal::attention::{attention, attention_tiled};
 use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::fastmath::gelu;
+use e2e_tal::norm::LayerNormConfig;
+use e2e_tal::precision::linear;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -75,11 +77,11 @@ fn main() {
         ),
         (
             "linear 384 -> 1536",
-            time(|| sync(fc1.forward(x.clone().require_grad()))),
+            time(|| sync(linear(&fc1, x.clone().require_grad()))),
         ),
         (
             "linear 1536 -> 384",
-            time(|| sync(fc2.forward(xh.clone().require_grad()))),
+            time(|| sync(linear(&fc2, xh.clone().require_grad()))),
         ),
         ("gelu", time(|| sync(gelu(xh.clone().require_grad())))),
         (

@@ -48,7 +48,7 @@ const MAX_TILE: usize = 128;
 backend_extension! {
     /// Attention as a backend extension: one custom autodiff operation on `Autodiff<B>`, Burn's
     /// fused kernel on the inner backends.
-    pub trait AttentionBackend: Backend + FastMath {
+    pub trait AttentionBackend: Backend + FastMath + FusedAttention {
         /// `softmax(q k^T * scale + bias) v`, with the optional additive `bias` broadcast over
         /// batch and heads.
         ///
@@ -84,10 +84,14 @@ pub struct AttentionInputs<B: Backend> {
     pub tile: usize,
 }
 
-/// Attention without a graph: Burn's fused kernel in f32; in a low precision the tiled forward,
+/// Attention without a graph: the backend's fused pass where it has one (the same forward as
+/// under autodiff), else Burn's fused kernel in f32; in a low precision the tiled forward,
 /// whose softmax runs in f32, so the reversible pass's recompute (which runs it under autodiff)
 /// repeats the forward bit for bit.
-fn fused<B: Backend + FastMath>(i: AttentionInputs<B>) -> FloatTensor<B> {
+fn fused<B: Backend + FastMath + FusedAttention>(i: AttentionInputs<B>) -> FloatTensor<B> {
+    if let Some((out, _)) = B::fused_attention_forward(&i) {
+        return out;
+    }
     let bias = i.bias.into_option();
     if i.q.dtype() != DType::F32 {
         return tiled_forward::<B>(&i.q, &i.k, &i.v, bias.as_ref(), i.scale, i.tile).0;
@@ -106,6 +110,73 @@ impl AttentionBackend for burn::backend::Flex {}
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)]
 impl AttentionBackend for burn::backend::NdArray {}
+
+/// Gradients of q, k, v and the bias (in the bias's shape), as a backward pass returns them.
+pub type AttentionGrads<B> = [Option<FloatTensor<B>>; 4];
+
+/// Fused attention passes a backend may provide: the tiled passes built from tensor operations
+/// run where it does not (the default: `None`). The CPU backend runs the kernels of
+/// `crate::cpu::attention` on f32 operands.
+pub trait FusedAttention: Backend {
+    /// The output `[B, H, Nq, Dv]` and the row log-sum-exp `[B, H, Nq, 1]`, or `None` when the
+    /// backend has no fused pass for these operands.
+    fn fused_attention_forward(
+        _inputs: &AttentionInputs<Self>,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        None
+    }
+
+    /// The gradients of the operands from the forward's output and log-sum-exp and the
+    /// output's gradient (the bias's only when `want_bias`), or `None` as above.
+    fn fused_attention_backward(
+        _inputs: &AttentionInputs<Self>,
+        _out_lse_grad: (&FloatTensor<Self>, &FloatTensor<Self>, &FloatTensor<Self>),
+        _want_bias: bool,
+    ) -> Option<AttentionGrads<Self>> {
+        None
+    }
+}
+
+#[cfg(feature = "flex")]
+impl FusedAttention for burn::backend::Flex {
+    fn fused_attention_forward(
+        i: &AttentionInputs<Self>,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        let bias = match &i.bias {
+            Bias::None => None,
+            Bias::Additive(b) => Some(b),
+        };
+        crate::cpu::flex::Inputs::new(&i.q, &i.k, &i.v, bias)?.forward(i.scale, i.tile)
+    }
+
+    fn fused_attention_backward(
+        i: &AttentionInputs<Self>,
+        out_lse_grad: (&FloatTensor<Self>, &FloatTensor<Self>, &FloatTensor<Self>),
+        want_bias: bool,
+    ) -> Option<AttentionGrads<Self>> {
+        let bias = match &i.bias {
+            Bias::None => None,
+            Bias::Additive(b) => Some(b),
+        };
+        crate::cpu::flex::Inputs::new(&i.q, &i.k, &i.v, bias)?.backward(
+            out_lse_grad,
+            i.scale,
+            i.tile,
+            want_bias,
+        )
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)]
+impl FusedAttention for burn::backend::NdArray {}
+
+impl<B: Backend, C: CheckpointStrategy> FusedAttention for Autodiff<B, C> {}
+
+impl FusedAttention for Dispatch {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl FusedAttention for burn::backend::Cube {}
 
 // CubeCL's fused kernel is used without a bias; a bias that broadcasts over batch or heads goes
 // through the tiled forward, whose broadcasting is tested on every CPU backend.
@@ -137,14 +208,13 @@ struct Saved<B: Backend> {
 #[derive(Debug)]
 struct AttentionOp;
 
-impl<B: Backend + FastMath, const N: usize> Backward<B, N> for AttentionOp {
+impl<B: Backend + FastMath + FusedAttention, const N: usize> Backward<B, N> for AttentionOp {
     type State = Saved<B>;
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad_out = grads.consume::<B>(&ops.node);
         let want_bias = N == 4 && ops.parents[N - 1].is_some();
-        let g = tiled_backward::<B>(&ops.state, grad_out, want_bias);
-        let parent_grads = [Some(g.q), Some(g.k), Some(g.v), g.bias];
+        let parent_grads = ops.state.backward(grad_out, want_bias);
         for (node, grad) in ops.parents.into_iter().zip(parent_grads) {
             if let (Some(node), Some(grad)) = (node, grad) {
                 grads.register::<B>(node.id, grad);
@@ -153,7 +223,9 @@ impl<B: Backend + FastMath, const N: usize> Backward<B, N> for AttentionOp {
     }
 }
 
-impl<B: Backend + FastMath, C: CheckpointStrategy> AttentionBackend for Autodiff<B, C> {
+impl<B: Backend + FastMath + FusedAttention, C: CheckpointStrategy> AttentionBackend
+    for Autodiff<B, C>
+{
     fn memory_efficient_attention(inputs: AttentionInputs<Self>) -> FloatTensor<Self> {
         let qkv = [inputs.q.node(), inputs.k.node(), inputs.v.node()];
         match &inputs.bias {
@@ -168,7 +240,7 @@ impl<B: Backend + FastMath, C: CheckpointStrategy> AttentionBackend for Autodiff
 
 /// Runs the attention for a prepared operation: tiled (keeping the backward's state) when a
 /// parent is tracked, Burn's fused kernel otherwise.
-fn record<B: Backend + FastMath, C: CheckpointStrategy, const N: usize>(
+fn record<B: Backend + FastMath + FusedAttention, C: CheckpointStrategy, const N: usize>(
     prep: OpsPrep<AttentionOp, B, Saved<B>, C, N>,
     inputs: AttentionInputs<Autodiff<B, C>>,
 ) -> FloatTensor<Autodiff<B, C>> {
@@ -189,11 +261,15 @@ fn record<B: Backend + FastMath, C: CheckpointStrategy, const N: usize>(
     }
 }
 
-impl<B: Backend + FastMath> Saved<B> {
-    /// The tiled forward, keeping what the backward needs.
+impl<B: Backend + FastMath + FusedAttention> Saved<B> {
+    /// The forward (the backend's fused pass, else the tiled one), keeping what the backward
+    /// needs.
     fn forward(i: AttentionInputs<B>) -> (Self, FloatTensor<B>) {
+        let fused = B::fused_attention_forward(&i);
         let bias = i.bias.into_option();
-        let (out, lse) = tiled_forward::<B>(&i.q, &i.k, &i.v, bias.as_ref(), i.scale, i.tile);
+        let (out, lse) = fused.unwrap_or_else(|| {
+            tiled_forward::<B>(&i.q, &i.k, &i.v, bias.as_ref(), i.scale, i.tile)
+        });
         let saved = Saved {
             q: i.q,
             k: i.k,
@@ -205,6 +281,27 @@ impl<B: Backend + FastMath> Saved<B> {
             tile: i.tile,
         };
         (saved, out)
+    }
+}
+
+impl<B: Backend + FastMath + FusedAttention> Saved<B> {
+    /// The gradients of q, k, v and (when `want_bias`) the bias: the backend's fused pass,
+    /// else the tiled one.
+    fn backward(&self, grad_out: FloatTensor<B>, want_bias: bool) -> AttentionGrads<B> {
+        let inputs = AttentionInputs {
+            q: self.q.clone(),
+            k: self.k.clone(),
+            v: self.v.clone(),
+            bias: self.bias.clone().into(),
+            scale: self.scale,
+            tile: self.tile,
+        };
+        let saved = (&self.out, &self.lse, &grad_out);
+        if let Some(g) = B::fused_attention_backward(&inputs, saved, want_bias) {
+            return g;
+        }
+        let g = tiled_backward::<B>(self, grad_out, want_bias);
+        [Some(g.q), Some(g.k), Some(g.v), g.bias]
     }
 }
 
@@ -433,8 +530,12 @@ mod tests {
         burn::tensor::activation::softmax(s, 3).matmul(v)
     }
 
+    /// The CPU backend, or the one `E2E_TAL_BACKEND` names (the same checks on wgpu through
+    /// lavapipe, `docs/backends.md`).
     fn device() -> burn::tensor::Device {
-        crate::backend::cpu_device().autodiff()
+        crate::backend::device_from_env()
+            .expect("E2E_TAL_BACKEND names a compiled-in backend")
+            .autodiff()
     }
 
     /// max |a - b| / max |b|.
@@ -624,6 +725,55 @@ mod tests {
         let want = attention_naive(q, k, v, None, 0.3);
         assert!(rel(got.inner(), want) <= 1e-5);
         let _ = ad;
+    }
+
+    #[test]
+    fn many_tiles_heads_and_widths_across_threads() {
+        // Widths and key counts off the SIMD lane count, more tasks than threads, a partial
+        // last tile, a bias per head and one broadcast over the batch.
+        let case = Case::new(3, 4, 150, 133, 20, 12);
+        check(&case, &[64, 37]);
+        check(&case.with_bias([3, 4, 150, 133], false), &[41]);
+        let case = Case::new(3, 4, 70, 45, 8, 8).with_bias([1, 4, 70, 45], true);
+        check(&case, &[16, 70]);
+    }
+
+    /// The CPU backend takes its fused kernels for f32 operands and the bias shapes they cover
+    /// (so the tests above check them), and the tiled passes otherwise.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn flex_runs_the_fused_kernel_where_it_covers_the_call() {
+        use burn::backend::Flex;
+        let device = crate::backend::cpu_device();
+        let t = |shape: [usize; 4], dtype: DType| {
+            let data = rand(shape, &device).cast(dtype).into_data();
+            burn::backend::flex::FlexTensor::from_data(data)
+        };
+        let covered = |bias: Option<[usize; 4]>, dtype: DType| {
+            let inputs = AttentionInputs::<Flex> {
+                q: t([2, 3, 10, 8], dtype),
+                k: t([2, 3, 12, 8], dtype),
+                v: t([2, 3, 12, 8], dtype),
+                bias: bias.map(|s| t(s, dtype)).into(),
+                scale: 0.3,
+                tile: 4,
+            };
+            let fwd = Flex::fused_attention_forward(&inputs);
+            let Some((out, lse)) = fwd else {
+                return false;
+            };
+            let g = (&out, &lse, &out);
+            Flex::fused_attention_backward(&inputs, g, true).is_some()
+        };
+        assert!(covered(None, DType::F32));
+        for bias in [[2, 3, 10, 12], [1, 3, 10, 12], [2, 1, 1, 12], [1, 1, 1, 12]] {
+            assert!(covered(Some(bias), DType::F32), "{bias:?}");
+        }
+        assert!(
+            !covered(Some([2, 3, 10, 1]), DType::F32),
+            "bias constant over keys"
+        );
+        assert!(!covered(None, DType::F16), "f16");
     }
 
     #[test]

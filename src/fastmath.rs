@@ -169,8 +169,9 @@ pub mod kernels {
     /// `1.5 * 2^23`: adding it rounds to the nearest integer in float arithmetic.
     const ROUND: f32 = 12_582_912.0;
 
+    /// `e^x` of one value (the kernels' polynomial; inlined into vectorised loops).
     #[inline(always)]
-    fn exp1(x: f32) -> f32 {
+    pub fn exp1(x: f32) -> f32 {
         let xc = x.clamp(EXP_MIN, EXP_MAX);
         let shifted = xc * LOG2E + ROUND;
         let n = shifted - ROUND;
@@ -265,7 +266,7 @@ pub mod kernels {
 #[cfg(feature = "flex")]
 mod flex {
     use burn::backend::flex::FlexTensor;
-    use burn::tensor::DType;
+    use burn::tensor::{DType, TensorData};
     use rayon::prelude::*;
 
     /// Elements per parallel chunk (and below which one thread does it all).
@@ -284,9 +285,43 @@ mod flex {
         }
     }
 
-    /// `t` with `f` applied to its elements; `Err(t)` when it is not f32.
+    /// A contiguous f32 tensor's elements.
+    fn elements(t: &FlexTensor) -> &[f32] {
+        &t.storage::<f32>()[..t.layout().num_elements()]
+    }
+
+    /// `f` applied to a copy of `src`, chunk by chunk (each chunk copied and transformed while
+    /// in cache: one pass over memory instead of a copy and then the kernel).
+    fn apply_copied(src: &[f32], f: impl Fn(&mut [f32]) + Sync, shape: &FlexTensor) -> FlexTensor {
+        let mut out = vec![0.0f32; src.len()];
+        let run = |(o, s): (&mut [f32], &[f32])| {
+            o.copy_from_slice(s);
+            f(o);
+        };
+        if src.len() <= CHUNK {
+            run((&mut out, src));
+        } else {
+            out.par_chunks_mut(CHUNK)
+                .zip(src.par_chunks(CHUNK))
+                .for_each(run);
+        }
+        let shape = shape.layout().shape().clone();
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    /// `t` with `f` applied to its elements (in place when `t` is unshared); `Err(t)` when it
+    /// is not f32.
     pub fn map(t: FlexTensor, f: fn(&mut [f32])) -> Result<FlexTensor, FlexTensor> {
-        let mut t = owned_f32(t)?;
+        if t.dtype() != DType::F32 {
+            return Err(t);
+        }
+        let layout = t.layout();
+        let dense = layout.is_contiguous() && layout.start_offset() == 0;
+        if !(t.is_unique() && dense) {
+            let t = if dense { t } else { t.to_contiguous() };
+            return Ok(apply_copied(elements(&t), f, &t));
+        }
+        let mut t = t;
         let n = t.layout().num_elements();
         let xs = &mut t.storage_mut::<f32>()[..n];
         if n <= CHUNK {
@@ -314,6 +349,25 @@ mod flex {
         } else {
             x.to_contiguous()
         };
+        let gl = g.layout();
+        if !(g.is_unique() && gl.is_contiguous() && gl.start_offset() == 0) {
+            // A shared or strided gradient: the kernel writes a new buffer chunk by chunk.
+            let g = if gl.is_contiguous() && gl.start_offset() == 0 {
+                g
+            } else {
+                g.to_contiguous()
+            };
+            let xs = elements(&x);
+            let mut out = vec![0.0f32; xs.len()];
+            out.par_chunks_mut(CHUNK)
+                .zip(xs.par_chunks(CHUNK).zip(elements(&g).par_chunks(CHUNK)))
+                .for_each(|(o, (x, g))| {
+                    o.copy_from_slice(g);
+                    f(x, o);
+                });
+            let shape = g.layout().shape().clone();
+            return Ok(FlexTensor::from_data(TensorData::new(out, shape)));
+        }
         let mut g = owned_f32(g).map_err(|g| Box::new((x.clone(), g)))?;
         let n = g.layout().num_elements();
         let xs = &x.storage::<f32>()[..n];

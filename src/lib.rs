@@ -49,6 +49,8 @@ pub mod backbone;
 pub mod backend;
 pub mod baseline;
 pub mod choice;
+#[cfg(feature = "flex")]
+pub(crate) mod cpu;
 pub mod data;
 pub mod distributed;
 pub mod error;

@@ -23,12 +23,15 @@ use crate::extension::to;
 backend_extension! {
     /// Layer norm with a fused backward as a backend extension: the custom autodiff operation
     /// on `Autodiff<B>`, the backend's `layer_norm` on the inner backends.
-    pub trait NormBackend: Backend {
+    pub trait NormBackend: Backend + FusedNorm {
         /// `(x - mean) / sqrt(var + epsilon) * gamma + beta` over the last axis.
         ///
         /// # Shapes
         /// - x `[..., C]`, gamma and beta `[C]` -> `[..., C]`
         fn fused_layer_norm(#[extension_type] i: LayerNormInputs<Self>) -> FloatTensor<Self> {
+            if let Some([out, _, _]) = Self::layer_norm_forward(&i.x, &i.gamma, &i.beta, i.epsilon) {
+                return to::<Self>(out, i.out);
+            }
             to::<Self>(Self::layer_norm(i.x, i.gamma, Some(i.beta), i.epsilon), i.out)
         }
     }
@@ -51,6 +54,69 @@ pub struct LayerNormInputs<B: Backend> {
     /// Element type of the result (the normalisation itself runs in `x`'s).
     pub out: DType,
 }
+
+/// Fused layer-norm passes a backend may provide (the default: `None`, and the backend's
+/// `layer_norm` and the backward built from tensor operations run). The CPU backend runs the
+/// row kernels of `crate::cpu::layer_norm` on f32 tensors.
+pub trait FusedNorm: Backend {
+    /// The output and the row mean and reciprocal standard deviation (`[..., 1]`), or `None`.
+    ///
+    /// # Shapes
+    /// - x `[..., C]`, gamma and beta `[C]` -> `[..., C]`, `[..., 1]`, `[..., 1]`
+    fn layer_norm_forward(
+        _x: &FloatTensor<Self>,
+        _gamma: &FloatTensor<Self>,
+        _beta: &FloatTensor<Self>,
+        _epsilon: f64,
+    ) -> Option<[FloatTensor<Self>; 3]> {
+        None
+    }
+
+    /// The gradients of the input, gamma and beta from the input, its row statistics, gamma
+    /// and the output's gradient, or `None`.
+    ///
+    /// # Shapes
+    /// - x `[..., C]`, mean and rstd `[..., 1]`, gamma `[C]`, grad `[..., C]` ->
+    ///   `[..., C]`, `[C]`, `[C]`
+    fn layer_norm_backward(
+        _x_mean_rstd: (&FloatTensor<Self>, &FloatTensor<Self>, &FloatTensor<Self>),
+        _gamma: &FloatTensor<Self>,
+        _grad: &FloatTensor<Self>,
+    ) -> Option<[FloatTensor<Self>; 3]> {
+        None
+    }
+}
+
+#[cfg(feature = "flex")]
+impl FusedNorm for burn::backend::Flex {
+    fn layer_norm_forward(
+        x: &FloatTensor<Self>,
+        gamma: &FloatTensor<Self>,
+        beta: &FloatTensor<Self>,
+        epsilon: f64,
+    ) -> Option<[FloatTensor<Self>; 3]> {
+        crate::cpu::flex::layer_norm_forward(x, gamma, beta, epsilon)
+    }
+
+    fn layer_norm_backward(
+        x_mean_rstd: (&FloatTensor<Self>, &FloatTensor<Self>, &FloatTensor<Self>),
+        gamma: &FloatTensor<Self>,
+        grad: &FloatTensor<Self>,
+    ) -> Option<[FloatTensor<Self>; 3]> {
+        crate::cpu::flex::layer_norm_backward(x_mean_rstd, gamma, grad)
+    }
+}
+
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)]
+impl FusedNorm for burn::backend::NdArray {}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl FusedNorm for burn::backend::Cube {}
+
+impl<B: Backend, C: CheckpointStrategy> FusedNorm for Autodiff<B, C> {}
+
+impl FusedNorm for Dispatch {}
 
 #[cfg(feature = "flex")]
 impl NormBackend for burn::backend::Flex {}
@@ -88,47 +154,67 @@ enum Centre<B: Backend> {
 #[derive(Debug)]
 struct LayerNormOp;
 
-impl<B: Backend> Backward<B, 3> for LayerNormOp {
+impl<B: Backend + FusedNorm> Backward<B, 3> for LayerNormOp {
     type State = Saved<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let s = ops.state;
-        let xhat = match s.centre {
-            Centre::Input { x, mean } => B::float_mul(B::float_sub(x, mean), s.rstd.clone()),
-            Centre::Normalised(xhat) => to::<B>(xhat, s.rstd.dtype()),
+        let g = grads.consume::<B>(&ops.node);
+        let wanted = ops.parents.each_ref().map(Option::is_some);
+        let fused = match &ops.state.centre {
+            Centre::Input { x, mean } => {
+                B::layer_norm_backward((x, mean, &ops.state.rstd), &ops.state.gamma, &g)
+            }
+            Centre::Normalised(_) => None,
         };
-        let g = to::<B>(grads.consume::<B>(&ops.node), xhat.dtype());
-        let shape = xhat.shape();
-        let last = shape.num_dims() - 1;
-        let c = shape[last];
-        let rows = shape.num_elements() / c;
-        let [nx, ng, nb] = ops.parents;
-        // Parameter gradients: sums over every row.
-        let over_rows = |t: FloatTensor<B>| {
-            let t = B::float_reshape(t, Shape::new([rows, c]));
-            B::float_reshape(B::float_sum_dim(t, 0), Shape::new([c]))
+        let parts = match fused {
+            Some(parts) => parts.map(Some),
+            None => unfused_backward(ops.state, g, wanted),
         };
-        if let Some(node) = nb {
-            grads.register::<B>(node.id, over_rows(g.clone()));
-        }
-        if let Some(node) = ng {
-            grads.register::<B>(node.id, over_rows(B::float_mul(g.clone(), xhat.clone())));
-        }
-        if let Some(node) = nx {
-            // dx = rstd (gy - mean(gy) - xhat mean(gy xhat)), gy = g gamma.
-            let mut bshape = vec![1; shape.num_dims()];
-            bshape[last] = c;
-            let gamma = B::float_reshape(s.gamma, Shape::from(bshape));
-            let gy = B::float_mul(g, gamma);
-            let m1 = B::float_mean_dim(gy.clone(), last);
-            let m2 = B::float_mean_dim(B::float_mul(gy.clone(), xhat.clone()), last);
-            let centred = B::float_sub(B::float_sub(gy, m1), B::float_mul(xhat, m2));
-            grads.register::<B>(node.id, B::float_mul(centred, s.rstd));
+        for (node, grad) in ops.parents.into_iter().zip(parts) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
 
-impl<B: Backend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
+/// The backward from tensor operations: the gradients of x, gamma and beta that `wanted`.
+fn unfused_backward<B: Backend>(
+    s: Saved<B>,
+    g: FloatTensor<B>,
+    [want_x, want_gamma, want_beta]: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
+    let xhat = match s.centre {
+        Centre::Input { x, mean } => B::float_mul(B::float_sub(x, mean), s.rstd.clone()),
+        Centre::Normalised(xhat) => to::<B>(xhat, s.rstd.dtype()),
+    };
+    let g = to::<B>(g, xhat.dtype());
+    let shape = xhat.shape();
+    let last = shape.num_dims() - 1;
+    let c = shape[last];
+    let rows = shape.num_elements() / c;
+    // Parameter gradients: sums over every row.
+    let over_rows = |t: FloatTensor<B>| {
+        let t = B::float_reshape(t, Shape::new([rows, c]));
+        B::float_reshape(B::float_sum_dim(t, 0), Shape::new([c]))
+    };
+    let dbeta = want_beta.then(|| over_rows(g.clone()));
+    let dgamma = want_gamma.then(|| over_rows(B::float_mul(g.clone(), xhat.clone())));
+    let dx = want_x.then(|| {
+        // dx = rstd (gy - mean(gy) - xhat mean(gy xhat)), gy = g gamma.
+        let mut bshape = vec![1; shape.num_dims()];
+        bshape[last] = c;
+        let gamma = B::float_reshape(s.gamma, Shape::from(bshape));
+        let gy = B::float_mul(g, gamma);
+        let m1 = B::float_mean_dim(gy.clone(), last);
+        let m2 = B::float_mean_dim(B::float_mul(gy.clone(), xhat.clone()), last);
+        let centred = B::float_sub(B::float_sub(gy, m1), B::float_mul(xhat, m2));
+        B::float_mul(centred, s.rstd)
+    });
+    [dx, dgamma, dbeta]
+}
+
+impl<B: Backend + FusedNorm, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
     fn fused_layer_norm(i: LayerNormInputs<Self>) -> FloatTensor<Self> {
         let prep = LayerNormOp
             .prepare::<C>([i.x.node(), i.gamma.node(), i.beta.node()])
@@ -138,17 +224,12 @@ impl<B: Backend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
         let (beta, epsilon, dtype) = (i.beta.into_primitive(), i.epsilon, i.out);
         match prep {
             OpsKind::Tracked(prep) => {
-                let last = x.shape().num_dims() - 1;
-                let mean = B::float_mean_dim(x.clone(), last);
-                let centred = B::float_sub(x.clone(), mean.clone());
-                let var = B::float_mean_dim(B::float_mul(centred.clone(), centred.clone()), last);
-                let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, epsilon.into())));
-                // The backend's own forward: the same values as an untracked call.
-                let out = B::layer_norm(x.clone(), gamma.clone(), Some(beta), epsilon);
+                let (out, mean, rstd) = forward_with_stats::<B>(&x, &gamma, beta, epsilon);
+                let centred = || B::float_sub(x.clone(), mean.clone());
                 let centre = if dtype == x.dtype() {
                     Centre::Input { x, mean }
                 } else {
-                    Centre::Normalised(to::<B>(B::float_mul(centred, rstd.clone()), dtype))
+                    Centre::Normalised(to::<B>(B::float_mul(centred(), rstd.clone()), dtype))
                 };
                 let state = Saved {
                     centre,
@@ -158,11 +239,35 @@ impl<B: Backend, C: CheckpointStrategy> NormBackend for Autodiff<B, C> {
                 prep.finish(state, to::<B>(out, dtype))
             }
             OpsKind::UnTracked(prep) => {
-                let out = B::layer_norm(x, gamma, Some(beta), epsilon);
+                let out = match B::layer_norm_forward(&x, &gamma, &beta, epsilon) {
+                    Some([out, _, _]) => out,
+                    None => B::layer_norm(x, gamma, Some(beta), epsilon),
+                };
                 prep.finish(to::<B>(out, dtype))
             }
         }
     }
+}
+
+/// The forward and its row mean and reciprocal standard deviation: the backend's fused pass,
+/// else its `layer_norm` (the same values as an untracked call) and the statistics from tensor
+/// operations.
+fn forward_with_stats<B: Backend + FusedNorm>(
+    x: &FloatTensor<B>,
+    gamma: &FloatTensor<B>,
+    beta: FloatTensor<B>,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    if let Some([out, mean, rstd]) = B::layer_norm_forward(x, gamma, &beta, epsilon) {
+        return (out, mean, rstd);
+    }
+    let last = x.shape().num_dims() - 1;
+    let mean = B::float_mean_dim(x.clone(), last);
+    let centred = B::float_sub(x.clone(), mean.clone());
+    let var = B::float_mean_dim(B::float_mul(centred.clone(), centred), last);
+    let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, epsilon.into())));
+    let out = B::layer_norm(x.clone(), gamma.clone(), Some(beta), epsilon);
+    (out, mean, rstd)
 }
 
 /// Configuration of a [`LayerNorm`].
@@ -318,6 +423,66 @@ mod tests {
             assert!(e < 1e-5, "parameter gradient {e}");
         }
         assert!(dx < 1e-5, "input gradient {dx}");
+    }
+
+    /// Widths below, at and off the SIMD lane count, more rows than one parallel task, and a
+    /// strided (transposed) input: forward and every gradient against autodiff through the
+    /// formula.
+    #[test]
+    fn fused_kernels_across_widths_and_row_blocks() {
+        let device = crate::backend::device_from_env()
+            .expect("E2E_TAL_BACKEND names a compiled-in backend")
+            .autodiff();
+        for c in [5, 16, 37, 384] {
+            let mut ln = LayerNormConfig::new(c).init(&device);
+            ln.gamma =
+                Param::from_tensor(Tensor::random([c], Distribution::Normal(1.0, 0.5), &device));
+            let x = Tensor::<3>::random([2, c, 70], Distribution::Normal(1.0, 2.0), &device);
+            let w = Tensor::<3>::random([2, 70, c], Distribution::Normal(0.0, 1.0), &device);
+            let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+            let ya = ln.forward(xa.clone().swap_dims(1, 2));
+            let beta = ln.beta.as_ref().map(|b| b.val());
+            let yb = burn::tensor::module::layer_norm(
+                xb.clone().swap_dims(1, 2),
+                ln.gamma.val(),
+                beta,
+                ln.epsilon,
+            );
+            assert!(rel(ya.clone(), yb.clone()) < 1e-5, "C {c}: output");
+            let (ga, gb) = ((ya * w.clone()).sum().backward(), (yb * w).sum().backward());
+            let dx = rel(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
+            assert!(dx < 1e-5, "C {c}: input gradient {dx}");
+            let (mut pa, mut pb) = (Grads(&ga, vec![]), Grads(&gb, vec![]));
+            ln.visit(&mut pa);
+            ln.visit(&mut pb);
+            for (a, b) in pa.1.into_iter().zip(pb.1) {
+                let e = (a - b.clone()).abs().max().into_scalar::<f64>()
+                    / b.abs().max().into_scalar::<f64>();
+                assert!(e < 1e-5, "C {c}: parameter gradient {e}");
+            }
+        }
+    }
+
+    /// The CPU backend takes the fused kernels for f32 (so the tests check them), not f16.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn flex_runs_the_fused_kernels_on_f32() {
+        use burn::backend::Flex;
+        use burn::backend::flex::FlexTensor;
+        let device = crate::backend::cpu_device();
+        let t = |shape: [usize; 2], dtype: DType| {
+            let x = Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+            FlexTensor::from_data(x.cast(dtype).into_data())
+        };
+        for (dtype, fused) in [(DType::F32, true), (DType::F16, false)] {
+            let (x, gamma, beta) = (t([7, 9], dtype), t([1, 9], dtype), t([1, 9], dtype));
+            let fwd = Flex::layer_norm_forward(&x, &gamma, &beta, 1e-5);
+            assert_eq!(fwd.is_some(), fused, "{dtype:?} forward");
+            if let Some([_, mean, rstd]) = fwd {
+                let bwd = Flex::layer_norm_backward((&x, &mean, &rstd), &gamma, &x);
+                assert!(bwd.is_some(), "backward");
+            }
+        }
     }
 
     #[test]

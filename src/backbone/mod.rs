@@ -1,6 +1,7 @@
 //! Video backbones, each an explicit chain of residual modules (see [`residual`]):
 //! VideoMAE ViT ([`vit`]), 3-D ResNets ([`resnet3d`]) and Video Swin ([`swin`]).
 
+mod patches;
 pub mod residual;
 pub mod resnet3d;
 pub mod swin;

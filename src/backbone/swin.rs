@@ -184,7 +184,7 @@ impl PatchEmbed3d {
         } else {
             clips
         };
-        let x = self.proj.forward(x).permute([0, 2, 3, 4, 1]);
+        let x = super::patches::patch_embedding(&self.proj, x);
         self.norm.forward(x)
     }
 }

@@ -288,9 +288,9 @@ impl VisionTransformer {
     /// # Shapes
     /// - clips: `[N, 3, F, H, W]` -> `[N, L, D]`, `L = F/tubelet * H/patch * W/patch`
     pub fn embed(&self, clips: Tensor<5>) -> Tensor<3> {
-        let x = self.patch_embed.forward(clips);
-        let [n, d, t, h, w] = x.dims();
-        let x = x.reshape([n, d, t * h * w]).swap_dims(1, 2);
+        let x = super::patches::patch_embedding(&self.patch_embed, clips);
+        let [n, t, h, w, d] = x.dims();
+        let x = x.reshape([n, t * h * w, d]);
         x + self.position_embedding([t, h, w], &self.device_of())
     }
 

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 mod linear;
-pub use linear::{CastLinearBackend, CastLinearInputs};
+pub use linear::{CastLinearBackend, CastLinearInputs, FastMatmul};
 
 /// The precision the backbone's residual branches compute in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -126,7 +126,8 @@ pub fn linear<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
 }
 
 /// `x W + b` in `x`'s precision, `W` `[in, out]` and `b` `[out]` cast to it (their gradients
-/// come back in their own precision); Burn's `linear` when `x` is f32.
+/// come back in their own precision); in f32 the backend's faster matrix product where it has
+/// one ([`linear::FastMatmul`]).
 ///
 /// # Shapes
 /// - x: `[..., in]` -> `[..., out]`
@@ -146,9 +147,6 @@ pub fn affine<const D: usize>(
         let mut to = dims;
         to[D - 1] = out;
         return affine(x.reshape([rows, dims[D - 1]]), weight, bias).reshape(to);
-    }
-    if x.dtype() == DType::F32 {
-        return burn::tensor::module::linear(x, weight, bias);
     }
     let inputs = CastLinearInputs {
         x: x.into_dispatch(),

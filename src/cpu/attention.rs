@@ -1,0 +1,424 @@
+//! Fused attention on `f32` slices: the forward keeps only the output and the row log-sum-exp;
+//! the backward is FlashAttention-2's, recomputing each query tile's probabilities from the
+//! log-sum-exp (the recurrence is written out in `crate::attention`'s docs).
+//!
+//! Per query tile of `tile` rows the scores against every key live in one thread-local scratch
+//! of `tile x Nk` floats (400 KB at 64 x 1568: the L2 cache); the products run in the `gemm`
+//! crate's microkernels and the softmax in SIMD row kernels, with no other intermediate. The
+//! forward runs (batch, head, query tile) tasks on the thread pool; the backward runs one task
+//! per (batch, head), which owns that head's key and value gradients.
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use std::mem::MaybeUninit;
+
+use super::gemm::{Mat, assume_init_mut, gemm, gemm_into};
+use super::simd;
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    /// Batch.
+    pub batch: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Queries.
+    pub nq: usize,
+    /// Keys (and values).
+    pub nk: usize,
+    /// Query and key width.
+    pub d: usize,
+    /// Value width.
+    pub dv: usize,
+}
+
+/// A `[B, H, rows, cols]` operand of a strided tensor whose last axis is contiguous: element
+/// `(b, h, i, j)` at `offset + b sb + h sh + i si + j`; a stride of 0 broadcasts along its axis.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    data: &'a [f32],
+    offset: usize,
+    strides: [usize; 3],
+}
+
+impl<'a> View<'a> {
+    /// The operand, checked to lie inside `data` for every index below `dims` (`[B, H, rows,
+    /// cols]`, the sizes it is read at); `None` when it does not.
+    pub fn new(
+        data: &'a [f32],
+        offset: usize,
+        strides: [usize; 3],
+        dims: [usize; 4],
+    ) -> Option<Self> {
+        if dims.contains(&0) {
+            return Some(View {
+                data,
+                offset,
+                strides,
+            });
+        }
+        let last = offset
+            + (dims[0] - 1) * strides[0]
+            + (dims[1] - 1) * strides[1]
+            + (dims[2] - 1) * strides[2]
+            + dims[3]
+            - 1;
+        (last < data.len()).then_some(View {
+            data,
+            offset,
+            strides,
+        })
+    }
+
+    fn start(&self, b: usize, h: usize, i: usize) -> usize {
+        self.offset + b * self.strides[0] + h * self.strides[1] + i * self.strides[2]
+    }
+
+    /// Rows from `i` on of head `(b, h)` as a matrix operand.
+    fn mat(&self, b: usize, h: usize, i: usize) -> Mat {
+        Mat {
+            ptr: self.data[self.start(b, h, i)..].as_ptr(),
+            rs: self.strides[2] as isize,
+            cs: 1,
+        }
+    }
+
+    /// Row `i` of head `(b, h)`, `len` elements.
+    fn row(&self, b: usize, h: usize, i: usize, len: usize) -> &'a [f32] {
+        let s = self.start(b, h, i);
+        &self.data[s..s + len]
+    }
+}
+
+/// The operands of one call: q `[B, H, Nq, D]`, k `[B, H, Nk, D]`, v `[B, H, Nk, Dv]`, and an
+/// additive bias `[B | 1, H | 1, Nq | 1, Nk]` (broadcast axes have stride 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Operands<'a> {
+    /// Queries.
+    pub q: View<'a>,
+    /// Keys.
+    pub k: View<'a>,
+    /// Values.
+    pub v: View<'a>,
+    /// The additive bias, if any.
+    pub bias: Option<View<'a>>,
+    /// Multiplies the scores before the bias is added.
+    pub scale: f32,
+    /// Query rows per tile.
+    pub tile: usize,
+}
+
+thread_local! {
+    /// Per-thread tile scratch (scores, and the backward's score gradients).
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with two scratch slices of `len` floats each.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let (a, b) = &mut *s.borrow_mut();
+        for v in [&mut *a, &mut *b] {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        }
+        f(&mut a[..len], &mut b[..len])
+    })
+}
+
+fn tile_rows(t: usize, tile: usize, n: usize) -> Range<usize> {
+    t * tile..((t + 1) * tile).min(n)
+}
+
+/// The output `[B, H, Nq, Dv]` (every element written) and the row log-sum-exp `[B, H, Nq]`,
+/// both contiguous.
+pub fn forward(dims: &Dims, x: &Operands, out: &mut [MaybeUninit<f32>], lse: &mut [f32]) {
+    let Dims { heads, nq, dv, .. } = *dims;
+    assert_eq!(
+        out.len(),
+        dims.batch * heads * nq * dv,
+        "attention: output size"
+    );
+    assert_eq!(lse.len(), dims.batch * heads * nq, "attention: lse size");
+    let tile = x.tile.max(1);
+    if nq == 0 || dv == 0 {
+        return;
+    }
+    out.par_chunks_mut(nq * dv)
+        .zip(lse.par_chunks_mut(nq))
+        .enumerate()
+        .for_each(|(bh, (out, lse))| {
+            out.par_chunks_mut(tile * dv)
+                .zip(lse.par_chunks_mut(tile))
+                .enumerate()
+                .for_each(|(t, (o, l))| {
+                    let r = tile_rows(t, tile, nq);
+                    forward_tile(dims, x, (bh / heads, bh % heads), r, o, l)
+                })
+        });
+}
+
+/// One query tile of one head: scores, softmax rows, `P V`, normalised.
+fn forward_tile(
+    dims: &Dims,
+    x: &Operands,
+    (b, h): (usize, usize),
+    r: Range<usize>,
+    out: &mut [MaybeUninit<f32>],
+    lse: &mut [f32],
+) {
+    let Dims { nk, d, dv, .. } = *dims;
+    let rows = r.len();
+    let mut sums = vec![0.0f32; rows];
+    with_scratch(rows * nk, |s, _| {
+        // SAFETY: the views are bounds-checked for every (b, h, row, column) of the call.
+        unsafe {
+            gemm(
+                (rows, nk, d),
+                s,
+                nk,
+                false,
+                x.q.mat(b, h, r.start),
+                x.k.mat(b, h, 0).t(),
+                1.0,
+            )
+        };
+        for (i, row) in s.chunks_exact_mut(nk.max(1)).enumerate() {
+            let bias = x.bias.map(|v| v.row(b, h, r.start + i, nk));
+            let (m, l) = simd::softmax_row(row, x.scale, bias);
+            lse[i] = m + l.ln();
+            sums[i] = l;
+        }
+        // SAFETY: as above; `s` is `[rows, nk]`.
+        unsafe {
+            gemm_into(
+                (rows, dv, nk),
+                out,
+                dv,
+                Mat::rows(s, nk),
+                x.v.mat(b, h, 0),
+                1.0,
+            )
+        };
+    });
+    // SAFETY: the product wrote the tile's `rows x dv` outputs.
+    let out = unsafe { assume_init_mut(out) };
+    // Normalising the output scales `dv` values per row instead of `nk` probabilities.
+    for (o, l) in out.chunks_exact_mut(dv).zip(sums) {
+        simd::scale(o, 1.0 / l);
+    }
+}
+
+/// The gradients one backward pass writes in full: dq `[B, H, Nq, D]`, dk `[B, H, Nk, D]`, dv
+/// `[B, H, Nk, Dv]` (contiguous, possibly uninitialised before), and, when asked, the bias's, contiguous in the bias's own
+/// shape `[Bb, Hb, Nqb, Nk]` (the score gradient summed over the axes the bias broadcasts).
+pub struct GradsMut<'a> {
+    /// Query gradient.
+    pub dq: &'a mut [MaybeUninit<f32>],
+    /// Key gradient.
+    pub dk: &'a mut [MaybeUninit<f32>],
+    /// Value gradient.
+    pub dv: &'a mut [MaybeUninit<f32>],
+    /// Bias gradient and the bias's shape.
+    pub dbias: Option<(&'a mut [f32], [usize; 4])>,
+}
+
+/// What the backward reads besides the operands: the forward's output and row log-sum-exp
+/// `[B, H, Nq]` (contiguous) and the output's gradient.
+#[derive(Clone, Copy, Debug)]
+pub struct Saved<'a> {
+    /// The forward's output.
+    pub out: View<'a>,
+    /// The forward's row log-sum-exp.
+    pub lse: &'a [f32],
+    /// The gradient of the output.
+    pub grad_out: View<'a>,
+}
+
+/// The FlashAttention-2 backward over query tiles, one task per (batch, head).
+pub fn backward(dims: &Dims, x: &Operands, saved: &Saved, g: GradsMut) {
+    let Dims {
+        batch,
+        heads,
+        nq,
+        nk,
+        d,
+        dv,
+    } = *dims;
+    assert_eq!(g.dq.len(), batch * heads * nq * d, "attention: dq size");
+    assert_eq!(g.dk.len(), batch * heads * nk * d, "attention: dk size");
+    assert_eq!(g.dv.len(), batch * heads * nk * dv, "attention: dv size");
+    assert_eq!(saved.lse.len(), batch * heads * nq, "attention: lse size");
+    if batch * heads == 0 {
+        return;
+    }
+    let per_head =
+        g.dq.par_chunks_mut((nq * d).max(1))
+            .zip(g.dk.par_chunks_mut((nk * d).max(1)))
+            .zip(g.dv.par_chunks_mut((nk * dv).max(1)))
+            .enumerate();
+    let Some((dbias, shape)) = g.dbias else {
+        per_head
+            .for_each(|(bh, ((dq, dk), dv))| backward_head(dims, x, saved, bh, [dq, dk, dv], None));
+        return;
+    };
+    assert_eq!(
+        dbias.len(),
+        shape.iter().product::<usize>(),
+        "attention: dbias size"
+    );
+    let slice = shape[2] * nk;
+    dbias.fill(0.0);
+    if shape[0] == batch && shape[1] == heads {
+        // One bias slice per head: each task owns its part.
+        per_head
+            .zip(dbias.par_chunks_mut(slice.max(1)))
+            .for_each(|((bh, ((dq, dk), dv)), db)| {
+                backward_head(dims, x, saved, bh, [dq, dk, dv], Some(db))
+            });
+        return;
+    }
+    // Heads share bias slices: each thread sums into its own copy, the copies add up.
+    let which = |bh: usize| {
+        let (b, h) = (bh / heads, bh % heads);
+        (if shape[0] > 1 { b } else { 0 }) * shape[1] + if shape[1] > 1 { h } else { 0 }
+    };
+    let total = per_head
+        .fold(Vec::new, |mut acc: Vec<f32>, (bh, ((dq, dk), dv))| {
+            if acc.is_empty() {
+                acc = vec![0.0; dbias.len()];
+            }
+            let s = which(bh) * slice;
+            backward_head(
+                dims,
+                x,
+                saved,
+                bh,
+                [dq, dk, dv],
+                Some(&mut acc[s..s + slice]),
+            );
+            acc
+        })
+        .reduce(Vec::new, |mut a, b| {
+            if a.is_empty() {
+                return b;
+            }
+            if !b.is_empty() {
+                simd::add(&mut a, &b);
+            }
+            a
+        });
+    if !total.is_empty() {
+        dbias.copy_from_slice(&total);
+    }
+}
+
+/// One head's backward over its query tiles; `dbias` (the head's bias slice `[Nqb, Nk]`)
+/// receives the score gradients added in.
+fn backward_head(
+    dims: &Dims,
+    x: &Operands,
+    saved: &Saved,
+    bh: usize,
+    [dq, dk, dv]: [&mut [MaybeUninit<f32>]; 3],
+    mut dbias: Option<&mut [f32]>,
+) {
+    let Dims {
+        heads,
+        nq,
+        nk,
+        d,
+        dv: wv,
+        ..
+    } = *dims;
+    let (b, h) = (bh / heads, bh % heads);
+    if nq == 0 {
+        dk.iter_mut().chain(dv.iter_mut()).for_each(|g| {
+            g.write(0.0);
+        });
+        return;
+    }
+    let tile = x.tile.max(1);
+    for t in 0..nq.div_ceil(tile) {
+        let r = tile_rows(t, tile, nq);
+        let rows = r.len();
+        let first = t == 0;
+        with_scratch(rows * nk, |p, ds| {
+            let (q_r, go_r) = (x.q.mat(b, h, r.start), saved.grad_out.mat(b, h, r.start));
+            // SAFETY (every product below): the views are bounds-checked for the whole call,
+            // the scratch is `[rows, nk]`, the gradients are this head's contiguous chunks.
+            unsafe { gemm((rows, nk, d), p, nk, false, q_r, x.k.mat(b, h, 0).t(), 1.0) };
+            for (i, row) in p.chunks_exact_mut(nk.max(1)).enumerate() {
+                let bias = x.bias.map(|v| v.row(b, h, r.start + i, nk));
+                simd::probs_row(row, x.scale, bias, saved.lse[bh * nq + r.start + i]);
+            }
+            // dV += P^T dO (the first tile writes it; `dv` is initialised from then on).
+            let pt = Mat::rows(p, nk).t();
+            match first {
+                true => unsafe { gemm_into((nk, wv, rows), dv, wv, pt, go_r, 1.0) },
+                false => unsafe {
+                    gemm((nk, wv, rows), assume_init_mut(dv), wv, true, pt, go_r, 1.0)
+                },
+            }
+            // dP = dO V^T, then dS = P (dP - rowsum(dO O)) in place.
+            unsafe {
+                gemm(
+                    (rows, nk, wv),
+                    ds,
+                    nk,
+                    false,
+                    go_r,
+                    x.v.mat(b, h, 0).t(),
+                    1.0,
+                )
+            };
+            for (i, (p, ds)) in p
+                .chunks_exact(nk.max(1))
+                .zip(ds.chunks_exact_mut(nk.max(1)))
+                .enumerate()
+            {
+                let row = r.start + i;
+                let delta = simd::dot(
+                    saved.grad_out.row(b, h, row, wv),
+                    saved.out.row(b, h, row, wv),
+                );
+                simd::dsoftmax_row(p, ds, delta);
+                if let Some(db) = dbias.as_deref_mut() {
+                    // A bias broadcast over the queries has one row: every query adds into it.
+                    let at = if db.len() == nk { 0 } else { row * nk };
+                    simd::add(&mut db[at..at + nk], ds);
+                }
+            }
+            // dQ = scale dS K, dK += scale dS^T Q
+            let dq_r = &mut dq[r.start * d..r.end * d];
+            unsafe {
+                gemm_into(
+                    (rows, d, nk),
+                    dq_r,
+                    d,
+                    Mat::rows(ds, nk),
+                    x.k.mat(b, h, 0),
+                    x.scale,
+                )
+            };
+            let dst = Mat::rows(ds, nk).t();
+            match first {
+                true => unsafe { gemm_into((nk, d, rows), dk, d, dst, q_r, x.scale) },
+                false => unsafe {
+                    gemm(
+                        (nk, d, rows),
+                        assume_init_mut(dk),
+                        d,
+                        true,
+                        dst,
+                        q_r,
+                        x.scale,
+                    )
+                },
+            }
+        });
+    }
+}

@@ -1,0 +1,332 @@
+//! Flex tensors in and out of the slice kernels: f32 storage read in place through its strides
+//! (a copy only when the last axis is not contiguous or a stride is negative), results built
+//! from the kernels' vectors without a copy. Every function returns `None` when the kernels do
+//! not cover the call (another dtype, an empty axis, a bias shape other than
+//! `[B | 1, H | 1, Nq | 1, Nk]`), and the caller takes the backend-op version.
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, TensorData};
+
+use super::attention::{self as kernel, Dims, GradsMut, Operands, View};
+
+/// A Flex f32 tensor of rank 4 whose storage the kernels can read through its strides.
+fn readable(t: &FlexTensor) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 || t.layout().num_dims() != 4 {
+        return None;
+    }
+    let l = t.layout();
+    let dims = l.shape();
+    let ok = l.strides().iter().all(|&s| s >= 0) && (dims[3] == 1 || l.strides()[3] == 1);
+    Some(if ok { t.clone() } else { t.to_contiguous() })
+}
+
+/// A view of a readable tensor read at `[B, H, rows, cols]`: its size-1 axes broadcast.
+fn view(t: &FlexTensor, at: [usize; 4]) -> Option<View<'_>> {
+    let l = t.layout();
+    let (dims, strides) = (l.shape(), l.strides());
+    let mut s = [0usize; 3];
+    for axis in 0..3 {
+        if dims[axis] == at[axis] && dims[axis] > 1 {
+            s[axis] = strides[axis] as usize;
+        } else if dims[axis] != 1 {
+            return None;
+        }
+    }
+    if dims[3] != at[3] {
+        return None;
+    }
+    View::new(t.storage::<f32>(), l.start_offset(), s, at)
+}
+
+/// The call's sizes from q, k, v, checked against each other; `None` on an empty axis.
+fn dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<Dims> {
+    let (q, k, v) = (q.layout().shape(), k.layout().shape(), v.layout().shape());
+    let dims = Dims {
+        batch: q[0],
+        heads: q[1],
+        nq: q[2],
+        nk: k[2],
+        d: q[3],
+        dv: v[3],
+    };
+    let agree = k[0] == q[0] && v[0] == q[0] && k[1] == q[1] && v[1] == q[1];
+    let sizes = [dims.batch, dims.heads, dims.nq, dims.nk, dims.d, dims.dv];
+    (agree && k[3] == q[3] && v[2] == k[2] && !sizes.contains(&0)).then_some(dims)
+}
+
+/// Readable copies of the operands (views when possible).
+pub(crate) struct Inputs {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    bias: Option<FlexTensor>,
+    dims: Dims,
+}
+
+impl Inputs {
+    /// The operands when the kernels cover them.
+    pub(crate) fn new(
+        q: &FlexTensor,
+        k: &FlexTensor,
+        v: &FlexTensor,
+        bias: Option<&FlexTensor>,
+    ) -> Option<Self> {
+        let (q, k, v) = (readable(q)?, readable(k)?, readable(v)?);
+        let bias = match bias {
+            Some(b) => Some(readable(b)?),
+            None => None,
+        };
+        let dims = dims(&q, &k, &v)?;
+        Some(Inputs {
+            q,
+            k,
+            v,
+            bias,
+            dims,
+        })
+    }
+
+    fn operands(&self, scale: f64, tile: usize) -> Option<Operands<'_>> {
+        let Dims {
+            batch: b,
+            heads: h,
+            nq,
+            nk,
+            d,
+            dv,
+        } = self.dims;
+        let bias = match &self.bias {
+            Some(t) => Some(view(t, [b, h, nq, nk])?),
+            None => None,
+        };
+        Some(Operands {
+            q: view(&self.q, [b, h, nq, d])?,
+            k: view(&self.k, [b, h, nk, d])?,
+            v: view(&self.v, [b, h, nk, dv])?,
+            bias,
+            scale: scale as f32,
+            tile,
+        })
+    }
+
+    /// The output `[B, H, Nq, Dv]` and the row log-sum-exp `[B, H, Nq, 1]`.
+    pub(crate) fn forward(&self, scale: f64, tile: usize) -> Option<(FlexTensor, FlexTensor)> {
+        let x = self.operands(scale, tile)?;
+        let Dims {
+            batch: b,
+            heads: h,
+            nq,
+            dv,
+            ..
+        } = self.dims;
+        let mut out = super::gemm::uninit(b * h * nq * dv);
+        let mut lse = vec![0.0f32; b * h * nq];
+        kernel::forward(&self.dims, &x, &mut out, &mut lse);
+        // SAFETY: the forward writes every output element.
+        let out = unsafe { super::gemm::assume_init(out) };
+        Some((tensor(out, [b, h, nq, dv]), tensor(lse, [b, h, nq, 1])))
+    }
+
+    /// Gradients of q, k, v and (when `want_bias`) the bias, in the bias's shape.
+    pub(crate) fn backward(
+        &self,
+        (out, lse, grad_out): (&FlexTensor, &FlexTensor, &FlexTensor),
+        scale: f64,
+        tile: usize,
+        want_bias: bool,
+    ) -> Option<[Option<FlexTensor>; 4]> {
+        let x = self.operands(scale, tile)?;
+        let Dims {
+            batch: b,
+            heads: h,
+            nq,
+            nk,
+            d,
+            dv,
+        } = self.dims;
+        let (out, grad_out, lse) = (
+            readable(out)?,
+            readable(grad_out)?,
+            readable(lse)?.to_contiguous(),
+        );
+        let lse = &lse.storage::<f32>()[..b * h * nq];
+        let saved = kernel::Saved {
+            out: view(&out, [b, h, nq, dv])?,
+            lse,
+            grad_out: view(&grad_out, [b, h, nq, dv])?,
+        };
+        let uninit = super::gemm::uninit;
+        let (mut gq, mut gk, mut gv) = (
+            uninit(b * h * nq * d),
+            uninit(b * h * nk * d),
+            uninit(b * h * nk * dv),
+        );
+        let bias_shape = self.bias.as_ref().filter(|_| want_bias).map(|t| {
+            let s = t.layout().shape();
+            [s[0], s[1], s[2], s[3]]
+        });
+        let mut gb = bias_shape.map(|s| zeros(s.iter().product()));
+        let grads = GradsMut {
+            dq: &mut gq,
+            dk: &mut gk,
+            dv: &mut gv,
+            dbias: gb.as_deref_mut().zip(bias_shape),
+        };
+        kernel::backward(&self.dims, &x, &saved, grads);
+        // SAFETY: the backward writes every element of the three gradients.
+        let (gq, gk, gv) = unsafe {
+            use super::gemm::assume_init;
+            (assume_init(gq), assume_init(gk), assume_init(gv))
+        };
+        Some([
+            Some(tensor(gq, [b, h, nq, d])),
+            Some(tensor(gk, [b, h, nk, d])),
+            Some(tensor(gv, [b, h, nk, dv])),
+            gb.zip(bias_shape).map(|(g, s)| tensor(g, s)),
+        ])
+    }
+}
+
+fn zeros(n: usize) -> Vec<f32> {
+    vec![0.0; n]
+}
+
+fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// A Flex f32 tensor's elements in row-major order (a copy only when it is not contiguous).
+fn dense(t: &FlexTensor) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let l = t.layout();
+    Some(if l.is_contiguous() && l.start_offset() == 0 {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    })
+}
+
+fn elements(t: &FlexTensor) -> &[f32] {
+    &t.storage::<f32>()[..t.layout().num_elements()]
+}
+
+/// The shape of `t` with its last axis 1 (the row statistics' shape).
+fn rows_shape(t: &FlexTensor) -> Vec<usize> {
+    let mut s = t.layout().shape().to_vec();
+    if let Some(last) = s.last_mut() {
+        *last = 1;
+    }
+    s
+}
+
+fn tensor_dyn(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// Layer norm over the last axis of `x` (f32, `[..., C]` with `C > 0`): the output and the row
+/// mean and reciprocal standard deviation (`[..., 1]`).
+pub(crate) fn layer_norm_forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    epsilon: f64,
+) -> Option<[FlexTensor; 3]> {
+    let (x, gamma, beta) = (dense(x)?, dense(gamma)?, dense(beta)?);
+    let c = *x.layout().shape().last()?;
+    let (gs, bs) = (elements(&gamma), elements(&beta));
+    if c == 0 || gs.len() != c || bs.len() != c {
+        return None;
+    }
+    let xs = elements(&x);
+    let rows = xs.len() / c;
+    let (mut out, mut mean, mut rstd) = (super::gemm::uninit(xs.len()), zeros(rows), zeros(rows));
+    let p = super::layer_norm::Affine {
+        gamma: gs,
+        beta: bs,
+        epsilon: epsilon as f32,
+    };
+    super::layer_norm::forward(xs, &p, &mut out, &mut mean, &mut rstd);
+    // SAFETY: the forward writes every element of `out`.
+    let out = unsafe { super::gemm::assume_init(out) };
+    let stats = rows_shape(&x);
+    Some([
+        tensor_dyn(out, x.layout().shape().to_vec()),
+        tensor_dyn(mean, stats.clone()),
+        tensor_dyn(rstd, stats),
+    ])
+}
+
+/// Layer norm's gradients of the input, the scale and the shift from the input, its row
+/// statistics, the scale and the output's gradient.
+pub(crate) fn layer_norm_backward(
+    (x, mean, rstd): (&FlexTensor, &FlexTensor, &FlexTensor),
+    gamma: &FlexTensor,
+    grad: &FlexTensor,
+) -> Option<[FlexTensor; 3]> {
+    let (x, g, gamma) = (dense(x)?, dense(grad)?, dense(gamma)?);
+    let (mean, rstd) = (dense(mean)?, dense(rstd)?);
+    let c = *x.layout().shape().last()?;
+    let (xs, gs, gam) = (elements(&x), elements(&g), elements(&gamma));
+    let stats = super::layer_norm::Stats {
+        mean: elements(&mean),
+        rstd: elements(&rstd),
+    };
+    let rows = xs.len() / c.max(1);
+    if c == 0
+        || gs.len() != xs.len()
+        || gam.len() != c
+        || stats.mean.len() != rows
+        || stats.rstd.len() != rows
+    {
+        return None;
+    }
+    let mut dx = super::gemm::uninit(xs.len());
+    let (dgamma, dbeta) = super::layer_norm::backward(xs, gs, gam, &stats, &mut dx);
+    // SAFETY: the backward writes every element of `dx`.
+    let dx = unsafe { super::gemm::assume_init(dx) };
+    Some([
+        tensor_dyn(dx, x.layout().shape().to_vec()),
+        tensor_dyn(dgamma, vec![c]),
+        tensor_dyn(dbeta, vec![c]),
+    ])
+}
+
+/// `a b` for 2-D f32 tensors `[m, k]` and `[k, n]` with non-negative strides (a transposed
+/// view is read in place), threaded by output blocks.
+pub(crate) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
+    let mat = |t: &FlexTensor| {
+        let l = t.layout();
+        let (dims, strides) = (l.shape(), l.strides());
+        if t.dtype() != DType::F32 || dims.num_dims() != 2 || strides.iter().any(|&s| s < 0) {
+            return None;
+        }
+        let data = t.storage::<f32>();
+        let last = l.start_offset()
+            + (dims[0].max(1) - 1) * strides[0] as usize
+            + (dims[1].max(1) - 1) * strides[1] as usize;
+        (last < data.len()).then(|| super::gemm::Mat {
+            ptr: data[l.start_offset()..].as_ptr(),
+            rs: strides[0],
+            cs: strides[1],
+        })
+    };
+    let (am, bm) = (mat(a)?, mat(b)?);
+    let (m, k, n) = (
+        a.layout().shape()[0],
+        a.layout().shape()[1],
+        b.layout().shape()[1],
+    );
+    if b.layout().shape()[0] != k || m == 0 || k == 0 || n == 0 {
+        return None;
+    }
+    let mut out = super::gemm::uninit(m * n);
+    // SAFETY: both operands were checked to lie inside their storage for every index; the
+    // product writes every element of `out`.
+    let out = unsafe {
+        super::matmul::matmul((m, n, k), am, bm, &mut out);
+        super::gemm::assume_init(out)
+    };
+    Some(tensor(out, [m, n]))
+}

@@ -1,0 +1,194 @@
+//! `C = A B` on strided `f32` matrices, threaded by output blocks: each block is one
+//! single-threaded call of the `gemm` crate's kernels, the blocks run on the thread pool.
+//!
+//! Measured on the CI machine (Intel Xeon, AVX-512, 2 vCPUs; `docs/performance.md`): the
+//! `gemm` crate's own threading (what Flex's matmul asks for above 192^3 multiply-adds) reached
+//! 214-246 GFLOPS on a ViT-S block's products on 2 threads, one thread alone 114-235, while
+//! blocks of at most 384 columns and a few hundred rows, one per task, reached 380-457. Small
+//! products, which Flex runs on one thread, are split the same way down to [`MIN_WORK`].
+
+use rayon::prelude::*;
+
+use std::mem::MaybeUninit;
+
+use super::gemm::{Mat, gemm_into};
+
+/// Below this many multiply-adds a product runs on the calling thread.
+const MIN_WORK: usize = 1 << 18;
+
+/// Widest output block.
+const MAX_COLS: usize = 384;
+
+/// Narrowest output block the column split goes down to.
+const MIN_COLS: usize = 192;
+
+/// Fewest rows the row split goes down to.
+const MIN_ROWS: usize = 64;
+
+/// Output blocks `(rows, cols)` for an `[m, n]` product with `k` inner: columns in blocks of
+/// at most [`MAX_COLS`], then halved (to [`MIN_COLS`]) and rows halved (to [`MIN_ROWS`]) until
+/// every thread has two blocks.
+fn blocks(m: usize, n: usize, k: usize, threads: usize) -> (usize, usize) {
+    if m * n * k < MIN_WORK || threads <= 1 {
+        return (m.max(1), n.max(1));
+    }
+    let target = 2 * threads;
+    let (mut mb, mut nb) = (m, n.min(MAX_COLS));
+    let tasks = |mb: usize, nb: usize| m.div_ceil(mb) * n.div_ceil(nb);
+    while tasks(mb, nb) < target && nb / 2 >= MIN_COLS {
+        nb = nb.div_ceil(2);
+    }
+    while tasks(mb, nb) < target && mb / 2 >= MIN_ROWS {
+        mb = mb.div_ceil(2);
+    }
+    (mb.max(1), nb.max(1))
+}
+
+/// `dst = a b` with `a` `[m, k]`, `b` `[k, n]` (any strides) and `dst` `[m, n]` contiguous,
+/// written in full (it may start uninitialised).
+///
+/// # Safety
+/// `a` and `b` must address `[m, k]` and `[k, n]` valid elements.
+pub unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    a: Mat,
+    b: Mat,
+    dst: &mut [MaybeUninit<f32>],
+) {
+    assert_eq!(dst.len(), m * n, "matmul: destination size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (mb, nb) = blocks(m, n, k, rayon::current_num_threads());
+    let run = |(i, rows): (usize, &mut [MaybeUninit<f32>])| {
+        // Whole operands captured (not their pointer fields, which are not `Sync`).
+        let (a, b) = (a, b);
+        let r0 = i * mb;
+        let mr = rows.len() / n;
+        for c0 in (0..n).step_by(nb) {
+            let nc = nb.min(n - c0);
+            let a = Mat {
+                ptr: a.ptr.wrapping_offset(r0 as isize * a.rs),
+                ..a
+            };
+            let b = Mat {
+                ptr: b.ptr.wrapping_offset(c0 as isize * b.cs),
+                ..b
+            };
+            // SAFETY: the blocks address rows `r0..r0 + mr` of `a` and columns `c0..c0 + nc`
+            // of `b`, inside the operands the caller vouches for; the destination block is
+            // this task's rows.
+            unsafe { gemm_into((mr, nc, k), &mut rows[c0..], n, a, b, 1.0) };
+        }
+    };
+    if mb >= m && nb >= n {
+        run((0, dst));
+        return;
+    }
+    // Row blocks are the tasks; a task's column blocks run in turn, or as tasks of their own
+    // when there are fewer row blocks than twice the threads.
+    if m.div_ceil(mb) >= 2 * rayon::current_num_threads() || nb >= n {
+        dst.par_chunks_mut(mb * n).enumerate().for_each(run);
+        return;
+    }
+    let send = SendMut(dst.as_mut_ptr());
+    let cols = n.div_ceil(nb);
+    (0..m.div_ceil(mb) * cols).into_par_iter().for_each(|t| {
+        let (a, b) = (a, b);
+        let (i, j) = (t / cols, t % cols);
+        let (r0, c0) = (i * mb, j * nb);
+        let (mr, nc) = (mb.min(m - r0), nb.min(n - c0));
+        let a = Mat {
+            ptr: a.ptr.wrapping_offset(r0 as isize * a.rs),
+            ..a
+        };
+        let b = Mat {
+            ptr: b.ptr.wrapping_offset(c0 as isize * b.cs),
+            ..b
+        };
+        let start = r0 * n + c0;
+        let len = (mr - 1) * n + nc;
+        // SAFETY: tasks write disjoint blocks `[r0..r0 + mr, c0..c0 + nc]` of `dst` (checked
+        // size `m n`); the span handed to each covers only its block's rows, and `gemm` writes
+        // only the block's columns within it.
+        let block = unsafe { std::slice::from_raw_parts_mut(send.ptr().add(start), len) };
+        unsafe { gemm_into((mr, nc, k), block, n, a, b, 1.0) };
+    });
+}
+
+/// A destination pointer shared by tasks that write disjoint blocks.
+#[derive(Clone, Copy)]
+struct SendMut(*mut MaybeUninit<f32>);
+
+impl SendMut {
+    fn ptr(self) -> *mut MaybeUninit<f32> {
+        self.0
+    }
+}
+
+// SAFETY: only used for disjoint writes, see `matmul`.
+unsafe impl Send for SendMut {}
+unsafe impl Sync for SendMut {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], a_t: bool, b_t: bool) -> Vec<f32> {
+        let at = |i: usize, p: usize| if a_t { a[p * m + i] } else { a[i * k + p] };
+        let bt = |p: usize, j: usize| if b_t { b[j * k + p] } else { b[p * n + j] };
+        (0..m * n)
+            .map(|x| (0..k).map(|p| at(x / n, p) * bt(p, x % n)).sum())
+            .collect()
+    }
+
+    #[test]
+    fn blocked_products_equal_the_naive_one_for_any_strides() {
+        for &(m, n, k) in &[
+            (3, 5, 7),
+            (130, 900, 33),
+            (700, 200, 64),
+            (64, 64, 64),
+            (513, 385, 20),
+        ] {
+            for (a_t, b_t) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                    .collect();
+                let b: Vec<f32> = (0..k * n)
+                    .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+                    .collect();
+                let am = if a_t {
+                    Mat::rows(&a, m).t()
+                } else {
+                    Mat::rows(&a, k)
+                };
+                let bm = if b_t {
+                    Mat::rows(&b, k).t()
+                } else {
+                    Mat::rows(&b, n)
+                };
+                let mut c = super::super::gemm::uninit(m * n);
+                // SAFETY: the operands are `[m, k]` and `[k, n]` vectors; `c` is then written.
+                unsafe { matmul((m, n, k), am, bm, &mut c) };
+                let c = unsafe { super::super::gemm::assume_init(c) };
+                let want = naive(m, n, k, &a, &b, a_t, b_t);
+                for (x, (c, w)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        (c - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{m}x{n}x{k} {a_t} {b_t} at {x}: {c} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_shapes() {
+        assert_eq!(blocks(8, 8, 8, 2), (8, 8), "small: one block");
+        assert_eq!(blocks(1568, 1536, 384, 2), (1568, 384));
+        assert_eq!(blocks(1568, 384, 1536, 2), (784, 192));
+        assert_eq!(blocks(384, 1536, 1568, 2), (384, 384));
+        assert_eq!(blocks(1568, 384, 384, 16), (98, 192));
+    }
+}

@@ -1,0 +1,288 @@
+//! Row kernels compiled for three instruction sets and picked at run time: AVX-512, AVX2 + FMA,
+//! and the build's baseline. The bodies are plain loops over `f32` slices written so the
+//! compiler vectorises them (reductions keep [`LANES`] partial results), which keeps them
+//! portable and safe; the exponential is `fastmath`'s branch-free polynomial.
+
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+use crate::fastmath::kernels::exp1;
+
+/// Independent partial results per reduction: one AVX-512 register of f32.
+pub const LANES: usize = 16;
+
+/// The widest instruction set this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// AVX-512 (F) with AVX2 and FMA.
+    Avx512,
+    /// AVX2 with FMA.
+    Avx2,
+    /// The build's baseline.
+    Baseline,
+}
+
+/// The level detected once per process.
+pub fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 =
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            if avx2 && std::is_x86_feature_detected!("avx512f") {
+                return Level::Avx512;
+            }
+            if avx2 {
+                return Level::Avx2;
+            }
+        }
+        Level::Baseline
+    })
+}
+
+/// One body compiled for each [`Level`], dispatched on [`level`].
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? $body
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? $body
+                match level() {
+                    // SAFETY: the CPU has the features each function was compiled for.
+                    Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    Level::Baseline => {}
+                }
+            }
+            $body
+        }
+    };
+}
+
+#[inline(always)]
+fn max2(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
+#[inline(always)]
+fn lanes_max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            acc[j] = max2(acc[j], c[j]);
+        }
+    }
+    tail.iter()
+        .fold(acc.into_iter().fold(f32::NEG_INFINITY, max2), |m, &x| {
+            max2(m, x)
+        })
+}
+
+#[inline(always)]
+fn lanes_sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            acc[j] += c[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..LANES {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+multiversion! {
+    /// One softmax row of raw scores `s` in place: `p = exp(s scale + bias - m)` with
+    /// `m = max(s scale + bias)`; returns `(m, sum p)`.
+    pub fn softmax_row(s: &mut [f32], scale: f32, bias: Option<&[f32]>) -> (f32, f32) {
+        match bias {
+            Some(b) => s.iter_mut().zip(b).for_each(|(x, &b)| *x = *x * scale + b),
+            None => s.iter_mut().for_each(|x| *x *= scale),
+        }
+        let m = lanes_max(s);
+        s.iter_mut().for_each(|x| *x = exp1(*x - m));
+        (m, lanes_sum(s))
+    }
+}
+
+multiversion! {
+    /// Probabilities of one row from raw scores and the row's log-sum-exp, in place:
+    /// `p = exp(s scale + bias - lse)`.
+    pub fn probs_row(s: &mut [f32], scale: f32, bias: Option<&[f32]>, lse: f32) {
+        match bias {
+            Some(b) => s.iter_mut().zip(b).for_each(|(x, &b)| *x = exp1(*x * scale + b - lse)),
+            None => s.iter_mut().for_each(|x| *x = exp1(*x * scale - lse)),
+        }
+    }
+}
+
+multiversion! {
+    /// The softmax backward of one row, in place in `dp`: `ds = p (dp - delta)`.
+    pub fn dsoftmax_row(p: &[f32], dp: &mut [f32], delta: f32) {
+        dp.iter_mut().zip(p).for_each(|(d, &p)| *d = p * (*d - delta));
+    }
+}
+
+multiversion! {
+    /// `sum a b`.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        lanes_dot(a, b)
+    }
+}
+
+multiversion! {
+    /// `x *= a`.
+    pub fn scale(x: &mut [f32], a: f32) {
+        x.iter_mut().for_each(|x| *x *= a);
+    }
+}
+
+multiversion! {
+    /// `acc += x`.
+    pub fn add(acc: &mut [f32], x: &[f32]) {
+        acc.iter_mut().zip(x).for_each(|(a, &x)| *a += x);
+    }
+}
+
+multiversion! {
+    /// Layer norm of one row into `out`: `(x - mean) rstd gamma + beta`; returns
+    /// `(mean, rstd)`, `rstd = 1 / sqrt(var + epsilon)` (variance about the mean, two passes).
+    pub fn layer_norm_row(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f32, out: &mut [MaybeUninit<f32>]) -> (f32, f32) {
+        let n = x.len() as f32;
+        let mean = lanes_sum(x) / n;
+        let mut acc = [0.0f32; LANES];
+        let chunks = x.chunks_exact(LANES);
+        let tail: f32 = chunks.remainder().iter().map(|&v| (v - mean) * (v - mean)).sum();
+        for c in chunks {
+            for j in 0..LANES {
+                acc[j] += (c[j] - mean) * (c[j] - mean);
+            }
+        }
+        let var = (acc.iter().sum::<f32>() + tail) / n;
+        let rstd = 1.0 / (var + epsilon).sqrt();
+        for (((o, &x), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
+            o.write((x - mean) * rstd * g + b);
+        }
+        (mean, rstd)
+    }
+}
+
+/// What layer norm's backward reads for one row.
+#[derive(Clone, Copy, Debug)]
+pub struct NormRow<'a> {
+    /// The input row.
+    pub x: &'a [f32],
+    /// The output's gradient.
+    pub g: &'a [f32],
+    /// The scale.
+    pub gamma: &'a [f32],
+    /// The row's mean.
+    pub mean: f32,
+    /// The row's reciprocal standard deviation.
+    pub rstd: f32,
+}
+
+multiversion! {
+    /// Layer norm's backward for one row: `dx = rstd (gy - mean(gy) - x_hat mean(gy x_hat))`
+    /// with `gy = g gamma`, `x_hat = (x - mean) rstd`; adds `g x_hat` to `dgamma` and `g` to
+    /// `dbeta`.
+    pub fn layer_norm_row_backward(
+        row: NormRow,
+        dx: &mut [MaybeUninit<f32>],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) {
+        let NormRow { x, g, gamma, mean, rstd } = row;
+        let n = x.len();
+        let (mut s1, mut s2) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let mut at = 0;
+        while at + LANES <= n {
+            for j in 0..LANES {
+                let i = at + j;
+                let xhat = (x[i] - mean) * rstd;
+                let gy = g[i] * gamma[i];
+                s1[j] += gy;
+                s2[j] += gy * xhat;
+                dgamma[i] += g[i] * xhat;
+                dbeta[i] += g[i];
+            }
+            at += LANES;
+        }
+        let (mut t1, mut t2) = (0.0f32, 0.0f32);
+        for i in at..n {
+            let xhat = (x[i] - mean) * rstd;
+            let gy = g[i] * gamma[i];
+            t1 += gy;
+            t2 += gy * xhat;
+            dgamma[i] += g[i] * xhat;
+            dbeta[i] += g[i];
+        }
+        let m1 = (s1.iter().sum::<f32>() + t1) / n as f32;
+        let m2 = (s2.iter().sum::<f32>() + t2) / n as f32;
+        for i in 0..n {
+            let xhat = (x[i] - mean) * rstd;
+            dx[i].write(rstd * (g[i] * gamma[i] - m1 - xhat * m2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_kernels_match_scalar_formulas() {
+        let n = 37;
+        let s: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut p = s.clone();
+        let (m, l) = softmax_row(&mut p, 0.5, Some(&b));
+        let z: Vec<f64> = s
+            .iter()
+            .zip(&b)
+            .map(|(&s, &b)| s as f64 * 0.5 + b as f64)
+            .collect();
+        let m64 = z.iter().cloned().fold(f64::MIN, f64::max);
+        assert!((m as f64 - m64).abs() < 1e-6);
+        let l64: f64 = z.iter().map(|z| (z - m64).exp()).sum();
+        assert!(((l as f64) - l64).abs() / l64 < 1e-6);
+        let mut q = s.clone();
+        let lse = m + l.ln();
+        probs_row(&mut q, 0.5, Some(&b), lse);
+        for (i, &q) in q.iter().enumerate() {
+            assert!((q as f64 - (z[i] - m64).exp() / l64).abs() < 1e-6);
+        }
+        assert!(
+            (dot(&s, &b) as f64 - s.iter().zip(&b).map(|(a, b)| (a * b) as f64).sum::<f64>()).abs()
+                < 1e-4
+        );
+        let mut d = b.clone();
+        dsoftmax_row(&q, &mut d, 0.25);
+        assert!((d[3] - q[3] * (b[3] - 0.25)).abs() < 1e-7);
+    }
+}
