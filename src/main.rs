@@ -27,7 +27,10 @@ static ALLOC: e2e_tal::memory::CountingAllocator = e2e_tal::memory::CountingAllo
 
 fn main() -> ExitCode {
     e2e_tal::io::progress_to_stdout();
-    match cli::run(cli::Cli::parse()) {
+    let cli = cli::Cli::parse();
+    // The command runs on a worker of the thread pool the CPU kernels use: a parallel kernel
+    // then splits its work with the calling thread instead of waking the pool and waiting.
+    match rayon::scope(|_| cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // An error all ranks of a data-parallel run share is printed once, by rank 0.

@@ -281,39 +281,26 @@ pub fn backward(dims: &Dims, x: &Operands, saved: &Saved, g: GradsMut) {
             });
         return;
     }
-    // Heads share bias slices: each thread sums into its own copy, the copies add up.
+    // Heads share bias slices: one task per slice runs its heads in turn (batch-major), so the
+    // sums do not depend on the thread count or the scheduling.
     let which = |bh: usize| {
         let (b, h) = (bh / heads, bh % heads);
         (if shape[0] > 1 { b } else { 0 }) * shape[1] + if shape[1] > 1 { h } else { 0 }
     };
-    let total = per_head
-        .fold(Vec::new, |mut acc: Vec<f32>, (bh, ((dq, dk), dv))| {
-            if acc.is_empty() {
-                acc = vec![0.0; dbias.len()];
-            }
-            let s = which(bh) * slice;
-            backward_head(
-                dims,
-                x,
-                saved,
-                bh,
-                [dq, dk, dv],
-                Some(&mut acc[s..s + slice]),
-            );
-            acc
-        })
-        .reduce(Vec::new, |mut a, b| {
-            if a.is_empty() {
-                return b;
-            }
-            if !b.is_empty() {
-                simd::add(&mut a, &b);
-            }
-            a
-        });
-    if !total.is_empty() {
-        dbias.copy_from_slice(&total);
+    let mut by_slice: Vec<Vec<_>> = (0..shape[0] * shape[1]).map(|_| Vec::new()).collect();
+    let chunks = g.dq.chunks_mut((nq * d).max(1));
+    let chunks = chunks.zip(g.dk.chunks_mut((nk * d).max(1)));
+    for (bh, ((dq, dk), dv)) in chunks.zip(g.dv.chunks_mut((nk * dv).max(1))).enumerate() {
+        by_slice[which(bh)].push((bh, [dq, dk, dv]));
     }
+    by_slice
+        .into_par_iter()
+        .zip(dbias.par_chunks_mut(slice.max(1)))
+        .for_each(|(members, db)| {
+            for (bh, grads) in members {
+                backward_head(dims, x, saved, bh, grads, Some(&mut *db));
+            }
+        });
 }
 
 /// One head's backward over its query tiles; `dbias` (the head's bias slice `[Nqb, Nk]`)

@@ -293,9 +293,13 @@ pub(crate) fn layer_norm_backward(
     ])
 }
 
-/// `a b` for 2-D f32 tensors `[m, k]` and `[k, n]` with non-negative strides (a transposed
-/// view is read in place), threaded by output blocks.
-pub(crate) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
+/// `a b (+ bias)` for 2-D f32 tensors `[m, k]` and `[k, n]` with non-negative strides (a
+/// transposed view is read in place) and a bias of `n` elements, threaded by output blocks.
+pub(crate) fn matmul(
+    a: &FlexTensor,
+    b: &FlexTensor,
+    bias: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
     let mat = |t: &FlexTensor| {
         let l = t.layout();
         let (dims, strides) = (l.shape(), l.strides());
@@ -312,6 +316,7 @@ pub(crate) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
             cs: strides[1],
         })
     };
+    let bias_absent = bias.is_none();
     let (am, bm) = (mat(a)?, mat(b)?);
     let (m, k, n) = (
         a.layout().shape()[0],
@@ -321,11 +326,19 @@ pub(crate) fn matmul(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
     if b.layout().shape()[0] != k || m == 0 || k == 0 || n == 0 {
         return None;
     }
+    let bias = match bias {
+        Some(t) => Some(dense(t)?).filter(|t| t.layout().num_elements() == n),
+        None => None,
+    };
+    if bias.is_none() != bias_absent {
+        return None;
+    }
     let mut out = super::gemm::uninit(m * n);
     // SAFETY: both operands were checked to lie inside their storage for every index; the
     // product writes every element of `out`.
     let out = unsafe {
-        super::matmul::matmul((m, n, k), am, bm, &mut out);
+        let bias = bias.as_ref().map(elements);
+        super::matmul::matmul((m, n, k), (am, bm), bias, &mut out);
         super::gemm::assume_init(out)
     };
     Some(tensor(out, [m, n]))

@@ -55,7 +55,7 @@ pub unsafe fn gemm(
 ) {
     // SAFETY: an initialised slice is a valid destination read or not; operands: the caller's.
     unsafe {
-        raw(
+        gemm_raw(
             dims,
             (dst.as_mut_ptr(), dst.len()),
             ld,
@@ -80,11 +80,15 @@ pub unsafe fn gemm_into(
 ) {
     let dst = (dst.as_mut_ptr().cast::<f32>(), dst.len());
     // SAFETY: without `accumulate` the destination is only written; operands: the caller's.
-    unsafe { raw(dims, dst, ld, false, (a, b, beta)) }
+    unsafe { gemm_raw(dims, dst, ld, false, (a, b, beta)) }
 }
 
-/// The `gemm` crate's call on a destination of `len` elements (checked to hold the product).
-unsafe fn raw(
+/// The `gemm` crate's call on a destination of `len` elements (checked to hold the product),
+/// read first when `accumulate`.
+///
+/// # Safety
+/// As [`gemm`]; `dst` must be valid for `len` elements (initialised when `accumulate`).
+pub unsafe fn gemm_raw(
     (m, n, k): (usize, usize, usize),
     (dst, len): (*mut f32, usize),
     ld: usize,

@@ -54,8 +54,10 @@ pub struct Stats<'a> {
     pub rstd: &'a [f32],
 }
 
-/// `dx` (into `dx`, every element written) and the scale's and shift's gradients (returned, `[C]` each) from the
-/// input, its statistics, the scale and the output's gradient `g`.
+/// `dx` (into `dx`, every element written) and the scale's and shift's gradients (returned,
+/// `[C]` each) from the input, its statistics, the scale and the output's gradient `g`. Each
+/// block of [`ROWS`] rows sums its own part and the parts add up in block order, so the result
+/// does not depend on the thread count or on which thread ran which block.
 pub fn backward(
     x: &[f32],
     g: &[f32],
@@ -65,33 +67,34 @@ pub fn backward(
 ) -> (Vec<f32>, Vec<f32>) {
     let c = gamma.len();
     assert!(c > 0 && x.len() == g.len() && x.len() == dx.len() && x.len() == s.mean.len() * c);
-    let sums = dx
-        .par_chunks_mut(ROWS * c)
+    let blocks = s.mean.len().div_ceil(ROWS);
+    // Per block: `c` scale sums, then `c` shift sums.
+    let mut parts = vec![0.0f32; blocks * 2 * c];
+    parts
+        .par_chunks_mut(2 * c)
+        .zip(dx.par_chunks_mut(ROWS * c))
         .zip(x.par_chunks(ROWS * c).zip(g.par_chunks(ROWS * c)))
         .zip(s.mean.par_chunks(ROWS).zip(s.rstd.par_chunks(ROWS)))
-        .fold(
-            || (vec![0.0f32; c], vec![0.0f32; c]),
-            |(mut dgamma, mut dbeta), ((dx, (x, g)), (mean, rstd))| {
-                let rows = dx
-                    .chunks_exact_mut(c)
-                    .zip(x.chunks_exact(c).zip(g.chunks_exact(c)));
-                for (i, (dx, (x, g))) in rows.enumerate() {
-                    let row = simd::NormRow {
-                        x,
-                        g,
-                        gamma,
-                        mean: mean[i],
-                        rstd: rstd[i],
-                    };
-                    simd::layer_norm_row_backward(row, dx, &mut dgamma, &mut dbeta);
-                }
-                (dgamma, dbeta)
-            },
-        )
-        .reduce_with(|(mut ga, mut ba), (gb, bb)| {
-            simd::add(&mut ga, &gb);
-            simd::add(&mut ba, &bb);
-            (ga, ba)
+        .for_each(|(((part, dx), (x, g)), (mean, rstd))| {
+            let (dgamma, dbeta) = part.split_at_mut(c);
+            let rows = dx
+                .chunks_exact_mut(c)
+                .zip(x.chunks_exact(c).zip(g.chunks_exact(c)));
+            for (i, (dx, (x, g))) in rows.enumerate() {
+                let row = simd::NormRow {
+                    x,
+                    g,
+                    gamma,
+                    mean: mean[i],
+                    rstd: rstd[i],
+                };
+                simd::layer_norm_row_backward(row, dx, dgamma, dbeta);
+            }
         });
-    sums.unwrap_or_else(|| (vec![0.0; c], vec![0.0; c]))
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; c], vec![0.0f32; c]);
+    for part in parts.chunks_exact(2 * c) {
+        simd::add(&mut dgamma, &part[..c]);
+        simd::add(&mut dbeta, &part[c..]);
+    }
+    (dgamma, dbeta)
 }

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::gemm::{Mat, gemm_into};
+use super::gemm::{Mat, gemm_raw};
 
 /// Below this many multiply-adds a product runs on the calling thread.
 const MIN_WORK: usize = 1 << 18;
@@ -44,84 +44,92 @@ fn blocks(m: usize, n: usize, k: usize, threads: usize) -> (usize, usize) {
     (mb.max(1), nb.max(1))
 }
 
-/// `dst = a b` with `a` `[m, k]`, `b` `[k, n]` (any strides) and `dst` `[m, n]` contiguous,
-/// written in full (it may start uninitialised).
+/// `dst = a b (+ bias)` with `a` `[m, k]`, `b` `[k, n]` (any strides), `bias` `[n]` added to
+/// every row, and `dst` `[m, n]` contiguous, written in full (it may start uninitialised).
 ///
 /// # Safety
 /// `a` and `b` must address `[m, k]` and `[k, n]` valid elements.
 pub unsafe fn matmul(
     (m, n, k): (usize, usize, usize),
-    a: Mat,
-    b: Mat,
+    (a, b): (Mat, Mat),
+    bias: Option<&[f32]>,
     dst: &mut [MaybeUninit<f32>],
 ) {
     assert_eq!(dst.len(), m * n, "matmul: destination size");
+    assert!(bias.is_none_or(|b| b.len() == n), "matmul: bias size");
     if m == 0 || n == 0 {
         return;
     }
     let (mb, nb) = blocks(m, n, k, rayon::current_num_threads());
-    let run = |(i, rows): (usize, &mut [MaybeUninit<f32>])| {
-        // Whole operands captured (not their pointer fields, which are not `Sync`).
-        let (a, b) = (a, b);
-        let r0 = i * mb;
-        let mr = rows.len() / n;
-        for c0 in (0..n).step_by(nb) {
-            let nc = nb.min(n - c0);
-            let a = Mat {
-                ptr: a.ptr.wrapping_offset(r0 as isize * a.rs),
-                ..a
-            };
-            let b = Mat {
-                ptr: b.ptr.wrapping_offset(c0 as isize * b.cs),
-                ..b
-            };
-            // SAFETY: the blocks address rows `r0..r0 + mr` of `a` and columns `c0..c0 + nc`
-            // of `b`, inside the operands the caller vouches for; the destination block is
-            // this task's rows.
-            unsafe { gemm_into((mr, nc, k), &mut rows[c0..], n, a, b, 1.0) };
-        }
-    };
-    if mb >= m && nb >= n {
-        run((0, dst));
-        return;
-    }
-    // Row blocks are the tasks; a task's column blocks run in turn, or as tasks of their own
-    // when there are fewer row blocks than twice the threads.
-    if m.div_ceil(mb) >= 2 * rayon::current_num_threads() || nb >= n {
-        dst.par_chunks_mut(mb * n).enumerate().for_each(run);
-        return;
-    }
-    let send = SendMut(dst.as_mut_ptr());
     let cols = n.div_ceil(nb);
-    (0..m.div_ceil(mb) * cols).into_par_iter().for_each(|t| {
-        let (a, b) = (a, b);
-        let (i, j) = (t / cols, t % cols);
-        let (r0, c0) = (i * mb, j * nb);
-        let (mr, nc) = (mb.min(m - r0), nb.min(n - c0));
+    let tasks = m.div_ceil(mb) * cols;
+    let out = SendMut(dst.as_mut_ptr().cast::<f32>());
+    let task = |t: usize| {
+        let (r0, c0) = ((t / cols) * mb, (t % cols) * nb);
+        let block = Block {
+            rows: r0..(r0 + mb).min(m),
+            cols: c0..(c0 + nb).min(n),
+        };
+        // SAFETY: the blocks tile `dst` (`m n` elements, checked) without overlap, so tasks
+        // write disjoint elements; the operands are the caller's contract.
+        unsafe { block.run((n, k), (a, b), bias, out) };
+    };
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// One output block of a product.
+struct Block {
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+}
+
+impl Block {
+    /// Writes the block: the bias first when there is one, then the product added to it.
+    ///
+    /// # Safety
+    /// `out` must hold `m n` elements (rows of `n`) of which no other thread touches this
+    /// block's; `a` and `b` must address the block's rows and columns with `k` inner.
+    unsafe fn run(
+        &self,
+        (n, k): (usize, usize),
+        (a, b): (Mat, Mat),
+        bias: Option<&[f32]>,
+        out: SendMut,
+    ) {
+        let (mr, nc) = (self.rows.len(), self.cols.len());
         let a = Mat {
-            ptr: a.ptr.wrapping_offset(r0 as isize * a.rs),
+            ptr: a.ptr.wrapping_offset(self.rows.start as isize * a.rs),
             ..a
         };
         let b = Mat {
-            ptr: b.ptr.wrapping_offset(c0 as isize * b.cs),
+            ptr: b.ptr.wrapping_offset(self.cols.start as isize * b.cs),
             ..b
         };
-        let start = r0 * n + c0;
+        // SAFETY (both blocks): the block lies inside `out` (caller); only its elements are
+        // written, through the pointer (no reference to memory other tasks write).
+        let dst = unsafe { out.ptr().add(self.rows.start * n + self.cols.start) };
+        if let Some(bias) = bias {
+            for i in 0..mr {
+                for (j, &v) in bias[self.cols.clone()].iter().enumerate() {
+                    unsafe { dst.add(i * n + j).write(v) };
+                }
+            }
+        }
         let len = (mr - 1) * n + nc;
-        // SAFETY: tasks write disjoint blocks `[r0..r0 + mr, c0..c0 + nc]` of `dst` (checked
-        // size `m n`); the span handed to each covers only its block's rows, and `gemm` writes
-        // only the block's columns within it.
-        let block = unsafe { std::slice::from_raw_parts_mut(send.ptr().add(start), len) };
-        unsafe { gemm_into((mr, nc, k), block, n, a, b, 1.0) };
-    });
+        unsafe { gemm_raw((mr, nc, k), (dst, len), n, bias.is_some(), (a, b, 1.0)) };
+    }
 }
 
-/// A destination pointer shared by tasks that write disjoint blocks.
+/// The destination shared by tasks that write disjoint blocks.
 #[derive(Clone, Copy)]
-struct SendMut(*mut MaybeUninit<f32>);
+struct SendMut(*mut f32);
 
 impl SendMut {
-    fn ptr(self) -> *mut MaybeUninit<f32> {
+    fn ptr(self) -> *mut f32 {
         self.0
     }
 }
@@ -170,9 +178,16 @@ mod tests {
                 };
                 let mut c = super::super::gemm::uninit(m * n);
                 // SAFETY: the operands are `[m, k]` and `[k, n]` vectors; `c` is then written.
-                unsafe { matmul((m, n, k), am, bm, &mut c) };
+                let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01).collect();
+                let with_bias = (m + n) % 2 == 0;
+                unsafe { matmul((m, n, k), (am, bm), with_bias.then_some(&bias[..]), &mut c) };
                 let c = unsafe { super::super::gemm::assume_init(c) };
-                let want = naive(m, n, k, &a, &b, a_t, b_t);
+                let mut want = naive(m, n, k, &a, &b, a_t, b_t);
+                if with_bias {
+                    want.iter_mut()
+                        .enumerate()
+                        .for_each(|(x, w)| *w += bias[x % n]);
+                }
                 for (x, (c, w)) in c.iter().zip(&want).enumerate() {
                     assert!(
                         (c - w).abs() <= 1e-4 * (1.0 + w.abs()),

@@ -2,6 +2,7 @@
 
 use burn::config::Config;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
+use rayon::prelude::*;
 
 use super::frames::Frames;
 use crate::error::{Error, Result};
@@ -362,26 +363,34 @@ fn clips_from(
     }
     let (h, w, f) = (frames.height, frames.width, cfg.clip_frames);
     let plane = h * w;
-    let mut data = vec![0f32; count * 3 * f * plane];
+    // Where each clip's frames are among those read (checked first: an error names them).
+    let mut at = vec![None; count * f];
     for k in 0..count {
-        for (j, fi) in cfg.clip_frame_indices(start + k, total).enumerate() {
-            let Ok(at) = read.indices.binary_search(&fi) else {
+        for (j, fi) in cfg.clip_frame_indices(start + k, total).enumerate().take(f) {
+            let Ok(i) = read.indices.binary_search(&fi) else {
                 return Err(Error::Config(format!(
                     "video `{}`: clip {} needs frame {fi}, which was not read",
                     frames.video,
                     start + k,
                 )));
             };
-            let src = frames.frame(at);
-            for c in 0..3 {
-                let (m, s) = (cfg.mean[c], cfg.std[c]);
-                let dst = ((k * 3 + c) * f + j) * plane;
-                for (p, d) in data[dst..dst + plane].iter_mut().enumerate() {
-                    *d = (src[p * 3 + c] as f32 / 255.0 - m) / s;
-                }
-            }
+            at[k * f + j] = Some(i);
         }
     }
+    // One plane `[k, c, j]` per task, on every core.
+    let mut data = vec![0f32; count * 3 * f * plane];
+    data.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(i, plane)| {
+            let (k, c, j) = (i / (3 * f), (i / f) % 3, i % f);
+            let Some(frame) = at[k * f + j] else {
+                return;
+            };
+            let (src, m, s) = (frames.frame(frame), cfg.mean[c], cfg.std[c]);
+            for (p, d) in plane.iter_mut().enumerate() {
+                *d = (src[p * 3 + c] as f32 / 255.0 - m) / s;
+            }
+        });
     Ok(Tensor::from_data(
         TensorData::new(data, [count, 3, f, h, w]),
         device,

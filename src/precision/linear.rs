@@ -15,7 +15,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, OpsPrep};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, DType, ExtensionType, Shape, TensorMetadata};
+use burn::backend::{Autodiff, Backend, DType, ExtensionType, TensorMetadata};
 
 use crate::extension::{Bias, to};
 
@@ -53,19 +53,28 @@ pub struct CastLinearInputs<B: Backend> {
 /// leaves products below 192^3 multiply-adds on one thread and threads larger ones through the
 /// `gemm` crate's own split, which measured about half the blocked throughput on 2 cores.
 pub trait FastMatmul: Backend {
-    /// `a b` for `[m, k]` and `[k, n]` operands, or `None` when the backend has no faster way.
+    /// `a b` for `[m, k]` and `[k, n]` operands, plus `bias` (`[n]`) on every row when given,
+    /// or `None` when the backend has no faster way.
     ///
     /// # Shapes
-    /// - a `[m, k]`, b `[k, n]` -> `[m, n]`
-    fn fast_matmul(_a: &FloatTensor<Self>, _b: &FloatTensor<Self>) -> Option<FloatTensor<Self>> {
+    /// - a `[m, k]`, b `[k, n]`, bias `[n]` -> `[m, n]`
+    fn fast_matmul(
+        _a: &FloatTensor<Self>,
+        _b: &FloatTensor<Self>,
+        _bias: Option<&FloatTensor<Self>>,
+    ) -> Option<FloatTensor<Self>> {
         None
     }
 }
 
 #[cfg(feature = "flex")]
 impl FastMatmul for burn::backend::Flex {
-    fn fast_matmul(a: &FloatTensor<Self>, b: &FloatTensor<Self>) -> Option<FloatTensor<Self>> {
-        crate::cpu::flex::matmul(a, b)
+    fn fast_matmul(
+        a: &FloatTensor<Self>,
+        b: &FloatTensor<Self>,
+        bias: Option<&FloatTensor<Self>>,
+    ) -> Option<FloatTensor<Self>> {
+        crate::cpu::flex::matmul(a, b, bias)
     }
 }
 
@@ -82,7 +91,7 @@ impl FastMatmul for burn::backend::Dispatch {}
 
 /// `a b` through the backend's faster product where it has one.
 fn matmul<B: FastMatmul>(a: FloatTensor<B>, b: FloatTensor<B>) -> FloatTensor<B> {
-    B::fast_matmul(&a, &b).unwrap_or_else(|| B::float_matmul(a, b))
+    B::fast_matmul(&a, &b, None).unwrap_or_else(|| B::float_matmul(a, b))
 }
 
 #[cfg(feature = "flex")]
@@ -108,13 +117,9 @@ fn forward<B: Backend + FastMatmul>(
     let f32_rows = dtype == DType::F32 && x.shape().num_dims() == 2;
     if f32_rows
         && weight.dtype() == DType::F32
-        && let Some(y) = B::fast_matmul(&x, weight)
+        && let Some(y) = B::fast_matmul(&x, weight, bias.as_ref())
     {
-        let out = y.shape()[1];
-        return match bias {
-            Some(b) => B::float_add(y, B::float_reshape(b, Shape::new([1, out]))),
-            None => y,
-        };
+        return y;
     }
     B::linear(x, to::<B>(weight.clone(), dtype), bias)
 }
@@ -281,9 +286,11 @@ mod tests {
             FlexTensor::from_data(x.cast(dtype).into_data())
         };
         let (a, b) = (t([30, 20], DType::F32), t([40, 20], DType::F32));
-        assert!(Flex::fast_matmul(&a, &b.transpose(0, 1)).is_some());
+        assert!(Flex::fast_matmul(&a, &b.transpose(0, 1), None).is_some());
+        let bias = t([1, 40], DType::F32);
+        assert!(Flex::fast_matmul(&a, &b.transpose(0, 1), Some(&bias)).is_some());
         let (a, b) = (t([30, 20], DType::F16), t([20, 40], DType::F16));
-        assert!(Flex::fast_matmul(&a, &b).is_none());
+        assert!(Flex::fast_matmul(&a, &b, None).is_none());
     }
 
     #[test]
