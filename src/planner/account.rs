@@ -55,28 +55,53 @@ pub(crate) fn transformer_block(s: &Stage, i: usize, p: Bytes) -> BlockCost {
         s.window_bias
     };
     let attn_held = 4 * t * d + ta * (p * 6 * d + 4 * h) + bias;
-    let mlp_held = 4 * t * d + t * p * (d + 2 * m);
     let low = p < 4;
+    let mlp_held = 4 * t * d + t * p * (d + 2 * m);
     // The attention's query tile: scores and probabilities in the forward, four such tensors
-    // (scores, probabilities, their gradient, the bias gradient's share) in the backward.
-    let tile = 4 * s.tile[usize::from(i % 2 == 1 && s.shifted_bias > 0)];
+    // (scores, probabilities, their gradient, the bias gradient's share) in the backward; the
+    // fused CPU kernel (f32 on Flex) keeps two per-thread scratch tiles instead.
+    let shifted = usize::from(i % 2 == 1 && s.shifted_bias > 0);
+    let fused = cfg!(feature = "flex") && !low;
+    // Window attention in f32 on the CPU: the partition and shift copies of the stream (the
+    // tiled passes' larger tiles covered them).
+    let window_copies = if fused && s.window_bias > 0 {
+        4 * t * 2 * d
+    } else {
+        0
+    };
+    let tile = if fused {
+        2 * s.fused_tile[shifted]
+    } else {
+        4 * s.tile[shifted]
+    };
     BlockCost {
         held: attn_held + mlp_held,
         // The MLP's hidden gradients (and in low precision their casts), or the attention's
-        // tile gradients beside the bias gradient.
-        backward: (4 * t * (if low { d } else { 0 } + 2 * m)).max(2 * tile + bias),
+        // tile gradients beside the bias gradient. With the fused CPU kernels (f32) the hidden
+        // gradients replace the tensors the backward frees as it goes: two `d`-wide
+        // gradients remain (measured, `cargo bench --bench plan -- --probe`).
+        backward: (4
+            * t
+            * if fused {
+                2 * d
+            } else {
+                (if low { d } else { 0 }) + 2 * m
+            })
+        .max(2 * tile + bias),
         // With its input stream: the mid-block residual and the MLP hidden pair (low
         // precision: and their casts), or the attention's inputs, bias and tile.
         // Low precision adds the casts and, in window attention, the partition, shift and
         // reverse copies.
+        // In f32 on the CPU backend the linear layers add their bias inside the product, so
+        // `fc1` leaves one hidden tensor (GELU then runs in place) instead of two.
         forward: (4
             * t
             * (if low && s.window_bias > 0 {
                 7 * d / 2
             } else {
                 d
-            } + 2 * m))
-            .max(4 * t * 5 * d + bias + tile),
+            } + if fused { m } else { 2 * m }))
+        .max(4 * t * 5 * d + window_copies + bias + tile),
         input: 4 * t * d,
         stream_pair: 2 * t * d * if low { 8 } else { 4 },
         branch_held: attn_held.max(mlp_held),
@@ -140,9 +165,9 @@ pub(crate) fn blocks(shape: &BackboneShape, p: Bytes, input: usize) -> Blocks {
     Blocks {
         blocks: out,
         between,
-        // The stem's patch unfolding (a copy of the clips), in its forward and again for its
-        // weight gradient, beside its output.
-        stem: 2 * input + 4 * shape.stem_out,
+        // The stem's patches (a copy of the clips, the patch embedding's product operand)
+        // beside its output.
+        stem: input + 4 * shape.stem_out,
         other_grads: (4 * shape.params()).saturating_sub(block_grads),
         segments,
     }

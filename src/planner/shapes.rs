@@ -32,6 +32,9 @@ pub(crate) struct Stage {
     /// Scores in one query tile of the attention's tiled passes (unshifted, shifted block):
     /// `batch x heads x tile x keys`, the tile at least 64 query rows.
     pub tile: [usize; 2],
+    /// Scores the fused CPU attention keeps at once (f32 on Flex): one `tile x keys` scratch
+    /// per thread of the pool (unshifted, shifted block).
+    pub fused_tile: [usize; 2],
     /// Parameters of one block.
     pub block_params: usize,
     /// Elements of the merging layer's input after the stage (0 when none).
@@ -76,6 +79,11 @@ impl BackboneShape {
 /// of `keys` keys (its `default_tile` rule).
 fn tile(batch: usize, heads: usize, keys: usize) -> usize {
     batch * heads * keys * crate::attention::default_tile(batch, heads, keys, keys)
+}
+
+/// Scores of the fused CPU attention's per-thread scratch for the same call.
+fn fused_tile(batch: usize, heads: usize, keys: usize) -> usize {
+    rayon::current_num_threads() * keys * crate::attention::default_tile(batch, heads, keys, keys)
 }
 
 /// Linear layer parameters.
@@ -128,6 +136,7 @@ fn vit(c: &VitConfig, n: usize, f: usize, h: usize, w: usize) -> Result<Backbone
             shifted_bias: 0,
             window_bias: 0,
             tile: [tile(n, c.num_heads, tokens / n.max(1)); 2],
+            fused_tile: [fused_tile(n, c.num_heads, tokens / n.max(1)); 2],
             block_params,
             merge_in: 0,
             merge_params: 0,
@@ -183,6 +192,10 @@ fn swin(c: &SwinConfig, n: usize, f: usize, h: usize, w: usize) -> BackboneShape
             window_bias: heads * vol * vol,
             // Unshifted: windows fold into the batch; shifted: into the heads.
             tile: [tile(n * windows, heads, vol), tile(n, windows * heads, vol)],
+            fused_tile: [
+                fused_tile(n * windows, heads, vol),
+                fused_tile(n, windows * heads, vol),
+            ],
             block_params,
             merge_in,
             merge_params,
