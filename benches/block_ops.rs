@@ -38,6 +38,13 @@ fn rand<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
 }
 
 fn main() {
+    // On a worker of the kernels' thread pool, as the CLI runs its commands (and as PyTorch's
+    // calling thread is one of its OpenMP threads): a parallel kernel splits its work with the
+    // caller instead of waking the pool and waiting.
+    rayon::scope(|_| run());
+}
+
+fn run() {
     let args: Vec<String> = std::env::args().collect();
     let n = args
         .iter()
