@@ -380,6 +380,23 @@ mod tests {
         }
     }
 
+    /// Every parameter gradient of `ln` in `a` within 1e-5 (relative) of the one in `b`.
+    fn assert_parameter_grads_close(
+        ln: &LayerNorm,
+        a: &burn::tensor::Gradients,
+        b: &burn::tensor::Gradients,
+        what: &str,
+    ) {
+        let (mut pa, mut pb) = (Grads(a, vec![]), Grads(b, vec![]));
+        ln.visit(&mut pa);
+        ln.visit(&mut pb);
+        for (a, b) in pa.1.into_iter().zip(pb.1) {
+            let e = (a - b.clone()).abs().max().into_scalar::<f64>()
+                / b.abs().max().into_scalar::<f64>();
+            assert!(e < 1e-5, "{what}parameter gradient {e}");
+        }
+    }
+
     #[test]
     fn fused_backward_equals_autodiff_of_the_formula() {
         let device = crate::backend::cpu_device().autodiff();
@@ -414,14 +431,7 @@ mod tests {
         );
         let (ga, gb) = ((ya * w.clone()).sum().backward(), (yb * w).sum().backward());
         let dx = rel(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
-        let (mut pa, mut pb) = (Grads(&ga, vec![]), Grads(&gb, vec![]));
-        ln.visit(&mut pa);
-        ln.visit(&mut pb);
-        for (a, b) in pa.1.into_iter().zip(pb.1) {
-            let e = (a - b.clone()).abs().max().into_scalar::<f64>()
-                / b.abs().max().into_scalar::<f64>();
-            assert!(e < 1e-5, "parameter gradient {e}");
-        }
+        assert_parameter_grads_close(&ln, &ga, &gb, "");
         assert!(dx < 1e-5, "input gradient {dx}");
     }
 
@@ -452,14 +462,7 @@ mod tests {
             let (ga, gb) = ((ya * w.clone()).sum().backward(), (yb * w).sum().backward());
             let dx = rel(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
             assert!(dx < 1e-5, "C {c}: input gradient {dx}");
-            let (mut pa, mut pb) = (Grads(&ga, vec![]), Grads(&gb, vec![]));
-            ln.visit(&mut pa);
-            ln.visit(&mut pb);
-            for (a, b) in pa.1.into_iter().zip(pb.1) {
-                let e = (a - b.clone()).abs().max().into_scalar::<f64>()
-                    / b.abs().max().into_scalar::<f64>();
-                assert!(e < 1e-5, "C {c}: parameter gradient {e}");
-            }
+            assert_parameter_grads_close(&ln, &ga, &gb, &format!("C {c}: "));
         }
     }
 

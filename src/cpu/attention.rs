@@ -35,6 +35,13 @@ pub struct Dims {
     pub dv: usize,
 }
 
+impl Dims {
+    /// `[batch, heads, nq, nk, d, dv]`.
+    pub fn sizes(&self) -> [usize; 6] {
+        [self.batch, self.heads, self.nq, self.nk, self.d, self.dv]
+    }
+}
+
 /// A `[B, H, rows, cols]` operand of a strided tensor whose last axis is contiguous: element
 /// `(b, h, i, j)` at `offset + b sb + h sh + i si + j`; a stride of 0 broadcasts along its axis.
 #[derive(Clone, Copy, Debug)]

@@ -87,14 +87,7 @@ impl Inputs {
     }
 
     fn operands(&self, scale: f64, tile: usize) -> Option<Operands<'_>> {
-        let Dims {
-            batch: b,
-            heads: h,
-            nq,
-            nk,
-            d,
-            dv,
-        } = self.dims;
+        let [b, h, nq, nk, d, dv] = self.dims.sizes();
         let bias = match &self.bias {
             Some(t) => Some(view(t, [b, h, nq, nk])?),
             None => None,
@@ -136,14 +129,7 @@ impl Inputs {
         want_bias: bool,
     ) -> Option<[Option<FlexTensor>; 4]> {
         let x = self.operands(scale, tile)?;
-        let Dims {
-            batch: b,
-            heads: h,
-            nq,
-            nk,
-            d,
-            dv,
-        } = self.dims;
+        let [b, h, nq, nk, d, dv] = self.dims.sizes();
         let (out, grad_out, lse) = (
             readable(out)?,
             readable(grad_out)?,
