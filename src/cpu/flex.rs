@@ -5,7 +5,7 @@
 //! `[B | 1, H | 1, Nq | 1, Nk]`), and the caller takes the backend-op version.
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, Shape, TensorData};
 
 use super::attention::{self as kernel, Dims, GradsMut, Operands, View};
 
@@ -177,7 +177,8 @@ fn zeros(n: usize) -> Vec<f32> {
     vec![0.0; n]
 }
 
-fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+/// A contiguous f32 Flex tensor over `data` (no copy).
+fn tensor(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
@@ -207,10 +208,6 @@ fn rows_shape(t: &FlexTensor) -> Vec<usize> {
     s
 }
 
-fn tensor_dyn(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
-}
-
 /// Layer norm over the last axis of `x` (f32, `[..., C]` with `C > 0`): the output and the row
 /// mean and reciprocal standard deviation (`[..., 1]`).
 pub(crate) fn layer_norm_forward(
@@ -238,9 +235,9 @@ pub(crate) fn layer_norm_forward(
     let out = unsafe { super::gemm::assume_init(out) };
     let stats = rows_shape(&x);
     Some([
-        tensor_dyn(out, x.layout().shape().to_vec()),
-        tensor_dyn(mean, stats.clone()),
-        tensor_dyn(rstd, stats),
+        tensor(out, x.layout().shape().to_vec()),
+        tensor(mean, stats.clone()),
+        tensor(rstd, stats),
     ])
 }
 
@@ -273,9 +270,9 @@ pub(crate) fn layer_norm_backward(
     // SAFETY: the backward writes every element of `dx`.
     let dx = unsafe { super::gemm::assume_init(dx) };
     Some([
-        tensor_dyn(dx, x.layout().shape().to_vec()),
-        tensor_dyn(dgamma, vec![c]),
-        tensor_dyn(dbeta, vec![c]),
+        tensor(dx, x.layout().shape().to_vec()),
+        tensor(dgamma, vec![c]),
+        tensor(dbeta, vec![c]),
     ])
 }
 
