@@ -269,21 +269,10 @@ mod flex {
     use burn::tensor::{DType, TensorData};
     use rayon::prelude::*;
 
+    use crate::cpu::flex::{contiguous, is_dense};
+
     /// Elements per parallel chunk (and below which one thread does it all).
     const CHUNK: usize = 1 << 14;
-
-    /// The tensor contiguous, unshared and f32, or itself back when it is not f32.
-    fn owned_f32(t: FlexTensor) -> Result<FlexTensor, FlexTensor> {
-        if t.dtype() != DType::F32 {
-            return Err(t);
-        }
-        let layout = t.layout();
-        if t.is_unique() && layout.is_contiguous() && layout.start_offset() == 0 {
-            Ok(t)
-        } else {
-            Ok(t.to_contiguous())
-        }
-    }
 
     /// A contiguous f32 tensor's elements.
     fn elements(t: &FlexTensor) -> &[f32] {
@@ -315,10 +304,8 @@ mod flex {
         if t.dtype() != DType::F32 {
             return Err(t);
         }
-        let layout = t.layout();
-        let dense = layout.is_contiguous() && layout.start_offset() == 0;
-        if !(t.is_unique() && dense) {
-            let t = if dense { t } else { t.to_contiguous() };
+        if !(t.is_unique() && is_dense(&t)) {
+            let t = contiguous(t);
             return Ok(apply_copied(elements(&t), f, &t));
         }
         let mut t = t;
@@ -344,19 +331,10 @@ mod flex {
         {
             return Err(Box::new((x, g)));
         }
-        let x = if x.layout().is_contiguous() && x.layout().start_offset() == 0 {
-            x
-        } else {
-            x.to_contiguous()
-        };
-        let gl = g.layout();
-        if !(g.is_unique() && gl.is_contiguous() && gl.start_offset() == 0) {
+        let x = contiguous(x);
+        if !(g.is_unique() && is_dense(&g)) {
             // A shared or strided gradient: the kernel writes a new buffer chunk by chunk.
-            let g = if gl.is_contiguous() && gl.start_offset() == 0 {
-                g
-            } else {
-                g.to_contiguous()
-            };
+            let g = contiguous(g);
             let xs = elements(&x);
             let mut out = vec![0.0f32; xs.len()];
             out.par_chunks_mut(CHUNK)
@@ -368,7 +346,8 @@ mod flex {
             let shape = g.layout().shape().clone();
             return Ok(FlexTensor::from_data(TensorData::new(out, shape)));
         }
-        let mut g = owned_f32(g).map_err(|g| Box::new((x.clone(), g)))?;
+        // Unshared, dense and f32 (checked above): the kernel writes in place.
+        let mut g = g;
         let n = g.layout().num_elements();
         let xs = &x.storage::<f32>()[..n];
         let gs = &mut g.storage_mut::<f32>()[..n];

@@ -50,8 +50,7 @@ fn dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> Option<Dims> {
         dv: v[3],
     };
     let agree = k[0] == q[0] && v[0] == q[0] && k[1] == q[1] && v[1] == q[1];
-    let sizes = [dims.batch, dims.heads, dims.nq, dims.nk, dims.d, dims.dv];
-    (agree && k[3] == q[3] && v[2] == k[2] && !sizes.contains(&0)).then_some(dims)
+    (agree && k[3] == q[3] && v[2] == k[2] && !dims.sizes().contains(&0)).then_some(dims)
 }
 
 /// Readable copies of the operands (views when possible).
@@ -105,13 +104,7 @@ impl Inputs {
     /// The output `[B, H, Nq, Dv]` and the row log-sum-exp `[B, H, Nq, 1]`.
     pub(crate) fn forward(&self, scale: f64, tile: usize) -> Option<(FlexTensor, FlexTensor)> {
         let x = self.operands(scale, tile)?;
-        let Dims {
-            batch: b,
-            heads: h,
-            nq,
-            dv,
-            ..
-        } = self.dims;
+        let [b, h, nq, _, _, dv] = self.dims.sizes();
         let mut out = super::gemm::uninit(b * h * nq * dv);
         let mut lse = vec![0.0f32; b * h * nq];
         kernel::forward(&self.dims, &x, &mut out, &mut lse);
@@ -182,17 +175,20 @@ fn tensor(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
+/// Whether the tensor's elements are its storage's first ones in row-major order.
+pub(crate) fn is_dense(t: &FlexTensor) -> bool {
+    t.layout().is_contiguous() && t.layout().start_offset() == 0
+}
+
+/// The tensor with its elements in row-major order from the start of its storage (a copy only
+/// when they are not).
+pub(crate) fn contiguous(t: FlexTensor) -> FlexTensor {
+    if is_dense(&t) { t } else { t.to_contiguous() }
+}
+
 /// A Flex f32 tensor's elements in row-major order (a copy only when it is not contiguous).
 fn dense(t: &FlexTensor) -> Option<FlexTensor> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let l = t.layout();
-    Some(if l.is_contiguous() && l.start_offset() == 0 {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    })
+    (t.dtype() == DType::F32).then(|| contiguous(t.clone()))
 }
 
 fn elements(t: &FlexTensor) -> &[f32] {
