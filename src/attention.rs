@@ -175,21 +175,53 @@ impl<B: Backend, C: CheckpointStrategy> FusedAttention for Autodiff<B, C> {}
 
 impl FusedAttention for Dispatch {}
 
+/// The GPU backends run the crate's flash-attention kernels (`crate::gpu`) on f32 operands,
+/// with and without a graph, so the reversible pass's recompute repeats the forward exactly.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl FusedAttention for burn::backend::Cube {}
+impl FusedAttention for burn::backend::Cube {
+    fn fused_attention_forward(
+        i: &AttentionInputs<Self>,
+    ) -> Option<(FloatTensor<Self>, FloatTensor<Self>)> {
+        use crate::gpu::FlashKernels;
+        all_f32(i).then(|| {
+            Self::flash_forward(
+                i.q.clone(),
+                i.k.clone(),
+                i.v.clone(),
+                i.bias.clone(),
+                i.scale,
+            )
+        })
+    }
 
-// CubeCL's fused kernel is used without a bias; a bias that broadcasts over batch or heads goes
-// through the tiled forward, whose broadcasting is tested on every CPU backend.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl AttentionBackend for burn::backend::Cube {
-    fn memory_efficient_attention(i: AttentionInputs<Self>) -> FloatTensor<Self> {
-        if matches!(i.bias, Bias::None) {
-            return fused::<Self>(i);
+    fn fused_attention_backward(
+        i: &AttentionInputs<Self>,
+        (out, lse, grad): (&FloatTensor<Self>, &FloatTensor<Self>, &FloatTensor<Self>),
+        want_bias: bool,
+    ) -> Option<AttentionGrads<Self>> {
+        use crate::gpu::FlashKernels;
+        if !all_f32(i) || grad.dtype() != DType::F32 {
+            return None;
         }
-        let bias = i.bias.into_option();
-        tiled_forward::<Self>(&i.q, &i.k, &i.v, bias.as_ref(), i.scale, i.tile).0
+        let (q, k, v) = (i.q.clone(), i.k.clone(), i.v.clone());
+        let (out, lse, grad) = (out.clone(), lse.clone(), grad.clone());
+        let g = Self::flash_backward(q, k, v, i.bias.clone(), out, lse, grad, i.scale, want_bias);
+        Some([Some(g.q), Some(g.k), Some(g.v), g.bias.into_option()])
     }
 }
+
+/// Whether every operand is f32 (the GPU kernels' one precision).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn all_f32<B: Backend>(i: &AttentionInputs<B>) -> bool {
+    let bias_f32 = match &i.bias {
+        Bias::None => true,
+        Bias::Additive(b) => b.dtype() == DType::F32,
+    };
+    bias_f32 && [&i.q, &i.k, &i.v].iter().all(|t| t.dtype() == DType::F32)
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+impl AttentionBackend for burn::backend::Cube {}
 
 /// What the backward pass keeps: the inputs, the output and the row log-sum-exp.
 #[derive(Clone, Debug)]
@@ -700,7 +732,7 @@ mod tests {
 
     #[test]
     fn without_a_graph_it_matches_the_naive_formula() {
-        let device = crate::backend::cpu_device();
+        let device = crate::backend::device_from_env().expect("E2E_TAL_BACKEND names a backend");
         let (q, k, v) = (
             rand([1, 2, 40, 8], &device),
             rand([1, 2, 33, 8], &device),
@@ -773,6 +805,50 @@ mod tests {
             !covered(Some([2, 3, 10, 1]), DType::F32),
             "bias constant over keys"
         );
+        assert!(!covered(None, DType::F16), "f16");
+    }
+
+    /// The GPU backends take the crate's flash kernels for f32 operands, every bias shape
+    /// included (so the tests above check them when `E2E_TAL_BACKEND` names one), and the
+    /// tiled passes otherwise.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    #[test]
+    fn gpu_runs_the_flash_kernels_on_f32() {
+        use burn::backend::Cube;
+        use burn::backend::ops::FloatTensorOps;
+        let Ok(device) = crate::backend::device_from_env() else {
+            return;
+        };
+        let burn::backend::DispatchDevice::Cube(cube) = device.as_dispatch().clone() else {
+            return; // a CPU run of a GPU build: nothing to check here
+        };
+        let t = |shape: [usize; 4], dtype: DType| {
+            let data = rand(shape, &device).cast(dtype).into_data();
+            Cube::float_from_data(data, &cube)
+        };
+        let covered = |bias: Option<[usize; 4]>, dtype: DType| {
+            let inputs = AttentionInputs::<Cube> {
+                q: t([2, 3, 10, 8], dtype),
+                k: t([2, 3, 12, 8], dtype),
+                v: t([2, 3, 12, 8], dtype),
+                bias: bias.map(|s| t(s, dtype)).into(),
+                scale: 0.3,
+                tile: 4,
+            };
+            let Some((out, lse)) = Cube::fused_attention_forward(&inputs) else {
+                return false;
+            };
+            let g = (&out, &lse, &out);
+            Cube::fused_attention_backward(&inputs, g, true).is_some()
+        };
+        for bias in [
+            None,
+            Some([2, 3, 10, 12]),
+            Some([2, 1, 1, 12]),
+            Some([2, 3, 10, 1]),
+        ] {
+            assert!(covered(bias, DType::F32), "{bias:?}");
+        }
         assert!(!covered(None, DType::F16), "f16");
     }
 

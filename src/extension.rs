@@ -8,6 +8,7 @@ use burn::backend::{Backend, DType, ExtensionType, TensorMetadata};
 /// An optional additive operand: an attention's score bias, a linear layer's bias (an
 /// `Option` that crosses the dispatch boundary, which plain options do not).
 #[derive(ExtensionType, Clone, Debug)]
+#[extension_type(fusion: cfg(any(feature = "wgpu", feature = "cuda")))]
 pub enum Bias<B: Backend> {
     /// No bias.
     None,

@@ -58,6 +58,8 @@ pub mod eval;
 pub mod extension;
 pub mod fastmath;
 pub mod features;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod gpu;
 pub mod io;
 pub mod memory;
 pub mod norm;
