@@ -1,7 +1,8 @@
 //! Where a ViT-S block's training step spends its time: each component (forward + backward
 //! under autodiff, 1 x N x 384 tokens) timed alone, median of 5 after a warm-up.
 //! `cargo bench --bench block_ops [-- --tokens N] [--peer PYTHON]` (1568 tokens by default;
-//! `--peer`: the same components in PyTorch, `scripts/peer_bench.py --ops`, and the ratios).
+//! `--peer`: the same components in PyTorch, `scripts/peer_bench.py --ops`, and the ratios;
+//! `--profile N [attention]`: only the whole block (or the attention), N times, for a profiler).
 
 use std::time::Instant;
 
@@ -77,6 +78,28 @@ fn run() {
     let sync = |t: Tensor<3>| {
         let _ = t.sum().backward();
     };
+    // `--profile N [attention]`: only the whole block (or the attention), N times (a workload
+    // for `perf record` / `perf stat`).
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        let times: usize = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("--profile N");
+        let attention_only = args.get(i + 2).is_some_and(|c| c == "attention");
+        for _ in 0..times {
+            if attention_only {
+                let (q, k, v) = (
+                    qkv.clone().require_grad(),
+                    qkv.clone().require_grad(),
+                    qkv.clone().require_grad(),
+                );
+                let _ = attention(q, k, v, None, 0.125).sum().backward();
+            } else {
+                sync(block.forward(x.clone().require_grad()));
+            }
+        }
+        return;
+    }
     let rows: Vec<(&str, f64)> = vec![
         (
             "layer norm",

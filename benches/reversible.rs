@@ -7,6 +7,7 @@
 //! `cargo bench --bench reversible` (392 and 1568 tokens, depths 12 and 24, several minutes on 2
 //! cores); `-- --quick`: 392 tokens (8x7x7) only; `-- --drift-only`: only the drift table;
 //! `-- --no-drift`: skip the drift table; step times are the median of 3 steps;
+//! `-- --tokens N`: only that token count; `-- --only plain|checkpointing|reversible`: one mode;
 //! `-- --peer PYTHON`: also run the same workload in PyTorch (`scripts/peer_bench.py`: SDPA,
 //! `torch.utils.checkpoint`, revlib) with that interpreter, and print the ratios;
 //! `-- --precision bf16,f16`: also every mode with the blocks' branches in these precisions
@@ -223,11 +224,24 @@ fn run() {
                 .filter(|p| *p != Precision::F32),
         )
         .collect();
-    let token_counts: &[usize] = if quick {
-        &[8 * 7 * 7]
-    } else {
-        &[8 * 7 * 7, 8 * 14 * 14]
+    let one_count: Option<usize> = args.iter().position(|a| a == "--tokens").map(|i| {
+        args.get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .expect("--tokens N")
+    });
+    let token_counts: Vec<usize> = match one_count {
+        Some(n) => vec![n],
+        None if quick => vec![8 * 7 * 7],
+        None => vec![8 * 7 * 7, 8 * 14 * 14],
     };
+    let only: Option<Mode> = args.iter().position(|a| a == "--only").map(|i| {
+        match args.get(i + 1).map(String::as_str) {
+            Some("plain") => Mode::Plain,
+            Some("checkpointing") => Mode::Checkpointing,
+            Some("reversible") => Mode::Reversible,
+            _ => panic!("--only plain|checkpointing|reversible"),
+        }
+    });
     let depths: &[usize] = if args.iter().any(|a| a == "--drift-only") {
         &[]
     } else {
@@ -240,7 +254,7 @@ fn run() {
              e.g. the venv of docs/performance.md)"
         );
     }
-    for &tokens in token_counts {
+    for &tokens in &token_counts {
         if depths.is_empty() {
             break;
         }
@@ -254,6 +268,7 @@ fn run() {
             for (precision, mode) in precisions
                 .iter()
                 .flat_map(|&p| [Mode::Plain, Mode::Checkpointing, Mode::Reversible].map(|m| (p, m)))
+                .filter(|(_, m)| only.is_none_or(|o| o == *m))
             {
                 let device = match mode {
                     Mode::Checkpointing => e2e_tal::backend::device_from_args()

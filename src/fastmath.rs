@@ -218,8 +218,8 @@ pub mod kernels {
         g * (cdf + x * pdf)
     }
 
-    /// One body, compiled twice: for the baseline target and with AVX2 + FMA, picked at run
-    /// time.
+    /// One body, compiled three times: for the baseline target, with AVX2 + FMA and with
+    /// AVX-512, the widest the CPU runs picked at run time.
     macro_rules! multiversion {
         ($name:ident, $avx:ident, |$($arg:ident: $ty:ty),*| $body:block) => {
             #[cfg(target_arch = "x86_64")]
@@ -229,9 +229,19 @@ pub mod kernels {
             /// Applies the kernel to every element.
             pub fn $name($($arg: $ty),*) {
                 #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports the features the function was compiled for.
-                    return unsafe { $avx($($arg),*) };
+                {
+                    #[target_feature(enable = "avx512f,avx2,fma")]
+                    fn avx512($($arg: $ty),*) $body
+                    let avx2 = std::is_x86_feature_detected!("avx2")
+                        && std::is_x86_feature_detected!("fma");
+                    if avx2 && std::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU supports the features the function was compiled for.
+                        return unsafe { avx512($($arg),*) };
+                    }
+                    if avx2 {
+                        // SAFETY: as above.
+                        return unsafe { $avx($($arg),*) };
+                    }
                 }
                 $body
             }
@@ -269,7 +279,10 @@ mod flex {
     use burn::tensor::{DType, TensorData};
     use rayon::prelude::*;
 
+    use std::mem::MaybeUninit;
+
     use crate::cpu::flex::{contiguous, is_dense};
+    use crate::cpu::gemm::{assume_init, assume_init_mut, uninit};
 
     /// Elements per parallel chunk (and below which one thread does it all).
     const CHUNK: usize = 1 << 14;
@@ -282,11 +295,8 @@ mod flex {
     /// `f` applied to a copy of `src`, chunk by chunk (each chunk copied and transformed while
     /// in cache: one pass over memory instead of a copy and then the kernel).
     fn apply_copied(src: &[f32], f: impl Fn(&mut [f32]) + Sync, shape: &FlexTensor) -> FlexTensor {
-        let mut out = vec![0.0f32; src.len()];
-        let run = |(o, s): (&mut [f32], &[f32])| {
-            o.copy_from_slice(s);
-            f(o);
-        };
+        let mut out = uninit(src.len());
+        let run = |(o, s): (&mut [MaybeUninit<f32>], &[f32])| f(copied(o, s));
         if src.len() <= CHUNK {
             run((&mut out, src));
         } else {
@@ -294,8 +304,20 @@ mod flex {
                 .zip(src.par_chunks(CHUNK))
                 .for_each(run);
         }
+        // SAFETY: every chunk was copied into.
+        let out = unsafe { assume_init(out) };
         let shape = shape.layout().shape().clone();
         FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    /// `src` copied into `dst` (of the same length), which is then initialised.
+    fn copied<'a>(dst: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] {
+        assert_eq!(dst.len(), src.len(), "copied: lengths");
+        for (d, s) in dst.iter_mut().zip(src) {
+            d.write(*s);
+        }
+        // SAFETY: every element was written just above.
+        unsafe { assume_init_mut(dst) }
     }
 
     /// `t` with `f` applied to its elements (in place when `t` is unshared); `Err(t)` when it
@@ -336,13 +358,12 @@ mod flex {
             // A shared or strided gradient: the kernel writes a new buffer chunk by chunk.
             let g = contiguous(g);
             let xs = elements(&x);
-            let mut out = vec![0.0f32; xs.len()];
+            let mut out = uninit(xs.len());
             out.par_chunks_mut(CHUNK)
                 .zip(xs.par_chunks(CHUNK).zip(elements(&g).par_chunks(CHUNK)))
-                .for_each(|(o, (x, g))| {
-                    o.copy_from_slice(g);
-                    f(x, o);
-                });
+                .for_each(|(o, (x, g))| f(x, copied(o, g)));
+            // SAFETY: every chunk was copied into.
+            let out = unsafe { assume_init(out) };
             let shape = g.layout().shape().clone();
             return Ok(FlexTensor::from_data(TensorData::new(out, shape)));
         }

@@ -121,6 +121,42 @@ pub struct Operands<'a> {
 thread_local! {
     /// Per-thread tile scratch (scores, and the backward's score gradients).
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread transposed keys and values of the head a backward task works on.
+    static HEAD: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Head `(b, h)` of `x` (`rows x cols`) transposed into `dst` (`cols x rows`, row-major).
+///
+/// The products against a head's transposed keys or values (`Q K^T`, `dO V^T`) then read a
+/// row-major operand, which the `gemm` crate uses in place; given the strided original it
+/// repacks the whole head for every query tile (measured: a tenth of a block's step at 1568
+/// tokens).
+fn transpose_head(x: &View, (b, h): (usize, usize), rows: usize, cols: usize, dst: &mut [f32]) {
+    const BLOCK: usize = 16;
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // A block of rows (a few KB, in L1) read column by column, each column written contiguously.
+    let rs = x.strides[2];
+    let start = x.start(b, h, 0);
+    let src = &x.data[start..start + (rows - 1) * rs + cols];
+    for j0 in (0..rows).step_by(BLOCK) {
+        let j1 = (j0 + BLOCK).min(rows);
+        for c in 0..cols {
+            let out = &mut dst[c * rows + j0..c * rows + j1];
+            for (o, j) in out.iter_mut().zip(j0..j1) {
+                *o = src[j * rs + c];
+            }
+        }
+    }
+}
+
+/// Grows `v` to at least `len` floats and returns the first `len`.
+fn at_least(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
 }
 
 /// Runs `f` with two scratch slices of `len` floats each.
@@ -158,21 +194,26 @@ pub fn forward(dims: &Dims, x: &Operands, out: &mut [MaybeUninit<f32>], lse: &mu
         .zip(lse.par_chunks_mut(nq))
         .enumerate()
         .for_each(|(bh, (out, lse))| {
+            // Not a thread-local: the tiles below may run on this thread between other heads'.
+            let mut kt = vec![0.0f32; dims.d * dims.nk];
+            transpose_head(&x.k, (bh / heads, bh % heads), dims.nk, dims.d, &mut kt);
+            let kt = Mat::rows(&kt, dims.nk);
             out.par_chunks_mut(tile * dv)
                 .zip(lse.par_chunks_mut(tile))
                 .enumerate()
                 .for_each(|(t, (o, l))| {
                     let r = tile_rows(t, tile, nq);
-                    forward_tile(dims, x, (bh / heads, bh % heads), r, o, l)
+                    forward_tile(dims, x, (bh / heads, bh % heads, kt), r, o, l)
                 })
         });
 }
 
-/// One query tile of one head: scores, softmax rows, `P V`, normalised.
+/// One query tile of one head (`kt`: its keys transposed): scores, softmax rows, `P V`,
+/// normalised.
 fn forward_tile(
     dims: &Dims,
     x: &Operands,
-    (b, h): (usize, usize),
+    (b, h, kt): (usize, usize, Mat),
     r: Range<usize>,
     out: &mut [MaybeUninit<f32>],
     lse: &mut [f32],
@@ -182,17 +223,7 @@ fn forward_tile(
     let mut sums = vec![0.0f32; rows];
     with_scratch(rows * nk, |s, _| {
         // SAFETY: the views are bounds-checked for every (b, h, row, column) of the call.
-        unsafe {
-            gemm(
-                (rows, nk, d),
-                s,
-                nk,
-                false,
-                x.q.mat(b, h, r.start),
-                x.k.mat(b, h, 0).t(),
-                1.0,
-            )
-        };
+        unsafe { gemm((rows, nk, d), s, nk, false, x.q.mat(b, h, r.start), kt, 1.0) };
         for (i, row) in s.chunks_exact_mut(nk.max(1)).enumerate() {
             let bias = x.bias.map(|v| v.row(b, h, r.start + i, nk));
             let (m, l) = simd::softmax_row(row, x.scale, bias);
@@ -318,7 +349,7 @@ fn backward_head(
     saved: &Saved,
     bh: usize,
     [dq, dk, dv]: [&mut [MaybeUninit<f32>]; 3],
-    mut dbias: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
 ) {
     let Dims {
         heads,
@@ -335,6 +366,35 @@ fn backward_head(
         });
         return;
     }
+    HEAD.with(|head| {
+        let (kt, vt) = &mut *head.borrow_mut();
+        let (kt, vt) = (at_least(kt, d * nk), at_least(vt, wv * nk));
+        transpose_head(&x.k, (b, h), nk, d, kt);
+        transpose_head(&x.v, (b, h), nk, wv, vt);
+        let kv_t = (Mat::rows(kt, nk), Mat::rows(vt, nk));
+        backward_tiles(dims, x, saved, (bh, kv_t), [dq, dk, dv], dbias);
+    });
+}
+
+/// The query tiles of head `bh` (`kt`, `vt`: its keys and values transposed), as
+/// [`backward_head`].
+fn backward_tiles(
+    dims: &Dims,
+    x: &Operands,
+    saved: &Saved,
+    (bh, (kt, vt)): (usize, (Mat, Mat)),
+    [dq, dk, dv]: [&mut [MaybeUninit<f32>]; 3],
+    mut dbias: Option<&mut [f32]>,
+) {
+    let Dims {
+        heads,
+        nq,
+        nk,
+        d,
+        dv: wv,
+        ..
+    } = *dims;
+    let (b, h) = (bh / heads, bh % heads);
     let tile = x.tile.max(1);
     for t in 0..nq.div_ceil(tile) {
         let r = tile_rows(t, tile, nq);
@@ -344,7 +404,7 @@ fn backward_head(
             let (q_r, go_r) = (x.q.mat(b, h, r.start), saved.grad_out.mat(b, h, r.start));
             // SAFETY (every product below): the views are bounds-checked for the whole call,
             // the scratch is `[rows, nk]`, the gradients are this head's contiguous chunks.
-            unsafe { gemm((rows, nk, d), p, nk, false, q_r, x.k.mat(b, h, 0).t(), 1.0) };
+            unsafe { gemm((rows, nk, d), p, nk, false, q_r, kt, 1.0) };
             for (i, row) in p.chunks_exact_mut(nk.max(1)).enumerate() {
                 let bias = x.bias.map(|v| v.row(b, h, r.start + i, nk));
                 simd::probs_row(row, x.scale, bias, saved.lse[bh * nq + r.start + i]);
@@ -358,17 +418,7 @@ fn backward_head(
                 },
             }
             // dP = dO V^T, then dS = P (dP - rowsum(dO O)) in place.
-            unsafe {
-                gemm(
-                    (rows, nk, wv),
-                    ds,
-                    nk,
-                    false,
-                    go_r,
-                    x.v.mat(b, h, 0).t(),
-                    1.0,
-                )
-            };
+            unsafe { gemm((rows, nk, wv), ds, nk, false, go_r, vt, 1.0) };
             for (i, (p, ds)) in p
                 .chunks_exact(nk.max(1))
                 .zip(ds.chunks_exact_mut(nk.max(1)))
