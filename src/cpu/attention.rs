@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::gemm::{Mat, assume_init_mut, gemm, gemm_into};
+use super::gemm::{Mat, gemm};
 use super::simd;
 
 /// Sizes of one attention call.
@@ -118,6 +118,107 @@ pub struct Operands<'a> {
     pub tile: usize,
 }
 
+/// Where a kernel writes a `[B, H, rows, cols]` result: in the memory order of
+/// `[B, rows, H, cols]`, the order the model's head merge (`swap_dims(1, 2)` then a reshape)
+/// and the linear layers' gradients read without a copy. Each (batch, head, row) is one
+/// contiguous run of `cols` floats; tasks write disjoint runs.
+#[derive(Clone, Copy)]
+struct HeadsInner {
+    ptr: *mut f32,
+    len: usize,
+    heads: usize,
+    rows: usize,
+    cols: usize,
+}
+
+// SAFETY: tasks write disjoint rows (each (batch, head, row) belongs to one task) while the
+// buffer is borrowed by the call that made this value.
+unsafe impl Send for HeadsInner {}
+unsafe impl Sync for HeadsInner {}
+
+impl HeadsInner {
+    fn new(buf: &mut [MaybeUninit<f32>], dims: [usize; 4]) -> Self {
+        let [batch, heads, rows, cols] = dims;
+        assert_eq!(
+            buf.len(),
+            batch * heads * rows * cols,
+            "attention: result size"
+        );
+        HeadsInner {
+            ptr: buf.as_mut_ptr().cast(),
+            len: buf.len(),
+            heads,
+            rows,
+            cols,
+        }
+    }
+
+    /// Elements between consecutive rows of one head.
+    fn ld(&self) -> usize {
+        self.heads * self.cols
+    }
+
+    fn offset(&self, b: usize, h: usize, i: usize) -> usize {
+        (b * self.rows + i) * self.ld() + h * self.cols
+    }
+
+    /// `dst (+)= beta a b` into rows `i..i + m` of head `(b, h)` (`m x cols`).
+    ///
+    /// # Safety
+    /// The operands must be valid for the product; no other task may write these rows.
+    unsafe fn gemm(
+        &self,
+        (b, h, i): (usize, usize, usize),
+        mk: (usize, usize),
+        acc: bool,
+        ab: (Mat, Mat, f32),
+    ) {
+        let (m, k) = mk;
+        if m == 0 {
+            return;
+        }
+        let at = self.offset(b, h, i);
+        assert!(
+            at + (m - 1) * self.ld() + self.cols <= self.len,
+            "attention: rows"
+        );
+        // SAFETY: inside the buffer (checked); rows owned by the caller (contract).
+        unsafe {
+            super::gemm::gemm_raw(
+                (m, self.cols, k),
+                (self.ptr.add(at), self.len - at),
+                self.ld(),
+                acc,
+                ab,
+            )
+        }
+    }
+
+    /// Row `i` of head `(b, h)`, possibly uninitialised.
+    ///
+    /// # Safety
+    /// No other task may touch the row while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row_uninit(&self, b: usize, h: usize, i: usize) -> &mut [MaybeUninit<f32>] {
+        let at = self.offset(b, h, i);
+        assert!(at + self.cols <= self.len, "attention: row");
+        // SAFETY: inside the buffer (checked); owned (contract).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at).cast(), self.cols) }
+    }
+
+    /// Row `i` of head `(b, h)`.
+    ///
+    /// # Safety
+    /// The row must be initialised, and no other task may touch it while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, b: usize, h: usize, i: usize) -> &mut [f32] {
+        let at = self.offset(b, h, i);
+        assert!(at + self.cols <= self.len, "attention: row");
+        // SAFETY: inside the buffer (checked); initialised and owned (contract).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), self.cols) }
+    }
+}
+
 thread_local! {
     /// Per-thread tile scratch (scores, and the backward's score gradients).
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -176,36 +277,26 @@ fn tile_rows(t: usize, tile: usize, n: usize) -> Range<usize> {
     t * tile..((t + 1) * tile).min(n)
 }
 
-/// The output `[B, H, Nq, Dv]` (every element written) and the row log-sum-exp `[B, H, Nq]`,
-/// both contiguous.
+/// The output (every element written, in the memory order of `[B, Nq, H, Dv]`: see
+/// [`HeadsInner`]) and the row log-sum-exp `[B, H, Nq]` (contiguous).
 pub fn forward(dims: &Dims, x: &Operands, out: &mut [MaybeUninit<f32>], lse: &mut [f32]) {
     let Dims { heads, nq, dv, .. } = *dims;
-    assert_eq!(
-        out.len(),
-        dims.batch * heads * nq * dv,
-        "attention: output size"
-    );
+    let out = HeadsInner::new(out, [dims.batch, heads, nq, dv]);
     assert_eq!(lse.len(), dims.batch * heads * nq, "attention: lse size");
     let tile = x.tile.max(1);
     if nq == 0 || dv == 0 {
         return;
     }
-    out.par_chunks_mut(nq * dv)
-        .zip(lse.par_chunks_mut(nq))
-        .enumerate()
-        .for_each(|(bh, (out, lse))| {
-            // Not a thread-local: the tiles below may run on this thread between other heads'.
-            let mut kt = vec![0.0f32; dims.d * dims.nk];
-            transpose_head(&x.k, (bh / heads, bh % heads), dims.nk, dims.d, &mut kt);
-            let kt = Mat::rows(&kt, dims.nk);
-            out.par_chunks_mut(tile * dv)
-                .zip(lse.par_chunks_mut(tile))
-                .enumerate()
-                .for_each(|(t, (o, l))| {
-                    let r = tile_rows(t, tile, nq);
-                    forward_tile(dims, x, (bh / heads, bh % heads, kt), r, o, l)
-                })
-        });
+    lse.par_chunks_mut(nq).enumerate().for_each(|(bh, lse)| {
+        // Not a thread-local: the tiles below may run on this thread between other heads'.
+        let mut kt = vec![0.0f32; dims.d * dims.nk];
+        transpose_head(&x.k, (bh / heads, bh % heads), dims.nk, dims.d, &mut kt);
+        let kt = Mat::rows(&kt, dims.nk);
+        lse.par_chunks_mut(tile).enumerate().for_each(|(t, l)| {
+            let r = tile_rows(t, tile, nq);
+            forward_tile(dims, x, (bh / heads, bh % heads, kt), r, out, l)
+        })
+    });
 }
 
 /// One query tile of one head (`kt`: its keys transposed): scores, softmax rows, `P V`,
@@ -215,10 +306,10 @@ fn forward_tile(
     x: &Operands,
     (b, h, kt): (usize, usize, Mat),
     r: Range<usize>,
-    out: &mut [MaybeUninit<f32>],
+    out: HeadsInner,
     lse: &mut [f32],
 ) {
-    let Dims { nk, d, dv, .. } = *dims;
+    let Dims { nk, d, .. } = *dims;
     let rows = r.len();
     let mut sums = vec![0.0f32; rows];
     with_scratch(rows * nk, |s, _| {
@@ -230,28 +321,20 @@ fn forward_tile(
             lse[i] = m + l.ln();
             sums[i] = l;
         }
-        // SAFETY: as above; `s` is `[rows, nk]`.
-        unsafe {
-            gemm_into(
-                (rows, dv, nk),
-                out,
-                dv,
-                Mat::rows(s, nk),
-                x.v.mat(b, h, 0),
-                1.0,
-            )
-        };
+        // SAFETY: as above; `s` is `[rows, nk]`; this task owns the tile's output rows.
+        let pv = (Mat::rows(s, nk), x.v.mat(b, h, 0), 1.0);
+        unsafe { out.gemm((b, h, r.start), (rows, nk), false, pv) };
     });
-    // SAFETY: the product wrote the tile's `rows x dv` outputs.
-    let out = unsafe { assume_init_mut(out) };
     // Normalising the output scales `dv` values per row instead of `nk` probabilities.
-    for (o, l) in out.chunks_exact_mut(dv).zip(sums) {
-        simd::scale(o, 1.0 / l);
+    for (i, l) in sums.into_iter().enumerate() {
+        // SAFETY: the product wrote the row; this task owns it.
+        simd::scale(unsafe { out.row(b, h, r.start + i) }, 1.0 / l);
     }
 }
 
 /// The gradients one backward pass writes in full: dq `[B, H, Nq, D]`, dk `[B, H, Nk, D]`, dv
-/// `[B, H, Nk, Dv]` (contiguous, possibly uninitialised before), and, when asked, the bias's, contiguous in the bias's own
+/// `[B, H, Nk, Dv]` (each in the memory order of its heads-inner twin, see [`HeadsInner`];
+/// possibly uninitialised before), and, when asked, the bias's, contiguous in the bias's own
 /// shape `[Bb, Hb, Nqb, Nk]` (the score gradient summed over the axes the bias broadcasts).
 pub struct GradsMut<'a> {
     /// Query gradient.
@@ -293,14 +376,14 @@ pub fn backward(dims: &Dims, x: &Operands, saved: &Saved, g: GradsMut) {
     if batch * heads == 0 {
         return;
     }
-    let per_head =
-        g.dq.par_chunks_mut((nq * d).max(1))
-            .zip(g.dk.par_chunks_mut((nk * d).max(1)))
-            .zip(g.dv.par_chunks_mut((nk * dv).max(1)))
-            .enumerate();
+    let grads = [
+        HeadsInner::new(g.dq, [batch, heads, nq, d]),
+        HeadsInner::new(g.dk, [batch, heads, nk, d]),
+        HeadsInner::new(g.dv, [batch, heads, nk, dv]),
+    ];
+    let per_head = (0..batch * heads).into_par_iter();
     let Some((dbias, shape)) = g.dbias else {
-        per_head
-            .for_each(|(bh, ((dq, dk), dv))| backward_head(dims, x, saved, bh, [dq, dk, dv], None));
+        per_head.for_each(|bh| backward_head(dims, x, saved, bh, grads, None));
         return;
     };
     assert_eq!(
@@ -314,9 +397,7 @@ pub fn backward(dims: &Dims, x: &Operands, saved: &Saved, g: GradsMut) {
         // One bias slice per head: each task owns its part.
         per_head
             .zip(dbias.par_chunks_mut(slice.max(1)))
-            .for_each(|((bh, ((dq, dk), dv)), db)| {
-                backward_head(dims, x, saved, bh, [dq, dk, dv], Some(db))
-            });
+            .for_each(|(bh, db)| backward_head(dims, x, saved, bh, grads, Some(db)));
         return;
     }
     // Heads share bias slices: one task per slice runs its heads in turn (batch-major), so the
@@ -325,17 +406,15 @@ pub fn backward(dims: &Dims, x: &Operands, saved: &Saved, g: GradsMut) {
         let (b, h) = (bh / heads, bh % heads);
         (if shape[0] > 1 { b } else { 0 }) * shape[1] + if shape[1] > 1 { h } else { 0 }
     };
-    let mut by_slice: Vec<Vec<_>> = (0..shape[0] * shape[1]).map(|_| Vec::new()).collect();
-    let chunks = g.dq.chunks_mut((nq * d).max(1));
-    let chunks = chunks.zip(g.dk.chunks_mut((nk * d).max(1)));
-    for (bh, ((dq, dk), dv)) in chunks.zip(g.dv.chunks_mut((nk * dv).max(1))).enumerate() {
-        by_slice[which(bh)].push((bh, [dq, dk, dv]));
+    let mut by_slice: Vec<Vec<usize>> = (0..shape[0] * shape[1]).map(|_| Vec::new()).collect();
+    for bh in 0..batch * heads {
+        by_slice[which(bh)].push(bh);
     }
     by_slice
         .into_par_iter()
         .zip(dbias.par_chunks_mut(slice.max(1)))
         .for_each(|(members, db)| {
-            for (bh, grads) in members {
+            for bh in members {
                 backward_head(dims, x, saved, bh, grads, Some(&mut *db));
             }
         });
@@ -348,7 +427,7 @@ fn backward_head(
     x: &Operands,
     saved: &Saved,
     bh: usize,
-    [dq, dk, dv]: [&mut [MaybeUninit<f32>]; 3],
+    grads: [HeadsInner; 3],
     dbias: Option<&mut [f32]>,
 ) {
     let Dims {
@@ -361,9 +440,12 @@ fn backward_head(
     } = *dims;
     let (b, h) = (bh / heads, bh % heads);
     if nq == 0 {
-        dk.iter_mut().chain(dv.iter_mut()).for_each(|g| {
-            g.write(0.0);
-        });
+        for g in &grads[1..] {
+            for j in 0..nk {
+                // SAFETY: this task owns head (b, h)'s rows; writing initialises them.
+                unsafe { g.row_uninit(b, h, j) }.fill(MaybeUninit::new(0.0));
+            }
+        }
         return;
     }
     HEAD.with(|head| {
@@ -372,7 +454,7 @@ fn backward_head(
         transpose_head(&x.k, (b, h), nk, d, kt);
         transpose_head(&x.v, (b, h), nk, wv, vt);
         let kv_t = (Mat::rows(kt, nk), Mat::rows(vt, nk));
-        backward_tiles(dims, x, saved, (bh, kv_t), [dq, dk, dv], dbias);
+        backward_tiles(dims, x, saved, (bh, kv_t), grads, dbias);
     });
 }
 
@@ -383,7 +465,7 @@ fn backward_tiles(
     x: &Operands,
     saved: &Saved,
     (bh, (kt, vt)): (usize, (Mat, Mat)),
-    [dq, dk, dv]: [&mut [MaybeUninit<f32>]; 3],
+    [dq, dk, dv]: [HeadsInner; 3],
     mut dbias: Option<&mut [f32]>,
 ) {
     let Dims {
@@ -411,12 +493,7 @@ fn backward_tiles(
             }
             // dV += P^T dO (the first tile writes it; `dv` is initialised from then on).
             let pt = Mat::rows(p, nk).t();
-            match first {
-                true => unsafe { gemm_into((nk, wv, rows), dv, wv, pt, go_r, 1.0) },
-                false => unsafe {
-                    gemm((nk, wv, rows), assume_init_mut(dv), wv, true, pt, go_r, 1.0)
-                },
-            }
+            unsafe { dv.gemm((b, h, 0), (nk, rows), !first, (pt, go_r, 1.0)) };
             // dP = dO V^T, then dS = P (dP - rowsum(dO O)) in place.
             unsafe { gemm((rows, nk, wv), ds, nk, false, go_r, vt, 1.0) };
             for (i, (p, ds)) in p
@@ -437,32 +514,10 @@ fn backward_tiles(
                 }
             }
             // dQ = scale dS K, dK += scale dS^T Q
-            let dq_r = &mut dq[r.start * d..r.end * d];
-            unsafe {
-                gemm_into(
-                    (rows, d, nk),
-                    dq_r,
-                    d,
-                    Mat::rows(ds, nk),
-                    x.k.mat(b, h, 0),
-                    x.scale,
-                )
-            };
+            let dsk = (Mat::rows(ds, nk), x.k.mat(b, h, 0), x.scale);
+            unsafe { dq.gemm((b, h, r.start), (rows, nk), false, dsk) };
             let dst = Mat::rows(ds, nk).t();
-            match first {
-                true => unsafe { gemm_into((nk, d, rows), dk, d, dst, q_r, x.scale) },
-                false => unsafe {
-                    gemm(
-                        (nk, d, rows),
-                        assume_init_mut(dk),
-                        d,
-                        true,
-                        dst,
-                        q_r,
-                        x.scale,
-                    )
-                },
-            }
+            unsafe { dk.gemm((b, h, 0), (nk, rows), !first, (dst, q_r, x.scale)) };
         });
     }
 }

@@ -110,7 +110,7 @@ impl Inputs {
         kernel::forward(&self.dims, &x, &mut out, &mut lse);
         // SAFETY: the forward writes every output element.
         let out = unsafe { super::gemm::assume_init(out) };
-        Some((tensor(out, [b, h, nq, dv]), tensor(lse, [b, h, nq, 1])))
+        Some((heads_inner(out, [b, h, nq, dv]), tensor(lse, [b, h, nq, 1])))
     }
 
     /// Gradients of q, k, v and (when `want_bias`) the bias, in the bias's shape.
@@ -158,9 +158,9 @@ impl Inputs {
             (assume_init(gq), assume_init(gk), assume_init(gv))
         };
         Some([
-            Some(tensor(gq, [b, h, nq, d])),
-            Some(tensor(gk, [b, h, nk, d])),
-            Some(tensor(gv, [b, h, nk, dv])),
+            Some(heads_inner(gq, [b, h, nq, d])),
+            Some(heads_inner(gk, [b, h, nk, d])),
+            Some(heads_inner(gv, [b, h, nk, dv])),
             gb.zip(bias_shape).map(|(g, s)| tensor(g, s)),
         ])
     }
@@ -168,6 +168,13 @@ impl Inputs {
 
 fn zeros(n: usize) -> Vec<f32> {
     vec![0.0; n]
+}
+
+/// A `[B, H, N, C]` tensor over `data` laid out as `[B, N, H, C]` (the kernels' result order):
+/// a view with the heads' axis swapped, which the model's head merge reads without a copy.
+fn heads_inner(data: Vec<f32>, [b, h, n, c]: [usize; 4]) -> FlexTensor {
+    use burn::backend::{Flex, ops::FloatTensorOps};
+    Flex::float_swap_dims(tensor(data, [b, n, h, c]), 1, 2)
 }
 
 /// A contiguous f32 Flex tensor over `data` (no copy).

@@ -65,24 +65,6 @@ pub unsafe fn gemm(
     }
 }
 
-/// `dst = beta a b` into possibly uninitialised memory (never read), which it initialises:
-/// the `(m - 1) ld + n` elements of the product's rows.
-///
-/// # Safety
-/// As [`gemm`].
-pub unsafe fn gemm_into(
-    dims: (usize, usize, usize),
-    dst: &mut [MaybeUninit<f32>],
-    ld: usize,
-    a: Mat,
-    b: Mat,
-    beta: f32,
-) {
-    let dst = (dst.as_mut_ptr().cast::<f32>(), dst.len());
-    // SAFETY: without `accumulate` the destination is only written; operands: the caller's.
-    unsafe { gemm_raw(dims, dst, ld, false, (a, b, beta)) }
-}
-
 /// The `gemm` crate's call on a destination of `len` elements (checked to hold the product),
 /// read first when `accumulate`.
 ///
