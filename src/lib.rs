@@ -63,6 +63,7 @@ pub mod gpu;
 pub mod io;
 pub mod memory;
 pub mod norm;
+pub mod optim;
 pub mod pipeline;
 pub mod planner;
 pub mod precision;

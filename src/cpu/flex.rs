@@ -329,3 +329,60 @@ pub(crate) fn matmul(
     };
     Some(tensor(out, [m, n]))
 }
+
+/// The four AdamW operands handed back when the kernel does not cover them.
+pub(crate) type AdamWOperands = Box<(FlexTensor, FlexTensor, FlexTensor, FlexTensor)>;
+
+/// AdamW's update (`crate::optim`) of f32 tensors of one shape: one parallel pass, in place
+/// in the parameter and moments when they are unshared and dense (else on copies).
+pub(crate) fn adamw(
+    p: FlexTensor,
+    g: FlexTensor,
+    m: FlexTensor,
+    v: FlexTensor,
+    step: crate::optim::AdamWStep,
+) -> Result<(FlexTensor, FlexTensor, FlexTensor), AdamWOperands> {
+    use rayon::prelude::*;
+    /// Elements per task (and below which one thread does it all).
+    const CHUNK: usize = 1 << 14;
+    let shape = p.layout().shape().clone();
+    let fits = [&p, &g, &m, &v]
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && *t.layout().shape() == shape);
+    if !fits {
+        return Err(Box::new((p, g, m, v)));
+    }
+    let owned = |t: FlexTensor| {
+        if t.is_unique() && is_dense(&t) {
+            t
+        } else {
+            tensor(elements(&contiguous(t)).to_vec(), shape.clone())
+        }
+    };
+    let (mut p, g, mut m, mut v) = (owned(p), contiguous(g), owned(m), owned(v));
+    let n = shape.num_elements();
+    let (c1, c2) = step.corrections();
+    let row = super::simd::AdamWRow {
+        b1: (step.beta_1, 1.0 - step.beta_1),
+        b2: (step.beta_2, 1.0 - step.beta_2),
+        corrections: (c1, c2),
+        epsilon: step.epsilon,
+        keep: step.keep(),
+        lr: step.lr as f32,
+    };
+    let gs = elements(&g);
+    let (ps, ms, vs) = (
+        &mut p.storage_mut::<f32>()[..n],
+        &mut m.storage_mut::<f32>()[..n],
+        &mut v.storage_mut::<f32>()[..n],
+    );
+    if n <= CHUNK {
+        super::simd::adamw(ps, gs, ms, vs, row);
+    } else {
+        ps.par_chunks_mut(CHUNK)
+            .zip(gs.par_chunks(CHUNK))
+            .zip(ms.par_chunks_mut(CHUNK).zip(vs.par_chunks_mut(CHUNK)))
+            .for_each(|((p, g), (m, v))| super::simd::adamw(p, g, m, v, row));
+    }
+    Ok((p, m, v))
+}

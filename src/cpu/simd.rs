@@ -286,3 +286,38 @@ mod tests {
         assert!((d[3] - q[3] * (b[3] - 0.25)).abs() < 1e-7);
     }
 }
+
+/// The per-element scalars of one AdamW update (`crate::optim`), as f32.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWRow {
+    /// `beta_1`, `1 - beta_1`.
+    pub b1: (f32, f32),
+    /// `beta_2`, `1 - beta_2`.
+    pub b2: (f32, f32),
+    /// The bias corrections `1 - beta^t`.
+    pub corrections: (f32, f32),
+    /// Added to the corrected second moment's square root.
+    pub epsilon: f32,
+    /// The decay factor (`None`: no decay).
+    pub keep: Option<f32>,
+    /// The learning rate.
+    pub lr: f32,
+}
+
+multiversion! {
+    /// AdamW's update in place, element by element in the order of Burn's tensor operations
+    /// (no fused multiply-adds: the results are Burn's bit for bit).
+    pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWRow) {
+        let (c1, c2) = s.corrections;
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = *m * s.b1.0 + g * s.b1.1;
+            *v = *v * s.b2.0 + (g * g) * s.b2.1;
+            let delta = (*m / c1) / ((*v / c2).sqrt() + s.epsilon);
+            let kept = match s.keep {
+                Some(k) => *p * k,
+                None => *p,
+            };
+            *p = kept - delta * s.lr;
+        }
+    }
+}

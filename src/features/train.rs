@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -22,6 +22,7 @@ use super::run::{FeatureRun, batch, predict, prepare_feature_run};
 use crate::data::{FeatureSequence, Predictions};
 use crate::error::{Error, Result};
 use crate::eval::{EvalOptions, EvalReport, evaluate};
+use crate::optim::FusedAdamW;
 use crate::seed::mix;
 use crate::tal::assign::{Targets, assign};
 use crate::tal::head::TalHead;
@@ -211,11 +212,7 @@ fn run_epochs(
         head = w.clone().fork(&ad).train();
     }
     let mut ema = (cfg.ema_decay > 0.0).then(|| head.valid());
-    let adamw = |decay: f64| {
-        AdamWConfig::new()
-            .with_epsilon(cfg.adam_eps as f32)
-            .with_weight_decay(decay as f32)
-    };
+    let adamw = |decay: f64| FusedAdamW::new(decay as f32).with_epsilon(cfg.adam_eps as f32);
     let mut decayed_opt = adamw(cfg.weight_decay).init();
     let mut plain_opt = adamw(0.0).init();
     let per_epoch = train.len() / cfg.batch_size;

@@ -9,7 +9,6 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::AdamWConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::IndexedRandom;
 use rand::{SeedableRng, seq::SliceRandom};
@@ -24,6 +23,7 @@ use crate::data::annotations::Subset;
 use crate::data::augment::AugmentConfig;
 use crate::data::clips::ClipSamplingConfig;
 use crate::error::{Error, Result};
+use crate::optim::FusedAdamW;
 use crate::pipeline::FrameTransformConfig;
 use crate::precision::{Precision, autocast};
 use crate::reversible::{DriftMonitor, RewiredBackbone};
@@ -281,9 +281,7 @@ fn pretrain_scoped(
         backbone,
         fc: LinearConfig::new(dim, k).init(&device),
     };
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init();
+    let mut optim = FusedAdamW::new(cfg.weight_decay as f32).init();
     let sched = WarmupCosine {
         peak: cfg.lr,
         warmup: cfg.warmup_steps,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::SeedableRng;
@@ -42,6 +42,7 @@ use crate::data::npy::FeatureSequence;
 use crate::distributed::{Ranks, share};
 use crate::error::{Error, Result};
 use crate::eval::EvalReport;
+use crate::optim::FusedAdamW;
 use crate::pipeline::{ClipWindow, LoaderConfig, Prefetcher};
 use crate::precision::{Precision, autocast};
 use crate::reversible::SegmentDrift;
@@ -372,11 +373,7 @@ pub fn load_model(ck: &Checkpoint, device: &Device) -> Result<TalModel> {
 }
 
 fn new_optimizers(cfg: &TrainConfig) -> (ModuleOptimizer, ModuleOptimizer) {
-    let adamw = || {
-        AdamWConfig::new()
-            .with_weight_decay(cfg.weight_decay as f32)
-            .init()
-    };
+    let adamw = || FusedAdamW::new(cfg.weight_decay as f32).init();
     (adamw(), adamw())
 }
 
