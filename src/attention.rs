@@ -772,6 +772,29 @@ mod tests {
 
     /// The CPU backend takes its fused kernels for f32 operands and the bias shapes they cover
     /// (so the tests above check them), and the tiled passes otherwise.
+    /// Whether backend `B`'s fused passes take a call (q `[2, 3, 10, 8]` over 12 keys) with
+    /// this bias shape in this dtype, forward and backward; `t` makes its random operands.
+    #[allow(dead_code)] // used by the tests of the backends compiled in
+    fn covers<B: FusedAttention>(
+        t: &dyn Fn([usize; 4], DType) -> FloatTensor<B>,
+        bias: Option<[usize; 4]>,
+        dtype: DType,
+    ) -> bool {
+        let inputs = AttentionInputs::<B> {
+            q: t([2, 3, 10, 8], dtype),
+            k: t([2, 3, 12, 8], dtype),
+            v: t([2, 3, 12, 8], dtype),
+            bias: bias.map(|s| t(s, dtype)).into(),
+            scale: 0.3,
+            tile: 4,
+        };
+        let Some((out, lse)) = B::fused_attention_forward(&inputs) else {
+            return false;
+        };
+        let g = (&out, &lse, &out);
+        B::fused_attention_backward(&inputs, g, true).is_some()
+    }
+
     #[cfg(feature = "flex")]
     #[test]
     fn flex_runs_the_fused_kernel_where_it_covers_the_call() {
@@ -781,22 +804,7 @@ mod tests {
             let data = rand(shape, &device).cast(dtype).into_data();
             burn::backend::flex::FlexTensor::from_data(data)
         };
-        let covered = |bias: Option<[usize; 4]>, dtype: DType| {
-            let inputs = AttentionInputs::<Flex> {
-                q: t([2, 3, 10, 8], dtype),
-                k: t([2, 3, 12, 8], dtype),
-                v: t([2, 3, 12, 8], dtype),
-                bias: bias.map(|s| t(s, dtype)).into(),
-                scale: 0.3,
-                tile: 4,
-            };
-            let fwd = Flex::fused_attention_forward(&inputs);
-            let Some((out, lse)) = fwd else {
-                return false;
-            };
-            let g = (&out, &lse, &out);
-            Flex::fused_attention_backward(&inputs, g, true).is_some()
-        };
+        let covered = |bias, dtype| covers::<Flex>(&t, bias, dtype);
         assert!(covered(None, DType::F32));
         for bias in [[2, 3, 10, 12], [1, 3, 10, 12], [2, 1, 1, 12], [1, 1, 1, 12]] {
             assert!(covered(Some(bias), DType::F32), "{bias:?}");
@@ -826,21 +834,7 @@ mod tests {
             let data = rand(shape, &device).cast(dtype).into_data();
             Cube::float_from_data(data, &cube)
         };
-        let covered = |bias: Option<[usize; 4]>, dtype: DType| {
-            let inputs = AttentionInputs::<Cube> {
-                q: t([2, 3, 10, 8], dtype),
-                k: t([2, 3, 12, 8], dtype),
-                v: t([2, 3, 12, 8], dtype),
-                bias: bias.map(|s| t(s, dtype)).into(),
-                scale: 0.3,
-                tile: 4,
-            };
-            let Some((out, lse)) = Cube::fused_attention_forward(&inputs) else {
-                return false;
-            };
-            let g = (&out, &lse, &out);
-            Cube::fused_attention_backward(&inputs, g, true).is_some()
-        };
+        let covered = |bias, dtype| covers::<Cube>(&t, bias, dtype);
         for bias in [
             None,
             Some([2, 3, 10, 12]),

@@ -21,6 +21,52 @@ fn bias_index<E: Float>(bias: &Tensor<E>, b: usize, h: usize, i: usize, j: usize
     (((b % bias.shape(0)) * s1 + h % s1) * s2 + i % s2) * s3 + j % s3
 }
 
+/// `t[base..base + width]` into registers.
+#[cube]
+fn load_row<E: Float>(reg: &mut Array<E>, t: &Tensor<E>, base: usize, #[comptime] width: usize) {
+    for d in 0..width {
+        reg[d] = t[base + d];
+    }
+}
+
+/// Registers set to zero.
+#[cube]
+fn zero<E: Float>(reg: &mut Array<E>, #[comptime] width: usize) {
+    for d in 0..width {
+        reg[d] = E::new(0.0);
+    }
+}
+
+/// `reg . t[base..base + width]`: a row held in registers against a row in memory.
+#[cube]
+fn dot_row<E: Float>(reg: &Array<E>, t: &Tensor<E>, base: usize, #[comptime] width: usize) -> E {
+    let mut dot = E::new(0.0);
+    for d in 0..width {
+        dot += reg[d] * t[base + d];
+    }
+    dot
+}
+
+/// `s` plus the bias entry of query `i` and key `j` of head `bh` (of `heads` per batch),
+/// when there is a bias.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn plus_bias<E: Float>(
+    s: E,
+    bias: &Tensor<E>,
+    bh: usize,
+    heads: usize,
+    i: usize,
+    j: usize,
+    #[comptime] has_bias: bool,
+) -> E {
+    let mut s = s;
+    if has_bias {
+        s += bias[bias_index(bias, bh / heads, bh % heads, i, j)];
+    }
+    s
+}
+
 /// Forward: the output row and its log-sum-exp, one unit per query row.
 #[cube(launch, address_type = "dynamic")]
 #[allow(clippy::too_many_arguments)]
@@ -49,25 +95,14 @@ pub(super) fn forward<E: Float>(
     let scale = E::cast_from(scale);
 
     let mut qr = Array::<E>::new(head_dim);
-    for d in 0..head_dim {
-        qr[d] = q[row * head_dim + d];
-    }
+    load_row(&mut qr, q, row * head_dim, head_dim);
     let mut acc = Array::<E>::new(val_dim);
-    for d in 0..val_dim {
-        acc[d] = E::new(0.0);
-    }
+    zero(&mut acc, val_dim);
     let mut m = E::new(LOWEST);
     let mut l = E::new(0.0);
     for j in 0..seq_k {
-        let kb = (bh * seq_k + j) * head_dim;
-        let mut dot = E::new(0.0);
-        for d in 0..head_dim {
-            dot += qr[d] * k[kb + d];
-        }
-        let mut s = dot * scale;
-        if has_bias {
-            s += bias[bias_index(bias, bh / heads, bh % heads, i, j)];
-        }
+        let dot = dot_row(&qr, k, (bh * seq_k + j) * head_dim, head_dim);
+        let s = plus_bias(dot * scale, bias, bh, heads, i, j, has_bias);
         let m_new = max(m, s);
         let correction = (m - m_new).exp();
         let p = (s - m_new).exp();
@@ -116,35 +151,20 @@ pub(super) fn backward_query<E: Float>(
     let scale = E::cast_from(scale);
 
     let mut qr = Array::<E>::new(head_dim);
+    load_row(&mut qr, q, row * head_dim, head_dim);
     let mut acc = Array::<E>::new(head_dim);
-    for d in 0..head_dim {
-        qr[d] = q[row * head_dim + d];
-        acc[d] = E::new(0.0);
-    }
+    zero(&mut acc, head_dim);
     let mut gr = Array::<E>::new(val_dim);
-    let mut dl = E::new(0.0);
-    for d in 0..val_dim {
-        gr[d] = grad[row * val_dim + d];
-        dl += gr[d] * out[row * val_dim + d];
-    }
+    load_row(&mut gr, grad, row * val_dim, val_dim);
+    let dl = dot_row(&gr, out, row * val_dim, val_dim);
     delta[row] = dl;
     let lse_i = lse[row];
     for j in 0..seq_k {
         let kb = (bh * seq_k + j) * head_dim;
-        let vb = (bh * seq_k + j) * val_dim;
-        let mut dot = E::new(0.0);
-        for d in 0..head_dim {
-            dot += qr[d] * k[kb + d];
-        }
-        let mut s = dot * scale;
-        if has_bias {
-            s += bias[bias_index(bias, bh / heads, bh % heads, i, j)];
-        }
+        let dot = dot_row(&qr, k, kb, head_dim);
+        let s = plus_bias(dot * scale, bias, bh, heads, i, j, has_bias);
         let p = (s - lse_i).exp();
-        let mut dp = E::new(0.0);
-        for d in 0..val_dim {
-            dp += gr[d] * v[vb + d];
-        }
+        let dp = dot_row(&gr, v, (bh * seq_k + j) * val_dim, val_dim);
         let ds = p * (dp - dl) * scale;
         for d in 0..head_dim {
             acc[d] += ds * k[kb + d];
@@ -187,27 +207,17 @@ pub(super) fn backward_key<E: Float>(
     let scale = E::cast_from(scale);
 
     let mut kr = Array::<E>::new(head_dim);
+    load_row(&mut kr, k, row * head_dim, head_dim);
     let mut dk_acc = Array::<E>::new(head_dim);
-    for d in 0..head_dim {
-        kr[d] = k[row * head_dim + d];
-        dk_acc[d] = E::new(0.0);
-    }
+    zero(&mut dk_acc, head_dim);
     let mut vr = Array::<E>::new(val_dim);
+    load_row(&mut vr, v, row * val_dim, val_dim);
     let mut dv_acc = Array::<E>::new(val_dim);
-    for d in 0..val_dim {
-        vr[d] = v[row * val_dim + d];
-        dv_acc[d] = E::new(0.0);
-    }
+    zero(&mut dv_acc, val_dim);
     for i in 0..seq_q {
         let qrow = bh * seq_q + i;
-        let mut dot = E::new(0.0);
-        for d in 0..head_dim {
-            dot += q[qrow * head_dim + d] * kr[d];
-        }
-        let mut s = dot * scale;
-        if has_bias {
-            s += bias[bias_index(bias, bh / heads, bh % heads, i, j)];
-        }
+        let dot = dot_row(&kr, q, qrow * head_dim, head_dim);
+        let s = plus_bias(dot * scale, bias, bh, heads, i, j, has_bias);
         let p = (s - lse[qrow]).exp();
         let mut dp = E::new(0.0);
         for d in 0..val_dim {
