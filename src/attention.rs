@@ -398,10 +398,14 @@ fn tiled_forward<B: Backend + FastMath>(
             B::float_matmul(to::<B>(p, v.dtype()), v.clone()),
             DType::F32,
         );
-        outs.push(to::<B>(B::float_div(pv, l.clone()), v.dtype()));
+        // Each tile's rows heads-inner (`[B, rows, H, Dv]`), so the whole output is laid out
+        // as `[B, Nq, H, Dv]`: the model's head merge then reshapes it without a copy.
+        let out = to::<B>(B::float_div(pv, l.clone()), v.dtype());
+        outs.push(B::float_swap_dims(out, 1, 2));
         lses.push(B::float_add(m, B::float_log(l)));
     }
-    (B::float_cat(outs, 2), B::float_cat(lses, 2))
+    let out = B::float_swap_dims(B::float_cat(outs, 1), 1, 2);
+    (out, B::float_cat(lses, 2))
 }
 
 /// Gradients of one attention call.
