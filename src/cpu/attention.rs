@@ -264,12 +264,7 @@ fn at_least(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
     SCRATCH.with(|s| {
         let (a, b) = &mut *s.borrow_mut();
-        for v in [&mut *a, &mut *b] {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-        }
-        f(&mut a[..len], &mut b[..len])
+        f(at_least(a, len), at_least(b, len))
     })
 }
 
