@@ -2,7 +2,7 @@
 //! under autodiff, 1 x N x 384 tokens) timed alone, median of 5 after a warm-up.
 //! `cargo bench --bench block_ops [-- --tokens N] [--peer PYTHON]` (1568 tokens by default;
 //! `--peer`: the same components in PyTorch, `scripts/peer_bench.py --ops`, and the ratios;
-//! `--profile N [attention]`: only the whole block (or the attention), N times, for a profiler).
+//! `--profile N [COMPONENT]`: only the whole block (or one component), N times, for a profiler).
 
 use std::time::Instant;
 
@@ -15,6 +15,9 @@ use e2e_tal::backbone::vit::VitConfig;
 use e2e_tal::fastmath::gelu;
 use e2e_tal::norm::LayerNormConfig;
 use e2e_tal::precision::linear;
+
+/// One component's forward + backward.
+type Step<'a> = Box<dyn FnMut() + 'a>;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -78,56 +81,32 @@ fn run() {
     let sync = |t: Tensor<3>| {
         let _ = t.sum().backward();
     };
-    // `--profile N [attention]`: only the whole block (or the attention), N times (a workload
-    // for `perf record` / `perf stat`).
-    if let Some(i) = args.iter().position(|a| a == "--profile") {
-        let times: usize = args
-            .get(i + 1)
-            .and_then(|n| n.parse().ok())
-            .expect("--profile N");
-        let attention_only = args.get(i + 2).is_some_and(|c| c == "attention");
-        for _ in 0..times {
-            if attention_only {
-                let (q, k, v) = (
-                    qkv.clone().require_grad(),
-                    qkv.clone().require_grad(),
-                    qkv.clone().require_grad(),
-                );
-                let _ = attention(q, k, v, None, 0.125).sum().backward();
-            } else {
-                sync(block.forward(x.clone().require_grad()));
-            }
-        }
-        return;
-    }
-    let rows: Vec<(&str, f64)> = vec![
+    let attention_step = || {
+        let (q, k, v) = (
+            qkv.clone().require_grad(),
+            qkv.clone().require_grad(),
+            qkv.clone().require_grad(),
+        );
+        let _ = attention(q, k, v, None, 0.125).sum().backward();
+    };
+    let mut steps: Vec<(&str, Step)> = vec![
         (
             "layer norm",
-            time(|| sync(ln.forward(x.clone().require_grad()))),
+            Box::new(|| sync(ln.forward(x.clone().require_grad()))),
         ),
         (
             "linear 384 -> 1536",
-            time(|| sync(linear(&fc1, x.clone().require_grad()))),
+            Box::new(|| sync(linear(&fc1, x.clone().require_grad()))),
         ),
         (
             "linear 1536 -> 384",
-            time(|| sync(linear(&fc2, xh.clone().require_grad()))),
+            Box::new(|| sync(linear(&fc2, xh.clone().require_grad()))),
         ),
-        ("gelu", time(|| sync(gelu(xh.clone().require_grad())))),
-        (
-            "attention (memory-efficient)",
-            time(|| {
-                let (q, k, v) = (
-                    qkv.clone().require_grad(),
-                    qkv.clone().require_grad(),
-                    qkv.clone().require_grad(),
-                );
-                let _ = attention(q, k, v, None, 0.125).sum().backward();
-            }),
-        ),
+        ("gelu", Box::new(|| sync(gelu(xh.clone().require_grad())))),
+        ("attention (memory-efficient)", Box::new(attention_step)),
         (
             "attention (naive)",
-            time(|| {
+            Box::new(|| {
                 let (q, k, v) = (
                     qkv.clone().require_grad(),
                     qkv.clone().require_grad(),
@@ -141,9 +120,28 @@ fn run() {
         ),
         (
             "whole ViT-S block",
-            time(|| sync(block.forward(x.clone().require_grad()))),
+            Box::new(|| sync(block.forward(x.clone().require_grad()))),
         ),
     ];
+    // `--profile N [COMPONENT]`: only the whole block (or the component whose name starts with
+    // COMPONENT: `attention`, `layer`, `gelu`, ...), N times (a workload for `perf record`).
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        let times: usize = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .expect("--profile N");
+        let name = args.get(i + 2).map_or("whole", String::as_str);
+        let (_, step) = steps
+            .iter_mut()
+            .find(|(s, _)| s.starts_with(name))
+            .expect("--profile N COMPONENT: a component's name (or its start)");
+        (0..times).for_each(|_| step());
+        return;
+    }
+    let rows: Vec<(&str, f64)> = steps
+        .into_iter()
+        .map(|(name, step)| (name, time(step)))
+        .collect();
     // The query tile trades memory (one tile's scores) against per-tile overhead.
     let tiles: Vec<(String, f64)> = [32, 64, 128, 256]
         .into_iter()
