@@ -774,6 +774,17 @@ mod tests {
         check(&case, &[16, 70]);
     }
 
+    #[test]
+    fn widths_of_whole_registers_take_the_direct_products() {
+        // Head widths and tiles that are multiples of the SIMD width: every product of the
+        // CPU kernel runs on the microkernels directly (`cpu/ukernel.rs`), partial last tiles
+        // (100 = 64 + 36, 100 = 48 + 48 + 4) and a tile rounded down (20 -> 16) included.
+        let case = || Case::new(2, 3, 100, 90, 32, 16);
+        check(&case(), &[64, 48, 20]);
+        check(&case().with_bias([2, 3, 100, 90], true), &[64]);
+        check(&case().with_bias([1, 1, 1, 90], false), &[32]);
+    }
+
     /// The CPU backend takes its fused kernels for f32 operands and the bias shapes they cover
     /// (so the tests above check them), and the tiled passes otherwise.
     /// Whether backend `B`'s fused passes take a call (q `[2, 3, 10, 8]` over 12 keys) with

@@ -15,8 +15,9 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use super::gemm::{Mat, gemm};
+use super::gemm::Mat;
 use super::simd;
+use super::ukernel::gemm_direct;
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,7 +185,7 @@ impl HeadsInner {
         );
         // SAFETY: inside the buffer (checked); rows owned by the caller (contract).
         unsafe {
-            super::gemm::gemm_raw(
+            gemm_direct(
                 (m, self.cols, k),
                 (self.ptr.add(at), self.len - at),
                 self.ld(),
@@ -222,16 +223,15 @@ impl HeadsInner {
 thread_local! {
     /// Per-thread tile scratch (scores, and the backward's score gradients).
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    /// Per-thread transposed keys and values of the head a backward task works on.
+    /// Per-thread transposed queries and output gradients of the head a backward task works on.
     static HEAD: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Head `(b, h)` of `x` (`rows x cols`) transposed into `dst` (`cols x rows`, row-major).
 ///
-/// The products against a head's transposed keys or values (`Q K^T`, `dO V^T`) then read a
-/// row-major operand, which the `gemm` crate uses in place; given the strided original it
-/// repacks the whole head for every query tile (measured: a tenth of a block's step at 1568
-/// tokens).
+/// The score products (`K Q^T`, `V dO^T`, see [`forward_tile`]) read their right operand as
+/// rows of queries, which the microkernels use in place once a head's queries (or output
+/// gradients) are transposed: once per head instead of a repacking per query tile.
 fn transpose_head(x: &View, (b, h): (usize, usize), rows: usize, cols: usize, dst: &mut [f32]) {
     const BLOCK: usize = 16;
     if rows == 0 || cols == 0 {
@@ -272,52 +272,126 @@ fn tile_rows(t: usize, tile: usize, n: usize) -> Range<usize> {
     t * tile..((t + 1) * tile).min(n)
 }
 
+/// Query rows per tile: the caller's, rounded down to a multiple of 64 (from 64 on) or of 16
+/// (from 16 on), so the transposed score tiles are whole panels of the microkernels (64 rows
+/// on AVX-512; a 32-row remainder panel measured a quarter slower per multiply-add) or at
+/// least whole SIMD registers wide (their fast path).
+fn tile_size(tile: usize) -> usize {
+    let tile = tile.max(1);
+    let unit = if tile >= 64 { 64 } else { 16 };
+    if tile >= 16 { tile / unit * unit } else { tile }
+}
+
+/// `dst (+)= beta a b` into a scratch tile (`ld` floats per row).
+///
+/// # Safety
+/// As [`gemm_direct`]: `a` and `b` must address `[m, k]` and `[k, n]` valid elements.
+unsafe fn product(
+    dst: &mut [f32],
+    ld: usize,
+    mnk: (usize, usize, usize),
+    accumulate: bool,
+    ab: (Mat, Mat, f32),
+) {
+    // SAFETY: an initialised slice is a valid destination; the operands: the caller's.
+    unsafe { gemm_direct(mnk, (dst.as_mut_ptr(), dst.len()), ld, accumulate, ab) }
+}
+
+/// `z[j][i] += bias(i)[j]`: each query's bias row (over the keys) added down its column of the
+/// transposed scores `z` (`[Nk, t]`), a block of keys at a time (the block's rows of `z` stay
+/// in cache while the tile's bias rows are read).
+fn add_bias_t<'b>(z: &mut [f32], t: usize, bias: impl Fn(usize) -> &'b [f32]) {
+    const BLOCK: usize = 64;
+    let nk = z.len() / t.max(1);
+    for j0 in (0..nk).step_by(BLOCK) {
+        let j1 = (j0 + BLOCK).min(nk);
+        for i in 0..t {
+            for (j, &v) in (j0..j1).zip(&bias(i)[j0..j1]) {
+                z[j * t + i] += v;
+            }
+        }
+    }
+}
+
+/// `db[start + i][j] += ds[j][i]` for the tile's `t` queries (`ds`: transposed score gradients
+/// `[Nk, t]`); a bias broadcast over the queries (one row of `Nk`) receives every query's, in
+/// query order.
+fn add_dbias_t(db: &mut [f32], ds: &[f32], t: usize, start: usize, nk: usize) {
+    const BLOCK: usize = 64;
+    for j0 in (0..nk).step_by(BLOCK) {
+        let j1 = (j0 + BLOCK).min(nk);
+        for i in 0..t {
+            let at = if db.len() == nk { 0 } else { (start + i) * nk };
+            for (o, j) in db[at + j0..at + j1].iter_mut().zip(j0..j1) {
+                *o += ds[j * t + i];
+            }
+        }
+    }
+}
+
 /// The output (every element written, in the memory order of `[B, Nq, H, Dv]`: see
 /// [`HeadsInner`]) and the row log-sum-exp `[B, H, Nq]` (contiguous).
 pub fn forward(dims: &Dims, x: &Operands, out: &mut [MaybeUninit<f32>], lse: &mut [f32]) {
-    let Dims { heads, nq, dv, .. } = *dims;
+    let Dims {
+        heads, nq, d, dv, ..
+    } = *dims;
     let out = HeadsInner::new(out, [dims.batch, heads, nq, dv]);
     assert_eq!(lse.len(), dims.batch * heads * nq, "attention: lse size");
-    let tile = x.tile.max(1);
+    let tile = tile_size(x.tile);
     if nq == 0 || dv == 0 {
         return;
     }
     lse.par_chunks_mut(nq).enumerate().for_each(|(bh, lse)| {
         // Not a thread-local: the tiles below may run on this thread between other heads'.
-        let mut kt = vec![0.0f32; dims.d * dims.nk];
-        transpose_head(&x.k, (bh / heads, bh % heads), dims.nk, dims.d, &mut kt);
-        let kt = Mat::rows(&kt, dims.nk);
+        let mut qt = vec![0.0f32; d * nq];
+        transpose_head(&x.q, (bh / heads, bh % heads), nq, d, &mut qt);
         lse.par_chunks_mut(tile).enumerate().for_each(|(t, l)| {
             let r = tile_rows(t, tile, nq);
-            forward_tile(dims, x, (bh / heads, bh % heads, kt), r, out, l)
+            forward_tile(dims, x, (bh / heads, bh % heads, &qt), r, out, l)
         })
     });
 }
 
-/// One query tile of one head (`kt`: its keys transposed): scores, softmax rows, `P V`,
-/// normalised.
+/// One query tile of one head (`qt`: the head's queries transposed, `[D, Nq]`): the scores
+/// transposed, `Z^T = scale K Q^T + bias^T` (`[Nk, rows]`: a key's scores against the tile's
+/// queries in one row), the softmax down its columns, `P V`, normalised.
 fn forward_tile(
     dims: &Dims,
     x: &Operands,
-    (b, h, kt): (usize, usize, Mat),
+    (b, h, qt): (usize, usize, &[f32]),
     r: Range<usize>,
     out: HeadsInner,
     lse: &mut [f32],
 ) {
-    let Dims { nk, d, .. } = *dims;
+    let Dims { nq, nk, d, .. } = *dims;
     let rows = r.len();
-    let mut sums = vec![0.0f32; rows];
-    with_scratch(rows * nk, |s, _| {
-        // SAFETY: the views are bounds-checked for every (b, h, row, column) of the call.
-        unsafe { gemm((rows, nk, d), s, nk, false, x.q.mat(b, h, r.start), kt, 1.0) };
-        for (i, row) in s.chunks_exact_mut(nk.max(1)).enumerate() {
-            let bias = x.bias.map(|v| v.row(b, h, r.start + i, nk));
-            let (m, l) = simd::softmax_row(row, x.scale, bias);
-            lse[i] = m + l.ln();
-            sums[i] = l;
+    let (mut max, mut sums) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+    with_scratch(rows * nk, |z, _| {
+        let q_t = Mat {
+            ptr: qt[r.start..].as_ptr(),
+            rs: nq as isize,
+            cs: 1,
+        };
+        // SAFETY (both products): the views are bounds-checked for every (b, h, row, column)
+        // of the call, `qt` is `[d, nq]`, the scratch `[nk, rows]`; this task owns the tile's
+        // output rows.
+        unsafe {
+            product(
+                z,
+                rows,
+                (nk, rows, d),
+                false,
+                (x.k.mat(b, h, 0), q_t, x.scale),
+            )
+        };
+        if let Some(bias) = x.bias {
+            add_bias_t(z, rows, |i| bias.row(b, h, r.start + i, nk));
         }
-        // SAFETY: as above; `s` is `[rows, nk]`; this task owns the tile's output rows.
-        let pv = (Mat::rows(s, nk), x.v.mat(b, h, 0), 1.0);
+        simd::softmax_cols(z, &mut max, &mut sums);
+        for (l, (m, s)) in lse.iter_mut().zip(max.iter().zip(&sums)) {
+            *l = m + s.ln();
+        }
+        let pv = (Mat::rows(z, rows).t(), x.v.mat(b, h, 0), 1.0);
         unsafe { out.gemm((b, h, r.start), (rows, nk), false, pv) };
     });
     // Normalising the output scales `dv` values per row instead of `nk` probabilities.
@@ -444,22 +518,22 @@ fn backward_head(
         return;
     }
     HEAD.with(|head| {
-        let (kt, vt) = &mut *head.borrow_mut();
-        let (kt, vt) = (at_least(kt, d * nk), at_least(vt, wv * nk));
-        transpose_head(&x.k, (b, h), nk, d, kt);
-        transpose_head(&x.v, (b, h), nk, wv, vt);
-        let kv_t = (Mat::rows(kt, nk), Mat::rows(vt, nk));
-        backward_tiles(dims, x, saved, (bh, kv_t), grads, dbias);
+        let (qt, got) = &mut *head.borrow_mut();
+        let (qt, got) = (at_least(qt, d * nq), at_least(got, wv * nq));
+        transpose_head(&x.q, (b, h), nq, d, qt);
+        transpose_head(&saved.grad_out, (b, h), nq, wv, got);
+        backward_tiles(dims, x, saved, (bh, (qt, got)), grads, dbias);
     });
 }
 
-/// The query tiles of head `bh` (`kt`, `vt`: its keys and values transposed), as
-/// [`backward_head`].
+/// The query tiles of head `bh` (`qt`, `got`: its queries and output gradients transposed,
+/// `[D, Nq]` and `[Dv, Nq]`), as [`backward_head`]. The score tiles are transposed (`[Nk,
+/// rows]`, as in [`forward_tile`]).
 fn backward_tiles(
     dims: &Dims,
     x: &Operands,
     saved: &Saved,
-    (bh, (kt, vt)): (usize, (Mat, Mat)),
+    (bh, (qt, got)): (usize, (&[f32], &[f32])),
     [dq, dk, dv]: [HeadsInner; 3],
     mut dbias: Option<&mut [f32]>,
 ) {
@@ -472,47 +546,69 @@ fn backward_tiles(
         ..
     } = *dims;
     let (b, h) = (bh / heads, bh % heads);
-    let tile = x.tile.max(1);
+    let tile = tile_size(x.tile);
+    let transposed = |m: &[f32], r: &Range<usize>| Mat {
+        ptr: m[r.start..].as_ptr(),
+        rs: nq as isize,
+        cs: 1,
+    };
     for t in 0..nq.div_ceil(tile) {
         let r = tile_rows(t, tile, nq);
         let rows = r.len();
         let first = t == 0;
+        let lse = &saved.lse[bh * nq + r.start..bh * nq + r.end];
+        let delta: Vec<f32> = r
+            .clone()
+            .map(|i| simd::dot(saved.grad_out.row(b, h, i, wv), saved.out.row(b, h, i, wv)))
+            .collect();
         with_scratch(rows * nk, |p, ds| {
             let (q_r, go_r) = (x.q.mat(b, h, r.start), saved.grad_out.mat(b, h, r.start));
+            let (k, v) = (x.k.mat(b, h, 0), x.v.mat(b, h, 0));
             // SAFETY (every product below): the views are bounds-checked for the whole call,
-            // the scratch is `[rows, nk]`, the gradients are this head's contiguous chunks.
-            unsafe { gemm((rows, nk, d), p, nk, false, q_r, kt, 1.0) };
-            for (i, row) in p.chunks_exact_mut(nk.max(1)).enumerate() {
-                let bias = x.bias.map(|v| v.row(b, h, r.start + i, nk));
-                simd::probs_row(row, x.scale, bias, saved.lse[bh * nq + r.start + i]);
+            // `qt` and `got` are `[d, nq]` and `[wv, nq]`, the scratch `[nk, rows]`, the
+            // gradients are this head's rows.
+            // P^T = exp(scale K Q^T + bias^T - lse), down the columns.
+            unsafe {
+                product(
+                    p,
+                    rows,
+                    (nk, rows, d),
+                    false,
+                    (k, transposed(qt, &r), x.scale),
+                )
+            };
+            if let Some(bias) = x.bias {
+                add_bias_t(p, rows, |i| bias.row(b, h, r.start + i, nk));
             }
+            simd::probs_cols(p, lse);
             // dV += P^T dO (the first tile writes it; `dv` is initialised from then on).
-            let pt = Mat::rows(p, nk).t();
-            unsafe { dv.gemm((b, h, 0), (nk, rows), !first, (pt, go_r, 1.0)) };
-            // dP = dO V^T, then dS = P (dP - rowsum(dO O)) in place.
-            unsafe { gemm((rows, nk, wv), ds, nk, false, go_r, vt, 1.0) };
-            for (i, (p, ds)) in p
-                .chunks_exact(nk.max(1))
-                .zip(ds.chunks_exact_mut(nk.max(1)))
-                .enumerate()
-            {
-                let row = r.start + i;
-                let delta = simd::dot(
-                    saved.grad_out.row(b, h, row, wv),
-                    saved.out.row(b, h, row, wv),
-                );
-                simd::dsoftmax_row(p, ds, delta);
-                if let Some(db) = dbias.as_deref_mut() {
-                    // A bias broadcast over the queries has one row: every query adds into it.
-                    let at = if db.len() == nk { 0 } else { row * nk };
-                    simd::add(&mut db[at..at + nk], ds);
-                }
+            unsafe {
+                dv.gemm(
+                    (b, h, 0),
+                    (nk, rows),
+                    !first,
+                    (Mat::rows(p, rows), go_r, 1.0),
+                )
+            };
+            // dP^T = V dO^T, then dS^T = P^T (dP^T - rowsum(dO O)) in place.
+            unsafe {
+                product(
+                    ds,
+                    rows,
+                    (nk, rows, wv),
+                    false,
+                    (v, transposed(got, &r), 1.0),
+                )
+            };
+            simd::dsoftmax_cols(p, ds, &delta);
+            if let Some(db) = dbias.as_deref_mut() {
+                add_dbias_t(db, ds, rows, r.start, nk);
             }
             // dQ = scale dS K, dK += scale dS^T Q
-            let dsk = (Mat::rows(ds, nk), x.k.mat(b, h, 0), x.scale);
+            let dsk = (Mat::rows(ds, rows).t(), k, x.scale);
             unsafe { dq.gemm((b, h, r.start), (rows, nk), false, dsk) };
-            let dst = Mat::rows(ds, nk).t();
-            unsafe { dk.gemm((b, h, 0), (nk, rows), !first, (dst, q_r, x.scale)) };
+            let dsq = (Mat::rows(ds, rows), q_r, x.scale);
+            unsafe { dk.gemm((b, h, 0), (nk, rows), !first, dsq) };
         });
     }
 }

@@ -40,36 +40,12 @@ impl Mat {
 }
 
 /// `dst = beta a b` (`accumulate`: `dst += beta a b`) with `a` `[m, k]`, `b` `[k, n]` and `dst`
-/// `[m, n]` row-major with `ld` elements between rows.
+/// `[m, n]` row-major with `ld` elements between rows: the `gemm` crate's call on a
+/// destination of `len` elements (checked to hold the product), read first when `accumulate`.
 ///
 /// # Safety
-/// `a` and `b` must address `[m, k]` and `[k, n]` valid elements.
-pub unsafe fn gemm(
-    dims: (usize, usize, usize),
-    dst: &mut [f32],
-    ld: usize,
-    accumulate: bool,
-    a: Mat,
-    b: Mat,
-    beta: f32,
-) {
-    // SAFETY: an initialised slice is a valid destination read or not; operands: the caller's.
-    unsafe {
-        gemm_raw(
-            dims,
-            (dst.as_mut_ptr(), dst.len()),
-            ld,
-            accumulate,
-            (a, b, beta),
-        )
-    }
-}
-
-/// The `gemm` crate's call on a destination of `len` elements (checked to hold the product),
-/// read first when `accumulate`.
-///
-/// # Safety
-/// As [`gemm`]; `dst` must be valid for `len` elements (initialised when `accumulate`).
+/// `a` and `b` must address `[m, k]` and `[k, n]` valid elements; `dst` must be valid for
+/// `len` elements (initialised when `accumulate`).
 pub unsafe fn gemm_raw(
     (m, n, k): (usize, usize, usize),
     (dst, len): (*mut f32, usize),

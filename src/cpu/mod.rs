@@ -16,3 +16,4 @@ pub(crate) mod gemm;
 pub mod layer_norm;
 pub mod matmul;
 pub(crate) mod simd;
+pub(crate) mod ukernel;

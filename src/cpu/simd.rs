@@ -70,22 +70,6 @@ fn max2(a: f32, b: f32) -> f32 {
 }
 
 #[inline(always)]
-fn lanes_max(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for j in 0..LANES {
-            acc[j] = max2(acc[j], c[j]);
-        }
-    }
-    tail.iter()
-        .fold(acc.into_iter().fold(f32::NEG_INFINITY, max2), |m, &x| {
-            max2(m, x)
-        })
-}
-
-#[inline(always)]
 fn lanes_sum(xs: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -117,34 +101,44 @@ fn lanes_dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 multiversion! {
-    /// One softmax row of raw scores `s` in place: `p = exp(s scale + bias - m)` with
-    /// `m = max(s scale + bias)`; returns `(m, sum p)`.
-    pub fn softmax_row(s: &mut [f32], scale: f32, bias: Option<&[f32]>) -> (f32, f32) {
-        match bias {
-            Some(b) => s.iter_mut().zip(b).for_each(|(x, &b)| *x = *x * scale + b),
-            None => s.iter_mut().for_each(|x| *x *= scale),
+    /// Softmax down the columns of `z` (`[rows, t]` row-major, `t = max.len()`: column `i`
+    /// holds one query's scores against every key), in place: `p = exp(z - m)` with `m` the
+    /// column's maximum, written to `max`, and the column's sum of `p` to `sum`. The vectors
+    /// run along the rows, across queries: no reduction inside a register.
+    pub fn softmax_cols(z: &mut [f32], max: &mut [f32], sum: &mut [f32]) {
+        let t = max.len();
+        max.fill(f32::NEG_INFINITY);
+        for row in z.chunks_exact(t.max(1)) {
+            max.iter_mut().zip(row).for_each(|(m, &x)| *m = max2(*m, x));
         }
-        let m = lanes_max(s);
-        s.iter_mut().for_each(|x| *x = exp1(*x - m));
-        (m, lanes_sum(s))
-    }
-}
-
-multiversion! {
-    /// Probabilities of one row from raw scores and the row's log-sum-exp, in place:
-    /// `p = exp(s scale + bias - lse)`.
-    pub fn probs_row(s: &mut [f32], scale: f32, bias: Option<&[f32]>, lse: f32) {
-        match bias {
-            Some(b) => s.iter_mut().zip(b).for_each(|(x, &b)| *x = exp1(*x * scale + b - lse)),
-            None => s.iter_mut().for_each(|x| *x = exp1(*x * scale - lse)),
+        sum.fill(0.0);
+        for row in z.chunks_exact_mut(t.max(1)) {
+            row.iter_mut().zip(max.iter()).zip(sum.iter_mut()).for_each(|((x, &m), s)| {
+                *x = exp1(*x - m);
+                *s += *x;
+            });
         }
     }
 }
 
 multiversion! {
-    /// The softmax backward of one row, in place in `dp`: `ds = p (dp - delta)`.
-    pub fn dsoftmax_row(p: &[f32], dp: &mut [f32], delta: f32) {
-        dp.iter_mut().zip(p).for_each(|(d, &p)| *d = p * (*d - delta));
+    /// Probabilities down the columns of `z` (`[rows, t]`, `t = lse.len()`) from each column's
+    /// log-sum-exp, in place: `p = exp(z - lse)`.
+    pub fn probs_cols(z: &mut [f32], lse: &[f32]) {
+        for row in z.chunks_exact_mut(lse.len().max(1)) {
+            row.iter_mut().zip(lse).for_each(|(x, &l)| *x = exp1(*x - l));
+        }
+    }
+}
+
+multiversion! {
+    /// The softmax backward down the columns (`[rows, t]`, `t = delta.len()`), in place in
+    /// `dp`: `ds = p (dp - delta)`, one `delta` per column.
+    pub fn dsoftmax_cols(p: &[f32], dp: &mut [f32], delta: &[f32]) {
+        let t = delta.len().max(1);
+        for (dp, p) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+            dp.iter_mut().zip(p).zip(delta).for_each(|((d, &p), &delta)| *d = p * (*d - delta));
+        }
     }
 }
 
@@ -256,34 +250,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn row_kernels_match_scalar_formulas() {
-        let n = 37;
-        let s: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 5.0).collect();
-        let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-        let mut p = s.clone();
-        let (m, l) = softmax_row(&mut p, 0.5, Some(&b));
-        let z: Vec<f64> = s
-            .iter()
-            .zip(&b)
-            .map(|(&s, &b)| s as f64 * 0.5 + b as f64)
+    fn column_kernels_match_scalar_formulas() {
+        // 37 keys (rows) by 21 queries (columns): each column is one query's softmax.
+        let (rows, t) = (37, 21);
+        let z: Vec<f32> = (0..rows * t)
+            .map(|i| (i as f32 * 0.37).sin() * 5.0)
             .collect();
-        let m64 = z.iter().cloned().fold(f64::MIN, f64::max);
-        assert!((m as f64 - m64).abs() < 1e-6);
-        let l64: f64 = z.iter().map(|z| (z - m64).exp()).sum();
-        assert!(((l as f64) - l64).abs() / l64 < 1e-6);
-        let mut q = s.clone();
-        let lse = m + l.ln();
-        probs_row(&mut q, 0.5, Some(&b), lse);
-        for (i, &q) in q.iter().enumerate() {
-            assert!((q as f64 - (z[i] - m64).exp() / l64).abs() < 1e-6);
+        let mut p = z.clone();
+        let (mut max, mut sum) = (vec![0.0; t], vec![0.0; t]);
+        softmax_cols(&mut p, &mut max, &mut sum);
+        let lse: Vec<f32> = max.iter().zip(&sum).map(|(m, l)| m + l.ln()).collect();
+        let mut q = z.clone();
+        probs_cols(&mut q, &lse);
+        let delta: Vec<f32> = (0..t).map(|i| i as f32 * 0.01).collect();
+        let dp: Vec<f32> = z.iter().map(|x| x.cos()).collect();
+        let mut ds = dp.clone();
+        dsoftmax_cols(&q, &mut ds, &delta);
+        for i in 0..t {
+            let col: Vec<f64> = (0..rows).map(|j| z[j * t + i] as f64).collect();
+            let m64 = col.iter().cloned().fold(f64::MIN, f64::max);
+            assert_eq!(max[i] as f64, m64);
+            let l64: f64 = col.iter().map(|z| (z - m64).exp()).sum();
+            assert!((sum[i] as f64 - l64).abs() <= 1e-6 * l64);
+            for (j, &zj) in col.iter().enumerate() {
+                let at = j * t + i;
+                assert!((p[at] as f64 - (zj - m64).exp()).abs() <= 1e-6);
+                assert!((q[at] as f64 - (zj - m64).exp() / l64).abs() <= 1e-6);
+                assert!((ds[at] - q[at] * (dp[at] - delta[i])).abs() <= 1e-7);
+            }
         }
-        assert!(
-            (dot(&s, &b) as f64 - s.iter().zip(&b).map(|(a, b)| (a * b) as f64).sum::<f64>()).abs()
-                < 1e-4
-        );
-        let mut d = b.clone();
-        dsoftmax_row(&q, &mut d, 0.25);
-        assert!((d[3] - q[3] * (b[3] - 0.25)).abs() < 1e-7);
+        let (a, b) = (&z[..40], &dp[..40]);
+        let want: f64 = a.iter().zip(b).map(|(a, b)| (a * b) as f64).sum();
+        assert!((dot(a, b) as f64 - want).abs() < 1e-4);
     }
 }
 
