@@ -45,6 +45,8 @@ fn tiny(name: &str) -> Backbone {
 }
 
 fn main() {
+    // Freed activations stay with the process for the next step (no page faults per step).
+    e2e_tal::memory::retain_freed_memory();
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[usize] = if quick { &[112] } else { &[112, 224] };
     let device = e2e_tal::backend::device_from_args().expect("--backend");

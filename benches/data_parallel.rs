@@ -148,6 +148,8 @@ fn worker(a: &Args, name: &str, out: &Path) {
 }
 
 fn main() {
+    // Freed activations stay with the process for the next step (no page faults per step).
+    e2e_tal::memory::retain_freed_memory();
     let (a, w) = args();
     if let Some((name, out)) = w {
         return worker(&a, &name, &out);

@@ -132,6 +132,8 @@ fn grid(quick: bool) -> Vec<Workload> {
 }
 
 fn main() {
+    // Freed activations stay with the process for the next step (no page faults per step).
+    e2e_tal::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| {
         args.iter()

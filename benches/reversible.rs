@@ -200,6 +200,8 @@ fn peer_variant(mode: Mode) -> &'static str {
 }
 
 fn main() {
+    // Freed activations stay with the process for the next step (no page faults per step).
+    e2e_tal::memory::retain_freed_memory();
     // On a worker of the kernels' thread pool, as the CLI runs its commands (and as PyTorch's
     // calling thread is one of its OpenMP threads): a parallel kernel splits its work with the
     // caller instead of waking the pool and waiting.

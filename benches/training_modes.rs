@@ -116,6 +116,8 @@ fn step(cfg: TrainConfig, data: &TalDataset, out: &Path) -> (usize, usize, f64, 
 }
 
 fn main() {
+    // Freed activations stay with the process for the next step (no page faults per step).
+    e2e_tal::memory::retain_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     // The value after `flag`, if given.

@@ -60,6 +60,8 @@ struct Args {
 }
 
 fn main() -> Result<(), e2e_tal::Report> {
+    // Freed activations stay with the process for the next step (no page faults per step).
+    e2e_tal::memory::retain_freed_memory();
     e2e_tal::io::progress_to_stdout();
     let a = Args::parse();
     let device = backend::device(a.backend)?;

@@ -79,6 +79,8 @@ fn batch(tokens: usize, device: &Device) -> (Tensor<3>, Tensor<1, Int>) {
 }
 
 fn main() -> e2e_tal::Result<()> {
+    // Freed activations stay with the process for the next step (no page faults per step).
+    e2e_tal::memory::retain_freed_memory();
     let a = Args::parse();
     let device = backend::device(a.backend)?.autodiff();
     device.seed(0);

@@ -26,6 +26,7 @@ mod cli;
 static ALLOC: e2e_tal::memory::CountingAllocator = e2e_tal::memory::CountingAllocator;
 
 fn main() -> ExitCode {
+    e2e_tal::memory::retain_freed_memory();
     e2e_tal::io::progress_to_stdout();
     let cli = cli::Cli::parse();
     // The command runs on a worker of the thread pool the CPU kernels use: a parallel kernel

@@ -15,21 +15,37 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use burn::tensor::Device;
 
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// A counter alone on its cache lines: every allocation of every thread writes `CURRENT`, and
+/// a line shared with the peak or the flag would bounce between the cores on their reads too.
+#[repr(align(128))]
+struct Line<T>(T);
+
+static CURRENT: Line<AtomicUsize> = Line(AtomicUsize::new(0));
+static PEAK: Line<AtomicUsize> = Line(AtomicUsize::new(0));
+static ACTIVE: Line<AtomicBool> = Line(AtomicBool::new(false));
 
 /// The system allocator, counting live bytes and their peak.
 pub struct CountingAllocator;
 
 fn grew(n: usize) {
-    let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
-    PEAK.fetch_max(now, Ordering::Relaxed);
+    let now = CURRENT.0.fetch_add(n, Ordering::Relaxed) + n;
+    // A read first: the read-modify-write (a locked compare-exchange loop) only when the peak
+    // moves, which is rare after warm-up.
+    if now > PEAK.0.load(Ordering::Relaxed) {
+        PEAK.0.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// Marks the allocator as installed (a write only the first time).
+fn activate() {
+    if !ACTIVE.0.load(Ordering::Relaxed) {
+        ACTIVE.0.store(true, Ordering::Relaxed);
+    }
 }
 
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ACTIVE.store(true, Ordering::Relaxed);
+        activate();
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             grew(layout.size());
@@ -38,7 +54,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ACTIVE.store(true, Ordering::Relaxed);
+        activate();
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
             grew(layout.size());
@@ -48,7 +64,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+        CURRENT.0.fetch_sub(layout.size(), Ordering::Relaxed);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -57,26 +73,54 @@ unsafe impl GlobalAlloc for CountingAllocator {
             if new_size >= layout.size() {
                 grew(new_size - layout.size());
             } else {
-                CURRENT.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+                CURRENT
+                    .0
+                    .fetch_sub(layout.size() - new_size, Ordering::Relaxed);
             }
         }
         p
     }
 }
 
+/// Keeps the memory the process frees for its next allocations instead of handing it back to
+/// the operating system: glibc's allocator with one arena, a 32 MiB mmap threshold (tensors
+/// below it come from the heap) and no trimming. Elsewhere (other C libraries, other systems)
+/// it does nothing.
+///
+/// A training step frees its activations at its end and allocates them again in the next one.
+/// By default glibc gives back the pages of its per-thread heaps as they empty and trims the
+/// top of the main one, so every step faults its activations in again: 470-660 thousand page
+/// faults in the plain-autodiff rows of `benches/reversible.rs` at 1568 tokens, 3-4% of the
+/// deep step's time (measured on a 2-core Xeon, `docs/performance.md`). With this, the resident
+/// size stays at its peak once reached: what the next step needs anyway. The peaks this
+/// module measures ([`measure`]) count live bytes and do not change.
+///
+/// Call it first thing in `main`, before other threads allocate; the CLI, the benches and the
+/// examples do.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets the allocator's parameters; nothing is allocated yet by other
+    // threads (the documented contract), and glibc serialises the call anyway.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Bytes currently allocated (0 without the counting allocator).
 pub fn current_bytes() -> usize {
-    CURRENT.load(Ordering::Relaxed)
+    CURRENT.0.load(Ordering::Relaxed)
 }
 
 /// Run `f` and return its result with the peak of allocated bytes *above* the level at the
 /// start (the memory `f` needed), or `None` when the counting allocator is not installed.
 pub fn measure<T>(f: impl FnOnce() -> T) -> (T, Option<usize>) {
-    let base = CURRENT.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let base = CURRENT.0.load(Ordering::Relaxed);
+    PEAK.0.store(base, Ordering::Relaxed);
     let out = f();
-    let peak = PEAK.load(Ordering::Relaxed);
-    let active = ACTIVE.load(Ordering::Relaxed);
+    let peak = PEAK.0.load(Ordering::Relaxed);
+    let active = ACTIVE.0.load(Ordering::Relaxed);
     (out, active.then(|| peak.saturating_sub(base)))
 }
 
@@ -115,8 +159,9 @@ pub fn in_use_on(device: &Device) -> Option<usize> {
         return Some(u.bytes_in_use as usize);
     }
     ACTIVE
+        .0
         .load(Ordering::Relaxed)
-        .then(|| CURRENT.load(Ordering::Relaxed))
+        .then(|| CURRENT.0.load(Ordering::Relaxed))
 }
 
 /// `bytes` as MiB with one decimal.
