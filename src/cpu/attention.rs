@@ -3,10 +3,14 @@
 //! log-sum-exp (the recurrence is written out in `crate::attention`'s docs).
 //!
 //! Per query tile of `tile` rows the scores against every key live in one thread-local scratch
-//! of `tile x Nk` floats (400 KB at 64 x 1568: the L2 cache); the products run in the `gemm`
-//! crate's microkernels and the softmax in SIMD row kernels, with no other intermediate. The
-//! forward runs (batch, head, query tile) tasks on the thread pool; the backward runs one task
-//! per (batch, head), which owns that head's key and value gradients.
+//! of `Nk x tile` floats (400 KB at 1568 x 64: the L2 cache), transposed: one row per key, the
+//! tile's queries along it. In that layout every product of the forward and the backward reads
+//! its operands where they are (keys, values, the output gradient's rows; each head's queries
+//! and output gradients transposed once), so they run on the `gemm` crate's microkernels
+//! without its per-call packing (`super::ukernel`), and the softmax runs down the columns with
+//! the SIMD lanes across queries. No other intermediate. The forward runs (batch, head, query
+//! tile) tasks on the thread pool; the backward runs one task per (batch, head), which owns
+//! that head's key and value gradients.
 
 use std::cell::RefCell;
 use std::ops::Range;
