@@ -301,35 +301,47 @@ unsafe fn product(
     unsafe { gemm_direct(mnk, (dst.as_mut_ptr(), dst.len()), ld, accumulate, ab) }
 }
 
-/// `z[j][i] += bias(i)[j]`: each query's bias row (over the keys) added down its column of the
-/// transposed scores `z` (`[Nk, t]`), a block of keys at a time (the block's rows of `z` stay
-/// in cache while the tile's bias rows are read).
-fn add_bias_t<'b>(z: &mut [f32], t: usize, bias: impl Fn(usize) -> &'b [f32]) {
+/// Visits a transposed score tile (`[Nk, t]`) a block of keys at a time: `f(i, keys)` for
+/// each of the tile's queries `i` within each block (the block's rows stay in cache while the
+/// queries' rows of a `[t, Nk]` operand are read or written).
+fn by_key_blocks(nk: usize, t: usize, mut f: impl FnMut(usize, Range<usize>)) {
     const BLOCK: usize = 64;
-    let nk = z.len() / t.max(1);
     for j0 in (0..nk).step_by(BLOCK) {
-        let j1 = (j0 + BLOCK).min(nk);
         for i in 0..t {
-            for (j, &v) in (j0..j1).zip(&bias(i)[j0..j1]) {
-                z[j * t + i] += v;
-            }
+            f(i, j0..(j0 + BLOCK).min(nk));
         }
     }
+}
+
+/// `z[j][i] += bias(i)[j]`: each query's bias row (over the keys) added down its column of the
+/// transposed scores `z` (`[Nk, t]`).
+fn add_bias_t<'b>(z: &mut [f32], t: usize, bias: impl Fn(usize) -> &'b [f32]) {
+    by_key_blocks(z.len() / t.max(1), t, |i, keys| {
+        for (j, &v) in keys.clone().zip(&bias(i)[keys]) {
+            z[j * t + i] += v;
+        }
+    });
 }
 
 /// `db[start + i][j] += ds[j][i]` for the tile's `t` queries (`ds`: transposed score gradients
 /// `[Nk, t]`); a bias broadcast over the queries (one row of `Nk`) receives every query's, in
 /// query order.
 fn add_dbias_t(db: &mut [f32], ds: &[f32], t: usize, start: usize, nk: usize) {
-    const BLOCK: usize = 64;
-    for j0 in (0..nk).step_by(BLOCK) {
-        let j1 = (j0 + BLOCK).min(nk);
-        for i in 0..t {
-            let at = if db.len() == nk { 0 } else { (start + i) * nk };
-            for (o, j) in db[at + j0..at + j1].iter_mut().zip(j0..j1) {
-                *o += ds[j * t + i];
-            }
+    by_key_blocks(nk, t, |i, keys| {
+        let at = if db.len() == nk { 0 } else { (start + i) * nk };
+        for (o, j) in db[at + keys.start..at + keys.end].iter_mut().zip(keys) {
+            *o += ds[j * t + i];
         }
+    });
+}
+
+/// Columns `start..` of a row-major matrix with `ld` floats per row (a head's transposed
+/// queries or output gradients, `[D, Nq]`), as a product operand.
+fn columns_from(m: &[f32], start: usize, ld: usize) -> Mat {
+    Mat {
+        ptr: m[start..].as_ptr(),
+        rs: ld as isize,
+        cs: 1,
     }
 }
 
@@ -371,11 +383,7 @@ fn forward_tile(
     let rows = r.len();
     let (mut max, mut sums) = (vec![0.0f32; rows], vec![0.0f32; rows]);
     with_scratch(rows * nk, |z, _| {
-        let q_t = Mat {
-            ptr: qt[r.start..].as_ptr(),
-            rs: nq as isize,
-            cs: 1,
-        };
+        let q_t = columns_from(qt, r.start, nq);
         // SAFETY (both products): the views are bounds-checked for every (b, h, row, column)
         // of the call, `qt` is `[d, nq]`, the scratch `[nk, rows]`; this task owns the tile's
         // output rows.
@@ -551,11 +559,6 @@ fn backward_tiles(
     } = *dims;
     let (b, h) = (bh / heads, bh % heads);
     let tile = tile_size(x.tile);
-    let transposed = |m: &[f32], r: &Range<usize>| Mat {
-        ptr: m[r.start..].as_ptr(),
-        rs: nq as isize,
-        cs: 1,
-    };
     for t in 0..nq.div_ceil(tile) {
         let r = tile_rows(t, tile, nq);
         let rows = r.len();
@@ -568,19 +571,15 @@ fn backward_tiles(
         with_scratch(rows * nk, |p, ds| {
             let (q_r, go_r) = (x.q.mat(b, h, r.start), saved.grad_out.mat(b, h, r.start));
             let (k, v) = (x.k.mat(b, h, 0), x.v.mat(b, h, 0));
+            let (q_t, go_t) = (
+                columns_from(qt, r.start, nq),
+                columns_from(got, r.start, nq),
+            );
             // SAFETY (every product below): the views are bounds-checked for the whole call,
             // `qt` and `got` are `[d, nq]` and `[wv, nq]`, the scratch `[nk, rows]`, the
             // gradients are this head's rows.
             // P^T = exp(scale K Q^T + bias^T - lse), down the columns.
-            unsafe {
-                product(
-                    p,
-                    rows,
-                    (nk, rows, d),
-                    false,
-                    (k, transposed(qt, &r), x.scale),
-                )
-            };
+            unsafe { product(p, rows, (nk, rows, d), false, (k, q_t, x.scale)) };
             if let Some(bias) = x.bias {
                 add_bias_t(p, rows, |i| bias.row(b, h, r.start + i, nk));
             }
@@ -595,15 +594,7 @@ fn backward_tiles(
                 )
             };
             // dP^T = V dO^T, then dS^T = P^T (dP^T - rowsum(dO O)) in place.
-            unsafe {
-                product(
-                    ds,
-                    rows,
-                    (nk, rows, wv),
-                    false,
-                    (v, transposed(got, &r), 1.0),
-                )
-            };
+            unsafe { product(ds, rows, (nk, rows, wv), false, (v, go_t, 1.0)) };
             simd::dsoftmax_cols(p, ds, &delta);
             if let Some(db) = dbias.as_deref_mut() {
                 add_dbias_t(db, ds, rows, r.start, nk);
