@@ -136,7 +136,7 @@ impl MaskedConv1d {
     /// - x: `[B, C, T]`, mask `[B, T]` -> `[B, C', T / stride]`, `[B, T / stride]`
     pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
         let mask = subsample(mask, self.stride);
-        let y = self.conv.forward(x);
+        let y = super::conv1d::conv1d(&self.conv, x);
         (y * mask_float(&mask), mask)
     }
 }
@@ -179,8 +179,7 @@ pub(crate) fn norm(
 /// - x: `[B, C_in, T]` -> `[B, C_out, T]`
 pub(crate) fn pointwise_forward(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     let [cout, cin, _] = conv.weight.dims();
-    let w = conv.weight.val().reshape([1, cout, cin]);
-    let y = w.matmul(x);
+    let y = super::conv1d::product(conv.weight.val().reshape([cout, cin]), x);
     match &conv.bias {
         Some(b) => y + b.val().reshape([1, cout, 1]),
         None => y,

@@ -2,6 +2,7 @@
 //! and post-processing of detections (ActionFormer's conventions).
 
 pub mod assign;
+pub mod conv1d;
 pub mod decode;
 pub mod head;
 pub mod local_attention;
