@@ -58,6 +58,18 @@ pub fn cpu_device() -> Device {
     }
 }
 
+/// Whether `device` (with or without autodiff) is a CPU backend's (Flex or NdArray).
+pub fn is_cpu(device: &Device) -> bool {
+    use burn::backend::DispatchDevice as D;
+    match device.clone().without_autodiff().as_dispatch() {
+        #[cfg(feature = "flex")]
+        D::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        D::NdArray(_) => true,
+        _ => false,
+    }
+}
+
 fn not_compiled(kind: BackendKind) -> Error {
     Error::Backend {
         backend: kind.to_string(),

@@ -60,6 +60,21 @@ impl<A: Module> TransformerBlock<A> {
 
 thread_local! {
     static DROP_PATH_KEY: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    static DROP_PATH_STREAM: std::cell::RefCell<Option<rand_chacha::ChaCha8Rng>> =
+        const { std::cell::RefCell::new(None) };
+    static DROP_PATH_ROWS: std::cell::Cell<Option<(usize, usize)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` on samples `offset..` of a batch of `total`: inside, a keyed [`drop_path`] draws the
+/// whole batch's mask from its key and keeps this part's rows, so a batch run in parts drops
+/// the samples the whole batch would (the clip groups of a CPU training step through the
+/// rewired network, which the reversible pass must match).
+pub fn with_drop_path_rows<T>(offset: usize, total: usize, f: impl FnOnce() -> T) -> T {
+    let prev = DROP_PATH_ROWS.with(|r| r.replace(Some((offset, total))));
+    let out = f();
+    DROP_PATH_ROWS.with(|r| r.set(prev));
+    out
 }
 
 /// Stochastic-depth probabilities of `n` blocks: rising linearly from 0 at the first block to
@@ -87,9 +102,32 @@ pub fn with_drop_path_key<T>(key: u64, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// Run `f` with stochastic depth drawn from a generator of this thread seeded with `seed`:
+/// inside, each [`drop_path`] call on an autodiff device takes its per-sample mask from the
+/// generator's next draws (so successive blocks drop different samples), not from the backend's
+/// shared generator. A forward pass on a thread of its own then draws the same masks however
+/// the threads interleave (the clip groups of a CPU training step,
+/// `train::step::clip_groups`). [`with_drop_path_key`] inside takes precedence.
+pub fn with_drop_path_stream<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    use rand::SeedableRng;
+    let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let prev = DROP_PATH_STREAM.with(|s| s.replace(Some(rng)));
+    let out = f();
+    DROP_PATH_STREAM.with(|s| s.replace(prev));
+    out
+}
+
+/// `n` keep (1) / drop (0) draws with keep probability `keep` from `rng`.
+fn keep_mask(rng: &mut impl rand::Rng, n: usize, keep: f64) -> Vec<f32> {
+    (0..n)
+        .map(|_| if rng.random::<f64>() < keep { 1.0 } else { 0.0 })
+        .collect()
+}
+
 /// Stochastic depth: drops the whole branch output per sample with probability `prob`, scaling
 /// kept samples by `1 / (1 - prob)`. Active while training (autodiff device) or inside
-/// [`with_drop_path_key`]; identity otherwise.
+/// [`with_drop_path_key`]; identity otherwise. The mask comes from the key's generator, else
+/// from the thread's [`with_drop_path_stream`], else from the backend's generator.
 pub fn drop_path<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     if prob == 0.0 {
         return x;
@@ -97,22 +135,32 @@ pub fn drop_path<const D: usize>(x: Tensor<D>, prob: f64) -> Tensor<D> {
     let keep = 1.0 - prob;
     let mut shape = [1usize; D];
     shape[0] = x.dims()[0];
-    let mask = match DROP_PATH_KEY.with(|k| k.get()) {
+    let host = match DROP_PATH_KEY.with(|k| k.get()) {
         Some(key) => {
-            use rand::{Rng, SeedableRng};
+            use rand::SeedableRng;
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
-            let m: Vec<f32> = (0..shape[0])
-                .map(|_| if rng.random::<f64>() < keep { 1.0 } else { 0.0 })
-                .collect();
-            // A constant: created on x's device, it joins x's graph without being tracked.
-            Tensor::<D>::from_data(burn::tensor::TensorData::new(m, shape), &x.device())
+            Some(match DROP_PATH_ROWS.with(|r| r.get()) {
+                Some((offset, total)) if offset + shape[0] <= total => {
+                    keep_mask(&mut rng, total, keep)[offset..offset + shape[0]].to_vec()
+                }
+                _ => keep_mask(&mut rng, shape[0], keep),
+            })
         }
-        None if x.device().is_autodiff() => Tensor::<D>::random(
+        None if x.device().is_autodiff() => DROP_PATH_STREAM.with(|s| {
+            s.borrow_mut()
+                .as_mut()
+                .map(|rng| keep_mask(rng, shape[0], keep))
+        }),
+        None => return x,
+    };
+    let mask = match host {
+        // A constant: created on x's device, it joins x's graph without being tracked.
+        Some(m) => Tensor::<D>::from_data(burn::tensor::TensorData::new(m, shape), &x.device()),
+        None => Tensor::<D>::random(
             shape,
             burn::tensor::Distribution::Bernoulli(keep),
             &x.device(),
         ),
-        None => return x,
     };
     // In x's precision (f16 / bf16 runs; backends do not promote mixed dtypes).
     let mask = mask.cast(x.dtype());

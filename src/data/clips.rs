@@ -377,20 +377,27 @@ fn clips_from(
             at[k * f + j] = Some(i);
         }
     }
-    // One plane `[k, c, j]` per task, on every core.
-    let mut data = vec![0f32; count * 3 * f * plane];
-    data.par_chunks_mut(plane.max(1))
+    // One plane `[k, c, j]` per task, on every core; every element written once (not zeroed
+    // first: a step's clips are tens of MiB).
+    let len = count * 3 * f * plane;
+    let mut data: Vec<f32> = Vec::with_capacity(len);
+    data.spare_capacity_mut()[..len]
+        .par_chunks_mut(plane.max(1))
         .enumerate()
         .for_each(|(i, plane)| {
             let (k, c, j) = (i / (3 * f), (i / f) % 3, i % f);
             let Some(frame) = at[k * f + j] else {
+                plane.fill(std::mem::MaybeUninit::new(0.0));
                 return;
             };
             let (src, m, s) = (frames.frame(frame), cfg.mean[c], cfg.std[c]);
             for (p, d) in plane.iter_mut().enumerate() {
-                *d = (src[p * 3 + c] as f32 / 255.0 - m) / s;
+                d.write((src[p * 3 + c] as f32 / 255.0 - m) / s);
             }
         });
+    // SAFETY: the chunks cover the first `len` elements and each task wrote every element of
+    // its chunk.
+    unsafe { data.set_len(len) };
     Ok(Tensor::from_data(
         TensorData::new(data, [count, 3, f, h, w]),
         device,

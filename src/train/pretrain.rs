@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use super::config::BackboneConfig;
 use super::dataset::TalDataset;
 use super::schedule::WarmupCosine;
-use super::step::{BackboneRun, finite_loss};
+use super::step::{BackboneRun, Clips, finite_loss};
 use crate::backbone::{Backbone, Network, VideoBackbone};
 use crate::data::annotations::Subset;
 use crate::data::augment::AugmentConfig;
@@ -308,7 +308,7 @@ fn pretrain_scoped(
         let x = cfg.augment.apply_per_clip(x, &mut rng);
         let seed = crate::seed::mix(cfg.seed, step as u64);
         let late = step * 10 >= cfg.steps * 9;
-        let (l, mut g) = run.step(&model.backbone, x, seed, step, |f| {
+        let (l, mut g) = run.step(&model.backbone, Clips::of(x), seed, step, |f| {
             let logits = model.fc.forward(f);
             if late {
                 late_right += correct(logits.clone(), y.clone());

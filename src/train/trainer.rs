@@ -913,17 +913,25 @@ fn train_step(
     grads.clip(&model, cfg.clip_grad_norm);
     let (lr_h, lr_b) = (ctx.sched_head.at(step), ctx.sched_backbone.at(step));
     let TalModel {
-        mut backbone,
-        mut adapter,
-        mut head,
+        backbone,
+        adapter,
+        head,
     } = model;
-    if let Some(g) = grads.backbone {
-        backbone = opt_backbone.step(lr_b, backbone, g);
-    }
-    if let (Some(g), Some(a)) = (grads.adapter, adapter.take()) {
-        adapter = Some(opt_head.step(lr_h, a, g));
-    }
-    head = opt_head.step(lr_h, head, grads.head);
+    // The backbone's update and the head's (with the adapters') touch different parameters
+    // and optimizers: one on each thread (both are sequences of small passes).
+    let (backbone, (adapter, head)) = rayon::join(
+        || match grads.backbone {
+            Some(g) => opt_backbone.step(lr_b, backbone, g),
+            None => backbone,
+        },
+        || {
+            let adapter = match (grads.adapter, adapter) {
+                (Some(g), Some(a)) => Some(opt_head.step(lr_h, a, g)),
+                (_, a) => a,
+            };
+            (adapter, opt_head.step(lr_h, head, grads.head))
+        },
+    );
     Ok((
         TalModel {
             backbone,

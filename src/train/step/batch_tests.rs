@@ -182,7 +182,7 @@ impl Setup {
         let mut total: Option<Tensor<1>> = None;
         for i in 0..2 {
             let w = self.window(i);
-            let f = features(i, w.clips().unwrap());
+            let f = features(i, w.clips_on(w.device).unwrap());
             let (l, _) = self.objective(i, len).loss(&self.model.head, f).unwrap();
             total = Some(match total {
                 None => l,

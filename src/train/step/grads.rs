@@ -78,10 +78,16 @@ pub(crate) fn add_into<M: Module>(
     into: &mut GradientsParams,
     mut from: GradientsParams,
 ) {
-    module.visit(&mut Add {
-        into,
-        from: &mut from,
-    });
+    add_from(module, into, &mut from);
+}
+
+/// Move the gradients of `module`'s parameters out of `from`, adding them into `into`.
+pub(crate) fn add_from<M: Module>(
+    module: &M,
+    into: &mut GradientsParams,
+    from: &mut GradientsParams,
+) {
+    module.visit(&mut Add { into, from });
 }
 
 /// Clip `module`'s gradients in `grads` to the global L2 norm `max` as PyTorch's
@@ -115,34 +121,60 @@ impl StepGrads {
         }
     }
 
-    /// The global L2 norm over all parts.
-    pub fn norm(&self, model: &TalModel) -> f64 {
-        let parts = [
-            squared_norm(&model.head, &self.head),
-            self.adapter
-                .as_ref()
-                .zip(model.adapter.as_ref())
-                .and_then(|(g, a)| squared_norm(a, g)),
-            self.backbone
-                .as_ref()
-                .and_then(|g| squared_norm(&model.backbone, g)),
-        ];
-        let total = parts.into_iter().flatten().reduce(|a, b| a + b);
+    /// The global L2 norm over all parts (the backbone's part on a thread of its own: each
+    /// part is a sequence of small operations).
+    /// (`&mut`: gradients are not `Sync`, so each thread borrows its part exclusively.)
+    pub fn norm(&mut self, model: &TalModel) -> f64 {
+        let StepGrads {
+            backbone,
+            adapter,
+            head,
+        } = self;
+        let (head, backbone) = rayon::join(
+            move || {
+                let adapter = adapter
+                    .as_mut()
+                    .zip(model.adapter.as_ref())
+                    .and_then(|(g, a)| squared_norm(a, g));
+                [squared_norm(&model.head, head), adapter]
+            },
+            move || {
+                backbone
+                    .as_mut()
+                    .and_then(|g| squared_norm(&model.backbone, g))
+            },
+        );
+        let total = head
+            .into_iter()
+            .chain([backbone])
+            .flatten()
+            .reduce(|a, b| a + b);
         total.map_or(0.0, |t| t.into_scalar::<f64>().sqrt())
     }
 
-    /// Multiply every gradient by `factor`.
+    /// Multiply every gradient by `factor` (the backbone's on a thread of its own).
     pub fn scale(&mut self, model: &TalModel, factor: f64) {
-        model.head.visit(&mut Scale {
-            grads: &mut self.head,
-            factor,
-        });
-        if let (Some(g), Some(a)) = (&mut self.adapter, &model.adapter) {
-            a.visit(&mut Scale { grads: g, factor });
-        }
-        if let Some(g) = &mut self.backbone {
-            model.backbone.visit(&mut Scale { grads: g, factor });
-        }
+        let StepGrads {
+            backbone,
+            adapter,
+            head,
+        } = self;
+        rayon::join(
+            move || {
+                model.head.visit(&mut Scale {
+                    grads: head,
+                    factor,
+                });
+                if let (Some(g), Some(a)) = (adapter, &model.adapter) {
+                    a.visit(&mut Scale { grads: g, factor });
+                }
+            },
+            move || {
+                if let Some(g) = backbone {
+                    model.backbone.visit(&mut Scale { grads: g, factor });
+                }
+            },
+        );
     }
 
     /// Clip the global norm over all parts to `max` (ActionFormer's `clip_grad_l2norm`; 0: no

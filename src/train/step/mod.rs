@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 mod batch_tests;
+mod clip_groups;
 mod fine_tune;
 mod grads;
 mod modes;
@@ -19,8 +20,8 @@ use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-pub(crate) use fine_tune::BackboneRun;
-pub(crate) use grads::{StepGrads, add_into, clip_grads};
+pub(crate) use fine_tune::{BackboneRun, Clips};
+pub(crate) use grads::{StepGrads, add_from, add_into, clip_grads};
 pub(crate) use modes::for_plan;
 
 use super::model::{Extraction, TalModel, run_head_batch};
@@ -64,10 +65,26 @@ impl Window<'_> {
     /// # Shapes
     /// - output: `[count, 3, F, H, W]`
     pub fn clips_on(&self, device: &Device) -> Result<Tensor<5>> {
+        self.clip_range_on(0, self.count, device)
+    }
+
+    /// Clips `start..start + count` of the window on `device`, augmented as
+    /// [`Window::clips_on`] augments the whole window (the same draws).
+    ///
+    /// # Shapes
+    /// - output: `[count, 3, F, H, W]`
+    pub fn clip_range_on(&self, start: usize, count: usize, device: &Device) -> Result<Tensor<5>> {
         let frames = self.frames.ok_or_else(|| {
             Error::Config("a step on cached features has no frames to cut clips from".into())
         })?;
-        let x = frames.clips(&self.clips, self.start, self.count, device)?;
+        if start + count > self.count {
+            return Err(Error::Config(format!(
+                "clips {start}..{} of a window of {} clips",
+                start + count,
+                self.count
+            )));
+        }
+        let x = frames.clips(&self.clips, self.start + start, count, device)?;
         Ok(match self.augment {
             // Drawn from the step's own generator: resume replays it.
             Some(a) => a.apply(x, &mut ChaCha8Rng::seed_from_u64(mix(self.seed, 0xA06))),
@@ -75,9 +92,12 @@ impl Window<'_> {
         })
     }
 
-    /// The window's clips on the step's (autodiff) device.
-    pub fn clips(&self) -> Result<Tensor<5>> {
-        self.clips_on(self.device)
+    /// The window's clips on the step's device as a [`Clips`] source (made range by range
+    /// where the step runs in clip groups).
+    pub fn clip_source(&self) -> Clips<'_> {
+        Clips::new(self.count, self.device.clone(), |start, count| {
+            self.clip_range_on(start, count, self.device)
+        })
     }
 
     /// The frozen backbone's outputs for the window: the cached ones, or a forward without a

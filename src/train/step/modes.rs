@@ -89,11 +89,11 @@ struct FineTune {
 
 impl ModeStep for FineTune {
     fn compute(&self, model: &TalModel, w: &Window<'_>, obj: &Objective<'_>) -> Result<Computed> {
-        let (value, g) = self
-            .run
-            .step(&model.backbone, w.clips()?, w.seed, obj.step, |f| {
-                obj.loss(&model.head, f)
-            })?;
+        let (value, g) =
+            self.run
+                .step(&model.backbone, w.clip_source(), w.seed, obj.step, |f| {
+                    obj.loss(&model.head, f)
+                })?;
         Ok(computed(value, g, model, Trains::Backbone))
     }
 }
