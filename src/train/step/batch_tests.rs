@@ -18,7 +18,8 @@ use crate::train::config::{BackboneConfig, TrainConfig, TrainMode};
 use crate::train::model::{Extraction, TalModel, adapter_layers, head_input, materialize};
 use crate::train::plan::TrainPlan;
 
-fn config(mode: TrainMode) -> TrainConfig {
+/// The tiny detector these tests train (a 2-block ViT on 8-frame 16x16 clips).
+pub(super) fn config(mode: TrainMode) -> TrainConfig {
     TrainConfig::new()
         .with_mode(mode)
         .with_backbone(BackboneConfig::Vit(

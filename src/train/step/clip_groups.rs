@@ -157,25 +157,17 @@ fn each_group<T: Send>(f: impl Fn(usize) -> T + Sync) -> Vec<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::vit::VitConfig;
-    use crate::train::config::BackboneConfig;
+    use crate::train::config::{BackboneConfig, TrainMode};
     use crate::train::model::materialize;
     use burn::tensor::Distribution;
 
-    /// A 2-block ViT on 8-frame 16x16 clips (`drop_path` its stochastic depth).
+    /// The batch tests' 2-block ViT on 8-frame 16x16 clips, `drop_path` its stochastic depth.
     fn backbone(drop_path: f64, device: &Device) -> Backbone {
-        let b = BackboneConfig::Vit(
-            VitConfig::new()
-                .with_embed_dim(32)
-                .with_depth(2)
-                .with_num_heads(2)
-                .with_mlp_dim(64)
-                .with_patch_size(8)
-                .with_num_frames(8)
-                .with_image_size(16)
-                .with_drop_path_rate(drop_path),
-        )
-        .init(device);
+        let BackboneConfig::Vit(vit) = super::super::batch_tests::config(TrainMode::Full).backbone
+        else {
+            unreachable!("the batch tests train a ViT")
+        };
+        let b = BackboneConfig::Vit(vit.with_drop_path_rate(drop_path)).init(device);
         materialize(&b);
         b
     }
