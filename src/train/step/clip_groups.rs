@@ -1,10 +1,10 @@
-//! A learning backbone's step on the CPU backend in two groups of clips, each on threads of its
-//! own. The backbone sees every clip on its own (no operation mixes clips), so the step's clips
-//! split into groups whose forward and backward passes are independent: each group runs a
-//! replica of the backbone (the same parameter values as fresh graph leaves, no copy) on a
-//! thread pool of half the process's threads, its features join the head on the calling
-//! thread, and each group's backward starts from its share of the features' gradient. The
-//! gradients are the single graph's up to the order of their sums.
+//! A learning backbone's step on the CPU backend in two groups of clips side by side. The
+//! backbone sees every clip on its own (no operation mixes clips), so the step's clips split
+//! into groups whose forward and backward passes are independent: each group runs a replica of
+//! the backbone (the same parameter values as fresh graph leaves, no copy) as a task of the
+//! rayon pool, its features join the head on the calling thread, and each group's backward
+//! starts from its share of the features' gradient. The gradients are the single graph's up to
+//! the order of their sums.
 //!
 //! Why: on two cores the small tensors of a training step leave a core idle between and
 //! inside the backend's threaded operations (a step kept the cores 166% busy); two independent
@@ -226,12 +226,13 @@ mod tests {
             let (loss, want_value) = loss_on(&w)(features).unwrap();
             let want = GradientsParams::from_module(&mut loss.backward(), &b);
             let (value, mut got) = step(&b, network, Clips::of(x.clone()), 9, loss_on(&w)).unwrap();
+            let what = format!("{network:?}, stochastic depth {drop_path}");
             assert!(
                 (value - want_value).abs() <= 1e-5 * want_value.abs(),
-                "{network:?} loss"
+                "{what}: loss"
             );
             let rel = max_rel(&flat(&b, &got.params(&b)), &flat(&b, &want));
-            assert!(rel < 1e-5, "{network:?} gradients: {rel}");
+            assert!(rel < 1e-5, "{what}: gradients {rel}");
         }
     }
 
