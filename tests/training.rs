@@ -560,6 +560,41 @@ fn clip_classification_pretraining_learns() {
 
 const PRETRAIN_STEPS: usize = 300;
 
+/// Pretraining's batches are drawn, decoded and augmented on a thread of their own ahead of
+/// the step: the same seed still gives the same weights bit for bit, and frames that cannot
+/// be read stop it with an error naming them (no hang waiting for a batch that never comes).
+#[test]
+fn pretraining_reads_ahead_deterministically_and_reports_unreadable_frames() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tiny_dataset(&dir.path().join("data"));
+    let tiny = tiny_config(TrainMode::Full, 1);
+    let cfg = PretrainConfig::new()
+        .with_backbone(tiny.backbone.clone())
+        .with_clips(tiny.clips.clone())
+        .with_steps(6)
+        .with_batch_size(4)
+        .with_warmup_steps(2);
+    let device = e2e_tal::backend::cpu_device();
+    let run = || {
+        device.seed(11);
+        let out = pretrain(&cfg, &data, true, &device).unwrap();
+        (values(&out.backbone), out.losses, out.val_accuracy)
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.0, b.0, "weights differ between two runs of one seed");
+    assert_eq!(a.1, b.1);
+    assert_eq!(a.2, b.2);
+
+    std::fs::remove_dir_all(dir.path().join("data").join(FRAMES_DIR)).unwrap();
+    device.seed(11);
+    let err = pretrain(&cfg, &data, true, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(FRAMES_DIR), "{err}");
+}
+
 /// LoFi sampling: every fidelity of the short cycle (S, T, ST; 2 steps each) trains, the
 /// backbone moves, and evaluation runs at full fidelity; head-only with LoFi is refused.
 #[test]

@@ -13,6 +13,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::seq::IndexedRandom;
 use rand::{SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use super::config::BackboneConfig;
 use super::dataset::TalDataset;
@@ -24,7 +25,7 @@ use crate::data::augment::AugmentConfig;
 use crate::data::clips::ClipSamplingConfig;
 use crate::error::{Error, Result};
 use crate::optim::FusedAdamW;
-use crate::pipeline::FrameTransformConfig;
+use crate::pipeline::{FrameTransformConfig, InSequence};
 use crate::precision::{Precision, autocast};
 use crate::reversible::{DriftMonitor, RewiredBackbone};
 
@@ -277,7 +278,7 @@ fn pretrain_scoped(
     let size = cfg.backbone.input_size();
     let probe = Tensor::<5>::zeros([1, 3, cfg.clips.clip_frames, size, size], &plain);
     let dim = backbone.valid().forward(probe, &[])?.features.dims()[1];
-    let mut model = ClipClassifier {
+    let model = ClipClassifier {
         backbone,
         fc: LinearConfig::new(dim, k).init(&device),
     };
@@ -300,40 +301,49 @@ fn pretrain_scoped(
         BackboneRun::Autodiff(Network::Plain)
     };
     let start = Instant::now();
-    for step in 0..cfg.steps {
-        let batch: Vec<TrimmedClip> = (0..cfg.batch_size)
-            .map(|_| *train_clips.choose(&mut rng).expect("non-empty"))
-            .collect();
-        let (x, y) = batch_tensors(data, &cfg.clips, size, &batch, &device)?;
-        let x = cfg.augment.apply_per_clip(x, &mut rng);
-        let seed = crate::seed::mix(cfg.seed, step as u64);
-        let late = step * 10 >= cfg.steps * 9;
-        let (l, mut g) = run.step(&model.backbone, Clips::of(x), seed, step, |f| {
-            let logits = model.fc.forward(f);
-            if late {
-                late_right += correct(logits.clone(), y.clone());
-                late_total += batch.len();
+    let model = std::thread::scope(|scope| -> Result<ClipClassifier> {
+        let mut model = model;
+        // Each batch is drawn, decoded and augmented on a thread of its own while the step
+        // before it computes, in the generator's order (the batches a seed gives do not change).
+        let mut batches = InSequence::spawn(scope, cfg.steps, 2, |_| {
+            let batch: Vec<TrimmedClip> = (0..cfg.batch_size)
+                .map(|_| *train_clips.choose(&mut rng).expect("non-empty"))
+                .collect();
+            let (x, y) = batch_tensors(data, &cfg.clips, size, &batch, &device)?;
+            Ok((cfg.augment.apply_per_clip(x, &mut rng), y))
+        });
+        for step in 0..cfg.steps {
+            let (x, y) = batches.next_item().expect("one batch per step")?;
+            let seed = crate::seed::mix(cfg.seed, step as u64);
+            let late = step * 10 >= cfg.steps * 9;
+            let (l, mut g) = run.step(&model.backbone, Clips::of(x), seed, step, |f| {
+                let logits = model.fc.forward(f);
+                if late {
+                    late_right += correct(logits.clone(), y.clone());
+                    late_total += cfg.batch_size;
+                }
+                finite_loss(ce.forward(logits, y), "pretraining batch", step)
+            })?;
+            let grads = g.params(&model);
+            model = optim.step(sched.at(step), model, grads);
+            acc_loss += l as f32;
+            acc_n += 1;
+            if acc_n == log_every || step + 1 == cfg.steps {
+                losses.push(acc_loss / acc_n as f32);
+                if !quiet {
+                    say!(
+                        "pretrain step {:>5}/{}: loss {:.4} ({:.0}s)",
+                        step + 1,
+                        cfg.steps,
+                        acc_loss / acc_n as f32,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                (acc_loss, acc_n) = (0.0, 0);
             }
-            finite_loss(ce.forward(logits, y), "pretraining batch", step)
-        })?;
-        let grads = g.params(&model);
-        model = optim.step(sched.at(step), model, grads);
-        acc_loss += l as f32;
-        acc_n += 1;
-        if acc_n == log_every || step + 1 == cfg.steps {
-            losses.push(acc_loss / acc_n as f32);
-            if !quiet {
-                say!(
-                    "pretrain step {:>5}/{}: loss {:.4} ({:.0}s)",
-                    step + 1,
-                    cfg.steps,
-                    acc_loss / acc_n as f32,
-                    start.elapsed().as_secs_f64()
-                );
-            }
-            (acc_loss, acc_n) = (0.0, 0);
         }
-    }
+        Ok(model)
+    })?;
     let seconds = start.elapsed().as_secs_f64();
     let val_accuracy = if val_clips.is_empty() {
         None
@@ -370,12 +380,16 @@ pub fn clip_accuracy(
     network: Network,
     device: &Device,
 ) -> Result<f64> {
-    let mut right = 0;
-    for chunk in clips.chunks(32) {
-        let (x, y) = batch_tensors(data, clips_cfg, size, chunk, device)?;
-        right += correct(model.forward(x, network)?, y);
-    }
-    Ok(right as f64 / clips.len().max(1) as f64)
+    // Chunks side by side on the pool (a chunk's small operations leave a core idle; the
+    // count of right answers does not depend on the order).
+    let right = clips
+        .par_chunks(32)
+        .map(|chunk| {
+            let (x, y) = batch_tensors(data, clips_cfg, size, chunk, device)?;
+            Ok(correct(model.forward(x, network)?, y))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    Ok(right.iter().sum::<usize>() as f64 / clips.len().max(1) as f64)
 }
 
 fn correct(logits: Tensor<2>, y: Tensor<1, Int>) -> usize {
