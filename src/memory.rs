@@ -83,7 +83,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 }
 
 /// Keeps the memory the process frees for its next allocations instead of handing it back to
-/// the operating system: glibc's allocator with two arenas, a 32 MiB mmap threshold (tensors
+/// the operating system: glibc's allocator with one arena, a 32 MiB mmap threshold (tensors
 /// below it come from the heap) and no trimming. Elsewhere (other C libraries, other systems)
 /// it does nothing.
 ///
@@ -95,14 +95,6 @@ unsafe impl GlobalAlloc for CountingAllocator {
 /// size stays at its peak once reached: what the next step needs anyway. The peaks this
 /// module measures ([`measure`]) count live bytes and do not change.
 ///
-/// Two arenas, not one: with one, the two threads of a step on two cores (clip groups, the
-/// input thread) queue on its lock for every small allocation of the autodiff graph; the main
-/// job ran at 179.5% CPU with one and 180.9% with two (182.7% with glibc's default of eight
-/// per core, whose extra heaps raised its resident peak from 317 to 462 MiB; two: 349 MiB).
-/// A second arena's heaps beyond its first are handed back when they empty, whatever the
-/// trim setting: the deep plain rows at 1568 tokens fault 380-410 thousand pages instead of
-/// 280 thousand.
-///
 /// Call it first thing in `main`, before other threads allocate; the CLI, the benches and the
 /// examples do.
 pub fn retain_freed_memory() {
@@ -110,7 +102,7 @@ pub fn retain_freed_memory() {
     // SAFETY: `mallopt` only sets the allocator's parameters; nothing is allocated yet by other
     // threads (the documented contract), and glibc serialises the call anyway.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
