@@ -522,13 +522,7 @@ fn clip_classification_pretraining_learns() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(&dir.path().join("data"));
-    let tiny = tiny_config(TrainMode::Full, 1);
-    let cfg = PretrainConfig::new()
-        .with_backbone(tiny.backbone.clone())
-        .with_clips(tiny.clips.clone())
-        .with_steps(PRETRAIN_STEPS)
-        .with_batch_size(8)
-        .with_warmup_steps(10);
+    let cfg = tiny_pretraining(PRETRAIN_STEPS, 8, 10);
     let device = e2e_tal::backend::cpu_device();
     device.seed(7);
     let out = pretrain(&cfg, &data, true, &device).unwrap();
@@ -560,6 +554,17 @@ fn clip_classification_pretraining_learns() {
 
 const PRETRAIN_STEPS: usize = 300;
 
+/// Pretraining of the tiny configuration's backbone on its clips.
+fn tiny_pretraining(steps: usize, batch_size: usize, warmup_steps: usize) -> PretrainConfig {
+    let tiny = tiny_config(TrainMode::Full, 1);
+    PretrainConfig::new()
+        .with_backbone(tiny.backbone)
+        .with_clips(tiny.clips)
+        .with_steps(steps)
+        .with_batch_size(batch_size)
+        .with_warmup_steps(warmup_steps)
+}
+
 /// Pretraining's batches are drawn, decoded and augmented on a thread of their own ahead of
 /// the step: the same seed still gives the same weights bit for bit, and frames that cannot
 /// be read stop it with an error naming them (no hang waiting for a batch that never comes).
@@ -568,13 +573,7 @@ fn pretraining_reads_ahead_deterministically_and_reports_unreadable_frames() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let data = tiny_dataset(&dir.path().join("data"));
-    let tiny = tiny_config(TrainMode::Full, 1);
-    let cfg = PretrainConfig::new()
-        .with_backbone(tiny.backbone.clone())
-        .with_clips(tiny.clips.clone())
-        .with_steps(6)
-        .with_batch_size(4)
-        .with_warmup_steps(2);
+    let cfg = tiny_pretraining(6, 4, 2);
     let device = e2e_tal::backend::cpu_device();
     let run = || {
         device.seed(11);
