@@ -96,7 +96,7 @@ mod tests {
             let mut seq = InSequence::spawn(s, 20, 2, |_| {
                 made.fetch_add(1, Ordering::SeqCst);
                 // Each item depends on the one before.
-                state = state * 6364136223846793005 + 1;
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
                 Ok(state)
             });
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -107,7 +107,7 @@ mod tests {
         let mut want = Vec::new();
         let mut state = 1u64;
         for _ in 0..20 {
-            state = state * 6364136223846793005 + 1;
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
             want.push(state);
         }
         assert_eq!(got, want);
