@@ -381,12 +381,15 @@ pub fn clip_accuracy(
     device: &Device,
 ) -> Result<f64> {
     // Chunks side by side on the pool (a chunk's small operations leave a core idle; the
-    // count of right answers does not depend on the order).
+    // count of right answers does not depend on the order), each in the caller's precision.
+    let compute = crate::precision::compute();
     let right = clips
         .par_chunks(32)
         .map(|chunk| {
-            let (x, y) = batch_tensors(data, clips_cfg, size, chunk, device)?;
-            Ok(correct(model.forward(x, network)?, y))
+            autocast(compute, || {
+                let (x, y) = batch_tensors(data, clips_cfg, size, chunk, device)?;
+                Ok(correct(model.forward(x, network)?, y))
+            })
         })
         .collect::<Result<Vec<usize>>>()?;
     Ok(right.iter().sum::<usize>() as f64 / clips.len().max(1) as f64)
