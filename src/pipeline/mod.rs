@@ -5,7 +5,8 @@
 //! prefetch the next steps into a bounded queue ([`Prefetcher`]; inputs drawn in sequence from
 //! one generator, as pretraining's batches are, are read ahead in order by [`InSequence`]).
 //! Peak memory is bounded by the queue and one step's frames, never by a dataset's or a
-//! video's length; the samples of a seed do not depend on the worker count. `docs/data.md` has the design and the measurements.
+//! video's length; the samples of a seed do not depend on the worker count. `docs/data.md`
+//! has the design and the measurements.
 //!
 //! The submodules are private: every item has one public path, `e2e_tal::pipeline::Item`.
 

@@ -99,6 +99,13 @@ pub fn compute() -> Precision {
     COMPUTE.with(Cell::get)
 }
 
+/// `f` made to run in the calling thread's current precision on whichever thread calls it
+/// (the scope is per thread: a pool worker taking a share of the work is otherwise in f32).
+pub fn carried<A, T>(f: impl Fn(A) -> T + Send + Sync) -> impl Fn(A) -> T + Send + Sync {
+    let precision = compute();
+    move |a| autocast(precision, || f(a))
+}
+
 /// `x` as `dtype`, unchanged (no cast recorded) when it already is.
 pub fn cast<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
     if x.dtype() == dtype { x } else { x.cast(dtype) }

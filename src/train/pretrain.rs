@@ -26,7 +26,7 @@ use crate::data::clips::ClipSamplingConfig;
 use crate::error::{Error, Result};
 use crate::optim::FusedAdamW;
 use crate::pipeline::{FrameTransformConfig, InSequence};
-use crate::precision::{Precision, autocast};
+use crate::precision::{Precision, autocast, carried};
 use crate::reversible::{DriftMonitor, RewiredBackbone};
 
 /// Settings of clip-classification pretraining.
@@ -382,15 +382,12 @@ pub fn clip_accuracy(
 ) -> Result<f64> {
     // Chunks side by side on the pool (a chunk's small operations leave a core idle; the
     // count of right answers does not depend on the order), each in the caller's precision.
-    let compute = crate::precision::compute();
     let right = clips
         .par_chunks(32)
-        .map(|chunk| {
-            autocast(compute, || {
-                let (x, y) = batch_tensors(data, clips_cfg, size, chunk, device)?;
-                Ok(correct(model.forward(x, network)?, y))
-            })
-        })
+        .map(carried(|chunk: &[TrimmedClip]| {
+            let (x, y) = batch_tensors(data, clips_cfg, size, chunk, device)?;
+            Ok(correct(model.forward(x, network)?, y))
+        }))
         .collect::<Result<Vec<usize>>>()?;
     Ok(right.iter().sum::<usize>() as f64 / clips.len().max(1) as f64)
 }

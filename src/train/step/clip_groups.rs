@@ -146,11 +146,10 @@ impl ModuleMapper for Leaves {
 /// operations (work stealing), where a pool per group would leave it idle. With one thread
 /// they run one after the other.
 fn each_group<T: Send>(f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let compute = precision::compute();
     (0..GROUPS)
         .into_par_iter()
         .with_max_len(1)
-        .map(|g| precision::autocast(compute, || f(g)))
+        .map(precision::carried(&f))
         .collect()
 }
 
