@@ -22,15 +22,27 @@ const MIN_COLS: usize = 96;
 /// Fewest rows a row split goes down to.
 const MIN_ROWS: usize = 64;
 
+/// How many contiguous copies one transposing copy of `b` costs when the `gemm` crate packs
+/// it: `b` strided along its columns (a product with a transposed weight, the input gradient
+/// of a linear layer) is gathered element by element. Measured on the Xeon of
+/// `docs/performance.md`, one thread: a `[196, 1536] x [1536, 384]^T` block spends 27% of its
+/// time packing (4% when `b` is contiguous), and splitting such products by columns, so each
+/// thread transposes half of `b` instead of all of it, ran 183 -> 192, 155 -> 183-195 and
+/// 174 -> 198 GFLOPS per thread on a ViT-S block's input gradients at 392 tokens, 191 -> 208
+/// at 1568 (no change on the other products, whose `b` packs contiguously).
+const TRANSPOSED_PACK: usize = 8;
+
 /// Output blocks `(rows, cols)` for an `[m, n]` product with `k` inner: one block per thread,
 /// the grid (`tm` row blocks by `tn` column blocks, `tm tn = threads`) that packs the least.
 /// Each block is one call of the `gemm` crate, which packs the block's rows of `a` (`m k / tm`)
 /// and its columns of `b` (`k n / tn`): the whole grid packs `tn m k + tm k n` elements, so the
-/// split runs along the longer side. Fewer, larger blocks measured faster than more, smaller
-/// ones (on 2 threads, a ViT-S block's products 5% faster than with four blocks of at most 384
-/// columns, the weight gradients 10-25%), for the packing; narrower blocks than
+/// split runs along the longer side; `b` weighs [`TRANSPOSED_PACK`] times more when it is
+/// strided along its columns (`b_transposed`). Fewer, larger blocks measured faster than more,
+/// smaller ones (on 2 threads, a ViT-S block's products 5% faster than with four blocks of at
+/// most 384 columns, the weight gradients 10-25%), for the packing; narrower blocks than
 /// [`MIN_ROWS`] x [`MIN_COLS`] are not made, so a thin product uses fewer threads.
-fn blocks(m: usize, n: usize, k: usize, threads: usize) -> (usize, usize) {
+fn blocks(m: usize, n: usize, k: usize, threads: usize, b_transposed: bool) -> (usize, usize) {
+    let b_weight = if b_transposed { TRANSPOSED_PACK } else { 1 };
     if m * n * k < MIN_WORK || threads <= 1 {
         return (m.max(1), n.max(1));
     }
@@ -39,7 +51,7 @@ fn blocks(m: usize, n: usize, k: usize, threads: usize) -> (usize, usize) {
         for tm in (1..=t).filter(|tm| t % tm == 0) {
             let (mb, nb) = (m.div_ceil(tm), n.div_ceil(t / tm));
             let fits = (tm == 1 || mb >= MIN_ROWS) && (tm == t || nb >= MIN_COLS);
-            let packed = (t / tm) * m + tm * n;
+            let packed = (t / tm) * m + tm * n * b_weight;
             if fits && best.is_none_or(|(p, _)| packed < p) {
                 best = Some((packed, (mb, nb)));
             }
@@ -67,7 +79,7 @@ pub unsafe fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    let (mb, nb) = blocks(m, n, k, rayon::current_num_threads());
+    let (mb, nb) = blocks(m, n, k, rayon::current_num_threads(), b.cs != 1);
     let cols = n.div_ceil(nb);
     let tasks = m.div_ceil(mb) * cols;
     let out = SendMut(dst.as_mut_ptr().cast::<f32>());
@@ -207,21 +219,44 @@ mod tests {
 
     #[test]
     fn block_shapes() {
-        assert_eq!(blocks(8, 8, 8, 2), (8, 8), "small: one block");
+        assert_eq!(blocks(8, 8, 8, 2, false), (8, 8), "small: one block");
         assert_eq!(
-            blocks(1568, 1536, 384, 2),
+            blocks(1568, 1536, 384, 2, false),
             (784, 1536),
             "rows: m + 2 n packed"
         );
         assert_eq!(
-            blocks(1000, 1536, 384, 2),
+            blocks(1000, 1536, 384, 2, false),
             (1000, 768),
             "columns: 2 m + n packed"
         );
-        assert_eq!(blocks(1568, 384, 1536, 2), (784, 384), "tall: rows split");
-        assert_eq!(blocks(384, 1536, 1568, 2), (384, 768));
-        assert_eq!(blocks(1568, 384, 384, 16), (196, 192), "16 threads: 8 x 2");
-        assert_eq!(blocks(100, 150, 64, 2), (100, 150), "too thin to split");
-        assert_eq!(blocks(100, 3000, 64, 3), (100, 1000), "3 threads: columns");
+        assert_eq!(
+            blocks(1568, 384, 1536, 2, false),
+            (784, 384),
+            "tall: rows split"
+        );
+        assert_eq!(blocks(384, 1536, 1568, 2, false), (384, 768));
+        assert_eq!(
+            blocks(1568, 384, 384, 16, false),
+            (196, 192),
+            "16 threads: 8 x 2"
+        );
+        assert_eq!(
+            blocks(100, 150, 64, 2, false),
+            (100, 150),
+            "too thin to split"
+        );
+        assert_eq!(
+            blocks(100, 3000, 64, 3, false),
+            (100, 1000),
+            "3 threads: columns"
+        );
+        assert_eq!(
+            blocks(392, 384, 1536, 2, true),
+            (392, 192),
+            "a transposed b: columns, each thread transposes half"
+        );
+        assert_eq!(blocks(1568, 384, 1152, 2, true), (1568, 192));
+        assert_eq!(blocks(392, 1536, 384, 2, true), (392, 768));
     }
 }
