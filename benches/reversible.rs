@@ -9,7 +9,8 @@
 //! `-- --no-drift`: skip the drift table; step times are the median of 3 steps;
 //! `-- --tokens N`: only that token count; `-- --only plain|checkpointing|reversible`: one mode;
 //! `-- --peer PYTHON`: also run the same workload in PyTorch (`scripts/peer_bench.py`: SDPA,
-//! `torch.utils.checkpoint`, revlib) with that interpreter, and print the ratios;
+//! `torch.utils.checkpoint`, revlib) with that interpreter, each PyTorch row right after the
+//! matching e2e-tal row (both sides of a ratio within seconds), and print the ratios;
 //! `-- --precision bf16,f16`: also every mode with the blocks' branches in these precisions
 //! (mixed precision: f32 parameters and residual streams, `e2e_tal::precision`), with their
 //! memory and time relative to the same mode and depth in f32.
@@ -124,6 +125,8 @@ struct Row {
     /// Bytes held between the forward and the backward.
     held: usize,
     param_bytes: usize,
+    /// The PyTorch peer's matching row (f32 only), measured right after this one.
+    theirs: Option<PeerRow>,
 }
 
 /// One row of the PyTorch peer (`scripts/peer_bench.py`).
@@ -134,9 +137,16 @@ struct PeerRow {
     error: Option<String>,
 }
 
-/// Runs the PyTorch rows of the same workload through `scripts/peer_bench.py` with the given
-/// interpreter; `None` (with the reason printed) when it cannot run.
-fn run_peer(python: &str, tokens: usize) -> Option<Vec<((String, usize), PeerRow)>> {
+/// Runs the PyTorch row of the same workload (one mode and depth) through
+/// `scripts/peer_bench.py` with the given interpreter, right after e2e-tal's row, so that both
+/// sides of a ratio are measured within seconds of each other (the VM's speed drifts by 10-20%
+/// over minutes). `None` (with the reason printed) when it cannot run; the peer's version line
+/// is printed once (`announced`).
+fn run_peer(
+    python: &str,
+    (tokens, depth, mode): (usize, usize, Mode),
+    announced: &mut bool,
+) -> Option<PeerRow> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/peer_bench.py");
     let out = std::process::Command::new(python)
         .args([
@@ -146,7 +156,9 @@ fn run_peer(python: &str, tokens: usize) -> Option<Vec<((String, usize), PeerRow
             "--tokens",
             &tokens.to_string(),
             "--depths",
-            "12,24",
+            &depth.to_string(),
+            "--variants",
+            peer_variant(mode),
         ])
         .output();
     let out = match out {
@@ -165,29 +177,24 @@ fn run_peer(python: &str, tokens: usize) -> Option<Vec<((String, usize), PeerRow
             return None;
         }
     };
-    let mut rows = Vec::new();
+    let mut row = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(json) = line.strip_prefix("PEER ") {
+        if let Some(json) = line.strip_prefix("PEER ")
+            && !std::mem::replace(announced, true)
+        {
             println!("PyTorch peer: {json}");
         }
         let Some(json) = line.strip_prefix("ROW ") else {
             continue;
         };
         let v: serde_json::Value = serde_json::from_str(json).ok()?;
-        let key = (
-            v["variant"].as_str()?.to_string(),
-            v["depth"].as_u64()? as usize,
-        );
-        rows.push((
-            key,
-            PeerRow {
-                step_s: v["step_s"].as_f64(),
-                activations_mib: v["activations_mib"].as_f64(),
-                error: v["error"].as_str().map(str::to_string),
-            },
-        ));
+        row = Some(PeerRow {
+            step_s: v["step_s"].as_f64(),
+            activations_mib: v["activations_mib"].as_f64(),
+            error: v["error"].as_str().map(str::to_string),
+        });
     }
-    Some(rows)
+    row
 }
 
 /// What the peer calls the same mode.
@@ -266,6 +273,7 @@ fn run() {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
         let mut rows = Vec::new();
+        let mut announced = false;
         for &depth in depths {
             for (precision, mode) in precisions
                 .iter()
@@ -291,18 +299,22 @@ fn run() {
                 let _ = model.blocks.valid();
                 // The branches in `precision`; parameters and streams stay f32.
                 let run = |blocks: &[VitBlock]| autocast(precision, || step(mode, blocks, &x, &w));
-                // Warm-up (thread pools, caches), untimed.
-                let _ = run(&model.blocks[..1]);
+                // Warm-up (thread pools, caches, the first touch of the step's memory), untimed,
+                // and the memory of one step; then the time: median of 3 steps, as the peer does.
+                let _ = run(&model.blocks);
                 let (first, peak) = memory::measure_on(&device, || run(&model.blocks));
                 assert_eq!(
                     first.grads,
                     15 * depth,
                     "one gradient per block parameter tensor"
                 );
-                // Time: median of 3 steps (the measured one and two more), as the peer does.
-                let mut times = vec![first.seconds];
-                times.extend((0..2).map(|_| run(&model.blocks).seconds));
+                let mut times: Vec<f64> = (0..3).map(|_| run(&model.blocks).seconds).collect();
                 times.sort_by(f64::total_cmp);
+                // The PyTorch row now, while the machine runs at the speed ours saw.
+                let theirs = peer
+                    .as_deref()
+                    .filter(|_| precision == Precision::F32)
+                    .and_then(|p| run_peer(p, (tokens, depth, mode), &mut announced));
                 rows.push(Row {
                     depth,
                     precision,
@@ -311,10 +323,10 @@ fn run() {
                     peak: peak.unwrap_or(0),
                     held: first.held.unwrap_or(0),
                     param_bytes,
+                    theirs,
                 });
             }
         }
-        let peer_rows = peer.as_deref().and_then(|p| run_peer(p, tokens));
         println!(
             "| depth | mode | precision | step (s) | PyTorch step (s) | ratio | x f32 | \
              activations (MiB) | PyTorch activations (MiB) | ratio | step peak (MiB) | x f32 | \
@@ -330,6 +342,7 @@ fn run() {
                 peak,
                 held,
                 param_bytes,
+                ref theirs,
             } = *r;
             let act = peak.saturating_sub(param_bytes);
             // The same depth and mode in f32, for the mixed-precision rows' ratios.
@@ -346,13 +359,6 @@ fn run() {
                 ),
                 None => ("-".into(), "-".into(), "-".into()),
             };
-            // The PyTorch peer runs f32 only.
-            let peer_rows = peer_rows.as_ref().filter(|_| precision == Precision::F32);
-            let theirs = peer_rows.and_then(|rows| {
-                rows.iter()
-                    .find(|(k, _)| k.0 == peer_variant(mode) && k.1 == depth)
-                    .map(|(_, r)| r.clone())
-            });
             let act_mib = act as f64 / (1024.0 * 1024.0);
             let (pt_step, pt_act, r_step, r_act) = match &theirs {
                 Some(PeerRow {
