@@ -596,6 +596,9 @@ mod tests {
         bias: Option<[usize; 4]>,
         /// Some keys get -1e9 (masked) in the bias.
         masked: bool,
+        /// q, k, v as the model's head split leaves them: `[B, N, H, D]` tensors seen as
+        /// `[B, H, N, D]` (rows a whole token apart), not contiguous heads.
+        split: bool,
     }
 
     impl Case {
@@ -610,6 +613,14 @@ mod tests {
                 dv,
                 bias: None,
                 masked: false,
+                split: false,
+            }
+        }
+
+        fn split(self) -> Self {
+            Case {
+                split: true,
+                ..self
             }
         }
 
@@ -635,9 +646,11 @@ mod tests {
             dv,
             ..
         } = *case;
-        let q = rand([b, h, nq, d], &device);
-        let k = rand([b, h, nk, d], &device);
-        let v = rand([b, h, nk, dv], &device);
+        let operand = |n: usize, width: usize| match case.split {
+            true => rand([b, n, h, width], &device).swap_dims(1, 2),
+            false => rand([b, h, n, width], &device),
+        };
+        let (q, k, v) = (operand(nq, d), operand(nk, d), operand(nk, dv));
         let w = rand([b, h, nq, dv], &device);
         let bias = case.bias.map(|shape| {
             let mut t = rand(shape, &device);
@@ -772,6 +785,17 @@ mod tests {
         check(&case.with_bias([3, 4, 150, 133], false), &[41]);
         let case = Case::new(3, 4, 70, 45, 8, 8).with_bias([1, 4, 70, 45], true);
         check(&case, &[16, 70]);
+    }
+
+    #[test]
+    fn heads_split_from_the_token_axis() {
+        // The model's layout: each head's rows a whole token apart (the kernel copies a head's
+        // keys and values into rows of their own); odd sizes, whole registers, one head.
+        check(&Case::new(2, 3, 100, 90, 32, 16).split(), &[64, 20]);
+        let case = Case::new(2, 4, 37, 41, 8, 12).split();
+        check(&case.with_bias([2, 4, 37, 41], true), &[16, 5]);
+        check(&Case::new(1, 1, 30, 33, 16, 16).split(), &[16]);
+        check(&Case::new(3, 2, 1, 3, 8, 8).split(), &[1]);
     }
 
     #[test]
