@@ -169,36 +169,46 @@ pub mod kernels {
     /// `1.5 * 2^23`: adding it rounds to the nearest integer in float arithmetic.
     const ROUND: f32 = 12_582_912.0;
 
-    /// `e^x` of one value (the kernels' polynomial; inlined into vectorised loops).
+    /// `a b + c`: one fused multiply-add (one rounding) in the kernels compiled with FMA
+    /// (`FUSED`), a product and a sum otherwise. Rust never contracts `a * b + c` by itself,
+    /// so without this the polynomials below ran as two instructions per term; with it the
+    /// attention softmax and GELU kernels run about a third fewer instructions.
     #[inline(always)]
-    pub fn exp1(x: f32) -> f32 {
+    pub fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+        if FUSED { a.mul_add(b, c) } else { a * b + c }
+    }
+
+    /// `e^x` of one value (the kernels' polynomial; inlined into vectorised loops; `FUSED`: see
+    /// [`madd`]).
+    #[inline(always)]
+    pub fn exp1<const FUSED: bool>(x: f32) -> f32 {
         let xc = x.clamp(EXP_MIN, EXP_MAX);
         let shifted = xc * LOG2E + ROUND;
         let n = shifted - ROUND;
         let ni = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
-        let r = xc - n * LN2_HI - n * LN2_LO;
+        let r = madd::<FUSED>(-n, LN2_LO, madd::<FUSED>(-n, LN2_HI, xc));
         let mut p = 1.987_569_1e-4_f32;
-        p = p * r + 1.398_199_9e-3;
-        p = p * r + 8.333_452e-3;
-        p = p * r + 4.166_579_6e-2;
-        p = p * r + 1.666_666_5e-1;
-        p = p * r + 0.5;
-        let y = p * r * r + r + 1.0;
+        p = madd::<FUSED>(p, r, 1.398_199_9e-3);
+        p = madd::<FUSED>(p, r, 8.333_452e-3);
+        p = madd::<FUSED>(p, r, 4.166_579_6e-2);
+        p = madd::<FUSED>(p, r, 1.666_666_5e-1);
+        p = madd::<FUSED>(p, r, 0.5);
+        let y = madd::<FUSED>(p * r, r, r) + 1.0;
         let scale = f32::from_bits(((ni + 127) as u32) << 23);
         if x < EXP_MIN { 0.0 } else { y * scale }
     }
 
     /// `erf(x)`, Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
     #[inline(always)]
-    fn erf1(x: f32) -> f32 {
+    fn erf1<const FUSED: bool>(x: f32) -> f32 {
         let z = x.abs();
-        let t = 1.0 / (1.0 + 0.327_591_1 * z);
+        let t = 1.0 / madd::<FUSED>(0.327_591_1, z, 1.0);
         let mut p = 1.061_405_4_f32;
-        p = p * t - 1.453_152_1;
-        p = p * t + 1.421_413_8;
-        p = p * t - 0.284_496_74;
-        p = p * t + 0.254_829_6;
-        let y = 1.0 - p * t * exp1(-z * z);
+        p = madd::<FUSED>(p, t, -1.453_152_1);
+        p = madd::<FUSED>(p, t, 1.421_413_8);
+        p = madd::<FUSED>(p, t, -0.284_496_74);
+        p = madd::<FUSED>(p, t, 0.254_829_6);
+        let y = 1.0 - p * t * exp1::<FUSED>(-z * z);
         y.copysign(x)
     }
 
@@ -207,14 +217,14 @@ pub mod kernels {
     const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
     #[inline(always)]
-    fn gelu1(x: f32) -> f32 {
-        0.5 * x * (1.0 + erf1(x * FRAC_1_SQRT_2))
+    fn gelu1<const FUSED: bool>(x: f32) -> f32 {
+        0.5 * x * (1.0 + erf1::<FUSED>(x * FRAC_1_SQRT_2))
     }
 
     #[inline(always)]
-    fn gelu_grad1(x: f32, g: f32) -> f32 {
-        let cdf = 0.5 * (1.0 + erf1(x * FRAC_1_SQRT_2));
-        let pdf = FRAC_1_SQRT_2PI * exp1(-0.5 * x * x);
+    fn gelu_grad1<const FUSED: bool>(x: f32, g: f32) -> f32 {
+        let cdf = 0.5 * (1.0 + erf1::<FUSED>(x * FRAC_1_SQRT_2));
+        let pdf = FRAC_1_SQRT_2PI * exp1::<FUSED>(-0.5 * x * x);
         g * (cdf + x * pdf)
     }
 
@@ -224,14 +234,20 @@ pub mod kernels {
         ($name:ident, $avx:ident, |$($arg:ident: $ty:ty),*| $body:block) => {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            fn $avx($($arg: $ty),*) $body
+            fn $avx($($arg: $ty),*) {
+                const FUSED: bool = true;
+                $body
+            }
 
             /// Applies the kernel to every element.
             pub fn $name($($arg: $ty),*) {
                 #[cfg(target_arch = "x86_64")]
                 {
                     #[target_feature(enable = "avx512f,avx2,fma")]
-                    fn avx512($($arg: $ty),*) $body
+                    fn avx512($($arg: $ty),*) {
+                        const FUSED: bool = true;
+                        $body
+                    }
                     let avx2 = std::is_x86_feature_detected!("avx2")
                         && std::is_x86_feature_detected!("fma");
                     if avx2 && std::is_x86_feature_detected!("avx512f") {
@@ -243,6 +259,7 @@ pub mod kernels {
                         return unsafe { $avx($($arg),*) };
                     }
                 }
+                const FUSED: bool = false;
                 $body
             }
         };
@@ -250,13 +267,13 @@ pub mod kernels {
 
     multiversion!(exp, exp_avx2, |xs: &mut [f32]| {
         for x in xs.iter_mut() {
-            *x = exp1(*x);
+            *x = exp1::<FUSED>(*x);
         }
     });
 
     multiversion!(gelu, gelu_avx2, |xs: &mut [f32]| {
         for x in xs.iter_mut() {
-            *x = gelu1(*x);
+            *x = gelu1::<FUSED>(*x);
         }
     });
 
@@ -265,7 +282,7 @@ pub mod kernels {
         gelu_backward_avx2,
         |xs: &[f32], gs: &mut [f32]| {
             for (g, &x) in gs.iter_mut().zip(xs) {
-                *g = gelu_grad1(x, *g);
+                *g = gelu_grad1::<FUSED>(x, *g);
             }
         }
     );

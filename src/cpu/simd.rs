@@ -11,6 +11,9 @@ use crate::fastmath::kernels::exp1;
 /// Independent partial results per reduction: one AVX-512 register of f32.
 pub const LANES: usize = 16;
 
+/// Columns [`softmax_cols`] walks down the rows at a time (four AVX-512 registers).
+const COLS: usize = 64;
+
 /// The widest instruction set this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
@@ -49,9 +52,17 @@ macro_rules! multiversion {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
-                fn avx512($($arg: $ty),*) $(-> $ret)? $body
+                fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    #[allow(dead_code)]
+                    const FUSED: bool = true;
+                    $body
+                }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) $(-> $ret)? $body
+                fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    #[allow(dead_code)]
+                    const FUSED: bool = true;
+                    $body
+                }
                 match level() {
                     // SAFETY: the CPU has the features each function was compiled for.
                     Level::Avx512 => return unsafe { avx512($($arg),*) },
@@ -59,6 +70,8 @@ macro_rules! multiversion {
                     Level::Baseline => {}
                 }
             }
+            #[allow(dead_code)]
+            const FUSED: bool = false;
             $body
         }
     };
@@ -107,14 +120,38 @@ multiversion! {
     /// run along the rows, across queries: no reduction inside a register.
     pub fn softmax_cols(z: &mut [f32], max: &mut [f32], sum: &mut [f32]) {
         let t = max.len();
+        // Column blocks of `COLS` queries walked down the rows, their maxima and sums held in
+        // registers (a loop over whole rows reloaded and stored them for every row).
+        let mut c0 = 0;
+        while c0 + COLS <= t {
+            let (mut m, mut s) = ([f32::NEG_INFINITY; COLS], [0.0f32; COLS]);
+            for row in z.chunks_exact(t) {
+                let row: &[f32; COLS] = row[c0..c0 + COLS].try_into().expect("COLS wide");
+                for j in 0..COLS {
+                    m[j] = max2(m[j], row[j]);
+                }
+            }
+            for row in z.chunks_exact_mut(t) {
+                let row: &mut [f32; COLS] = (&mut row[c0..c0 + COLS]).try_into().expect("COLS wide");
+                for j in 0..COLS {
+                    row[j] = exp1::<FUSED>(row[j] - m[j]);
+                    s[j] += row[j];
+                }
+            }
+            max[c0..c0 + COLS].copy_from_slice(&m);
+            sum[c0..c0 + COLS].copy_from_slice(&s);
+            c0 += COLS;
+        }
+        // The last columns (fewer than `COLS`).
+        let (max, sum) = (&mut max[c0..], &mut sum[c0..]);
         max.fill(f32::NEG_INFINITY);
         for row in z.chunks_exact(t.max(1)) {
-            max.iter_mut().zip(row).for_each(|(m, &x)| *m = max2(*m, x));
+            max.iter_mut().zip(&row[c0..]).for_each(|(m, &x)| *m = max2(*m, x));
         }
         sum.fill(0.0);
         for row in z.chunks_exact_mut(t.max(1)) {
-            row.iter_mut().zip(max.iter()).zip(sum.iter_mut()).for_each(|((x, &m), s)| {
-                *x = exp1(*x - m);
+            row[c0..].iter_mut().zip(max.iter()).zip(sum.iter_mut()).for_each(|((x, &m), s)| {
+                *x = exp1::<FUSED>(*x - m);
                 *s += *x;
             });
         }
@@ -126,7 +163,7 @@ multiversion! {
     /// log-sum-exp, in place: `p = exp(z - lse)`.
     pub fn probs_cols(z: &mut [f32], lse: &[f32]) {
         for row in z.chunks_exact_mut(lse.len().max(1)) {
-            row.iter_mut().zip(lse).for_each(|(x, &l)| *x = exp1(*x - l));
+            row.iter_mut().zip(lse).for_each(|(x, &l)| *x = exp1::<FUSED>(*x - l));
         }
     }
 }
