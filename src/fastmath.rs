@@ -174,7 +174,7 @@ pub mod kernels {
     /// so without this the polynomials below ran as two instructions per term; with it the
     /// attention softmax and GELU kernels run about a third fewer instructions.
     #[inline(always)]
-    pub fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
+    fn madd<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
         if FUSED { a.mul_add(b, c) } else { a * b + c }
     }
 

@@ -588,7 +588,8 @@ fn backward_head(
             let [dq, dk, dv] = grads;
             if heads == 1 {
                 // The gradients' rows are already contiguous.
-                return backward_tiles(dims, &x, saved, (bh, (qt, got)), [dq, dk, dv], dbias);
+                let out = ([dq, dk, dv], (b, h));
+                return backward_tiles(dims, &x, saved, (bh, (qt, got)), out, dbias);
             }
             // The key and value gradients accumulate in contiguous rows, then go out once.
             let as_uninit = |v: &mut [f32]| {
@@ -597,7 +598,8 @@ fn backward_head(
             };
             let dkh = HeadsInner::new(as_uninit(at_least(dkc, nk * d)), [1, 1, nk, d]);
             let dvh = HeadsInner::new(as_uninit(at_least(dvc, nk * wv)), [1, 1, nk, wv]);
-            backward_tiles(dims, &x, saved, (bh, (qt, got)), [dq, dkh, dvh], dbias);
+            let out = ([dq, dkh, dvh], (0, 0));
+            backward_tiles(dims, &x, saved, (bh, (qt, got)), out, dbias);
             for (g, acc, w) in [(dk, &dkc[..nk * d], d), (dv, &dvc[..nk * wv], wv)] {
                 for (j, src) in acc.chunks_exact(w.max(1)).enumerate().take(nk) {
                     // SAFETY: this task owns head (b, h)'s rows; writing initialises them.
@@ -611,14 +613,15 @@ fn backward_head(
 }
 
 /// The query tiles of head `bh` (`qt`, `got`: its queries and output gradients transposed,
-/// `[D, Nq]` and `[Dv, Nq]`), as [`backward_head`]. The score tiles are transposed (`[Nk,
-/// rows]`, as in [`forward_tile`]).
+/// `[D, Nq]` and `[Dv, Nq]`), as [`backward_head`]; the key and value gradients go to head
+/// `kv` of `dk` and `dv` (the call's head, or the only head of `backward_head`'s contiguous
+/// accumulators). The score tiles are transposed (`[Nk, rows]`, as in [`forward_tile`]).
 fn backward_tiles(
     dims: &Dims,
     x: &Operands,
     saved: &Saved,
     (bh, (qt, got)): (usize, (&[f32], &[f32])),
-    [dq, dk, dv]: [HeadsInner; 3],
+    ([dq, dk, dv], kv): ([HeadsInner; 3], (usize, usize)),
     mut dbias: Option<&mut [f32]>,
 ) {
     let Dims {
@@ -630,13 +633,6 @@ fn backward_tiles(
         ..
     } = *dims;
     let (b, h) = (bh / heads, bh % heads);
-    // The key and value gradients' head: (b, h) of the call's, or the only one of
-    // `backward_head`'s contiguous accumulators.
-    let kv = if dk.heads == 1 && heads > 1 {
-        (0, 0)
-    } else {
-        (b, h)
-    };
     let tile = tile_size(x.tile);
     for t in 0..nq.div_ceil(tile) {
         let r = tile_rows(t, tile, nq);
