@@ -80,10 +80,11 @@ pub fn pretrain_to(cfg: &PretrainConfig, job: &PretrainJob, device: &Device) -> 
     }
     let out = crate::train::pretrain_from(cfg, &data, backbone, job.quiet, device)?;
     say!(
-        "pretrained on {} clips ({} validation) in {:.0}s: train accuracy (last 10% of steps) {:.1}%{}",
+        "pretrained on {} clips ({} validation) in {:.1}s (waited {:.1}s for data): train accuracy (last 10% of steps) {:.1}%{}",
         out.clips.0,
         out.clips.1,
         out.seconds,
+        out.input_wait_seconds,
         100.0 * out.train_accuracy,
         out.val_accuracy
             .map(|v| format!(", validation accuracy {:.1}%", 100.0 * v))

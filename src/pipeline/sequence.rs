@@ -5,12 +5,14 @@
 //! pretraining draws each batch's clips and augmentation from one generator that runs through
 //! the whole optimisation. [`InSequence`] produces such items in order on one thread of a
 //! `std::thread::scope` (so they may borrow the caller's dataset), at most a bounded number
-//! ahead of the consumer; the items, and everything computed from them, are the same as if
-//! the consumer had made them itself. A consumer that stops early (an error, a finished
+//! ahead of the consumer, with a pool of background threads for each item's parallel work;
+//! the items, and everything computed from them, are the same as if the consumer had made
+//! them itself. A consumer that stops early (an error, a finished
 //! loop) drops its end, and the producer stops at its next item.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::Scope;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -19,6 +21,7 @@ use crate::error::{Error, Result};
 pub struct InSequence<T> {
     items: Receiver<Result<T>>,
     left: usize,
+    waited: Duration,
 }
 
 impl<T: Send> InSequence<T> {
@@ -39,7 +42,11 @@ impl<T: Send> InSequence<T> {
             Some(pool) => pool.install(|| run(send, count, produce)),
             None => run(send, count, produce),
         });
-        InSequence { items, left: count }
+        InSequence {
+            items,
+            left: count,
+            waited: Duration::ZERO,
+        }
     }
 
     /// The next item, waiting for it; `None` after the last one (or after an error).
@@ -48,7 +55,10 @@ impl<T: Send> InSequence<T> {
             return None;
         }
         self.left -= 1;
-        let item = self.items.recv().unwrap_or_else(|_| {
+        let t0 = Instant::now();
+        let item = self.items.recv();
+        self.waited += t0.elapsed();
+        let item = item.unwrap_or_else(|_| {
             Err(Error::Config(
                 "the input pipeline's producer stopped without its next item".into(),
             ))
@@ -58,21 +68,33 @@ impl<T: Send> InSequence<T> {
         }
         Some(item)
     }
+
+    /// How long [`Self::next_item`] has waited for items not yet made, in all.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
 }
 
-/// A pool of one thread for the producer's parallel kernels (`par_iter` in clip building):
-/// from a thread outside the shared pool they would queue behind the step's kernels and
-/// wait for them, where on a pool of its own the producer works on whatever core the
-/// step leaves idle. `None` if the thread cannot be started (the shared pool is used then).
+/// A pool of its own for the producer's parallel work (an item's clips decoded side by side),
+/// as many threads as the shared pool, in the background class
+/// ([`super::priority::background`]): from a thread outside the shared pool that work would
+/// queue behind the step's kernels and wait for them, where on a pool of its own the producer
+/// works on whatever cores the step leaves idle, and on both when the step waits for it.
+/// `None` if the threads cannot be started (the shared pool is used then).
 fn own_pool() -> Option<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
+        .num_threads(rayon::current_num_threads())
         .thread_name(|_| "e2e-tal-input".into())
+        .start_handler(|_| {
+            super::priority::background();
+        })
         .build()
         .ok()
 }
 
 fn run<T>(send: SyncSender<Result<T>>, count: usize, mut produce: impl FnMut(usize) -> Result<T>) {
+    // The producing thread too (it is the scope's thread when there is no pool of its own).
+    super::priority::background();
     for i in 0..count {
         let item = produce(i);
         let stop = item.is_err();
@@ -111,6 +133,49 @@ mod tests {
             want.push(state);
         }
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_consumer_counts_its_waits_for_items_not_yet_made() {
+        std::thread::scope(|s| {
+            let mut seq = InSequence::spawn(s, 3, 1, |i| {
+                std::thread::sleep(Duration::from_millis(30));
+                Ok(i)
+            });
+            assert_eq!(seq.waited(), Duration::ZERO);
+            while seq.next_item().is_some() {}
+            // Each item takes 30 ms to make and the consumer does nothing in between.
+            assert!(
+                seq.waited() >= Duration::from_millis(80),
+                "{:?}",
+                seq.waited()
+            );
+        });
+        // Items made ahead while the consumer works cost it no wait.
+        std::thread::scope(|s| {
+            let mut seq = InSequence::spawn(s, 2, 2, Ok);
+            std::thread::sleep(Duration::from_millis(50));
+            while seq.next_item().is_some() {}
+            assert!(
+                seq.waited() < Duration::from_millis(20),
+                "{:?}",
+                seq.waited()
+            );
+        });
+    }
+
+    #[test]
+    fn the_producer_runs_in_the_background_class() {
+        std::thread::scope(|s| {
+            let mut seq = InSequence::spawn(s, 1, 1, |_| {
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: queries the calling thread.
+                return Ok(unsafe { libc::sched_getscheduler(0) } == libc::SCHED_IDLE);
+                #[allow(unreachable_code)]
+                Ok(true)
+            });
+            assert!(seq.next_item().unwrap().unwrap());
+        });
     }
 
     #[test]

@@ -198,6 +198,8 @@ pub struct PretrainOutcome {
     pub clips: (usize, usize),
     /// Wall time of the optimisation.
     pub seconds: f64,
+    /// Of which the steps waited for their batches (drawn, decoded and augmented ahead).
+    pub input_wait_seconds: f64,
 }
 
 /// Pretrain `cfg.backbone` (freshly initialised under the device's current seed) on the
@@ -301,6 +303,7 @@ fn pretrain_scoped(
         BackboneRun::Autodiff(Network::Plain)
     };
     let start = Instant::now();
+    let mut input_wait_seconds = 0.0;
     let model = std::thread::scope(|scope| -> Result<ClipClassifier> {
         let mut model = model;
         // Each batch is drawn, decoded and augmented on a thread of its own while the step
@@ -342,6 +345,7 @@ fn pretrain_scoped(
                 (acc_loss, acc_n) = (0.0, 0);
             }
         }
+        input_wait_seconds = batches.waited().as_secs_f64();
         Ok(model)
     })?;
     let seconds = start.elapsed().as_secs_f64();
@@ -366,6 +370,7 @@ fn pretrain_scoped(
         val_accuracy,
         clips: (train_clips.len(), val_clips.len()),
         seconds,
+        input_wait_seconds,
     })
 }
 
@@ -405,8 +410,9 @@ fn batch_tensors(
     device: &Device,
 ) -> Result<(Tensor<5>, Tensor<1, Int>)> {
     let clips = every_frame(clips);
+    // Clips decoded side by side (in order: the batch is the same whatever the threads).
     let xs = batch
-        .iter()
+        .par_iter()
         .map(|c| {
             // The backbone's input size, short side resized and the centre kept.
             let v = &data.videos[c.video];
