@@ -11,7 +11,6 @@
 //! The submodules are private: every item has one public path, `e2e_tal::pipeline::Item`.
 
 mod prefetch;
-mod priority;
 mod sequence;
 mod transform;
 mod window;

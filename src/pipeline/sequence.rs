@@ -5,7 +5,7 @@
 //! pretraining draws each batch's clips and augmentation from one generator that runs through
 //! the whole optimisation. [`InSequence`] produces such items in order on one thread of a
 //! `std::thread::scope` (so they may borrow the caller's dataset), at most a bounded number
-//! ahead of the consumer, with a pool of background threads for each item's parallel work;
+//! ahead of the consumer, with a pool of threads of its own for each item's parallel work;
 //! the items, and everything computed from them, are the same as if the consumer had made
 //! them itself. A consumer that stops early (an error, a finished
 //! loop) drops its end, and the producer stops at its next item.
@@ -76,25 +76,22 @@ impl<T: Send> InSequence<T> {
 }
 
 /// A pool of its own for the producer's parallel work (an item's clips decoded side by side),
-/// as many threads as the shared pool, in the background class
-/// ([`super::priority::background`]): from a thread outside the shared pool that work would
+/// as many threads as the shared pool: from a thread outside the shared pool that work would
 /// queue behind the step's kernels and wait for them, where on a pool of its own the producer
-/// works on whatever cores the step leaves idle, and on both when the step waits for it.
+/// works on whatever cores the step leaves idle, and on all of them when the step waits for
+/// it. Its threads run at the step's priority: in the background class (`SCHED_IDLE`) they
+/// let the step's threads take their cores at once, but another program's busy threads
+/// starve them too, and the step waits on them (`docs/performance.md`, session 7).
 /// `None` if the threads cannot be started (the shared pool is used then).
 fn own_pool() -> Option<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(rayon::current_num_threads())
         .thread_name(|_| "e2e-tal-input".into())
-        .start_handler(|_| {
-            super::priority::background();
-        })
         .build()
         .ok()
 }
 
 fn run<T>(send: SyncSender<Result<T>>, count: usize, mut produce: impl FnMut(usize) -> Result<T>) {
-    // The producing thread too (it is the scope's thread when there is no pool of its own).
-    super::priority::background();
     for i in 0..count {
         let item = produce(i);
         let stop = item.is_err();
@@ -161,20 +158,6 @@ mod tests {
                 "{:?}",
                 seq.waited()
             );
-        });
-    }
-
-    #[test]
-    fn the_producer_runs_in_the_background_class() {
-        std::thread::scope(|s| {
-            let mut seq = InSequence::spawn(s, 1, 1, |_| {
-                #[cfg(all(target_os = "linux", target_env = "gnu"))]
-                // SAFETY: queries the calling thread.
-                return Ok(unsafe { libc::sched_getscheduler(0) } == libc::SCHED_IDLE);
-                #[allow(unreachable_code)]
-                Ok(true)
-            });
-            assert!(seq.next_item().unwrap().unwrap());
         });
     }
 
