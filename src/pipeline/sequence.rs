@@ -134,27 +134,38 @@ mod tests {
 
     #[test]
     fn the_consumer_counts_its_waits_for_items_not_yet_made() {
+        // Items that take 30 ms each and a consumer that does nothing but take them: nearly
+        // all of its time is waiting (a margin for the untimed instructions of the loop).
         std::thread::scope(|s| {
             let mut seq = InSequence::spawn(s, 3, 1, |i| {
                 std::thread::sleep(Duration::from_millis(30));
                 Ok(i)
             });
             assert_eq!(seq.waited(), Duration::ZERO);
+            let t0 = Instant::now();
             while seq.next_item().is_some() {}
-            // Each item takes 30 ms to make and the consumer does nothing in between.
+            let all = t0.elapsed();
+            assert!(seq.waited() > Duration::ZERO && seq.waited() <= all);
             assert!(
-                seq.waited() >= Duration::from_millis(80),
-                "{:?}",
+                seq.waited() + Duration::from_millis(10) >= all,
+                "{:?} of {all:?}",
                 seq.waited()
             );
         });
-        // Items made ahead while the consumer works cost it no wait.
+        // Slow items made before the consumer asks for them cost it no wait.
+        let made = AtomicUsize::new(0);
         std::thread::scope(|s| {
-            let mut seq = InSequence::spawn(s, 2, 2, Ok);
-            std::thread::sleep(Duration::from_millis(50));
+            let mut seq = InSequence::spawn(s, 2, 2, |i| {
+                std::thread::sleep(Duration::from_millis(150));
+                made.fetch_add(1, Ordering::SeqCst);
+                Ok(i)
+            });
+            while made.load(Ordering::SeqCst) < 2 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             while seq.next_item().is_some() {}
             assert!(
-                seq.waited() < Duration::from_millis(20),
+                seq.waited() < Duration::from_millis(100),
                 "{:?}",
                 seq.waited()
             );
