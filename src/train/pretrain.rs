@@ -303,51 +303,50 @@ fn pretrain_scoped(
         BackboneRun::Autodiff(Network::Plain)
     };
     let start = Instant::now();
-    let mut input_wait_seconds = 0.0;
-    let model = std::thread::scope(|scope| -> Result<ClipClassifier> {
-        let mut model = model;
-        // Each batch is drawn, decoded and augmented on a thread of its own while the step
-        // before it computes, in the generator's order (the batches a seed gives do not change).
-        let mut batches = InSequence::spawn(scope, cfg.steps, 2, |_| {
-            let batch: Vec<TrimmedClip> = (0..cfg.batch_size)
-                .map(|_| *train_clips.choose(&mut rng).expect("non-empty"))
-                .collect();
-            let (x, y) = batch_tensors(data, &cfg.clips, size, &batch, &device)?;
-            Ok((cfg.augment.apply_per_clip(x, &mut rng), y))
-        });
-        for step in 0..cfg.steps {
-            let (x, y) = batches.next_item().expect("one batch per step")?;
-            let seed = crate::seed::mix(cfg.seed, step as u64);
-            let late = step * 10 >= cfg.steps * 9;
-            let (l, mut g) = run.step(&model.backbone, Clips::of(x), seed, step, |f| {
-                let logits = model.fc.forward(f);
-                if late {
-                    late_right += correct(logits.clone(), y.clone());
-                    late_total += cfg.batch_size;
+    let (model, input_wait_seconds) =
+        std::thread::scope(|scope| -> Result<(ClipClassifier, f64)> {
+            let mut model = model;
+            // Each batch is drawn, decoded and augmented on a thread of its own while the step
+            // before it computes, in the generator's order (the batches a seed gives do not change).
+            let mut batches = InSequence::spawn(scope, cfg.steps, 2, |_| {
+                let batch: Vec<TrimmedClip> = (0..cfg.batch_size)
+                    .map(|_| *train_clips.choose(&mut rng).expect("non-empty"))
+                    .collect();
+                let (x, y) = batch_tensors(data, &cfg.clips, size, &batch, &device)?;
+                Ok((cfg.augment.apply_per_clip(x, &mut rng), y))
+            });
+            for step in 0..cfg.steps {
+                let (x, y) = batches.next_item().expect("one batch per step")?;
+                let seed = crate::seed::mix(cfg.seed, step as u64);
+                let late = step * 10 >= cfg.steps * 9;
+                let (l, mut g) = run.step(&model.backbone, Clips::of(x), seed, step, |f| {
+                    let logits = model.fc.forward(f);
+                    if late {
+                        late_right += correct(logits.clone(), y.clone());
+                        late_total += cfg.batch_size;
+                    }
+                    finite_loss(ce.forward(logits, y), "pretraining batch", step)
+                })?;
+                let grads = g.params(&model);
+                model = optim.step(sched.at(step), model, grads);
+                acc_loss += l as f32;
+                acc_n += 1;
+                if acc_n == log_every || step + 1 == cfg.steps {
+                    losses.push(acc_loss / acc_n as f32);
+                    if !quiet {
+                        say!(
+                            "pretrain step {:>5}/{}: loss {:.4} ({:.0}s)",
+                            step + 1,
+                            cfg.steps,
+                            acc_loss / acc_n as f32,
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    (acc_loss, acc_n) = (0.0, 0);
                 }
-                finite_loss(ce.forward(logits, y), "pretraining batch", step)
-            })?;
-            let grads = g.params(&model);
-            model = optim.step(sched.at(step), model, grads);
-            acc_loss += l as f32;
-            acc_n += 1;
-            if acc_n == log_every || step + 1 == cfg.steps {
-                losses.push(acc_loss / acc_n as f32);
-                if !quiet {
-                    say!(
-                        "pretrain step {:>5}/{}: loss {:.4} ({:.0}s)",
-                        step + 1,
-                        cfg.steps,
-                        acc_loss / acc_n as f32,
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-                (acc_loss, acc_n) = (0.0, 0);
             }
-        }
-        input_wait_seconds = batches.waited().as_secs_f64();
-        Ok(model)
-    })?;
+            Ok((model, batches.waited().as_secs_f64()))
+        })?;
     let seconds = start.elapsed().as_secs_f64();
     let val_accuracy = if val_clips.is_empty() {
         None
