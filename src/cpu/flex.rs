@@ -330,6 +330,47 @@ pub(crate) fn matmul(
     Some(tensor(out, [m, n]))
 }
 
+/// The tubelet patches of an f32 `[N, C, T, H, W]` tensor read in place (non-negative
+/// strides, the last axis contiguous) for a kernel `k` (`crate::cpu::patches`); `None` when
+/// the kernel does not cover it.
+///
+/// # Shapes
+/// - x `[N, C, T, H, W]` -> `[N T' H' W', C kt kh kw]`, `T' = T / kt` rounded down
+pub(crate) fn patchify(x: &FlexTensor, k: [usize; 3]) -> Option<FlexTensor> {
+    let l = x.layout();
+    let (dims, strides) = (l.shape(), l.strides());
+    if x.dtype() != DType::F32 || dims.num_dims() != 5 || k.contains(&0) {
+        return None;
+    }
+    let d: [usize; 5] = std::array::from_fn(|i| dims[i]);
+    if d.contains(&0) || (strides[4] != 1 && d[4] != 1) || strides.iter().any(|&s| s < 0) {
+        return None;
+    }
+    let data = x.storage::<f32>();
+    let last = l.start_offset()
+        + (0..5)
+            .map(|i| (d[i] - 1) * strides[i] as usize)
+            .sum::<usize>();
+    if last >= data.len() {
+        return None;
+    }
+    let clips = super::patches::Clips {
+        data,
+        offset: l.start_offset(),
+        dims: d,
+        strides: std::array::from_fn(|i| strides[i] as usize),
+    };
+    let rows = d[0] * (d[2] / k[0]) * (d[3] / k[1]) * (d[4] / k[2]);
+    let cols = d[1] * k[0] * k[1] * k[2];
+    let mut out = super::gemm::uninit(rows * cols);
+    super::patches::patchify(clips, k, &mut out);
+    // SAFETY: patchify writes every element of `out`.
+    Some(tensor(
+        unsafe { super::gemm::assume_init(out) },
+        [rows, cols],
+    ))
+}
+
 /// The four AdamW operands handed back when the kernel does not cover them.
 pub(crate) type AdamWOperands = Box<(FlexTensor, FlexTensor, FlexTensor, FlexTensor)>;
 

@@ -15,5 +15,6 @@ pub(crate) mod flex;
 pub(crate) mod gemm;
 pub mod layer_norm;
 pub mod matmul;
+pub mod patches;
 pub(crate) mod simd;
 pub(crate) mod ukernel;
