@@ -354,21 +354,14 @@ pub(crate) fn patchify(x: &FlexTensor, k: [usize; 3]) -> Option<FlexTensor> {
     if last >= data.len() {
         return None;
     }
-    let clips = super::patches::Clips {
+    let clips = super::patches::ClipView {
         data,
         offset: l.start_offset(),
         dims: d,
         strides: std::array::from_fn(|i| strides[i] as usize),
     };
-    let rows = d[0] * (d[2] / k[0]) * (d[3] / k[1]) * (d[4] / k[2]);
-    let cols = d[1] * k[0] * k[1] * k[2];
-    let mut out = super::gemm::uninit(rows * cols);
-    super::patches::patchify(clips, k, &mut out);
-    // SAFETY: patchify writes every element of `out`.
-    Some(tensor(
-        unsafe { super::gemm::assume_init(out) },
-        [rows, cols],
-    ))
+    let (out, shape) = super::patches::patchify(clips, k);
+    Some(tensor(out, shape))
 }
 
 /// The four AdamW operands handed back when the kernel does not cover them.

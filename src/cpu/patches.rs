@@ -3,9 +3,9 @@
 //! copied from the clip in place. The backend's reshape-permute-reshape made the same copy
 //! element by element through a generic strided walk, about as long as the product it feeds.
 
-use std::mem::MaybeUninit;
-
 use rayon::prelude::*;
+
+use super::gemm::{assume_init, uninit};
 
 /// Output rows per task: enough work to outweigh a task's cost, enough tasks for the pool.
 const ROWS_PER_TASK: usize = 64;
@@ -13,7 +13,7 @@ const ROWS_PER_TASK: usize = 64;
 /// A clip batch read in place: `[N, C, T, H, W]` elements of `data` from `offset` through
 /// `strides` (elements; the last axis contiguous).
 #[derive(Clone, Copy, Debug)]
-pub struct Clips<'a> {
+pub struct ClipView<'a> {
     /// Storage.
     pub data: &'a [f32],
     /// Element of index `[0, 0, 0, 0, 0]`.
@@ -24,25 +24,25 @@ pub struct Clips<'a> {
     pub strides: [usize; 4],
 }
 
-/// The patches of `clips` for a kernel (= stride) `k = [kt, kh, kw]` into `out`, one row of
-/// `C kt kh kw` per patch in `(n, t', h', w')` order, columns in `(c, kt, kh, kw)` order (the
-/// convolution weight's flattening). The axes are cut to multiples of the kernel (the rest
-/// dropped, as the convolution does).
+/// The patches of `clips` for a kernel (= stride) `k = [kt, kh, kw]` (each at least 1) and
+/// their shape: one row of `C kt kh kw` per patch in `(n, t', h', w')` order, columns in
+/// `(c, kt, kh, kw)` order (the convolution weight's flattening). The axes are cut to
+/// multiples of the kernel (the rest dropped, as the convolution does).
 ///
 /// # Panics
-/// If `out` does not hold `N T' H' W'` rows of `C kt kh kw` or a patch would read past `data`.
+/// If a patch would read past `data`.
 ///
 /// # Shapes
-/// - clips `[N, C, T, H, W]` -> out `[N T' H' W', C kt kh kw]`, `T' = T / kt` rounded down
-pub fn patchify(clips: Clips<'_>, k: [usize; 3], out: &mut [MaybeUninit<f32>]) {
+/// - clips `[N, C, T, H, W]` -> `[N T' H' W', C kt kh kw]`, `T' = T / kt` rounded down
+pub fn patchify(clips: ClipView<'_>, k: [usize; 3]) -> (Vec<f32>, [usize; 2]) {
     let [n, c, t, h, w] = clips.dims;
     let [kt, kh, kw] = k;
     let (to, ho, wo) = (t / kt, h / kh, w / kw);
     let (rows, cols) = (n * to * ho * wo, c * kt * kh * kw);
-    assert_eq!(out.len(), rows * cols, "patchify: output size");
     if cols == 0 {
-        return;
+        return (Vec::new(), [rows, cols]);
     }
+    let mut out = uninit(rows * cols);
     let [sn, sc, st, sh] = clips.strides;
     out.par_chunks_mut(cols * ROWS_PER_TASK)
         .enumerate()
@@ -70,12 +70,13 @@ pub fn patchify(clips: Clips<'_>, k: [usize; 3], out: &mut [MaybeUninit<f32>]) {
                 }
             }
         });
+    // SAFETY: the rows cover `out` and each wrote its `C kt kh` runs of `kw`, all of it.
+    (unsafe { assume_init(out) }, [rows, cols])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gemm::{assume_init, uninit};
 
     /// Every element against the index formula, on a strided (cropped) view.
     #[test]
@@ -89,7 +90,7 @@ mod tests {
             full[3] * full[4],
             full[4],
         ];
-        let clips = Clips {
+        let clips = ClipView {
             data: &data,
             offset: 0,
             dims,
@@ -97,10 +98,8 @@ mod tests {
         };
         let (to, ho, wo) = (dims[2] / k[0], dims[3] / k[1], dims[4] / k[2]);
         let cols = dims[1] * k[0] * k[1] * k[2];
-        let mut out = uninit(dims[0] * to * ho * wo * cols);
-        patchify(clips, k, &mut out);
-        // SAFETY: patchify writes every element (its contract, checked below).
-        let out = unsafe { assume_init(out) };
+        let (out, shape) = patchify(clips, k);
+        assert_eq!(shape, [dims[0] * to * ho * wo, cols]);
         let mut row = 0;
         for n in 0..dims[0] {
             for t in 0..to {
